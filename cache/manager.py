@@ -1,0 +1,302 @@
+"""KVCacheManager: the one entry point, and the registry of strategies by name.
+
+The manager owns the slots (:class:`cache.storage.KVStorage`), asks its
+strategy which tokens to evict, keeps positions inside the model's trained
+range, and counts what happened. A model uses it in four calls per forward pass:
+
+* ``begin_step(positions)`` once, before the layers: evict and pick slots;
+* ``write(layer, keys, values)``: store this step's (already rotated) keys;
+* ``read(layer, query_positions)``: live keys, values and a mask (or ``None``);
+* ``observe(layer, weights, mask)``: attention weights, for strategies that
+  score by attention.
+
+Callers that feed a sequence block by block call ``reserve(n)`` to get the
+first position of the next ``n`` tokens; this is where positions are re-based.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .frames import FrameWindow
+from .h2o import HeavyHitters
+from .hybrid import SinksHeavyRecent
+from .none import FullContext
+from .stats import CacheStats, debug_enabled, debug_log
+from .storage import KVStorage
+from .strategy import CacheView, Strategy
+from .streaming import StreamingLLM
+
+STRATEGIES: dict[str, type[Strategy]] = {}
+
+
+def register(cls: type[Strategy]) -> type[Strategy]:
+    """Make a strategy class available by its ``name`` (usable as a decorator)."""
+    STRATEGIES[cls.name] = cls
+    return cls
+
+
+for _cls in (FullContext, StreamingLLM, HeavyHitters, SinksHeavyRecent, FrameWindow):
+    register(_cls)
+
+
+def make_strategy(strategy: str | Strategy, **params) -> Strategy:
+    if isinstance(strategy, Strategy):
+        if params:
+            raise ValueError("pass parameters to the strategy object, not to the manager")
+        return strategy
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {strategy!r}")
+    try:
+        return STRATEGIES[strategy](**params)
+    except TypeError as error:  # unknown or missing parameter
+        raise ValueError(f"strategy {strategy!r}: {error}") from None
+
+
+class ContextFull(RuntimeError):
+    """The full-context cache has no room left: the caller must start over."""
+
+
+class KVCacheManager:
+    def __init__(self, strategy: str | Strategy = "none", **params):
+        self.strategy = make_strategy(strategy, **params)
+        self.storage: KVStorage | None = None
+        self.stats = CacheStats()
+        self.debug = debug_enabled()
+
+    # -- set-up ---------------------------------------------------------------
+
+    def bind(
+        self,
+        *,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        max_positions: int,
+        rotate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> None:
+        """Tell the manager the model's shapes; ``rotate(keys, shift)`` re-rotates keys."""
+        self.shape = (num_layers, num_kv_heads, head_dim)
+        self.max_positions = max_positions
+        self.rotate = rotate
+        self.dtype, self.device = dtype, torch.device(device)
+
+    def reset(self, prompt_length: int, step_tokens: int) -> None:
+        """Empty the cache for a new sequence.
+
+        ``prompt_length``: tokens that will be prefilled (sets H2O's budget);
+        ``step_tokens``: the most tokens one forward pass or one ``reserve``
+        will add. Storage is allocated on the first call and reused after.
+        """
+        budget = self.strategy.budget(prompt_length)
+        capacity = self.max_positions if budget is None else budget
+        self._check_budget(budget, capacity, step_tokens)
+        storage = self.storage
+        if storage is None or storage.capacity != capacity:
+            storage = KVStorage(
+                *self.shape,
+                capacity,
+                per_head_positions=self.strategy.per_head,
+                track_attention=self.strategy.tracks_attention,
+                dtype=self.dtype,
+                device=self.device,
+            )
+            self.storage = storage
+            self.stats.allocations += 1
+        storage.clear()
+        self.step_tokens = step_tokens
+        self.next_position = 0
+        self.newest_position = -1
+        self._update_stats()
+
+    def _check_budget(self, budget: int | None, capacity: int, step_tokens: int) -> None:
+        name = self.strategy.name
+        if capacity < step_tokens:
+            raise ValueError(
+                f"{name}: a budget of {capacity} tokens cannot hold one step of "
+                f"{step_tokens} tokens; raise it to at least {step_tokens}"
+            )
+        if budget is not None and budget + step_tokens > self.max_positions:
+            raise ValueError(
+                f"{name}: a budget of {budget} tokens plus a step of {step_tokens} exceeds the "
+                f"model's {self.max_positions} positions; use a budget <= "
+                f"{self.max_positions - step_tokens}"
+            )
+        protected_room = getattr(self.strategy, "recent_size", None)
+        if protected_room is not None and protected_room < step_tokens:
+            raise ValueError(
+                f"{name}: recent_size={protected_room} is smaller than one step of "
+                f"{step_tokens} tokens; valid range >= {step_tokens}"
+            )
+        if isinstance(self.strategy, FrameWindow):
+            room = self.strategy.recent_frames * self.strategy.frame_tokens
+            if room < step_tokens:
+                raise ValueError(
+                    f"frames: recent_frames={self.strategy.recent_frames} cannot hold one step "
+                    f"of {step_tokens} tokens; valid range >= "
+                    f"{-(-step_tokens // self.strategy.frame_tokens)}"
+                )
+
+    # -- positions ------------------------------------------------------------
+
+    def can_reserve(self, count: int) -> bool:
+        """Whether ``count`` more positions fit (always, for evicting strategies)."""
+        evicting = self.storage.capacity < self.max_positions
+        return evicting or self.next_position + count <= self.max_positions
+
+    def reserve(self, count: int) -> int:
+        """First position of the next ``count`` tokens; re-bases positions if needed."""
+        if self.next_position + count > self.max_positions:
+            if self.storage.capacity >= self.max_positions:
+                raise ContextFull(
+                    f"the full context of {self.max_positions} positions is used up"
+                )
+            self._rebase()
+        base = self.next_position
+        self.next_position += count
+        return base
+
+    def _rebase(self) -> None:
+        """Close the gaps between live positions (in multiples of the strategy's
+        stride) and re-rotate every moved key by its shift."""
+        storage, stride = self.storage, self.strategy.position_stride
+        live_count = storage.num_live
+        if live_count == 0:
+            self.next_position %= stride
+            return
+        positions = storage.positions
+        ordered, order = positions.masked_fill(positions < 0, torch.iinfo(torch.long).max).sort(-1)
+        ordered, order = ordered[..., :live_count], order[..., :live_count]
+        previous = torch.cat([torch.full_like(ordered[..., :1], -1), ordered[..., :-1]], -1)
+        closed = (ordered - previous - 1) % stride + 1  # a gap keeps its phase modulo stride
+        moved = closed.cumsum(-1) - 1
+        tail = (self.next_position - ordered[..., -1] - 1) % stride + 1
+        next_positions = (moved[..., -1] + tail).unique()
+        assert next_positions.numel() == 1, "rows disagree on the next position"
+        shift = torch.zeros_like(positions).scatter_(-1, order, moved - ordered)
+        positions.scatter_(-1, order, moved)
+        layers = storage.keys.shape[0]
+        for layer in range(layers):
+            row = shift[layer if storage.per_head else 0]
+            storage.keys[layer] = self.rotate(storage.keys[layer], row)
+        old_next = self.next_position
+        self.next_position = int(next_positions)
+        self.newest_position = int(moved[..., -1].max())
+        self.stats.rebases += 1
+        if self.debug:
+            debug_log(
+                f"rebase strategy={self.strategy.name} positions shifted by "
+                f"{int(shift.min())}..{int(shift.max())}, next position {old_next} -> "
+                f"{self.next_position}"
+            )
+
+    # -- one forward pass -----------------------------------------------------
+
+    def begin_step(self, positions: torch.Tensor) -> None:
+        """Make room for the tokens at ``positions`` (``[n]``) and pick their slots."""
+        storage = self.storage
+        count = positions.numel()
+        had_holes = storage.num_live < storage.high_water
+        needed = storage.num_live + count - storage.capacity
+        slots = None
+        if needed > 0:
+            victims = self._evict(needed, count)
+            if not had_holes and victims.shape[-1] == count:
+                slots = victims  # the common case: overwrite exactly what was evicted
+        if slots is None:
+            slots = storage.free_slots(count)
+        storage.claim(slots, positions)
+        self.step_slots = slots
+        self.step_positions = positions
+        newest = int(positions.max())
+        # Causal order needs a mask unless this is one token after everything cached.
+        self.step_needs_mask = (
+            count > 1 or newest <= self.newest_position or storage.num_live < storage.high_water
+        )
+        self.newest_position = max(self.newest_position, newest)
+
+    def _evict(self, needed: int, incoming: int) -> torch.Tensor:
+        storage = self.storage
+        count = self.strategy.evict_count(needed)
+        view = CacheView(
+            positions=storage.positions,
+            attention=storage.attention,
+            seen=storage.seen,
+            newest_position=self.newest_position,
+            incoming=incoming,
+        )
+        score = self.strategy.keep_score(view).masked_fill(storage.positions < 0, float("inf"))
+        lowest, victims = score.topk(count, dim=-1, largest=False)
+        if torch.isinf(lowest).any():
+            raise RuntimeError(
+                f"{self.strategy.name}: every cached token is protected; the budget "
+                f"({storage.capacity}) leaves no room for {incoming} new tokens"
+            )
+        if self.debug:
+            evicted = storage.positions.gather(-1, victims)
+            debug_log(
+                f"evict strategy={self.strategy.name} count={count} "
+                f"rows={tuple(victims.shape[:2])} positions(layer 0, head 0)="
+                f"{sorted(evicted[0, 0].tolist())[:16]}"
+            )
+        storage.kill(victims)
+        self.stats.evicted_tokens += count
+        self.stats.eviction_events += 1
+        return victims
+
+    def write(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Store ``keys``/``values`` (``[kv_heads, n, head_dim]``) of this step's tokens."""
+        self.storage.write(layer, self.step_slots, keys, values)
+
+    def read(self, layer: int, query_positions: torch.Tensor):
+        """Keys and values of the slots in use (``[kv_heads, S, head_dim]``) and a boolean
+        mask ``[1 or kv_heads, n_queries, S]`` of the keys each query may see (``None``
+        when every query may see every key)."""
+        storage = self.storage
+        end = storage.high_water
+        keys, values = storage.keys[layer, :, :end], storage.values[layer, :, :end]
+        if not self.step_needs_mask:
+            return keys, values, None
+        key_positions = storage.layer_positions(layer)
+        mask = (key_positions >= 0).unsqueeze(1) & (
+            key_positions.unsqueeze(1) <= query_positions.view(1, -1, 1)
+        )
+        return keys, values, mask
+
+    @property
+    def tracks_attention(self) -> bool:
+        return self.strategy.tracks_attention
+
+    def observe(self, layer: int, weights: torch.Tensor, mask: torch.Tensor | None) -> None:
+        """Accumulate attention ``weights`` (``[kv_heads, group * n, S]``) per key."""
+        storage = self.storage
+        end = weights.shape[-1]
+        storage.attention[layer, :, :end] += weights.sum(1)
+        queries = self.step_positions.numel()
+        seen = mask.sum(1) if mask is not None else queries
+        storage.seen[layer, :, :end] += seen
+
+    def end_step(self) -> None:
+        self._update_stats()
+
+    # -- statistics -----------------------------------------------------------
+
+    def record_reprefill(self, seconds: float) -> None:
+        self.stats.reprefills += 1
+        self.stats.reprefill_seconds += seconds
+
+    def _update_stats(self) -> None:
+        storage, stats = self.storage, self.stats
+        stats.live_tokens = storage.num_live
+        stats.capacity_tokens = storage.capacity
+        stats.bytes_allocated = storage.bytes_allocated()
+        stats.bytes_live = storage.num_live * storage.bytes_per_token()
+        stats.highest_position = self.newest_position
+        stats.next_position = self.next_position
+
+    def describe(self) -> dict:
+        return {"strategy": self.strategy.name, **self.strategy.describe()}

@@ -1,0 +1,22 @@
+"""``none``: keep everything, as MineWorld does.
+
+The cache holds the model's whole context and never evicts. When the context
+is full the caller must start over (MineWorld keeps its last reference frames
+and re-prefills them); ``KVCacheManager.can_reserve`` says when.
+Positions: absolute, from 0; they never leave the trained range because the
+cache never holds more than the context.
+"""
+
+import torch
+
+from .strategy import CacheView, Strategy
+
+
+class FullContext(Strategy):
+    name = "none"
+
+    def budget(self, prompt_length: int) -> None:
+        return None
+
+    def keep_score(self, view: CacheView) -> torch.Tensor:
+        raise AssertionError("the full-context cache never evicts")

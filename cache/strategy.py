@@ -1,0 +1,78 @@
+"""What a cache strategy is: a budget, and a score that says which tokens to keep.
+
+A strategy is a small class (kvpress style). It answers three questions:
+
+* ``budget(prompt_length)``: how many tokens it may keep (``None``: unbounded);
+* ``keep_score(view)``: a score per slot, lowest evicted first; ``inf`` never;
+* ``evict_count(needed)``: how many to evict when ``needed`` slots are short
+  (more than asked when it evicts in whole blocks).
+
+Everything else (slots, eviction, positions, statistics) lives once in
+:class:`cache.manager.KVCacheManager`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+
+@dataclass
+class CacheView:
+    """What a strategy may look at when it scores slots (all ``[rows, heads, C]``)."""
+
+    positions: torch.Tensor  # -1 for dead slots
+    attention: torch.Tensor | None  # accumulated attention per key, when tracked
+    seen: torch.Tensor | None  # number of queries that saw each key, when tracked
+    newest_position: int  # highest position written so far
+    incoming: int  # tokens about to be written this step
+
+
+class Strategy:
+    name: ClassVar[str]
+    tracks_attention: ClassVar[bool] = False  # needs attention weights of every query
+    per_head: ClassVar[bool] = False  # evicts per (layer, kv head) rather than per token
+    position_stride: int = 1  # re-base positions only by multiples of this
+
+    def budget(self, prompt_length: int) -> int | None:
+        raise NotImplementedError
+
+    def keep_score(self, view: CacheView) -> torch.Tensor:
+        raise NotImplementedError
+
+    def evict_count(self, needed: int) -> int:
+        return needed
+
+    def describe(self) -> dict:
+        """Parameters, for statistics and logs."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+def check_int(name: str, value, low: int, high: float = math.inf) -> int:
+    """``value`` as an int in ``[low, high]``, else a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if not low <= value <= high:
+        bound = f"[{low}, {high}]" if high != math.inf else f">= {low}"
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
+    return int(value)
+
+
+def check_fraction(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def recent_mask(view: CacheView, recent_size: int) -> torch.Tensor:
+    """Slots that must stay so that, with the incoming tokens, the newest
+    ``recent_size`` positions are live after this step."""
+    return view.positions > view.newest_position - (recent_size - view.incoming)
+
+
+def sink_mask(view: CacheView, sink_tokens: int) -> torch.Tensor:
+    """Slots of the first ``sink_tokens`` positions (they keep them after re-basing)."""
+    return (view.positions >= 0) & (view.positions < sink_tokens)

@@ -1,0 +1,1 @@
+"""MineWorld with managed KV caches: an interactive world model you can play on your own hardware."""

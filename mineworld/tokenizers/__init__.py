@@ -1,0 +1,1 @@
+"""Image tokenizers: frames <-> grids of code ids, one interface for every model."""
