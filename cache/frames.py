@@ -33,5 +33,8 @@ class FrameWindow(Strategy):
         score = view.positions.to(torch.float32)
         return score.masked_fill(sink_mask(view, self.sink_frames * self.frame_tokens), math.inf)
 
+    def step_room(self, budget: int) -> int:
+        return self.recent_frames * self.frame_tokens
+
     def evict_count(self, needed: int) -> int:
         return math.ceil(needed / self.frame_tokens) * self.frame_tokens

@@ -32,6 +32,9 @@ class HeavyHitters(Strategy):
     def budget(self, prompt_length: int) -> int:
         return self.heavy_size(prompt_length) + self.recent_size
 
+    def step_room(self, budget: int) -> int:
+        return self.recent_size
+
     def keep_score(self, view: CacheView) -> torch.Tensor:
         score = view.attention
         if self.normalize:

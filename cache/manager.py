@@ -126,22 +126,19 @@ class KVCacheManager:
                 f"model's {self.max_positions} positions; use a budget <= "
                 f"{self.max_positions - step_tokens}"
             )
-        protected_room = getattr(self.strategy, "recent_size", None)
-        if protected_room is not None and protected_room < step_tokens:
+        if self.strategy.step_room(capacity) < step_tokens:
             raise ValueError(
-                f"{name}: recent_size={protected_room} is smaller than one step of "
-                f"{step_tokens} tokens; valid range >= {step_tokens}"
+                f"{name}: its recent window ({self.strategy.describe()}) holds "
+                f"{self.strategy.step_room(capacity)} tokens, fewer than one step of "
+                f"{step_tokens}; enlarge it to at least {step_tokens} tokens"
             )
-        if isinstance(self.strategy, FrameWindow):
-            room = self.strategy.recent_frames * self.strategy.frame_tokens
-            if room < step_tokens:
-                raise ValueError(
-                    f"frames: recent_frames={self.strategy.recent_frames} cannot hold one step "
-                    f"of {step_tokens} tokens; valid range >= "
-                    f"{-(-step_tokens // self.strategy.frame_tokens)}"
-                )
 
     # -- positions ------------------------------------------------------------
+
+    @property
+    def step_room(self) -> int:
+        """Most tokens one forward pass may add (prefill chunks are cut to this)."""
+        return self.strategy.step_room(self.storage.capacity)
 
     def can_reserve(self, count: int) -> bool:
         """Whether ``count`` more positions fit (always, for evicting strategies)."""

@@ -46,6 +46,10 @@ class Strategy:
     def evict_count(self, needed: int) -> int:
         return needed
 
+    def step_room(self, budget: int) -> int:
+        """Most tokens one step may add without evicting a protected token."""
+        return budget
+
     def describe(self) -> dict:
         """Parameters, for statistics and logs."""
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}

@@ -25,6 +25,9 @@ class StreamingLLM(Strategy):
     def budget(self, prompt_length: int) -> int:
         return self.start_size + self.recent_size
 
+    def step_room(self, budget: int) -> int:
+        return self.recent_size
+
     def keep_score(self, view: CacheView) -> torch.Tensor:
         # Oldest first; sinks never.
         score = view.positions.to(torch.float32)

@@ -1,1 +1,1 @@
-"""MineWorld with managed KV caches: an interactive world model you can play on your own hardware."""
+"""MineWorld with managed KV caches: a world model you can play on the hardware you have."""

@@ -54,6 +54,14 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos().float(), persistent=False)
         self.register_buffer("sin", angles.sin().float(), persistent=False)
 
+    def _apply(self, fn, recurse=True):
+        # Follow the model to its device but keep the tables' precision when the model
+        # is cast to fp16/bf16: re-rotating cached keys needs them exact.
+        device = fn(torch.empty(0, device=self.cos.device)).device
+        for name in ("inv_freq", "cos", "sin"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Rotate ``x`` (``[..., T, D]``) to ``positions`` (``[T]``)."""
         cos = self.cos[positions].to(x.dtype)

@@ -101,3 +101,11 @@ def test_out_of_order_chunks_match_causal_forward(models):
                 checked += 1
         exact |= now_exact
     assert checked == 20  # 0..19: positions 20..22 were written before 12..19
+
+
+def test_rotary_tables_keep_their_precision_when_the_model_is_cast():
+    model = Transformer(TINY).to(torch.bfloat16)
+    assert model.rope.cos.dtype == torch.float32 and model.rope.inv_freq.dtype == torch.float64
+    raw = torch.randn(2, 5, TINY.head_dim)
+    moved = model.rope.shift(model.rope(raw, torch.arange(5)), torch.full((1, 5), 300))
+    assert (moved - model.rope(raw, torch.arange(300, 305))).abs().max() < 1e-5

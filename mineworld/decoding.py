@@ -1,0 +1,145 @@
+"""Sampling, and the two schedules that decode one frame of image tokens.
+
+* ``naive``: one token per forward pass, in raster order (rows x cols passes).
+* ``diagonal`` (arXiv 2503.14070): row r starts once row r-1 has ``window``
+  tokens; every active row then advances one token per pass, so a frame takes
+  ``cols + (rows - 1) * window`` passes. A row's first input is a stand-in: the
+  previous frame's token at the cell just before it (the end of the row above),
+  written at that cell's position, as the paper does. Queries only ever see keys
+  that have been written: the cache holds written tokens only, and a query sees
+  the keys at or before its own position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cache import KVCacheManager
+
+from .model import Transformer
+
+SCHEDULES = ("naive", "diagonal")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """``temperature`` 0 is greedy; ``top_k`` and ``top_p`` may be combined."""
+
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+    def __post_init__(self):
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k!r}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+
+
+def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None):
+    """One token id per row of ``logits`` (``[N, V]``)."""
+    if sampling.temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / sampling.temperature
+    if sampling.top_k is not None:
+        kth = logits.topk(min(sampling.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = logits.softmax(-1)
+    if sampling.top_p is not None:
+        sorted_probs, order = probs.sort(-1, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (the first token always).
+        outside = sorted_probs.cumsum(-1) - sorted_probs > sampling.top_p
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@dataclass
+class FrameDecoder:
+    """Decodes one frame given the tokens that precede it (see module doc)."""
+
+    model: Transformer
+    sampling: Sampling = Sampling()
+    schedule: str = "naive"
+    window: int = 2
+
+    def __post_init__(self):
+        config = self.model.config
+        self.rows, self.cols = config.image_rows, config.image_cols
+        self.codebook_size = config.codebook_size
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not 1 <= self.window <= self.cols:
+            raise ValueError(f"window must be in [1, {self.cols}], got {self.window!r}")
+
+    @property
+    def max_step_tokens(self) -> int:
+        """Most tokens one pass feeds (used to size and validate cache budgets)."""
+        return self.rows if self.schedule == "diagonal" else 1
+
+    @torch.inference_mode()
+    def decode(
+        self,
+        cache: KVCacheManager,
+        prefix: torch.Tensor,
+        frame_start: int,
+        previous_frame: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, int]:
+        """Feed ``prefix`` (the tokens just before the frame, ending at position
+        ``frame_start - 1``) and decode the frame at ``frame_start``.
+
+        Returns the ids ``[rows, cols]`` and the number of forward passes. The
+        frame's last token is not fed: it is the first token of the next prefix.
+        """
+        device = self.model.lm_head.weight.device
+        ids = torch.empty(self.rows, self.cols, dtype=torch.long, device=device)
+        positions = torch.arange(frame_start - prefix.numel(), frame_start, device=device)
+        ids[0, 0] = self._next(cache, prefix.to(device), positions, generator, last_only=True)[0]
+        produced = [1] + [0] * (self.rows - 1)
+        passes = 1
+        while produced[-1] < self.cols:
+            cells = self._active_cells(produced)
+            inputs = [self._input_for(r, c, ids, produced, previous_frame) for r, c in cells]
+            cell_positions = [frame_start + r * self.cols + c - 1 for r, c in cells]
+            tokens = self._next(
+                cache,
+                torch.stack(inputs),
+                torch.tensor(cell_positions, device=device),
+                generator,
+            )
+            for (r, c), token in zip(cells, tokens, strict=True):
+                ids[r, c] = token
+                produced[r] += 1
+            passes += 1
+        return ids, passes
+
+    def _active_cells(self, produced: list[int]) -> list[tuple[int, int]]:
+        """The (row, col) each active row decodes next, in position order."""
+        if self.schedule == "naive":
+            row = next(r for r, n in enumerate(produced) if n < self.cols)
+            return [(row, produced[row])]
+        cells = []
+        for r, count in enumerate(produced):
+            started = count > 0 or produced[r - 1] >= self.window
+            if count < self.cols and started:
+                cells.append((r, count))
+        return cells
+
+    def _input_for(self, row, col, ids, produced, previous_frame) -> torch.Tensor:
+        """The token fed to predict cell (row, col): the cell before it, or, when that
+        cell (the end of the row above) is not decoded yet, the previous frame's."""
+        if col:
+            return ids[row, col - 1]
+        if produced[row - 1] == self.cols:
+            return ids[row - 1, -1]
+        return previous_frame[row - 1, -1].to(ids.device)
+
+    def _next(self, cache, tokens, positions, generator, last_only=False) -> torch.Tensor:
+        """Feed ``tokens`` at ``positions``; sample the image token each one predicts."""
+        logits = self.model(tokens[None], positions, cache=cache, last_only=last_only)[0]
+        return sample(logits[:, : self.codebook_size], self.sampling, generator)

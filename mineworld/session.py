@@ -1,0 +1,168 @@
+"""One player's world: prefill reference frames, then ``step(action) -> (frame, stats)``.
+
+A session owns its cache, its frame history and its random generator; the model
+and tokenizer are shared and read-only, so many sessions can use one model.
+
+Token layout (the published model's): ``frame_0 action_0 frame_1 action_1 ...``,
+where action_t is taken after seeing frame_t. The last image token of the newest
+frame is fed together with the next action, so every frame is decoded the same
+way whether it came from the scene or from the model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .actions import ActionCodec
+from .config import ACTION_TOKENS
+from .decoding import FrameDecoder, Sampling
+from .model import Transformer
+
+
+def pick_device(device: str | None = None, dtype: str | torch.dtype | None = None):
+    """CUDA fp16 when available, else CPU fp32; either may be overridden."""
+    chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dtype is None:
+        return chosen, torch.float16 if chosen.type == "cuda" else torch.float32
+    if isinstance(dtype, str):
+        names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+        if dtype not in names:
+            raise ValueError(f"dtype must be one of {sorted(names)}, got {dtype!r}")
+        dtype = names[dtype]
+    return chosen, dtype
+
+
+@dataclass
+class FrameRecord:
+    ids: torch.Tensor  # [rows, cols] image token ids
+    action: torch.Tensor | None = None  # the 11 action tokens taken after this frame
+
+
+class Session:
+    def __init__(
+        self,
+        model: Transformer,
+        tokenizer,
+        *,
+        strategy: str = "none",
+        strategy_params: dict | None = None,
+        reference_frames: int = 8,
+        schedule: str = "naive",
+        window: int = 2,
+        sampling: Sampling | None = None,
+        seed: int = 0,
+    ):
+        config = model.config
+        if not 1 <= reference_frames < config.context_frames:
+            raise ValueError(
+                f"reference_frames must be in [1, {config.context_frames - 1}] for a model "
+                f"with a {config.context_frames}-frame context, got {reference_frames!r}"
+            )
+        self.model, self.tokenizer = model, tokenizer
+        self.codec = ActionCodec(offset=config.codebook_size)
+        self.decoder = FrameDecoder(model, sampling or Sampling(), schedule, window)
+        self.reference_frames = reference_frames
+        self.frame_tokens = config.tokens_per_frame
+        params = dict(strategy_params or {})
+        if strategy == "frames":
+            params.setdefault("frame_tokens", self.frame_tokens)
+        self.cache = model.new_cache(strategy, **params)
+        self.device = model.lm_head.weight.device
+        self.seed = seed
+        self.history: deque[FrameRecord] = deque(maxlen=config.context_frames)
+        self.frames_generated = 0
+
+    # -- start ----------------------------------------------------------------
+
+    @torch.inference_mode()
+    def start(self, frames: np.ndarray, actions: list[dict]) -> None:
+        """Prefill ``frames`` (uint8 ``[N, H, W, 3]``) and the ``N - 1`` actions taken
+        between them; the next ``step`` gives the action after the last frame."""
+        if len(frames) == 0:
+            raise ValueError("start needs at least one reference frame")
+        if len(actions) < len(frames) - 1:
+            raise ValueError(
+                f"{len(frames)} frames need {len(frames) - 1} actions, got {len(actions)}"
+            )
+        first = max(0, len(frames) - self.reference_frames)  # keep the newest frames
+        frames, actions = frames[first:], list(actions)[first : len(frames) - 1]
+        ids = self.tokenizer.encode(frames).to(self.device)
+        self.history.clear()
+        for index, frame_ids in enumerate(ids):
+            action = self._action_tokens(actions[index]) if index < len(actions) else None
+            self.history.append(FrameRecord(frame_ids, action))
+        self.generator = torch.Generator(self.device).manual_seed(self.seed)
+        self.frames_generated = 0
+        self._prefill()
+
+    def _prefill(self) -> None:
+        """Feed the history up to (not including) the newest frame's last token."""
+        parts = []
+        for record in self.history:
+            parts.append(record.ids.flatten())
+            if record.action is not None:
+                parts.append(record.action)
+        tokens = torch.cat(parts)[:-1]
+        step_tokens = max(self.decoder.max_step_tokens, ACTION_TOKENS + 1)
+        self.cache.reset(prompt_length=tokens.numel(), step_tokens=step_tokens)
+        start = self.cache.reserve(tokens.numel() + 1)
+        chunk = min(self.frame_tokens, self.cache.step_room)  # a frame at a time, or less
+        for begin in range(0, tokens.numel(), chunk):
+            piece = tokens[begin : begin + chunk]
+            positions = start + begin + torch.arange(piece.numel(), device=self.device)
+            self.model(piece[None], positions, cache=self.cache, last_only=True)
+        self.pending = self.history[-1].ids[-1, -1:]
+
+    # -- play -----------------------------------------------------------------
+
+    def _action_tokens(self, action: dict) -> torch.Tensor:
+        return torch.tensor(self.codec.encode(action), dtype=torch.long, device=self.device)
+
+    @torch.inference_mode()
+    def step(self, action: dict) -> tuple[np.ndarray, dict]:
+        """Take ``action`` after the newest frame; return the next frame and statistics."""
+        action_tokens = self._action_tokens(action)
+        started = time.perf_counter()
+        reprefill_seconds = 0.0
+        block = ACTION_TOKENS + self.model.config.tokens_per_image
+        if not self.cache.can_reserve(block):
+            reprefill_seconds = self._reprefill()
+        block_start = self.cache.reserve(block)
+        previous = self.history[-1]
+        previous.action = action_tokens
+        prefix = torch.cat([self.pending, action_tokens])
+        ids, passes = self.decoder.decode(
+            self.cache, prefix, block_start + ACTION_TOKENS, previous.ids, self.generator
+        )
+        self.history.append(FrameRecord(ids))
+        self.pending = ids[-1, -1:]
+        decoded_at = time.perf_counter()
+        frame = self.tokenizer.decode(ids[None])[0]
+        finished = time.perf_counter()
+        self.frames_generated += 1
+        stats = {
+            "frame": self.frames_generated,
+            "ms_per_frame": 1000 * (finished - started),
+            "ms_generate": 1000 * (decoded_at - started - reprefill_seconds),
+            "ms_reprefill": 1000 * reprefill_seconds,
+            "forward_passes": passes,
+            **self.cache.stats.as_dict(),
+        }
+        return frame, stats
+
+    def _reprefill(self) -> float:
+        """MineWorld's way when the full context is used up: keep the newest
+        ``reference_frames`` frames and prefill them again from scratch."""
+        started = time.perf_counter()
+        kept = list(self.history)[-self.reference_frames :]
+        self.history.clear()
+        self.history.extend(kept)
+        self._prefill()
+        seconds = time.perf_counter() - started
+        self.cache.record_reprefill(seconds)
+        return seconds
