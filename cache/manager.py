@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import torch
 
+from .custom import CustomStrategy
 from .frames import FrameWindow
 from .h2o import HeavyHitters
 from .hybrid import SinksHeavyRecent
@@ -42,7 +43,11 @@ for _cls in (FullContext, StreamingLLM, HeavyHitters, SinksHeavyRecent, FrameWin
     register(_cls)
 
 
-def make_strategy(strategy: str | Strategy, **params) -> Strategy:
+def make_strategy(strategy, **params) -> Strategy:
+    """A strategy from a registered name, a :class:`Strategy`, or an object of the
+    custom ``(K, V)`` protocol (see :mod:`cache.custom`; it needs ``budget=``)."""
+    if not isinstance(strategy, (str, Strategy)):
+        return CustomStrategy(strategy, **params)
     if isinstance(strategy, Strategy):
         if params:
             raise ValueError("pass parameters to the strategy object, not to the manager")
@@ -200,10 +205,9 @@ class KVCacheManager:
         had_holes = storage.num_live < storage.high_water
         needed = storage.num_live + count - storage.capacity
         slots = None
-        if needed > 0:
-            victims = self._evict(needed, count)
-            if not had_holes and victims.shape[-1] == count:
-                slots = victims  # the common case: overwrite exactly what was evicted
+        victims = self._evict(needed, count)
+        if victims is not None and not had_holes and victims.shape[-1] == count:
+            slots = victims  # the common case: overwrite exactly what was evicted
         if slots is None:
             slots = storage.free_slots(count)
         storage.claim(slots, positions)
@@ -216,22 +220,25 @@ class KVCacheManager:
         )
         self.newest_position = max(self.newest_position, newest)
 
-    def _evict(self, needed: int, incoming: int) -> torch.Tensor:
+    def _evict(self, needed: int, incoming: int) -> torch.Tensor | None:
         storage = self.storage
-        count = self.strategy.evict_count(needed)
         view = CacheView(
             positions=storage.positions,
+            keys=storage.keys,
+            values=storage.values,
             attention=storage.attention,
             seen=storage.seen,
             newest_position=self.newest_position,
             incoming=incoming,
         )
-        score = self.strategy.keep_score(view).masked_fill(storage.positions < 0, float("inf"))
-        lowest, victims = score.topk(count, dim=-1, largest=False)
-        if torch.isinf(lowest).any():
+        victims = self.strategy.victims(view, needed)
+        if victims is None or victims.shape[-1] == 0:
+            return None
+        count = victims.shape[-1]
+        if storage.num_live - count + incoming > storage.capacity:
             raise RuntimeError(
-                f"{self.strategy.name}: every cached token is protected; the budget "
-                f"({storage.capacity}) leaves no room for {incoming} new tokens"
+                f"{self.strategy.name}: kept {storage.num_live - count} tokens, no room for "
+                f"{incoming} more in a budget of {storage.capacity}"
             )
         if self.debug:
             evicted = storage.positions.gather(-1, victims)

@@ -7,6 +7,9 @@ A strategy is a small class (kvpress style). It answers three questions:
 * ``evict_count(needed)``: how many to evict when ``needed`` slots are short
   (more than asked when it evicts in whole blocks).
 
+``victims`` turns those answers into slots; a strategy that selects tokens some
+other way (see :mod:`cache.custom`) overrides it instead.
+
 Everything else (slots, eviction, positions, statistics) lives once in
 :class:`cache.manager.KVCacheManager`.
 """
@@ -25,6 +28,8 @@ class CacheView:
     """What a strategy may look at when it scores slots (all ``[rows, heads, C]``)."""
 
     positions: torch.Tensor  # -1 for dead slots
+    keys: torch.Tensor  # [L, H, C, D] stored (rotated) keys; values likewise
+    values: torch.Tensor
     attention: torch.Tensor | None  # accumulated attention per key, when tracked
     seen: torch.Tensor | None  # number of queries that saw each key, when tracked
     newest_position: int  # highest position written so far
@@ -45,6 +50,20 @@ class Strategy:
 
     def evict_count(self, needed: int) -> int:
         return needed
+
+    def victims(self, view: CacheView, needed: int) -> torch.Tensor | None:
+        """Slots to evict (``[rows, heads, k]``) so that ``needed`` more fit; ``None``
+        when nothing has to go. Default: the lowest ``keep_score``."""
+        if needed <= 0:
+            return None
+        score = self.keep_score(view).masked_fill(view.positions < 0, math.inf)
+        lowest, slots = score.topk(self.evict_count(needed), dim=-1, largest=False)
+        if torch.isinf(lowest).any():
+            raise RuntimeError(
+                f"{self.name}: every cached token is protected; no room for "
+                f"{view.incoming} new tokens"
+            )
+        return slots
 
     def step_room(self, budget: int) -> int:
         """Most tokens one step may add without evicting a protected token."""

@@ -302,3 +302,63 @@ def test_debug_cache_logs_each_eviction(monkeypatch, capsys):
     log = capsys.readouterr().err
     assert log.count("evict strategy=streaming count=1") == 80 - 6
     assert "rebase strategy=streaming" in log
+
+
+# -- the custom (K, V) protocol --------------------------------------------------
+
+
+class StartRecentKVCache:
+    """StreamingLLM's reference policy, written against the (K, V) protocol."""
+
+    def __init__(self, start_size, recent_size):
+        self.start_size, self.recent_size = start_size, recent_size
+        self.cache_size = start_size + recent_size
+
+    def __call__(self, past_key_values):
+        return self.evict_for_space(past_key_values, 0)
+
+    def evict_for_space(self, past_key_values, num_coming):
+        seq_len = past_key_values[0][0].size(2)
+        if seq_len + num_coming <= self.cache_size:
+            return past_key_values
+        keep_from = seq_len - self.recent_size + num_coming
+        return [
+            [torch.cat([t[:, :, : self.start_size], t[:, :, keep_from:]], dim=2) for t in kv]
+            for kv in past_key_values
+        ]
+
+
+def test_custom_protocol_policy_keeps_what_the_native_strategy_keeps():
+    native, rope = bound_manager("streaming", max_positions=128, start_size=3, recent_size=9)
+    custom, _ = bound_manager(StartRecentKVCache(3, 9), max_positions=128, budget=12)
+    raw = torch.randn(300, HEADS, DIM)
+    for manager in (native, custom):
+        manager.reset(prompt_length=0, step_tokens=3)
+    written = 0
+    while written < 250:
+        count = 1 + written % 3
+        for manager in (native, custom):
+            feed(manager, rope, raw, written, count)
+        written += count
+        for layer in range(LAYERS):
+            for head in range(HEADS):
+                assert live_tokens(custom, layer, head) == live_tokens(native)
+    assert custom.stats.rebases > 0
+
+
+def test_custom_policy_that_changes_tokens_is_refused():
+    class Rounding(StartRecentKVCache):
+        def evict_for_space(self, past_key_values, num_coming):
+            return [[t.round() for t in kv] for kv in super().evict_for_space(past_key_values, 1)]
+
+    manager, rope = bound_manager(Rounding(2, 4), budget=6)
+    manager.reset(prompt_length=0, step_tokens=1)
+    raw = torch.randn(20, HEADS, DIM)
+    with pytest.raises(ValueError, match="must select tokens, not change them"):
+        for i in range(10):
+            feed(manager, rope, raw, i, 1)
+
+
+def test_custom_policy_without_the_protocol_is_named():
+    with pytest.raises(ValueError, match="lacks __call__, evict_for_space"):
+        KVCacheManager(object(), budget=8)

@@ -1,0 +1,94 @@
+"""Run a strategy written for per-layer ``(K, V)`` tensors, unchanged.
+
+The protocol is StreamingLLM's ``StartRecentKVCache`` and the classes modelled on
+it: an object with ``__call__(past_key_values)`` and
+``evict_for_space(past_key_values, num_coming)``, where ``past_key_values`` is a
+list with one ``(K, V)`` pair per layer, each ``[1, kv_heads, S, head_dim]`` with
+the sequence in position order, and the answer is such a list holding a selection
+of those tokens.
+
+Before every step the adapter hands the policy the live tokens in position order
+and keeps the slots whose key and value come back; the rest are evicted. It is
+slower than a native strategy (each step gathers the whole cache into position
+order), and the policy must select tokens, not alter them. Positions are packed
+like ``h2o``'s when the trained range would be left.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .strategy import CacheView, Strategy, check_int
+
+
+def fingerprint(keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """An integer per token from the exact bits of its key and value (``[..., n]``).
+    Integer sums are exact, so a copied or re-sliced token gives the same number."""
+    both = torch.cat([keys, values], -1).contiguous()
+    bits = both.view({2: torch.int16, 4: torch.int32}[both.element_size()]).long()
+    mixer = torch.Generator().manual_seed(0)
+    weights = torch.randint(1, 2**31, (bits.shape[-1],), generator=mixer) * 2 + 1
+    return (bits * weights.to(bits.device)).sum(-1)
+
+
+class CustomStrategy(Strategy):
+    name = "custom"
+    per_head = True
+
+    def __init__(self, policy, budget: int):
+        methods = ("__call__", "evict_for_space")
+        missing = [m for m in methods if not callable(getattr(policy, m, None))]
+        if missing:
+            raise ValueError(
+                f"a custom strategy needs __call__(past_key_values) and "
+                f"evict_for_space(past_key_values, num_coming); {type(policy).__name__} "
+                f"lacks {', '.join(missing)}"
+            )
+        self.policy = policy
+        self.budget_tokens = check_int("budget", budget, 1)
+
+    def budget(self, prompt_length: int) -> int:
+        return self.budget_tokens
+
+    def describe(self) -> dict:
+        return {"policy": type(self.policy).__name__, "budget": self.budget_tokens}
+
+    def victims(self, view: CacheView, needed: int) -> torch.Tensor | None:
+        positions = view.positions  # [layers, heads, C]
+        live = positions >= 0
+        count = int(live[0, 0].sum())
+        if count == 0:
+            return None
+        order = positions.masked_fill(~live, torch.iinfo(torch.long).max).argsort(-1)
+        order = order[..., :count]  # live slots in position order
+        past = []
+        for layer, slots in enumerate(order):
+            index = slots.unsqueeze(-1).expand(-1, -1, view.keys.shape[-1])
+            past.append(
+                (view.keys[layer].gather(1, index)[None], view.values[layer].gather(1, index)[None])
+            )
+        kept = self.policy.evict_for_space(past, view.incoming)
+        keep = torch.zeros_like(live)
+        for layer, ((keys, values), slots) in enumerate(zip(past, order, strict=True)):
+            prints = fingerprint(keys[0], values[0])
+            keep[layer].scatter_(-1, self._match(prints, slots, *kept[layer]), True)
+        evict = live & ~keep
+        per_row = evict.sum(-1)
+        if not bool((per_row == per_row.flatten()[0]).all()):
+            raise ValueError(
+                f"custom strategy {type(self.policy).__name__} kept different numbers of "
+                f"tokens in different layers or heads ({sorted(set(per_row.flatten().tolist()))})"
+            )
+        return evict.nonzero()[:, -1].view(*positions.shape[:2], -1)
+
+    def _match(self, live_prints, slots, kept_keys, kept_values) -> torch.Tensor:
+        """Slots ``[heads, m]`` of the tokens the policy returned."""
+        ordered, rank = live_prints.sort(-1)
+        wanted = fingerprint(kept_keys[0], kept_values[0])
+        at = torch.searchsorted(ordered, wanted).clamp(max=ordered.shape[-1] - 1)
+        if not bool((ordered.gather(-1, at) == wanted).all()):
+            raise ValueError(
+                f"custom strategy {type(self.policy).__name__} returned keys or values that "
+                f"are not in the cache: it must select tokens, not change them"
+            )
+        return slots.gather(-1, rank.gather(-1, at))
