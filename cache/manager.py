@@ -219,6 +219,7 @@ class KVCacheManager:
             count > 1 or newest <= self.newest_position or storage.num_live < storage.high_water
         )
         self.newest_position = max(self.newest_position, newest)
+        self._shared_mask = None  # positions shared by all layers: one mask per step
 
     def _evict(self, needed: int, incoming: int) -> torch.Tensor | None:
         storage = self.storage
@@ -265,10 +266,14 @@ class KVCacheManager:
         keys, values = storage.keys[layer, :, :end], storage.values[layer, :, :end]
         if not self.step_needs_mask:
             return keys, values, None
+        if self._shared_mask is not None:
+            return keys, values, self._shared_mask
         key_positions = storage.layer_positions(layer)
         mask = (key_positions >= 0).unsqueeze(1) & (
             key_positions.unsqueeze(1) <= query_positions.view(1, -1, 1)
         )
+        if not storage.per_head:
+            self._shared_mask = mask
         return keys, values, mask
 
     @property
