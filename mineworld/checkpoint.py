@@ -187,17 +187,23 @@ def transformer_state_dict(state: Mapping[str, torch.Tensor], where: str) -> dic
 
 def load_transformer(
     config: ModelConfig,
-    path: str | Path,
+    source: str | Path | Mapping[str, torch.Tensor],
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    where: str | None = None,
 ) -> Transformer:
-    """A :class:`Transformer` for ``config`` with the weights of the checkpoint at ``path``,
-    on ``device`` in ``dtype``, in eval mode and without gradients."""
+    """A :class:`Transformer` for ``config`` with the weights of ``source`` (a checkpoint
+    path, or a state dict already read from the file named by ``where``), on ``device``
+    in ``dtype``, in eval mode and without gradients."""
     device = torch.device(device)
-    state = transformer_state_dict(read_state_dict(path), str(path))
+    if isinstance(source, Mapping):
+        where, state = where or "state dict", source
+    else:
+        where, state = str(source), read_state_dict(source)
+    state = transformer_state_dict(state, where)
     with torch.device("meta"):
         model = Transformer(config)
-    check_state_dict(model, state, str(path))
+    check_state_dict(model, state, where)
     # Convert one tensor at a time, dropping each original, so the peak is one extra tensor.
     for key in list(state):
         state[key] = state[key].to(device=device, dtype=dtype)

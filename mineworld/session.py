@@ -26,7 +26,12 @@ from .model import Transformer
 
 def pick_device(device: str | None = None, dtype: str | torch.dtype | None = None):
     """CUDA fp16 when available, else CPU fp32; either may be overridden."""
-    chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but no CUDA device is available")
     if dtype is None:
         return chosen, torch.float16 if chosen.type == "cuda" else torch.float32
     if isinstance(dtype, str):
@@ -119,6 +124,11 @@ class Session:
         self.pending = self.history[-1].ids[-1, -1:]
 
     # -- play -----------------------------------------------------------------
+
+    @property
+    def newest_ids(self) -> torch.Tensor:
+        """Image token ids ``[rows, cols]`` of the newest frame."""
+        return self.history[-1].ids
 
     def _action_tokens(self, action: dict) -> torch.Tensor:
         return torch.tensor(self.codec.encode(action), dtype=torch.long, device=self.device)

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mineworld.checkpoint import read_state_dict, split_prefix
 from mineworld.tokenizers.base import ImageTokenizer
 
 _ACTIVATIONS = {"silu": nn.SiLU, "swish": nn.SiLU, "mish": nn.Mish, "gelu": nn.GELU,
@@ -346,30 +345,16 @@ _CHECKPOINT_PREFIXES = (
 
 
 def load_vqgan_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read VQModel weights from .safetensors, or .pt/.pth/.ckpt/.bin without running pickled code.
+    """VQModel weights from a file (tensors only; see :func:`read_state_dict`).
 
-    Accepts a bare VQModel state dict, or a checkpoint with a top-level `state_dict` whose
-    tokenizer keys carry one of `_CHECKPOINT_PREFIXES` (other keys, e.g. `transformer.*`, are
-    dropped).
+    Accepts a bare VQModel state dict, or a checkpoint whose tokenizer keys carry one of
+    `_CHECKPOINT_PREFIXES` (other keys, e.g. `transformer.*`, are dropped).
     """
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        weights: Any = safetensors.torch.load_file(path)
-    elif path.suffix in (".pt", ".pth", ".ckpt", ".bin"):
-        try:
-            weights = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            raise ValueError(f"refusing to load {path}: it pickles more than tensors") from err
-    else:
-        raise ValueError(f"unsupported weights file type {path.suffix!r}: {path}")
-    if isinstance(weights, Mapping) and isinstance(weights.get("state_dict"), Mapping):
-        weights = weights["state_dict"]
-    if not isinstance(weights, Mapping):
-        raise ValueError(f"{path} holds a {type(weights).__name__}, not a state dict")
+    weights = read_state_dict(path)
     for prefix in _CHECKPOINT_PREFIXES:
         if any(k.startswith(prefix) for k in weights):
-            return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
-    return dict(weights)
+            return split_prefix(weights, prefix)
+    return weights
 
 
 class VQGANTokenizer(ImageTokenizer):
@@ -384,12 +369,24 @@ class VQGANTokenizer(ImageTokenizer):
     @classmethod
     def from_pretrained(cls, config_path: str | Path, weights_path: str | Path,
                         device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                        frame_size: tuple[int, int] = (384, 224)) -> VQGANTokenizer:
+                        grid: tuple[int, int] = (14, 24)) -> VQGANTokenizer:
+        """The VQGAN of a diffusers ``config.json`` with the weights of a file."""
+        return cls.from_weights(
+            config_path, load_vqgan_state_dict(weights_path), device, dtype, grid
+        )
+
+    @classmethod
+    def from_weights(cls, config_path: str | Path, weights: Mapping[str, torch.Tensor],
+                     device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                     grid: tuple[int, int] = (14, 24)) -> VQGANTokenizer:
+        """The VQGAN of ``config_path`` with ``weights``, framed to give a ``grid`` of
+        (rows, cols) codes (MineWorld's 14 x 24 by default: 384x224 frames)."""
         # Build on the meta device: the weights replace every parameter, so skip random init.
         with torch.device("meta"):
             model = VQGAN(VQGANConfig.from_json(config_path))
-        model.load_weights(load_vqgan_state_dict(weights_path))
-        return cls(model, frame_size, device, dtype)
+        model.load_weights(weights)
+        factor = model.config.downsample_factor
+        return cls(model, (grid[1] * factor, grid[0] * factor), device, dtype)
 
     def _encode_batch(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.encode_ids(images)

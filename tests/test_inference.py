@@ -1,0 +1,198 @@
+"""inference.py end to end: a tiny random MineWorld checkpoint, two clips, every exit status.
+
+The checkpoint has the published layout (``transformer.*`` and ``tokenizer.model.*`` keys in a
+``state_dict`` pickle, a YAML config naming the VQGAN's config.json) at toy size: a 2 x 3 grid of
+a 64-code VQGAN that halves 4 x 6 pixel frames, and a 4-frame context, so that two context frames
+and three generated ones already use the context up and make the strategies evict.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import inference
+from mineworld.config import ModelConfig
+from mineworld.model import Transformer
+from mineworld.tokenizers.vqgan import VQGAN, VQGANConfig
+from mineworld.video import read_video, write_video
+
+ROWS, COLS, CODES = 2, 3, 64
+HEIGHT, WIDTH = 2 * ROWS, 2 * COLS  # two VQGAN blocks: 2x downsampling
+CONTEXT_FRAMES = 4
+FRAME_TOKENS = ROWS * COLS + 11
+DEMO, FRAMES = 2, 3
+VPT_LINE = {
+    "keyboard": {"keys": ["key.keyboard.w"]},
+    "mouse": {"dx": 10.0, "dy": 0.0, "buttons": []},
+}
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory):
+    """(config.yaml, model.ckpt); the YAML names vae/config.json relative to its folder."""
+    root = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    numbers = dict(
+        vocab_size=CODES + 70, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=CONTEXT_FRAMES * FRAME_TOKENS,
+    )
+    transformer = Transformer(
+        ModelConfig(**numbers, image_rows=ROWS, image_cols=COLS, codebook_size=CODES)
+    )
+    vae = {
+        "block_out_channels": [8, 16], "down_block_types": ["DownEncoderBlock2D"] * 2,
+        "up_block_types": ["UpDecoderBlock2D"] * 2, "layers_per_block": 1,
+        "latent_channels": 4, "num_vq_embeddings": CODES, "norm_num_groups": 4,
+    }
+    (root / "vae").mkdir()
+    (root / "vae" / "config.json").write_text(json.dumps({"_class_name": "VQModel", **vae}))
+    vqgan = VQGAN(VQGANConfig.from_dict(vae))
+    state = {f"transformer.{k}": v for k, v in transformer.state_dict().items()}
+    state.update({f"tokenizer.model.{k}": v for k, v in vqgan.state_dict().items()})
+    checkpoint = root / "model.ckpt"
+    torch.save({"state_dict": state}, checkpoint)
+    config = root / "config.yaml"
+    tokenizer = {"config_path": "vae/config.json", "ckpt_path": "vae/not-shipped.ckpt"}
+    config.write_text(yaml.safe_dump({"model": {"params": {
+        "tokenizer_config": {"target": "vae.VAE", "params": tokenizer},
+        "transformer_config": {"target": "transformers.LlamaConfig", "params": numbers},
+        "layout": {"image_rows": ROWS, "image_cols": COLS, "codebook_size": CODES},
+    }}}))
+    return config, checkpoint
+
+
+def write_clip(folder, name, frames=6, lines=6, seed=0):
+    rng = np.random.default_rng(seed)
+    write_video(folder / f"{name}.mp4", rng.integers(0, 256, (frames, HEIGHT, WIDTH, 3), np.uint8))
+    (folder / f"{name}.jsonl").write_text((json.dumps(VPT_LINE) + "\n") * lines)
+
+
+@pytest.fixture
+def data_root(tmp_path):
+    root = tmp_path / "clips"
+    root.mkdir()
+    write_clip(root, "clip_0", seed=0)
+    write_clip(root, "clip_1", seed=1)
+    return root
+
+
+def run(model_files, data_root, output, *extra):
+    config, checkpoint = model_files
+    return inference.main([
+        "--data_root", str(data_root), "--output_dir", str(output), "--model_ckpt",
+        str(checkpoint), "--config", str(config), "--demo_num", str(DEMO), "--frames",
+        str(FRAMES), "--device", "cpu", *extra,
+    ])
+
+
+def error_lines(capsys):
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("inference")]
+
+
+@pytest.mark.parametrize("extra", [
+    [],
+    ["--cache-strategy", "streaming", "--start-size", "2", "--recent-size", "20"],
+    ["--accelerate-algo", "image_diagd"],
+], ids=["none", "streaming", "image_diagd"])
+def test_generates_every_clip(model_files, data_root, tmp_path, capsys, extra):
+    output = tmp_path / "out"
+    assert run(model_files, data_root, output, *extra) == 0
+    summaries = capsys.readouterr().out.splitlines()
+    for name in ("clip_0", "clip_1"):
+        record = json.loads((output / f"{name}.json").read_text())
+        assert record["clip"] == name
+        assert (record["context_frames"], record["generated_frames"]) == (DEMO, FRAMES)
+        assert np.array(record["tokens"]).shape == (FRAMES, ROWS, COLS)
+        assert len(record["stats"]) == FRAMES
+        assert {"ms_per_frame", "forward_passes", "live_tokens", "bytes_live", "evicted_tokens",
+                "reprefills"} <= set(record["stats"][-1])
+        assert record["totals"]["frames_per_second"] > 0
+        assert record["model"]["vae_weights"].endswith("(tokenizer.model.*)")
+        video = read_video(output / f"{name}.mp4")
+        assert video.shape == (DEMO + FRAMES, HEIGHT, WIDTH, 3)
+        assert any(line.startswith(f"{name}: {FRAMES} frames") for line in summaries)
+    args, last = record["args"], record["stats"][-1]
+    if "streaming" in extra:
+        assert args["strategy_params"] == {"start_size": 2, "recent_size": 20}
+        assert last["evicted_tokens"] > 0 and last["live_tokens"] <= 22
+    elif "image_diagd" in extra:
+        assert args["schedule"] == "diagonal"
+        assert last["forward_passes"] == COLS + (ROWS - 1) * 2
+    else:
+        # Two context frames and three new ones overflow the 4-frame context once.
+        assert last["reprefills"] == 1
+        assert last["forward_passes"] == ROWS * COLS
+    assert args["sampling"] == {"temperature": 0.0, "top_k": None, "top_p": None}
+
+
+def test_greedy_runs_are_deterministic(model_files, data_root, tmp_path):
+    tokens = []
+    for output in (tmp_path / "a", tmp_path / "b"):
+        assert run(model_files, data_root, output) == 0
+        tokens.append(json.loads((output / "clip_1.json").read_text())["tokens"])
+    assert tokens[0] == tokens[1]
+
+
+def test_top_k_samples_at_temperature_one(model_files, data_root, tmp_path):
+    assert run(model_files, data_root, tmp_path / "out", "--top_k", "5", "--seed", "3") == 0
+    record = json.loads((tmp_path / "out" / "clip_0.json").read_text())
+    assert record["args"]["sampling"] == {"temperature": 1.0, "top_k": 5, "top_p": None}
+
+
+def test_flag_the_strategy_does_not_take(model_files, data_root, tmp_path, capsys):
+    code = run(model_files, data_root, tmp_path / "out", "--cache-strategy", "streaming",
+               "--hh-ratio", "0.5")
+    assert code == 2
+    assert error_lines(capsys) == [
+        "inference.py: error: --hh-ratio is not a parameter of strategy 'streaming' "
+        "(it takes: start_size, recent_size)"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_strategy_value(model_files, data_root, tmp_path, capsys):
+    code = run(model_files, data_root, tmp_path / "out", "--cache-strategy", "h2o",
+               "--hh-ratio", "2")
+    assert code == 2
+    [line] = error_lines(capsys)
+    assert line.startswith("inference.py: error:") and "hh_ratio" in line and "[0, 1]" in line
+
+
+def test_missing_data_root(model_files, tmp_path, capsys):
+    assert run(model_files, tmp_path / "nowhere", tmp_path / "out") == 2
+    [line] = error_lines(capsys)
+    assert line.startswith("inference.py: error: --data_root") and "nowhere" in line
+
+
+def test_short_clip_is_skipped_and_reported(model_files, data_root, tmp_path, capsys):
+    write_clip(data_root, "clip_1", lines=DEMO - 1 + FRAMES - 1)
+    output = tmp_path / "out"
+    assert run(model_files, data_root, output) == 1
+    lines = error_lines(capsys)
+    assert any(
+        "skipped clip_1" in line and f"needs {DEMO} frames and {DEMO - 1 + FRAMES} action lines"
+        in line and f"has {DEMO} frames and {DEMO - 2 + FRAMES} lines" in line for line in lines
+    ), lines
+    assert lines[-1] == "inference.py: 1 of 2 clips skipped: clip_1"
+    assert (output / "clip_0.json").is_file() and (output / "clip_0.mp4").is_file()
+    assert not (output / "clip_1.json").exists()
+
+
+def test_next_alignment_needs_one_line_more(model_files, data_root, tmp_path, capsys):
+    write_clip(data_root, "clip_0", lines=DEMO - 1 + FRAMES)
+    assert run(model_files, data_root, tmp_path / "out", "--action-alignment", "next") == 1
+    assert any("clip_0" in line and f"needs {DEMO} frames and {DEMO + FRAMES} action lines"
+               in line for line in error_lines(capsys))
+
+
+@pytest.mark.skipif(inference.embedded_model() is not None, reason="an embedded model is shipped")
+def test_no_model_flags_and_no_embedded_model(data_root, tmp_path, capsys):
+    code = inference.main(["--data_root", str(data_root), "--output_dir", str(tmp_path / "out")])
+    assert code == 2
+    [line] = error_lines(capsys)
+    assert line.startswith("inference.py: error: no embedded model is shipped yet")
+    assert "--model_ckpt and --config" in line
