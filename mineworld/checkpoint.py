@@ -93,7 +93,7 @@ def _load_pickle(path: Path):
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         reason = _unpickler_reason(error)
-        if "global" in reason.lower():
+        if "global" in reason.lower():  # the tensors-only unpickler met a class or function
             raise CheckpointError(
                 f"{path}: the file contains code or objects other than tensors "
                 f"({reason}); it was not loaded"
@@ -113,13 +113,11 @@ def _load_pickle(path: Path):
 
 def _unpickler_reason(error: pickle.UnpicklingError) -> str:
     """The restricted unpickler's own complaint, without torch's paragraphs of advice."""
-    text = str(error)
-    marker = "WeightsUnpickler error:"
-    if marker in text:
-        text = text.split(marker, 1)[1]
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    # "Unsupported global: GLOBAL os.system was not an allowed global by default. Please..."
-    return lines[0].split(". Please")[0] if lines else type(error).__name__
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    # e.g. "Trying to load unsupported GLOBAL posix.system whose module posix is blocked."
+    named = [line for line in lines if "GLOBAL" in line or "WeightsUnpickler" in line]
+    reason = (named or lines[-1:] or [type(error).__name__])[0]
+    return reason.split("WeightsUnpickler error:")[-1].split(". Please")[0].strip()
 
 
 def split_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
