@@ -242,16 +242,22 @@ class KVCacheManager:
                 f"{incoming} more in a budget of {storage.capacity}"
             )
         if self.debug:
-            evicted = storage.positions.gather(-1, victims)
-            debug_log(
-                f"evict strategy={self.strategy.name} count={count} "
-                f"rows={tuple(victims.shape[:2])} positions(layer 0, head 0)="
-                f"{sorted(evicted[0, 0].tolist())[:16]}"
-            )
+            self._log_eviction(victims)
         storage.kill(victims)
         self.stats.evicted_tokens += count
         self.stats.eviction_events += 1
         return victims
+
+    def _log_eviction(self, victims: torch.Tensor) -> None:
+        """One line per layer (one for all when layers share positions), head 0 shown."""
+        evicted = self.storage.positions.gather(-1, victims)
+        layers = range(victims.shape[0]) if self.storage.per_head else ["all"]
+        for row, layer in enumerate(layers):
+            slots, positions = victims[row, 0].tolist(), evicted[row, 0].tolist()
+            debug_log(
+                f"evict strategy={self.strategy.name} layer={layer} count={len(slots)} "
+                f"slots={slots[:12]} positions={sorted(positions)[:12]}"
+            )
 
     def write(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Store ``keys``/``values`` (``[kv_heads, n, head_dim]``) of this step's tokens."""

@@ -300,7 +300,7 @@ def test_debug_cache_logs_each_eviction(monkeypatch, capsys):
     for i in range(80):
         feed(manager, rope, raw, i, 1)
     log = capsys.readouterr().err
-    assert log.count("evict strategy=streaming count=1") == 80 - 6
+    assert log.count("evict strategy=streaming layer=all count=1") == 80 - 6
     assert "rebase strategy=streaming" in log
 
 
