@@ -1,0 +1,334 @@
+"""Every cache strategy over a long session, against a full cache of the same size.
+
+    . .venv/bin/activate
+    python -m benchmarks.cache_strategies                  # 200 frames, diagonal schedule
+    python -m benchmarks.cache_strategies --quick          # smoke run: 12 frames
+    python -m benchmarks.cache_strategies --frames 50 --schedule naive --strategies none,frames \\
+        --set frames.recent_frames=5 --csv /tmp/cache.csv
+    OMP_WAIT_POLICY=PASSIVE python -m benchmarks.cache_strategies ...   # on a loaded machine
+
+The model has the published frame layout (a 14 x 24 grid of an 8192-code tokenizer and 11 action
+tokens: 347 tokens per frame; vocab 8262; 5552 positions = 16 frames) but a small width so that
+it runs on a few CPU cores (``--width/--layers/--heads/--kv-heads/--mlp``), with random weights.
+The tokenizer is a cheap stand-in (mean red level of 4 x 4 patches -> ids, ids -> flat patches).
+Each strategy gets its own ``Session`` (8 reference frames, diagonal schedule, window 2 by
+default) and plays ``--frames`` frames of the same seeded action script.
+
+Baseline: for each strategy, a ``none`` session prefilled with as many whole frames as the
+strategy keeps live in steady state (its budget / 347, rounded; the frame's prefix of the last
+token and 11 action tokens comes with the step), timed on one frame and then put back in its
+prefilled state (untimed; a deep copy of the prefilled session by default, or a real re-prefill
+with ``--baseline-reset prefill``) so that it never grows. A baseline frame is played right
+before every frame of its strategy (``--shared-baseline``: one per round for all strategies of
+the same size) and the order rotates every round, so that load drift hits both alike.
+``ratio`` is the strategy's median ms/frame over its baseline's median (``paired``: the median
+of the frame-by-frame ratios). ``none`` is compared with the baseline of its own reference
+frames; its live count grows until it re-prefills, and its re-prefill spike (p99/p50, max/p50 of
+its ms/frame, re-prefill frames included) is printed below the table. Timings on a shared
+machine are noisy: read the ratios. ms/frame is the session's own ``ms_per_frame`` (decode,
+re-prefill when there is one, and the stand-in tokenizer's decode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from benchmarks.common import percentile, print_machine
+from mineworld.actions import make_action
+from mineworld.config import ModelConfig
+from mineworld.model import Transformer
+from mineworld.session import Session
+from mineworld.tokenizers.base import ImageTokenizer
+
+ROWS, COLS, CODES, VOCAB, POSITIONS = 14, 24, 8192, 8262, 5552
+PATCH = 4  # stand-in frames are (4 * 14) x (4 * 24) pixels
+
+DEFAULT_PARAMS: dict[str, dict] = {  # budgets of about 8 frames (8 * 347 = 2776 tokens)
+    "none": {},
+    "streaming": {"start_size": 4, "recent_size": 2776},
+    "h2o": {"hh_ratio": 0.1, "recent_size": 2496},
+    "hybrid": {"start_size": 4, "hh_ratio": 0.1, "recent_size": 2492},
+    "frames": {"sink_frames": 1, "recent_frames": 7},
+}
+COUNTERS = ("evicted_tokens", "eviction_events", "rebases", "reprefills", "reprefill_seconds")
+
+
+class PatchTokenizer(ImageTokenizer):
+    """A stand-in tokenizer: one id per 4 x 4 patch from its mean red level (cheap both ways)."""
+
+    def __init__(self):
+        super().__init__(frame_size=(PATCH * COLS, PATCH * ROWS), grid=(ROWS, COLS),
+                         codebook_size=CODES)
+
+    def _encode_batch(self, images):
+        patches = torch.nn.functional.avg_pool2d(images[:, :1], PATCH)[:, 0]
+        return ((patches + 1) / 2 * (CODES - 1)).round().long()
+
+    def _decode_batch(self, ids):
+        level = ids.float() / (CODES - 1) * 2 - 1
+        image = level.repeat_interleave(PATCH, -1).repeat_interleave(PATCH, -2)
+        return image[:, None].expand(-1, 3, -1, -1)
+
+
+def build_model(args) -> Transformer:
+    config = ModelConfig(
+        vocab_size=VOCAB, hidden_size=args.width, intermediate_size=args.mlp,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads, max_position_embeddings=POSITIONS,
+        image_rows=ROWS, image_cols=COLS, codebook_size=CODES,
+    )
+    torch.manual_seed(args.seed)
+    model = Transformer(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" not in name:
+                p.normal_(0, 0.02)
+    return model
+
+
+def action_script(count: int, seed: int) -> list[dict]:
+    """A fixed, seeded walk: a few buttons and a small camera turn per frame."""
+    rng = np.random.default_rng(seed)
+    buttons = ["forward", "back", "left", "right", "jump", "sprint", "sneak", "attack", "use"]
+    actions = []
+    for _ in range(count):
+        pressed = [b for b in buttons if rng.random() < 0.2]
+        pitch, yaw = rng.uniform(-15, 15, 2).round(1)
+        actions.append(make_action(pressed, pitch=float(pitch), yaw=float(yaw)))
+    return actions
+
+
+def parse_value(raw: str):
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    try:
+        return int(raw)
+    except ValueError:
+        return float(raw)
+
+
+def parse_overrides(items: list[str], strategies: list[str]) -> dict[str, dict]:
+    params = {name: dict(DEFAULT_PARAMS[name]) for name in strategies}
+    for item in items:
+        key, _, raw = item.partition("=")
+        name, _, field = key.partition(".")
+        if name not in params or not field or not raw:
+            raise SystemExit(f"--set wants STRATEGY.PARAM=VALUE for a chosen strategy: {item!r}")
+        params[name][field] = parse_value(raw)
+    return params
+
+
+
+
+
+
+class Baseline:
+    """A ``none`` session that always plays one frame after ``frames`` prefilled frames.
+
+    ``reset="snapshot"`` (default) plays every frame on a deep copy of one freshly prefilled
+    session (the same state as a re-prefill, in milliseconds); ``"prefill"`` re-prefills it
+    before every frame. Either way the preparation is untimed and the cache never grows."""
+
+    def __init__(self, model, tokenizer, frames: int, scene, args):
+        self.frames, self.reset = frames, args.baseline_reset
+        self.session = Session(model, tokenizer, reference_frames=frames,
+                               schedule=args.schedule, window=args.window, seed=args.seed)
+        images, actions = scene
+        self.images, self.actions = images[-frames:], actions[len(actions) - (frames - 1):]
+        self.session.start(self.images, self.actions)
+        self.shared = {id(obj): obj for obj in (model, model.rope, tokenizer)}
+        self.live: tuple[int, int] | None = None
+
+    def frame(self, action: dict) -> float:
+        if self.reset == "prefill":
+            self.session.start(self.images, self.actions)
+            session = self.session
+        else:  # the model and tokenizer stay shared; cache, history and generator are copied
+            session = copy.deepcopy(self.session, dict(self.shared))
+        start_live = session.cache.stats.live_tokens
+        _, stats = session.step(action)
+        self.live = (start_live, stats["live_tokens"])
+        return stats["ms_per_frame"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=200, help="timed frames per strategy")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed frames first")
+    parser.add_argument("--strategies", default=",".join(DEFAULT_PARAMS),
+                        help="comma-separated (default: all five)")
+    parser.add_argument("--set", action="append", default=[], metavar="STRATEGY.PARAM=VALUE",
+                        help="override a strategy parameter, e.g. h2o.recent_size=2000")
+    parser.add_argument("--schedule", default="diagonal", choices=["diagonal", "naive"])
+    parser.add_argument("--window", type=int, default=2, help="diagonal schedule window")
+    parser.add_argument("--reference-frames", type=int, default=8)
+    parser.add_argument("--width", type=int, default=256, help="hidden size")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--kv-heads", type=int, default=1)
+    parser.add_argument("--mlp", type=int, default=768, help="intermediate size")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the none baselines")
+    parser.add_argument("--baseline-reset", default="snapshot", choices=["snapshot", "prefill"],
+                        help="how a baseline frame starts from its prefilled state (untimed)")
+    parser.add_argument("--shared-baseline", action="store_true",
+                        help="one baseline frame per round for all strategies of the same "
+                             "baseline size, instead of one before every strategy frame")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--csv", type=Path, help="also write the table as CSV")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 12 frames")
+    args = parser.parse_args()
+    if args.quick:
+        args.frames = 12
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    unknown = [n for n in names if n not in DEFAULT_PARAMS]
+    if unknown:
+        parser.error(f"unknown strategies {unknown}; choose from {list(DEFAULT_PARAMS)}")
+    params = parse_overrides(args.set, names)
+
+    model, tokenizer = build_model(args), PatchTokenizer()
+    config = model.config
+    frame_tokens = config.tokens_per_frame
+    print_machine("cache_strategies")
+    print(f"model: {config.num_hidden_layers} layers, hidden {config.hidden_size}, MLP "
+          f"{config.intermediate_size}, {config.num_attention_heads} heads / "
+          f"{config.num_key_value_heads} kv, vocab {config.vocab_size}, {POSITIONS} positions "
+          f"({config.context_frames} frames of {frame_tokens} tokens), fp32, random weights")
+    print(f"session: {args.reference_frames} reference frames, schedule {args.schedule}"
+          f"{f' (window {args.window})' if args.schedule == 'diagonal' else ''}, "
+          f"{args.frames} timed frames after {args.warmup} untimed\n")
+
+    # The scene: as many random reference frames as the largest baseline needs.
+    rng = np.random.default_rng(args.seed)
+    scene_frames = config.context_frames - 1
+    images = rng.integers(0, 256, (scene_frames, PATCH * ROWS, PATCH * COLS, 3), dtype=np.uint8)
+    scene = (images, action_script(scene_frames - 1, args.seed + 1))
+    script = action_script(args.warmup + args.frames, args.seed + 2)
+
+    sessions, baseline_of, baselines = {}, {}, {}
+    for name in names:
+        session = Session(model, tokenizer, strategy=name, strategy_params=params[name],
+                          reference_frames=args.reference_frames, schedule=args.schedule,
+                          window=args.window, seed=args.seed)
+        refs = args.reference_frames
+        session.start(images[-refs:], scene[1][len(scene[1]) - (refs - 1):])
+        sessions[name] = session
+        capacity = session.cache.storage.capacity
+        steady = refs if capacity >= POSITIONS else round(capacity / frame_tokens)
+        steady = min(max(steady, 1), scene_frames)
+        if not args.no_baseline:
+            if steady not in baselines:
+                baselines[steady] = Baseline(model, tokenizer, steady, scene, args)
+            baseline_of[name] = baselines[steady]
+
+    times = {name: [] for name in names}
+    base_times = {name: [] for name in names}
+    peaks = {name: {"live_tokens": 0, "bytes_allocated": 0, "bytes_live": 0} for name in names}
+    at_warmup, last = {}, {}
+    # One round: every strategy plays a frame, each after a baseline frame of its size (or,
+    # with --shared-baseline, one baseline frame per size); the order rotates every round.
+    if args.shared_baseline:
+        units = [[name] for name in names] + [[("base", k)] for k in baselines]
+    else:
+        units = [[("base", baseline_of[name].frames), name] if name in baseline_of else [name]
+                 for name in names]
+    started = time.perf_counter()
+    for round_index in tqdm(range(args.warmup + args.frames), desc="frames", unit="round"):
+        timed = round_index >= args.warmup
+        if round_index == args.warmup:
+            at_warmup = {name: dict(last.get(name, {})) for name in names}
+        action = script[round_index]
+        shift = round_index % len(units)
+        measured = {}
+        for unit in units[shift:] + units[:shift]:
+            for item in unit:
+                if isinstance(item, tuple):
+                    measured[item[1]] = baselines[item[1]].frame(action)
+                    continue
+                _, stats = sessions[item].step(action)
+                last[item] = stats
+                if timed:
+                    times[item].append(stats["ms_per_frame"])
+                    base = baseline_of.get(item)
+                    if base is not None and not args.shared_baseline:
+                        base_times[item].append(measured[base.frames])
+                    for key in peaks[item]:
+                        peaks[item][key] = max(peaks[item][key], stats[key])
+        if timed and args.shared_baseline:
+            for name, base in baseline_of.items():
+                base_times[name].append(measured[base.frames])
+    wall = time.perf_counter() - started
+
+    rows = []
+    for name in names:
+        stats, before = last[name], at_warmup.get(name, {})
+        counts = {key: stats[key] - before.get(key, 0) for key in COUNTERS}
+        p50, p99 = statistics.median(times[name]), percentile(times[name], 99)
+        row = {
+            "strategy": name,
+            "params": " ".join(f"{k}={v}" for k, v in params[name].items()) or "-",
+            "ms_p50": p50,
+            "ms_p99": p99,
+            "live_max": peaks[name]["live_tokens"],
+            "alloc_mib": peaks[name]["bytes_allocated"] / 2**20,
+            "live_mib": peaks[name]["bytes_live"] / 2**20,
+            **counts,
+        }
+        if name in baseline_of:
+            base = baseline_of[name]
+            base_p50 = statistics.median(base_times[name])
+            pairs = [a / b for a, b in zip(times[name], base_times[name], strict=True)]
+            row.update(
+                baseline_frames=base.frames,
+                baseline_live=f"{base.live[0]}-{base.live[1]}",
+                baseline_p50=base_p50,
+                ratio=p50 / base_p50,
+                ratio_paired=statistics.median(pairs),
+            )
+        rows.append(row)
+
+    print(f"\n{args.frames} frames x {len(names)} strategies in {wall:.0f} s "
+          f"(load average now {' '.join(Path('/proc/loadavg').read_text().split()[:3])})\n")
+    header = ("| strategy | params | ms/frame p50 | p99 | live max | KV alloc MiB | KV live MiB "
+              "| evicted (events) | rebases | re-prefills | re-prefill s | baseline live "
+              "| baseline p50 | ratio p50 | ratio paired |")
+    print(header)
+    print("|" + "---|" * 2 + "---:|" * (header.count("|") - 3))
+    for r in rows:
+        base = (f"{r['baseline_live']} | {r['baseline_p50']:.1f} | {r['ratio']:.3f} | "
+                f"{r['ratio_paired']:.3f}") if "ratio" in r else "- | - | - | -"
+        print(f"| {r['strategy']} | {r['params']} | {r['ms_p50']:.1f} | {r['ms_p99']:.1f} | "
+              f"{r['live_max']} | {r['alloc_mib']:.2f} | {r['live_mib']:.2f} | "
+              f"{r['evicted_tokens']} ({r['eviction_events']}) | {r['rebases']} | "
+              f"{r['reprefills']} | {r['reprefill_seconds']:.2f} | {base} |")
+    print("\nbaseline live: live tokens of the none baseline at the start and end of its frame; "
+          "ratio: strategy p50 / baseline p50; paired: median of frame-by-frame ratios.")
+    if "none" in times:
+        values = times["none"]
+        p50 = statistics.median(values)
+        print(f"none re-prefill spike: p99/p50 {percentile(values, 99) / p50:.2f}, "
+              f"max/p50 {max(values) / p50:.2f} (p50 {p50:.1f} ms, max {max(values):.1f} ms, "
+              f"{rows[names.index('none')]['reprefills']} re-prefills in {len(values)} frames)")
+    if args.csv:
+        fields = list(dict.fromkeys(key for r in rows for key in r))
+        with args.csv.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"wrote {args.csv}")
+
+
+if __name__ == "__main__":
+    main()
