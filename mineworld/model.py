@@ -97,10 +97,11 @@ def grouped_attention(
     if mask is not None:
         mask = mask.repeat(1, group, 1)
     if want_weights:
-        scores = (q @ keys.transpose(-1, -2)).float() / math.sqrt(dim)
+        # Scale the few queries, not the many scores; mask in place: this path is hot.
+        scores = (q * (1 / math.sqrt(dim))) @ keys.transpose(-1, -2)
         if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        weights = scores.softmax(-1)
+            scores.masked_fill_(~mask, float("-inf"))
+        weights = scores.float().softmax(-1)
         out = weights.to(values.dtype) @ values
     else:
         attn_mask = None if mask is None else mask.unsqueeze(0)
