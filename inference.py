@@ -27,38 +27,26 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import inspect
 import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 from safetensors import SafetensorError
 from tqdm import tqdm
 
-from cache import STRATEGIES, make_strategy
+from cache import STRATEGIES
 from mineworld.actions import ActionFileError, read_actions
-from mineworld.checkpoint import load_transformer, read_state_dict, split_prefix
-from mineworld.config import load_config, preset_path
 from mineworld.decoding import Sampling
+from mineworld.embedded import VALIDATION_DIR
+from mineworld.loading import load_model, strategy_params, uses_embedded
 from mineworld.session import Session, pick_device
-from mineworld.tokenizers.vqgan import VQGANTokenizer, load_vqgan_state_dict
 from mineworld.video import VideoFileError, list_clips, read_video, write_video
 
 PROG = "inference.py"
-ASSETS_MODEL = Path(__file__).resolve().parent / "assets" / "model"
 FPS = 6
 SCHEDULES = {"naive": "naive", "image_diagd": "diagonal"}
-# Cache flags -> the strategy parameter each one sets (argparse's dest is the parameter name).
-CACHE_FLAGS = {
-    "hh_ratio": "--hh-ratio",
-    "start_size": "--start-size",
-    "recent_size": "--recent-size",
-    "sink_frames": "--sink-frames",
-    "recent_frames": "--recent-frames",
-}
 
 
 class ClipError(ValueError):
@@ -105,11 +93,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        default="auto", help="default: auto, float16 on CUDA, float32 on CPU")
 
     data = parser.add_argument_group("data")
-    data.add_argument("--data_root", required=True,
-                      help="folder of clip_N.mp4 + clip_N.jsonl (one action line per frame)")
+    data.add_argument("--data_root",
+                      help="folder of clip_N.mp4 + clip_N.jsonl (one action line per frame); "
+                      "default with the embedded model: its validation clips")
     data.add_argument("--output_dir", required=True)
-    data.add_argument("--demo_num", type=_positive_int, default=8,
-                      help="context frames prefilled from each clip (default: 8)")
+    data.add_argument("--demo_num", type=_positive_int,
+                      help="context frames prefilled from each clip (default: 8, or fewer "
+                      "when the model's context is shorter)")
     data.add_argument("--frames", type=_positive_int, default=8,
                       help="frames to generate per clip (default: 8)")
     data.add_argument("--action-alignment", choices=["same", "next"], default="same",
@@ -149,117 +139,7 @@ def sampling_from(args: argparse.Namespace) -> Sampling:
     return Sampling(temperature=temperature, top_k=args.top_k, top_p=args.top_p)
 
 
-def strategy_params(args: argparse.Namespace) -> dict:
-    """The cache flags the user set, as parameters of the chosen strategy.
-
-    The strategy class's signature says what it takes, so a new strategy needs no change here.
-    """
-    name = args.cache_strategy
-    takes = [p for p in inspect.signature(STRATEGIES[name]).parameters if p in CACHE_FLAGS]
-    params = {}
-    for param, flag in CACHE_FLAGS.items():
-        value = getattr(args, param)
-        if value is None:
-            continue
-        if param not in takes:
-            listing = f"it takes: {', '.join(takes)}" if takes else "it takes no parameters"
-            raise ValueError(f"{flag} is not a parameter of strategy {name!r} ({listing})")
-        params[param] = value
-    return params
-
-
 # -- model -----------------------------------------------------------------------------------
-
-
-def embedded_model() -> tuple[Path, Path] | None:
-    """(config, checkpoint) of the model shipped in ``assets/model/``, or None while there is none.
-
-    Its tokenizer is found as for any model: ``tokenizer.model.*`` weights in the checkpoint or
-    the config's ``tokenizer_config`` files, relative paths resolved against ``assets/model/``.
-    """
-    config, weights = ASSETS_MODEL / "config.yaml", ASSETS_MODEL / "model.safetensors"
-    return (config, weights) if config.is_file() and weights.is_file() else None
-
-
-def model_files(args: argparse.Namespace) -> tuple[Path, Path]:
-    """(config YAML, checkpoint): the flags, or the embedded model when neither is given."""
-    if args.model_ckpt is None and args.config is None:
-        embedded = embedded_model()
-        if embedded is None:
-            raise ValueError(
-                "no embedded model is shipped yet (assets/model/ is empty); "
-                "pass --model_ckpt and --config"
-            )
-        return embedded
-    if args.model_ckpt is None or args.config is None:
-        raise ValueError("--model_ckpt and --config go together; pass both")
-    config = Path(args.config)
-    return (config if config.exists() else preset_path(args.config)), Path(args.model_ckpt)
-
-
-def tokenizer_file(config_path: Path, key: str, flag: str) -> Path:
-    """The file the model config names at ``model.params.tokenizer_config.params.<key>``
-    (``config_path`` or ``ckpt_path``); a relative path is tried against the working directory
-    (where the published scripts run), then the config's folder."""
-    document = yaml.safe_load(config_path.read_text())
-    named = document["model"]["params"].get("tokenizer_config") or {}
-    value = (named.get("params") or {}).get(key)
-    if value is None:
-        raise ValueError(f"{config_path} names no tokenizer {key}; pass {flag}")
-    for path in (Path(value), config_path.parent / value):
-        if path.is_file():
-            return path
-    raise FileNotFoundError(
-        f"{config_path}: tokenizer {key} {value!r} not found (relative to the working directory "
-        f"or {config_path.parent}); pass {flag}"
-    )
-
-
-def load_tokenizer(vae_config: Path, weights: dict, source: str, model_config, device, dtype):
-    """The VQGAN of ``vae_config`` with ``weights`` (read from ``source``), framed so that its
-    code grid is the model's."""
-    grid = (model_config.image_rows, model_config.image_cols)
-    try:
-        tokenizer = VQGANTokenizer.from_weights(vae_config, weights, device, dtype, grid)
-    except ValueError as error:
-        raise ValueError(f"{source}: {error}") from None
-    if tokenizer.codebook_size != model_config.codebook_size:
-        raise ValueError(
-            f"{vae_config}: codebook of {tokenizer.codebook_size} codes, but the model "
-            f"expects {model_config.codebook_size}"
-        )
-    return tokenizer
-
-
-def load_model(args: argparse.Namespace, params: dict, device, dtype):
-    """(transformer, tokenizer, the files used) for the run; ``params`` are the strategy's,
-    checked against the model's config before the (slow) weights are read."""
-    config_path, checkpoint = model_files(args)
-    config = load_config(config_path)
-    extra = {"frame_tokens": config.tokens_per_frame} if args.cache_strategy == "frames" else {}
-    make_strategy(args.cache_strategy, **params, **extra)
-    vae_config = (
-        Path(args.vae_config) if args.vae_config
-        else tokenizer_file(config_path, "config_path", "--vae_config")
-    )
-    state = read_state_dict(checkpoint)  # read once: it holds the transformer, maybe the VQGAN
-    weights = {} if args.vae_ckpt else split_prefix(state, "tokenizer.model")
-    weights_from = f"{checkpoint} (tokenizer.model.*)"
-    if not weights:
-        vae_ckpt = (
-            Path(args.vae_ckpt) if args.vae_ckpt
-            else tokenizer_file(config_path, "ckpt_path", "--vae_ckpt")
-        )
-        weights, weights_from = load_vqgan_state_dict(vae_ckpt), str(vae_ckpt)
-    tokenizer = load_tokenizer(vae_config, weights, weights_from, config, device, dtype)
-    model = load_transformer(config, state, device, dtype, where=str(checkpoint))
-    files = {
-        "config": str(config_path),
-        "checkpoint": str(checkpoint),
-        "vae_config": str(vae_config),
-        "vae_weights": weights_from,
-    }
-    return model, tokenizer, files
 
 
 def build_session_factory(model, tokenizer, args: argparse.Namespace, params: dict,
@@ -372,7 +252,9 @@ def run(args: argparse.Namespace) -> int:
     """The whole batch; user errors propagate to ``main`` as exceptions."""
     sampling = sampling_from(args)
     params = strategy_params(args)
-    data_root = Path(args.data_root)
+    if args.data_root is None and not uses_embedded(args):
+        raise ValueError("--data_root is required with --model_ckpt and --config")
+    data_root = Path(args.data_root or VALIDATION_DIR)
     if not data_root.is_dir():
         raise FileNotFoundError(f"--data_root {data_root}: not a folder")
     clips = list_clips(data_root)
@@ -380,6 +262,8 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--data_root {data_root}: no clip_N.mp4 + clip_N.jsonl pairs")
     device, dtype = pick_device(args.device, None if args.dtype == "auto" else args.dtype)
     model, tokenizer, files = load_model(args, params, device, dtype)
+    if args.demo_num is None:  # the published scripts' 8, where the context allows it
+        args.demo_num = min(8, model.config.context_frames - 1)
     new_session = build_session_factory(model, tokenizer, args, params, sampling)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     settings = {

@@ -7,6 +7,7 @@ and three generated ones already use the context up and make the strategies evic
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from mineworld.model import Transformer
 from mineworld.tokenizers.vqgan import VQGAN, VQGANConfig
 from mineworld.video import read_video, write_video
 
+ROOT = Path(__file__).resolve().parent.parent
 ROWS, COLS, CODES = 2, 3, 64
 HEIGHT, WIDTH = 2 * ROWS, 2 * COLS  # two VQGAN blocks: 2x downsampling
 CONTEXT_FRAMES = 4
@@ -189,10 +191,18 @@ def test_next_alignment_needs_one_line_more(model_files, data_root, tmp_path, ca
                in line for line in error_lines(capsys))
 
 
-@pytest.mark.skipif(inference.embedded_model() is not None, reason="an embedded model is shipped")
-def test_no_model_flags_and_no_embedded_model(data_root, tmp_path, capsys):
-    code = inference.main(["--data_root", str(data_root), "--output_dir", str(tmp_path / "out")])
+def test_no_model_flags_run_the_embedded_model_on_its_validation_clips(tmp_path):
+    output = tmp_path / "out"
+    assert inference.main(["--output_dir", str(output), "--frames", "2"]) == 0
+    written = sorted(p.name for p in output.glob("clip_*.json"))
+    assert written and len(written) == len(list((ROOT / "assets" / "validation").glob("*.jsonl")))
+    record = json.loads((output / written[0]).read_text())
+    assert record["generated_frames"] == 2 and record["args"]["demo_num"] == 7
+
+
+def test_data_root_is_required_with_model_flags(model_files, tmp_path, capsys):
+    config, checkpoint = model_files
+    code = inference.main(["--model_ckpt", str(checkpoint), "--config", str(config),
+                           "--output_dir", str(tmp_path / "out")])
     assert code == 2
-    [line] = error_lines(capsys)
-    assert line.startswith("inference.py: error: no embedded model is shipped yet")
-    assert "--model_ckpt and --config" in line
+    assert "--data_root is required" in error_lines(capsys)[0]

@@ -1,0 +1,136 @@
+"""Model loading shared by inference.py and app.py: which files, the tokenizer, the weights.
+
+The embedded model (``assets/model/``, see :mod:`mineworld.embedded`) is used when neither
+``--model_ckpt`` nor ``--config`` is given; otherwise both name the model. Every problem the
+user can fix raises ValueError (or OSError for files) with a message that names the flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+from pathlib import Path
+
+import yaml
+
+from cache import STRATEGIES, make_strategy
+from mineworld.checkpoint import load_transformer, read_state_dict, split_prefix
+from mineworld.config import load_config, preset_path
+from mineworld.embedded import MODEL_DIR, load_embedded
+from mineworld.tokenizers.vqgan import VQGANTokenizer, load_vqgan_state_dict
+
+# Cache flags -> the strategy parameter each one sets (argparse's dest is the parameter name).
+CACHE_FLAGS = {
+    "hh_ratio": "--hh-ratio",
+    "start_size": "--start-size",
+    "recent_size": "--recent-size",
+    "sink_frames": "--sink-frames",
+    "recent_frames": "--recent-frames",
+}
+
+
+def strategy_params(args: argparse.Namespace) -> dict:
+    """The cache flags the user set, as parameters of the chosen strategy.
+
+    The strategy class's signature says what it takes, so a new strategy needs no change here.
+    """
+    name = args.cache_strategy
+    takes = [p for p in inspect.signature(STRATEGIES[name]).parameters if p in CACHE_FLAGS]
+    params = {}
+    for param, flag in CACHE_FLAGS.items():
+        value = getattr(args, param)
+        if value is None:
+            continue
+        if param not in takes:
+            listing = f"it takes: {', '.join(takes)}" if takes else "it takes no parameters"
+            raise ValueError(f"{flag} is not a parameter of strategy {name!r} ({listing})")
+        params[param] = value
+    return params
+
+
+
+def model_files(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(config YAML, checkpoint) named by the flags."""
+    if args.model_ckpt is None or args.config is None:
+        raise ValueError("--model_ckpt and --config go together; pass both")
+    config = Path(args.config)
+    return (config if config.exists() else preset_path(args.config)), Path(args.model_ckpt)
+
+
+def uses_embedded(args: argparse.Namespace) -> bool:
+    """Neither model flag given: the model shipped in ``assets/`` is used."""
+    return args.model_ckpt is None and args.config is None
+
+
+def tokenizer_file(config_path: Path, key: str, flag: str) -> Path:
+    """The file the model config names at ``model.params.tokenizer_config.params.<key>``
+    (``config_path`` or ``ckpt_path``); a relative path is tried against the working directory
+    (where the published scripts run), then the config's folder."""
+    document = yaml.safe_load(config_path.read_text())
+    named = document["model"]["params"].get("tokenizer_config") or {}
+    value = (named.get("params") or {}).get(key)
+    if value is None:
+        raise ValueError(f"{config_path} names no tokenizer {key}; pass {flag}")
+    for path in (Path(value), config_path.parent / value):
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        f"{config_path}: tokenizer {key} {value!r} not found (relative to the working directory "
+        f"or {config_path.parent}); pass {flag}"
+    )
+
+
+def load_tokenizer(vae_config: Path, weights: dict, source: str, model_config, device, dtype):
+    """The VQGAN of ``vae_config`` with ``weights`` (read from ``source``), framed so that its
+    code grid is the model's."""
+    grid = (model_config.image_rows, model_config.image_cols)
+    try:
+        tokenizer = VQGANTokenizer.from_weights(vae_config, weights, device, dtype, grid)
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
+    if tokenizer.codebook_size != model_config.codebook_size:
+        raise ValueError(
+            f"{vae_config}: codebook of {tokenizer.codebook_size} codes, but the model "
+            f"expects {model_config.codebook_size}"
+        )
+    return tokenizer
+
+
+def check_strategy(name: str, params: dict, config) -> None:
+    """Raise the strategy's own ValueError for bad ``params`` before any weights are read."""
+    extra = {"frame_tokens": config.tokens_per_frame} if name == "frames" else {}
+    make_strategy(name, **params, **extra)
+
+
+def load_model(args: argparse.Namespace, params: dict, device, dtype):
+    """(transformer, tokenizer, the files used) for the run; ``params`` are the strategy's,
+    checked against the model's config before the (slow) weights are read."""
+    if uses_embedded(args):
+        check_strategy(args.cache_strategy, params, load_config(MODEL_DIR / "config.yaml"))
+        model, tokenizer = load_embedded(device, dtype)
+        return model, tokenizer, {"config": str(MODEL_DIR / "config.yaml"), "model": str(MODEL_DIR)}
+    config_path, checkpoint = model_files(args)
+    config = load_config(config_path)
+    check_strategy(args.cache_strategy, params, config)
+    vae_config = (
+        Path(args.vae_config) if args.vae_config
+        else tokenizer_file(config_path, "config_path", "--vae_config")
+    )
+    state = read_state_dict(checkpoint)  # read once: it holds the transformer, maybe the VQGAN
+    weights = {} if args.vae_ckpt else split_prefix(state, "tokenizer.model")
+    weights_from = f"{checkpoint} (tokenizer.model.*)"
+    if not weights:
+        vae_ckpt = (
+            Path(args.vae_ckpt) if args.vae_ckpt
+            else tokenizer_file(config_path, "ckpt_path", "--vae_ckpt")
+        )
+        weights, weights_from = load_vqgan_state_dict(vae_ckpt), str(vae_ckpt)
+    tokenizer = load_tokenizer(vae_config, weights, weights_from, config, device, dtype)
+    model = load_transformer(config, state, device, dtype, where=str(checkpoint))
+    files = {
+        "config": str(config_path),
+        "checkpoint": str(checkpoint),
+        "vae_config": str(vae_config),
+        "vae_weights": weights_from,
+    }
+    return model, tokenizer, files

@@ -1,0 +1,584 @@
+"""Reproduce the embedded default model from a seed: data, tokenizer, world model, evaluation.
+
+    python -m mineworld.train                 # everything, writes assets/
+    python -m mineworld.train --smoke         # a few steps of each stage on tiny data, temp dir
+    python -m mineworld.train --evaluate-only # re-measure the shipped model, rewrite the card
+
+Stages (each has a wall-clock budget, --minutes):
+1. data: scripted play (mineworld.world.scripted_actions) in many seeded worlds, rendered at the
+   tokenizer's frame size by two processes and cached under data/ (git-ignored), so re-runs and
+   later stages reuse it. Validation clips come from seeds that training never uses.
+2. tokenizer: an FSQ autoencoder (mineworld.tokenizers.embedded) fitted on random frames.
+3. world model: frames are tokenized once; the Transformer learns interleaved
+   ``frame action frame action ...`` sequences (ActionCodec(offset=codebook), the published
+   11-token layout) with the loss on image tokens only, AdamW, cosine LR, bf16 autocast.
+4. evaluation against the world's true frames (see evaluate()); results go to the model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from mineworld.world import replay, scripted_actions
+
+ROOT = Path(__file__).resolve().parent.parent
+FRAME_SIZE = (64, 48)  # (width, height) the world renders at and the tokenizer works at
+EPISODE_FRAMES = 500
+TRAIN_SEED_BASE = 10_000  # training worlds are TRAIN_SEED_BASE + seed * 1000 + i
+HELD_OUT_SEED_BASE = 900_000  # evaluation, validation clips and the scene: never trained on
+
+
+def render_episode(job: tuple[int, int, str]) -> str:
+    """Play and render one episode into the cache folder; returns its file stem."""
+    seed, frames, folder = job
+    stem = Path(folder) / f"ep_{seed}"
+    if not stem.with_suffix(".npy").exists():
+        actions = scripted_actions(seed, frames)
+        np.save(f"{stem}.tmp.npy", replay(seed, actions, FRAME_SIZE))
+        stem.with_suffix(".json").write_text(json.dumps(actions))
+        os.replace(f"{stem}.tmp.npy", stem.with_suffix(".npy"))  # complete files only
+    return str(stem)
+
+
+def generate_data(seeds: list[int], frames: int, folder: Path, minutes: float,
+                  processes: int = 2) -> list[str]:
+    """Render episodes for ``seeds`` (cached) until done or ``minutes`` run out; their stems."""
+    folder.mkdir(parents=True, exist_ok=True)
+    jobs = [(s, frames, str(folder)) for s in seeds]
+    stems, deadline = [], time.time() + 60 * minutes
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        for stem in tqdm(pool.imap(render_episode, jobs), total=len(jobs), desc="data"):
+            stems.append(stem)
+            if time.time() > deadline:
+                pool.terminate()
+                break
+    return stems
+
+
+def load_frames(stems: list[str]) -> np.ndarray:
+    """All frames of the episodes, uint8 [N, H, W, 3]."""
+    return np.concatenate([np.load(f"{stem}.npy") for stem in stems])
+
+
+def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR (dB) of the mean squared error over all the uint8 frames. Not a mean of per-frame
+    PSNRs: a frame that is exactly right (a copy while the player stands still) would count
+    as ~150 dB and swamp the mean."""
+    err = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0**2 / max(err, 1e-10)))
+
+
+def train_tokenizer(frames: np.ndarray, config, minutes: float, steps: int, seed: int,
+                    log: dict, batch: int = 32):
+    """Fit the FSQ autoencoder with MSE on random frames, stopping at ``steps`` or the budget.
+
+    The LR schedule is planned for ``steps``; when the budget ends first the cosine is cut short,
+    so the budget is set to fit them (see main)."""
+    from mineworld.tokenizers.base import uint8_to_float
+    from mineworld.tokenizers.embedded import EmbeddedTokenizer, FSQAutoencoder
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = FSQAutoencoder(config).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    deadline, losses = time.time() + 60 * minutes, []
+    bar = tqdm(range(steps), desc="tokenizer")
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(step, steps, 2e-3, 100)
+        x = uint8_to_float(frames[rng.integers(0, len(frames), batch)])
+        loss = F.mse_loss(model(x), x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if step % 50 == 0:
+            # MSE on [-1, 1] images -> PSNR on [0, 255]: 10 log10(4 / mse).
+            recent = float(np.mean(losses[-50:]))
+            bar.set_postfix(loss=f"{recent:.4f}", psnr=f"{10 * math.log10(4 / recent):.2f}")
+            log.setdefault("tokenizer_loss", []).append([step, recent])
+        if time.time() > deadline:
+            break
+    log["tokenizer_steps"] = step + 1
+    return EmbeddedTokenizer(config, model.eval())
+
+
+def tokenize_episodes(tokenizer, stems: list[str], codec) -> list[tuple[torch.Tensor, ...]]:
+    """Per episode: image ids [T, rows*cols] and action ids [T, 11]."""
+    episodes = []
+    for stem in tqdm(stems, desc="tokenize"):
+        ids = tokenizer.encode(np.load(f"{stem}.npy"), batch_size=128).flatten(1)
+        actions = json.loads(Path(f"{stem}.json").read_text())
+        episodes.append((ids, torch.tensor([codec.encode(a) for a in actions])))
+    return episodes
+
+
+def make_batch(episodes, frames: int, batch: int, rng: np.random.Generator):
+    """Random windows of ``frames`` frames: tokens [B, L] (frame action frame ... frame) and the
+    targets, -100 where the target is not an image token (the loss is on image tokens only)."""
+    sequences = []
+    for _ in range(batch):
+        ids, actions = episodes[rng.integers(len(episodes))]
+        t = int(rng.integers(0, len(ids) - frames + 1))
+        parts = [torch.cat([ids[t + i], actions[t + i]]) for i in range(frames)]
+        sequences.append(torch.cat(parts)[: -actions.shape[1]])  # ends with the last frame
+    tokens = torch.stack(sequences)
+    image = torch.zeros_like(tokens, dtype=torch.bool)
+    frame_tokens = ids.shape[1] + actions.shape[1]
+    for start in range(0, tokens.shape[1], frame_tokens):
+        image[:, start:start + ids.shape[1]] = True
+    targets = torch.where(image, tokens, torch.full_like(tokens, -100))
+    return tokens[:, :-1], targets[:, 1:]
+
+
+def train_world_model(config, episodes, minutes: float, steps: int, seed: int, log: dict,
+                      batch: int = 8, lr: float = 1.5e-3, holdout=None):
+    """AdamW + cosine LR on random windows; ``holdout`` episodes give a validation loss."""
+    from mineworld.model import Transformer
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = Transformer(config).train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    rest = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
+                                   {"params": rest, "weight_decay": 0.0}], lr=lr,
+                                  betas=(0.9, 0.95))
+    frames = config.context_frames
+    deadline, losses, started = time.time() + 60 * minutes, [], time.time()
+    bar = tqdm(range(steps), desc="world model")
+    for step in bar:
+        # The cosine runs on whichever ends first, the steps or the time budget, so a slow
+        # (shared) machine still anneals the LR before the budget stops training.
+        spent = (time.time() - started) / (60 * minutes)
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(max(step, int(spent * steps)), steps, lr, 50)
+        tokens, targets = make_batch(episodes, frames, batch, rng)
+        logits = model(tokens)
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        if step % 25 == 0:
+            rate = (step + 1) * tokens.numel() / (time.time() - started)
+            bar.set_postfix(loss=f"{np.mean(losses[-25:]):.3f}", tok_s=f"{rate:.0f}")
+            entry = [step, float(np.mean(losses[-25:]))]
+            if holdout and step % 200 == 0:
+                entry.append(validation_loss(model, holdout, frames))
+                bar.write(f"step {step}: train {entry[1]:.3f} held-out {entry[2]:.3f}")
+            log.setdefault("world_model_loss", []).append(entry)
+        if time.time() > deadline:
+            break
+    log["world_model_steps"] = step + 1
+    log["world_model_tokens_per_s"] = (step + 1) * tokens.numel() / (time.time() - started)
+    return model.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def validation_loss(model, episodes, frames: int, batches: int = 4) -> float:
+    was_training = model.training
+    model.eval()
+    rng = np.random.default_rng(0)  # the same windows every time
+    losses = []
+    for _ in range(batches):
+        tokens, targets = make_batch(episodes, frames, 8, rng)
+        losses.append(F.cross_entropy(model(tokens).flatten(0, 1), targets.flatten()).item())
+    model.train(was_training)
+    return float(np.mean(losses))
+
+
+# -- evaluation --------------------------------------------------------------------------------
+
+WARMUP = 20  # frames of play before an evaluation context, so it is not the spawn view
+CONTEXT = 4  # real frames the rollouts start from
+ROLLOUT = 8
+SCRIPT_STEP = 5.146  # degrees per frame: one of the codec's exact camera bins
+
+
+def scripted_probe(kind: str) -> dict:
+    """One frame of a probe script: turn left/right, look up/down, walk forward."""
+    from mineworld.world.policy import action
+
+    return {
+        "turn_left": action(yaw=-SCRIPT_STEP), "turn_right": action(yaw=SCRIPT_STEP),
+        "look_up": action(pitch=-SCRIPT_STEP), "look_down": action(pitch=SCRIPT_STEP),
+        "walk_forward": action(forward=1),
+    }[kind]
+
+
+PROBES = ("turn_left", "turn_right", "look_up", "look_down", "walk_forward")
+
+
+def rollout(model, tokenizer, context: np.ndarray, context_actions: list[dict],
+            actions: list[dict], schedule: str = "naive") -> tuple[np.ndarray, list[dict]]:
+    """Greedy frames after ``context`` under ``actions`` (Session, no cache eviction)."""
+    from mineworld.session import Session
+
+    session = Session(model, tokenizer, strategy="none", reference_frames=len(context),
+                      schedule=schedule)
+    session.start(context, context_actions)
+    frames, stats = [], []
+    for a in actions:
+        frame, stat = session.step(a)
+        frames.append(frame)
+        stats.append(stat)
+    return np.stack(frames), stats
+
+
+def eval_cases(count: int, offset: int = 0):
+    """Held-out (seed, actions, frames) with CONTEXT + ROLLOUT frames after some play."""
+    cases = []
+    for i in range(count):
+        seed = HELD_OUT_SEED_BASE + offset + i
+        all_actions = scripted_actions(seed, WARMUP + CONTEXT + ROLLOUT)
+        frames = replay(seed, all_actions, FRAME_SIZE)[WARMUP:]
+        cases.append((seed, all_actions, all_actions[WARMUP:], frames))
+    return cases
+
+
+def evaluate(model, tokenizer, cases: int = 8, speed_frames: int = 12, strip_path=None,
+             long_frames: int = 64, schedule: str = "diagonal") -> dict:
+    """The model card's numbers, against frames rendered by the world (held-out seeds).
+
+    Rollouts decode with ``schedule``: diagonal by default, as the app plays, and because naive
+    decoding of every rollout takes several times longer on a CPU."""
+    from mineworld.actions import ActionCodec
+
+    results = {"rollout_schedule": schedule}
+    data = eval_cases(cases)
+    truth_all = np.concatenate([f for *_, f in data])
+    recon = tokenizer.decode(tokenizer.encode(truth_all))
+    results["tokenizer_psnr_db"] = psnr(recon, truth_all)
+
+    # Teacher forcing: whole windows of real frames, argmax at every image position.
+    codec = ActionCodec(offset=tokenizer.codebook_size)
+    rows_cols = tokenizer.tokens_per_frame
+    correct = copy_correct = total = 0
+    for _, all_actions, _, frames in data:
+        ids = tokenizer.encode(frames).flatten(1)
+        acts = torch.tensor([codec.encode(a) for a in all_actions[WARMUP:]])
+        n = min(len(frames), model.config.context_frames)
+        seq = torch.cat([torch.cat([ids[i], acts[i]]) for i in range(n)])[:-acts.shape[1]]
+        with torch.no_grad():
+            pred = model(seq[None, :-1])[0, :, :tokenizer.codebook_size].argmax(-1)
+        step = rows_cols + acts.shape[1]
+        for i in range(1, n):
+            begin = i * step
+            predicted = pred[begin - 1:begin - 1 + rows_cols]
+            correct += int((predicted == ids[i]).sum())
+            copy_correct += int((ids[i - 1] == ids[i]).sum())
+            total += rows_cols
+    results["teacher_forced_accuracy"] = correct / total
+    results["copy_previous_accuracy"] = copy_correct / total
+
+    # Rollouts: own actions vs another episode's actions vs repeating the last real frame.
+    own, other, copy, copy_tokens, truths = [], [], [], [], []
+    strip_rows = []
+    for k, (_, _, actions, frames) in enumerate(tqdm(data, desc="rollouts")):
+        context, truth = frames[:CONTEXT], frames[CONTEXT:CONTEXT + ROLLOUT]
+        ctx_actions = actions[:CONTEXT - 1]
+        mine = actions[CONTEXT - 1:CONTEXT - 1 + ROLLOUT]
+        theirs = data[(k + 1) % len(data)][2][CONTEXT - 1:CONTEXT - 1 + ROLLOUT]
+        predicted, _ = rollout(model, tokenizer, context, ctx_actions, mine, schedule)
+        swapped, _ = rollout(model, tokenizer, context, ctx_actions, theirs, schedule)
+        own.append(predicted)
+        other.append(swapped)
+        truths.append(truth)
+        copy.append(np.repeat(context[-1:], ROLLOUT, 0))
+        # What repeating the last frame's tokens gives: copy, seen through the tokenizer.
+        copy_tokens.append(np.repeat(tokenizer.decode(tokenizer.encode(context[-1:])), ROLLOUT, 0))
+        if k < 3:
+            strip_rows += [np.concatenate(list(truth), 1), np.concatenate(list(predicted), 1)]
+    truths = np.concatenate(truths)
+    results["rollout_psnr_db"] = psnr(np.concatenate(own), truths)
+    results["rollout_other_actions_psnr_db"] = psnr(np.concatenate(other), truths)
+    results["copy_last_frame_psnr_db"] = psnr(np.concatenate(copy), truths)
+    results["copy_last_frame_tokens_psnr_db"] = psnr(np.concatenate(copy_tokens), truths)
+    if strip_path:
+        import cv2
+
+        strip = np.concatenate(strip_rows, 0)
+        cv2.imwrite(str(strip_path), cv2.resize(strip[..., ::-1], None, fx=2, fy=2,
+                                                interpolation=cv2.INTER_NEAREST))
+
+    # Action following: the same context under five scripts, each truth rendered by the world.
+    hits, trials = 0, 0
+    per_probe = {p: 0 for p in PROBES}
+    for seed, all_actions, actions, frames in tqdm(data, desc="action probes"):
+        context, ctx_actions = frames[:CONTEXT], actions[:CONTEXT - 1]
+        lead = all_actions[:WARMUP + CONTEXT - 1]  # up to the last context frame
+        truths, preds = [], []
+        for probe in PROBES:
+            script = [scripted_probe(probe)] * ROLLOUT
+            # One more action, so the last frame shows the last scripted action's effect.
+            truths.append(replay(seed, lead + script * 2, FRAME_SIZE)[len(lead) + 1:][:ROLLOUT])
+            preds.append(rollout(model, tokenizer, context, ctx_actions, script, schedule)[0])
+        for i, probe in enumerate(PROBES):
+            errors = [np.mean((preds[i].astype(float) - t.astype(float)) ** 2) for t in truths]
+            hit = int(np.argmin(errors) == i)
+            hits += hit
+            per_probe[probe] += hit
+            trials += 1
+    results["action_following"] = hits / trials
+    results["action_following_per_probe"] = {p: n / len(data) for p, n in per_probe.items()}
+
+    # No collapse: long rollouts under held-out play, no frame of a single colour.
+    seed = HELD_OUT_SEED_BASE + 100
+    play = scripted_actions(seed, CONTEXT + long_frames)
+    frames = replay(seed, play[:CONTEXT], FRAME_SIZE)
+    long, _ = rollout(model, tokenizer, frames, play[:CONTEXT - 1], play[CONTEXT - 1:-1],
+                      schedule)
+    spread = long.reshape(len(long), -1, 3).max(1) - long.reshape(len(long), -1, 3).min(1)
+    results["long_rollout_frames"] = long_frames
+    results["single_colour_frames"] = int((spread.max(1) == 0).sum())
+    results["long_rollout_min_pixel_std"] = float(long.reshape(len(long), -1).std(1).min())
+
+    # Speed on this machine: frames per second after prefill, tokenizer decode included.
+    seed, _, actions, frames = data[0]
+    for schedule in ("naive", "diagonal"):
+        _, stats = rollout(model, tokenizer, frames[:CONTEXT], actions[:CONTEXT - 1],
+                           actions[CONTEXT - 1:][:1] * speed_frames, schedule)
+        ms = float(np.mean([s["ms_per_frame"] for s in stats[1:]]))
+        results[f"fps_{schedule}"] = 1000 / ms
+    ids = tokenizer.encode(frames[:1])
+    tokenizer.decode(ids)
+    started = time.perf_counter()
+    for _ in range(20):
+        tokenizer.decode(ids)
+    results["tokenizer_decode_ms"] = (time.perf_counter() - started) / 20 * 1000
+    return results
+
+
+# -- assets ------------------------------------------------------------------------------------
+
+
+def model_config(codebook_size: int, grid: tuple[int, int], smoke: bool = False):
+    from mineworld.config import ACTION_TOKENS, ModelConfig
+
+    frame_tokens = grid[0] * grid[1] + ACTION_TOKENS
+    # Sized for a 2-core CPU: compute, not data, bounds what trains in the budget.
+    return ModelConfig(
+        vocab_size=codebook_size + 70,
+        hidden_size=32 if smoke else 192,
+        intermediate_size=64 if smoke else 512,
+        num_hidden_layers=1 if smoke else 4,
+        num_attention_heads=2 if smoke else 6,
+        num_key_value_heads=1 if smoke else 2,
+        max_position_embeddings=(CONTEXT + 1 if smoke else 8) * frame_tokens,
+        image_rows=grid[0], image_cols=grid[1], codebook_size=codebook_size,
+    )
+
+
+def write_config(config, path: Path) -> None:
+    """config.yaml in the published layout; the tokenizer is named by its files beside it."""
+    import yaml
+
+    params = {
+        "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_hidden_layers,
+        "num_attention_heads": config.num_attention_heads,
+        "num_key_value_heads": config.num_key_value_heads,
+        "max_position_embeddings": config.max_position_embeddings,
+        "rms_norm_eps": config.rms_norm_eps, "rope_theta": config.rope_theta,
+        "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
+        "tie_word_embeddings": False, "torch_dtype": "float32",
+    }  # fmt: skip
+    document = {"model": {"target": "lvm.LlamaLVM", "params": {
+        "model_class": "lvm.LlamaForCausalLM",
+        "tokenizer_config": {
+            "target": "mineworld.tokenizers.embedded.EmbeddedTokenizer",
+            "params": {"config_path": "tokenizer.json", "ckpt_path": "tokenizer.safetensors"},
+        },
+        "transformer_config": {"target": "transformers.LlamaConfig", "params": params},
+        "layout": {"image_rows": config.image_rows, "image_cols": config.image_cols,
+                   "codebook_size": config.codebook_size},
+    }}}  # fmt: skip
+    header = "# The embedded MineWorld model, written by `python -m mineworld.train`.\n"
+    path.write_text(header + yaml.safe_dump(document, sort_keys=False))
+
+
+def write_clips(folder: Path, smoke: bool) -> None:
+    """The demo scene and the validation clips: held-out worlds, recorded as VPT files."""
+    from mineworld.world import record_episode
+
+    count, frames = (1, 12) if smoke else (4, 48)
+    for i in range(count):
+        seed = HELD_OUT_SEED_BASE + 500 + i
+        record_episode(seed, scripted_actions(seed, frames), folder / "validation" / f"clip_{i}")
+    seed = HELD_OUT_SEED_BASE + 600
+    record_episode(seed, scripted_actions(seed, 16 if smoke else 64), folder / "scene" / "scene")
+
+
+def meets_goals(r: dict) -> bool:
+    baseline = max(r["copy_last_frame_psnr_db"], r["rollout_other_actions_psnr_db"])
+    return (r["tokenizer_psnr_db"] >= 27 and r["rollout_psnr_db"] >= baseline + 2
+            and r["action_following"] >= 0.8 and r["fps_diagonal"] >= 20
+            and r["single_colour_frames"] == 0)
+
+
+def model_card(results: dict, log: dict, config, tokenizer) -> str:
+    r = results
+    probes = ", ".join(f"{k} {v:.0%}" for k, v in r["action_following_per_probe"].items())
+    verdict = "meets them" if meets_goals(r) else (
+        "does not meet them all (see the table): treat it as a\nworking placeholder, "
+        "not a faithful world model")
+    return f"""# Embedded MineWorld model
+
+A small world model of this project's own procedural Minecraft-like world
+(`mineworld.world`), so the engine runs offline on a CPU; it is not the published MineWorld.
+Reproduce with `python -m mineworld.train`; re-measure with
+`python -m mineworld.train --evaluate-only`. All numbers are on worlds never trained on.
+
+## Files
+- `model/config.yaml`, `model/model.safetensors`: the Transformer ({config.hidden_size} wide,
+  {config.num_hidden_layers} layers, {config.num_attention_heads} heads /
+  {config.num_key_value_heads} kv heads, MLP {config.intermediate_size}, vocab
+  {config.vocab_size}, context {config.context_frames} frames of
+  {config.tokens_per_frame} tokens).
+- `model/tokenizer.safetensors`, `model/tokenizer.json`: FSQ autoencoder, levels
+  {list(tokenizer.config.levels)} ({tokenizer.codebook_size} codes), frames
+  {tokenizer.frame_size[0]}x{tokenizer.frame_size[1]}, grid {tokenizer.grid[0]}x{tokenizer.grid[1]}
+  = {tokenizer.tokens_per_frame} tokens per frame.
+- `scene/`: the demo scene; `validation/`: held-out clips (VPT mp4 + jsonl + sidecar json).
+
+## Training
+- data: {log.get("train_frames", "?")} frames of scripted play in {log.get("train_episodes", "?")}
+  worlds; {log.get("tokenizer_steps", "?")} tokenizer steps; {log.get("world_model_steps", "?")}
+  world-model steps at {log.get("world_model_tokens_per_s", 0):.0f} tokens/s (fp32, one thread of a
+  shared 2-core CPU; the losses are in `training_log.json`).
+
+## Evaluation
+The goals were: tokenizer >= 27 dB; rollouts >= 2 dB above both the copy-last-frame and the
+other-actions rollouts; action following >= 80%; 20 fps with diagonal decoding. This model
+{verdict}.
+
+| measure | value |
+|---|---|
+| tokenizer reconstruction PSNR | {r["tokenizer_psnr_db"]:.2f} dB |
+| same, first 16 frames of the demo scene | {r["scene_tokenizer_psnr_db"]:.2f} dB |
+| teacher-forced next-frame token accuracy | {r["teacher_forced_accuracy"]:.1%} |
+| copy-previous-frame token accuracy | {r["copy_previous_accuracy"]:.1%} |
+| {ROLLOUT}-frame greedy rollout PSNR ({r["rollout_schedule"]}) | {r["rollout_psnr_db"]:.2f} dB |
+| same, driven by another episode's actions | {r["rollout_other_actions_psnr_db"]:.2f} dB |
+| copy-last-frame baseline (the true frame) | {r["copy_last_frame_psnr_db"]:.2f} dB |
+| copy-last-frame baseline (its tokens, decoded) | {r["copy_last_frame_tokens_psnr_db"]:.2f} dB |
+| action following (closest to its own script) | {r["action_following"]:.0%} ({probes}) |
+| single-colour frames in a {r["long_rollout_frames"]}-frame rollout | {r["single_colour_frames"]} |
+| decoding speed, naive / diagonal | {r["fps_naive"]:.1f} / {r["fps_diagonal"]:.1f} fps |
+| tokenizer decode, one frame | {r["tokenizer_decode_ms"]:.1f} ms |
+
+PSNRs are of the mean squared error over all frames compared (8 held-out worlds for the
+rollouts). Rollouts start from {CONTEXT} real frames; action following runs five scripts
+(turn left/right, look up/down by {SCRIPT_STEP} degrees a frame, walk forward) from each
+context and counts a hit when a script's rollout is closest to its own true frames.
+`strip.png`: rows alternate truth / prediction for three held-out rollouts.
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mineworld.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true",
+                        help="a few steps of every stage on tiny data, into a temp dir")
+    parser.add_argument("--out", type=Path, help="assets folder (default: assets/)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--frames", type=int, default=28_000, help="training frames to render")
+    parser.add_argument("--minutes", type=float, nargs=3, default=(25.0, 14.0, 40.0),
+                        metavar=("DATA", "TOKENIZER", "MODEL"), help="budget per stage")
+    parser.add_argument("--tokenizer-steps", type=int, default=1000)
+    parser.add_argument("--model-steps", type=int, default=1000)
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="re-measure the model in --out and rewrite its card")
+    parser.add_argument("--schedule", choices=("naive", "diagonal"), default="diagonal",
+                        help="how evaluation rollouts decode")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads; on a shared 2-core machine 1 was faster than 2")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.smoke:
+        out = Path(args.out or tempfile.mkdtemp(prefix="mineworld-smoke-"))
+        cache = out / "data"
+    else:
+        out = args.out or ROOT / "assets"
+        cache = ROOT / "data" / "episodes_64x48"
+    log: dict = {"seed": args.seed}
+    if args.evaluate_only:
+        evaluate_and_write(out, log, args.smoke, args.schedule)
+        return
+
+    from mineworld.actions import ActionCodec
+    from mineworld.checkpoint import save_transformer
+    from mineworld.tokenizers.embedded import TokenizerConfig
+
+    episodes = 2 if args.smoke else max(1, args.frames // EPISODE_FRAMES)
+    length = 24 if args.smoke else EPISODE_FRAMES
+    seeds = [TRAIN_SEED_BASE + args.seed * 1000 + i for i in range(episodes)]
+    stems = generate_data(seeds, length, cache, args.minutes[0])
+    frames = load_frames(stems)
+    log.update(train_frames=len(frames), train_episodes=len(stems))
+
+    tok_config = TokenizerConfig(channels=8, levels=(4, 4)) if args.smoke else TokenizerConfig(
+        channels=64)
+    tokenizer = train_tokenizer(frames, tok_config, args.minutes[1],
+                                3 if args.smoke else args.tokenizer_steps, args.seed, log)
+    model_dir = out / "model"
+    tokenizer.save(model_dir)
+
+    codec = ActionCodec(offset=tokenizer.codebook_size)
+    tokens = tokenize_episodes(tokenizer, stems, codec)
+    config = model_config(tokenizer.codebook_size, tokenizer.grid, args.smoke)
+    holdout = None if args.smoke else tokenize_episodes(
+        tokenizer, generate_data([HELD_OUT_SEED_BASE + 300], length, cache, 5), codec)
+    model = train_world_model(config, tokens, args.minutes[2],
+                              3 if args.smoke else args.model_steps, args.seed, log,
+                              batch=2 if args.smoke else 4, holdout=holdout)
+    write_config(config, model_dir / "config.yaml")
+    save_transformer(model, model_dir / "model.safetensors")
+    write_clips(out, args.smoke)
+    evaluate_and_write(out, log, args.smoke, args.schedule)
+
+
+def evaluate_and_write(out: Path, log: dict, smoke: bool, schedule: str = "diagonal") -> None:
+    """Evaluate the model in ``out``, print the results, write the card, strip and log."""
+    from mineworld.embedded import demo_scene, load_embedded
+
+    model, tokenizer = load_embedded(model_dir=out / "model")
+    log_path = out / "training_log.json"
+    if log_path.exists() and "train_frames" not in log:  # --evaluate-only keeps training facts
+        log = {**json.loads(log_path.read_text()), **log}
+    results = evaluate(model, tokenizer, cases=1 if smoke else 8,
+                       speed_frames=2 if smoke else 12, strip_path=out / "strip.png",
+                       long_frames=4 if smoke else 64, schedule=schedule)
+    scene, _ = demo_scene(out / "scene" / "scene")
+    scene = scene[:16]  # what tests/test_embedded.py re-measures
+    results["scene_tokenizer_psnr_db"] = psnr(tokenizer.decode(tokenizer.encode(scene)), scene)
+    log["evaluation"] = results
+    print(json.dumps(results, indent=1))
+    log_path.write_text(json.dumps(log, indent=1) + "\n")
+    (out / "MODEL_CARD.md").write_text(model_card(results, log, model.config, tokenizer))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""The embedded model: the training pipeline's smoke run, the tokenizer, and the shipped assets."""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from mineworld.embedded import MODEL_DIR, demo_scene, load_embedded, validation_clips
+from mineworld.session import Session
+from mineworld.tokenizers.embedded import EmbeddedTokenizer, TokenizerConfig
+from mineworld.train import main, psnr
+
+SHIPPED = (MODEL_DIR / "model.safetensors").is_file()
+
+
+def test_smoke_run_gives_a_loadable_model(tmp_path):
+    main(["--smoke", "--out", str(tmp_path)])
+    model, tokenizer = load_embedded(model_dir=tmp_path / "model")
+    assert (tokenizer.grid, tokenizer.codebook_size) == (
+        (model.config.image_rows, model.config.image_cols), model.config.codebook_size)
+    assert (tmp_path / "MODEL_CARD.md").is_file() and (tmp_path / "strip.png").is_file()
+    assert validation_clips(tmp_path / "validation")
+
+
+def test_tokenizer_round_trips_shapes(tmp_path):
+    config = TokenizerConfig(channels=16)
+    tokenizer = EmbeddedTokenizer(config)
+    frames = np.random.default_rng(0).integers(0, 256, (3, 48, 64, 3), dtype=np.uint8)
+    ids = tokenizer.encode(frames)
+    assert ids.shape == (3, 6, 16) and int(ids.min()) >= 0 and int(ids.max()) < 1000
+    assert tokenizer.decode(ids).shape == frames.shape
+    # FSQ ids <-> codes is a bijection on the grid of levels.
+    every = torch.arange(config.codebook_size).view(1, 1, -1)
+    assert torch.equal(tokenizer.model.fsq.codes_to_ids(tokenizer.model.fsq.ids_to_codes(every)),
+                       every)
+    tokenizer.save(tmp_path)
+    loaded = EmbeddedTokenizer.load(tmp_path / "tokenizer.json")
+    assert torch.equal(loaded.encode(frames), ids)
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no embedded model in assets/ yet")
+def test_shipped_model_plays_and_matches_its_card():
+    model, tokenizer = load_embedded()
+    frames, actions = demo_scene()
+    session = Session(model, tokenizer, reference_frames=4, schedule="diagonal")
+    session.start(frames[:4], actions[:3])
+    frame, stats = session.step(actions[3])
+    assert frame.shape == (*tokenizer.frame_size[::-1], 3) and stats["frame"] == 1
+    card = (MODEL_DIR.parent / "MODEL_CARD.md").read_text()
+    claimed = float(re.search(r"first 16 frames of the demo scene \| ([0-9.]+) dB", card).group(1))
+    scene = frames[:16]
+    # The same frames and weights: only float differences between machines move the figure.
+    assert psnr(tokenizer.decode(tokenizer.encode(scene)), scene) >= claimed - 0.5
