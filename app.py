@@ -42,7 +42,7 @@ from mineworld.decoding import Sampling
 from mineworld.embedded import SCENE, demo_scene
 from mineworld.loading import load_model, strategy_params
 from mineworld.play import PLOTS, Options, PlaySession, Scene, read_scene
-from mineworld.session import pick_device
+from mineworld.session import default_reference_frames, pick_device
 from mineworld.tokenizers.base import resize_frames
 from mineworld.world import read_recording
 
@@ -156,7 +156,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     play.add_argument("--scene", help="mp4 with its .jsonl beside it (a .json world sidecar "
                       "enables true-frame scores); default: the embedded scene")
     play.add_argument("--reference_frame", type=int,
-                      help="frames prefilled (default: 8, or fewer if the context is smaller)")
+                      help="frames prefilled (default: half the context, at most 8)")
     play.add_argument("--diagd", action="store_true", help="diagonal decoding")
     play.add_argument("--window_size", type=int, default=2,
                       help="diagonal decoding: tokens a row runs ahead (default: 2)")
@@ -220,7 +220,7 @@ def load_resources(args: argparse.Namespace) -> Resources:
         scene = embedded_scene(tokenizer.frame_size)
     reference = args.reference_frame
     if reference is None:
-        reference = min(8, model.config.context_frames - 1)
+        reference = default_reference_frames(model.config)
     options = Options(
         reference, "diagonal" if args.diagd else "naive", args.window_size,
         Sampling(temperature=args.temperature), args.seed,

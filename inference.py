@@ -41,7 +41,7 @@ from mineworld.actions import ActionFileError, read_actions
 from mineworld.decoding import Sampling
 from mineworld.embedded import VALIDATION_DIR
 from mineworld.loading import load_model, strategy_params, uses_embedded
-from mineworld.session import Session, pick_device
+from mineworld.session import Session, default_reference_frames, pick_device
 from mineworld.video import VideoFileError, list_clips, read_video, write_video
 
 PROG = "inference.py"
@@ -98,8 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       "default with the embedded model: its validation clips")
     data.add_argument("--output_dir", required=True)
     data.add_argument("--demo_num", type=_positive_int,
-                      help="context frames prefilled from each clip (default: 8, or fewer "
-                      "when the model's context is shorter)")
+                      help="context frames prefilled from each clip (default: half the model's "
+                      "context, at most 8)")
     data.add_argument("--frames", type=_positive_int, default=8,
                       help="frames to generate per clip (default: 8)")
     data.add_argument("--action-alignment", choices=["same", "next"], default="same",
@@ -262,8 +262,8 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--data_root {data_root}: no clip_N.mp4 + clip_N.jsonl pairs")
     device, dtype = pick_device(args.device, None if args.dtype == "auto" else args.dtype)
     model, tokenizer, files = load_model(args, params, device, dtype)
-    if args.demo_num is None:  # the published scripts' 8, where the context allows it
-        args.demo_num = min(8, model.config.context_frames - 1)
+    if args.demo_num is None:
+        args.demo_num = default_reference_frames(model.config)
     new_session = build_session_factory(model, tokenizer, args, params, sampling)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     settings = {

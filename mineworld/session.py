@@ -42,6 +42,12 @@ def pick_device(device: str | None = None, dtype: str | torch.dtype | None = Non
     return chosen, dtype
 
 
+def default_reference_frames(config) -> int:
+    """MineWorld's choice, 8 reference frames of a 16-frame context: half the context, at
+    most 8 (a full-context cache then re-prefills every ``context - reference`` frames)."""
+    return max(1, min(8, config.context_frames // 2))
+
+
 @dataclass
 class FrameRecord:
     ids: torch.Tensor  # [rows, cols] image token ids

@@ -197,7 +197,7 @@ def test_no_model_flags_run_the_embedded_model_on_its_validation_clips(tmp_path)
     written = sorted(p.name for p in output.glob("clip_*.json"))
     assert written and len(written) == len(list((ROOT / "assets" / "validation").glob("*.jsonl")))
     record = json.loads((output / written[0]).read_text())
-    assert record["generated_frames"] == 2 and record["args"]["demo_num"] == 7
+    assert record["generated_frames"] == 2 and record["args"]["demo_num"] == 4
 
 
 def test_data_root_is_required_with_model_flags(model_files, tmp_path, capsys):
