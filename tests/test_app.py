@@ -11,52 +11,24 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 from gradio_client import Client, handle_file
 from PIL import Image
 
 import app
 from mineworld.actions import make_action
-from mineworld.config import ModelConfig
 from mineworld.decoding import Sampling
-from mineworld.model import Transformer
 from mineworld.play import Options, PlaySession, read_scene
-from mineworld.tokenizers.base import ImageTokenizer
 from mineworld.video import read_video
 from mineworld.world import record_episode
+from tests.stand_ins import (
+    HEIGHT,
+    WIDTH,
+    PatchTokenizer,
+    tiny_model,
+)
 
-ROWS, COLS, CODES = 2, 3, 100
-FRAME_TOKENS = ROWS * COLS + 11
-CONTEXT_FRAMES = 4
-WIDTH, HEIGHT = 4 * COLS, 4 * ROWS
 SCENE_FRAMES = 10
 WORLD_SEED = 7
-
-
-class PatchTokenizer(ImageTokenizer):
-    """A stand-in tokenizer: one id per 4x4 patch from its mean red level."""
-
-    def __init__(self):
-        super().__init__(frame_size=(WIDTH, HEIGHT), grid=(ROWS, COLS), codebook_size=CODES)
-
-    def _encode_batch(self, images):
-        patches = torch.nn.functional.avg_pool2d(images[:, :1], 4)[:, 0]
-        return ((patches + 1) / 2 * (CODES - 1)).round().long()
-
-    def _decode_batch(self, ids):
-        level = ids.float() / (CODES - 1) * 2 - 1
-        return level[:, None].repeat_interleave(4, -1).repeat_interleave(4, -2).repeat(1, 3, 1, 1)
-
-
-def tiny_model():
-    torch.manual_seed(0)
-    config = ModelConfig(
-        vocab_size=CODES + 70, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=CONTEXT_FRAMES * FRAME_TOKENS,
-        image_rows=ROWS, image_cols=COLS, codebook_size=CODES,
-    )
-    return Transformer(config).eval()
 
 
 def record_scene(folder, seed=WORLD_SEED, name="walk"):
