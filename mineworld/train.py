@@ -31,6 +31,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+# PSNR of stacked frames pools their squared error: a mean of per-frame PSNRs would let an
+# exact copy (the player standing still) count as infinite and swamp it.
+from mineworld.metrics import psnr
 from mineworld.world import replay, scripted_actions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,14 +79,6 @@ def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
     return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR (dB) of the mean squared error over all the uint8 frames. Not a mean of per-frame
-    PSNRs: a frame that is exactly right (a copy while the player stands still) would count
-    as ~150 dB and swamp the mean."""
-    err = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0**2 / max(err, 1e-10)))
 
 
 def train_tokenizer(frames: np.ndarray, config, minutes: float, steps: int, seed: int,

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mineworld.checkpoint import read_state_dict
 from mineworld.tokenizers.base import ImageTokenizer
 
 WEIGHTS_FILE, CONFIG_FILE = "tokenizer.safetensors", "tokenizer.json"
@@ -165,5 +166,5 @@ class EmbeddedTokenizer(ImageTokenizer):
         folder = path if path.is_dir() else path.parent
         config = TokenizerConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text()))
         model = FSQAutoencoder(config)
-        model.load_state_dict(safetensors.torch.load_file(folder / WEIGHTS_FILE), strict=True)
+        model.load_state_dict(read_state_dict(folder / WEIGHTS_FILE), strict=True)
         return cls(config, model, device, dtype)
