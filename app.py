@@ -34,20 +34,18 @@ from pathlib import Path
 import cv2
 import gradio as gr
 import numpy as np
-from safetensors import SafetensorError
 
 from cache import STRATEGIES
 from mineworld.actions import make_action
 from mineworld.decoding import Sampling
 from mineworld.embedded import SCENE, demo_scene
-from mineworld.loading import load_model, strategy_params
+from mineworld.loading import USER_ERRORS, load_model, one_line, strategy_params
 from mineworld.play import PLOTS, Options, PlaySession, Scene, read_scene
 from mineworld.session import default_reference_frames, pick_device
 from mineworld.tokenizers.base import resize_frames
 from mineworld.world import read_recording
 
 PROG = "app.py"
-USER_ERRORS = (ValueError, OSError, SafetensorError)
 DISPLAY_WIDTH = 512  # the newest frame, upscaled with nearest neighbour so pixels stay crisp
 STRIP_WIDTH = 128
 STRIP_FRAMES = 8
@@ -630,11 +628,6 @@ def launch(blocks: gr.Blocks, host: str, port: int, block: bool = True) -> str:
     return url
 
 
-def _one_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return " ".join(lines[:1] + ["; ".join(lines[1:])]).strip() or type(error).__name__
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -643,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: loaded in {time.perf_counter() - started:.1f} s", flush=True)
         launch(blocks, args.host, args.port)
     except USER_ERRORS as error:
-        print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(error)}", file=sys.stderr)
         return 2
     return 0
 

@@ -33,14 +33,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-from safetensors import SafetensorError
 from tqdm import tqdm
 
 from cache import STRATEGIES
 from mineworld.actions import ActionFileError, read_actions
 from mineworld.decoding import Sampling
 from mineworld.embedded import VALIDATION_DIR
-from mineworld.loading import load_model, strategy_params, uses_embedded
+from mineworld.loading import USER_ERRORS, load_model, one_line, strategy_params, uses_embedded
 from mineworld.session import Session, default_reference_frames, pick_device
 from mineworld.video import VideoFileError, list_clips, read_video, write_video
 
@@ -56,7 +55,6 @@ class ClipError(ValueError):
 # Errors that concern one clip's files: reported, the clip skipped, the others still run.
 CLIP_ERRORS = (ClipError, ActionFileError, VideoFileError)
 # Errors of the user's making: one line on stderr and exit status 2, never a stack trace.
-USER_ERRORS = (ValueError, OSError, SafetensorError)
 
 
 # -- command line ----------------------------------------------------------------------------
@@ -242,12 +240,6 @@ def summary(record: dict) -> str:
 # -- main ------------------------------------------------------------------------------------
 
 
-def _one_line(error: BaseException) -> str:
-    """An error message on one line (weight mismatches list their problems on several)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return " ".join(lines[:1] + ["; ".join(lines[1:])]).strip() or type(error).__name__
-
-
 def run(args: argparse.Namespace) -> int:
     """The whole batch; user errors propagate to ``main`` as exceptions."""
     sampling = sampling_from(args)
@@ -286,7 +278,7 @@ def run(args: argparse.Namespace) -> int:
             record = run_clip(new_session, clip, args, header)
         except CLIP_ERRORS as error:
             failed.append(clip.name)
-            tqdm.write(f"{PROG}: warning: skipped {clip.name}: {_one_line(error)}",
+            tqdm.write(f"{PROG}: warning: skipped {clip.name}: {one_line(error)}",
                        file=sys.stderr)
             continue
         tqdm.write(summary(record))
@@ -303,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except USER_ERRORS as error:
-        print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(error)}", file=sys.stderr)
         return 2
 
 

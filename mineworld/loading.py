@@ -12,6 +12,7 @@ import inspect
 from pathlib import Path
 
 import yaml
+from safetensors import SafetensorError
 
 from cache import STRATEGIES, make_strategy
 from mineworld.checkpoint import load_transformer, read_state_dict, split_prefix
@@ -27,6 +28,16 @@ CACHE_FLAGS = {
     "sink_frames": "--sink-frames",
     "recent_frames": "--recent-frames",
 }
+
+
+# What a CLI reports as one line and exit status 2, rather than a stack trace.
+USER_ERRORS = (ValueError, OSError, SafetensorError)
+
+
+def one_line(error: BaseException) -> str:
+    """An error message on one line (weight mismatches list their problems on several)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return " ".join(lines[:1] + ["; ".join(lines[1:])]).strip() or type(error).__name__
 
 
 def strategy_params(args: argparse.Namespace) -> dict:
