@@ -52,15 +52,6 @@ PUBLISHED = {  # aMUSEd-style VQGAN: 16x downsampling, 8192 codes of dimension 6
 H, W = 16, 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # These tiny convolutions only lose from threading, badly so on a shared, loaded machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def pair(request):
     """(config dict, diffusers model, our model with its weights, images, diffusers latents)."""
