@@ -8,6 +8,12 @@ This file is the UI only: models load in ``mineworld.loading`` (or ``mineworld.e
 logic lives in ``mineworld.play``. Every user gets their own ``PlaySession`` in a ``gr.State``;
 the model is shared and read-only, and every event that runs it waits in one queue.
 
+Limits (a page for strangers): uploads of at most ``MAX_UPLOAD_MB`` each, of the types the
+Scene panel names; the first ``mineworld.play.MAX_SCENE_FRAMES`` frames of a video; at most
+``MAX_REPEAT`` repeats a click; the newest ``mineworld.play.KEPT_FRAMES`` frames (plots, video)
+kept per side; no file served but Gradio's own (its cache of this app's outputs and uploads).
+Each says so in the page when it applies, and play goes on.
+
 Exit status: 2 for a usage, model or scene error (one line on stderr), else when stopped.
 """
 
@@ -23,6 +29,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import math
 import shutil
 import sys
 import tempfile
@@ -40,16 +47,31 @@ from mineworld.actions import make_action
 from mineworld.decoding import Sampling
 from mineworld.embedded import SCENE, demo_scene
 from mineworld.loading import USER_ERRORS, load_model, one_line, strategy_params
-from mineworld.play import PLOTS, Options, PlaySession, Scene, read_scene
+from mineworld.play import (
+    KEPT_FRAMES,
+    MAX_SCENE_FRAMES,
+    PLOTS,
+    QUALITY,
+    Options,
+    PlaySession,
+    Scene,
+    read_scene,
+)
 from mineworld.session import default_reference_frames, pick_device
 from mineworld.tokenizers.base import resize_frames
 from mineworld.world import read_recording
 
 PROG = "app.py"
+# What a handler turns into a message in the page (the session goes on): bad values raise
+# ValueError; int() of an infinite one raises OverflowError.
+PLAY_ERRORS = (ValueError, OverflowError)
 DISPLAY_WIDTH = 512  # the newest frame, upscaled with nearest neighbour so pixels stay crisp
 STRIP_WIDTH = 128
 STRIP_FRAMES = 8
 MAX_REPEAT = 32
+MAX_UPLOAD_MB = 64  # per file; Gradio refuses a bigger upload before it is stored
+SCENE_FILE_TYPES = [".mp4", ".jsonl", ".json"]
+MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds
 CAMERA_KEY_DEG = 15.0  # how far one arrow key turns the camera
 IDLE_SECONDS = 20 * 60  # a session untouched this long is freed
 QUEUE_SIZE = 64
@@ -99,6 +121,15 @@ if (!window.mineworldKeys) {
   });
 }
 """
+
+
+LIMITS_TEXT = (
+    f"Limits: uploads up to {MAX_UPLOAD_MB} MB a file ({', '.join(SCENE_FILE_TYPES)}); the "
+    f"first {MAX_SCENE_FRAMES} frames of a video are read; a click repeats at most "
+    f"{MAX_REPEAT} times; each side keeps its newest {KEPT_FRAMES} frames for the strip, plots "
+    "and video. A tab's session is freed when it closes or after "
+    f"{IDLE_SECONDS // 60} idle minutes."
+)
 
 
 def control_class(name: str) -> str:
@@ -278,22 +309,31 @@ class StrategyPicker:
         return [gr.update(visible=param in taken) for param in self.inputs]
 
     def chosen(self, strategy: str, *values) -> tuple[str, dict]:
-        """(strategy, its parameters) from the picker's component values."""
-        taken = strategy_parameters()[strategy]
+        """(strategy, its parameters) from the picker's component values; ValueError for a
+        strategy that does not exist or a value that is not a finite number (the strategy
+        itself checks ranges)."""
+        choices = strategy_parameters()
+        if strategy not in choices:
+            raise ValueError(f"strategy must be one of {', '.join(choices)}, got {strategy!r}")
         given = dict(zip(self.inputs, values, strict=True))
-        return strategy, {param: given[param] for param in taken if given[param] is not None}
+        params = {param: given[param] for param in choices[strategy] if given[param] is not None}
+        for param, value in params.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{param} must be a finite number, got {value!r}")
+        return strategy, params
 
 
 @dataclass
 class PlayView:
-    """One tab's display: per side a frame, a strip and plots; then the PSNR plot, a status."""
+    """One tab's display: per side a frame, a strip and plots; then a plot per quality measure
+    (PSNR, SSIM), and a status."""
 
     state: gr.State
     status: gr.Textbox
     images: list[gr.Image]
     strips: list[gr.Gallery]
     plots: list[dict[str, gr.LinePlot]]
-    quality: gr.LinePlot | None
+    quality: dict[str, gr.LinePlot]
 
     @classmethod
     def build(cls, name: str, labels: list[str], close_play) -> PlayView:
@@ -312,10 +352,10 @@ class PlayView:
                                              columns=STRIP_FRAMES, rows=1, height=140,
                                              fit_columns=False, object_fit="contain",
                                              allow_preview=False, elem_id=f"strip-{tag}"))
-        return cls(state, status, images, strips, [], None)
+        return cls(state, status, images, strips, [], {})
 
     def add_plots(self, labels: list[str]) -> None:
-        """Each side's plots, two a row, then the PSNR plot shared by the sides."""
+        """Each side's plots, two a row, then the quality plots shared by the sides."""
         with gr.Row():
             for label in labels:
                 with gr.Column():
@@ -329,7 +369,11 @@ class PlayView:
                                     elem_id=f"plot-{name}-{side_tag(label)}",
                                 )
                     self.plots.append(side_plots)
-        self.quality = line_plot("PSNR (dB): between the sides, and against the true world")
+        with gr.Row():
+            for measure, title in QUALITY.items():
+                self.quality[measure] = line_plot(
+                    title, elem_id=f"plot-{measure}-{side_tag('-'.join(labels))}"
+                )
 
     def status_only(self, message: str) -> list:
         """Values that change nothing but the status line."""
@@ -338,7 +382,8 @@ class PlayView:
     @property
     def outputs(self) -> list:
         side_plots = [plot for plots in self.plots for plot in plots.values()]
-        return [self.state, self.status, *self.images, *self.strips, *side_plots, self.quality]
+        return [self.state, self.status, *self.images, *self.strips, *side_plots,
+                *self.quality.values()]
 
     def values(self, play: PlaySession, status: str) -> list:
         """Component values for ``outputs``, in the same order."""
@@ -346,11 +391,12 @@ class PlayView:
         images = [enlarge(frame, DISPLAY_WIDTH) for frame in newest]
         strips = [
             [(enlarge(frame, STRIP_WIDTH), caption) for frame, caption in
-             zip(side.frames[-STRIP_FRAMES:], side.captions[-STRIP_FRAMES:], strict=True)]
+             side.newest(STRIP_FRAMES)]
             for side in play.sides
         ]
         tables = [table for side in play.sides for table in side.plot_tables().values()]
-        return [play, status, *images, *strips, *tables, play.quality_table()]
+        quality = [play.quality_table(measure) for measure in self.quality]
+        return [play, status, *images, *strips, *tables, *quality]
 
 
 def line_plot(title: str, elem_id: str | None = None) -> gr.LinePlot:
@@ -363,12 +409,16 @@ def side_tag(label: str) -> str:
     return label.lower().replace(" ", "-")
 
 
-def status_line(play: PlaySession) -> str:
-    """Where play stands: frames, strategies, and the speed of the newest frame per side."""
+def status_line(play: PlaySession, note: str = "") -> str:
+    """Where play stands: frames, strategies, the speed of the newest frame per side, its
+    quality scores, and ``note`` (a limit that applied)."""
     speeds = [f"{side.rows[-1]['fps']:.1f} fps" for side in play.sides if side.rows]
-    parts = [f"scene {play.scene.name}, start frame {play.start}",
-             f"{play.frames_played} frames played", play.describe_sides(), *speeds]
-    return " · ".join(parts)
+    played = f"{play.frames_played} frames played"
+    if play.truncated:
+        played += f" (the newest {len(play.sides[0].frames)} kept)"
+    parts = [f"scene {play.scene.name}, start frame {play.start}", played,
+             play.describe_sides(), *speeds, play.latest_quality(), note]
+    return " · ".join(part for part in parts if part)
 
 
 class Demo:
@@ -379,15 +429,20 @@ class Demo:
         # Plays by (session hash, sides: 1 on the Play tab, 2 on Compare) so that closing the
         # tab frees them at once; weak, so the State stays their owner.
         self.open_plays: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        # Uploaded scenes by session hash, likewise, so that a closed tab's frames go at once.
+        self.open_scenes: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
     def new_play(self, scene: Scene | None, start: int | None, seed: int | None, strategies,
                  request) -> PlaySession:
         """A play of ``strategies``; None picks the shipped scene, its start frame, the seed."""
         resources = self.resources
         scene = scene or resources.scene
-        start = resources.default_start(scene) if start is None else int(start)
+        start = resources.default_start(scene) if start is None else int(number(start, "start"))
         options = resources.options
         if seed is not None:
+            if not (isinstance(seed, (int, float)) and math.isfinite(seed)
+                    and 0 <= seed <= MAX_SEED):
+                raise ValueError(f"seed must be a whole number in [0, 2**63), got {seed!r}")
             options = dataclasses.replace(options, seed=int(seed))
         play = PlaySession(resources.model, resources.tokenizer, scene, start, strategies,
                            options)
@@ -402,13 +457,13 @@ class Demo:
         def restart(request: gr.Request, old: PlaySession | None, scene: Scene | None, start,
                     seed, *picker_values):
             strategies, values = [], list(picker_values)
-            for picker in pickers:
-                count = len(picker.components)
-                strategies.append(picker.chosen(*values[:count]))
-                values = values[count:]
             try:
+                for picker in pickers:
+                    count = len(picker.components)
+                    strategies.append(picker.chosen(*values[:count]))
+                    values = values[count:]
                 play = self.new_play(scene, start, seed, strategies, request)
-            except ValueError as error:
+            except PLAY_ERRORS as error:
                 gr.Warning(str(error))
                 return view.status_only(f"Not started: {error}")
             if old is not None:
@@ -421,13 +476,13 @@ class Demo:
         """Handler: continue from the current state with another strategy."""
 
         def switch(request: gr.Request, play: PlaySession | None, *picker_values):
-            strategy, params = picker.chosen(*picker_values)
             try:
+                strategy, params = picker.chosen(*picker_values)
                 if play is None or play.closed:
                     play = self.new_play(None, None, None, [(strategy, params)], request)
                 else:
                     play.switch_strategy(0, strategy, params)
-            except ValueError as error:
+            except PLAY_ERRORS as error:
                 gr.Warning(str(error))
                 return view.status_only(f"Strategy not changed: {error}")
             return view.values(play, status_line(play))
@@ -439,49 +494,63 @@ class Demo:
 
         def step(play: PlaySession | None, repeat, pitch, yaw, request: gr.Request):
             try:
-                action = control_action(control, float(pitch), float(yaw))
-            except ValueError as error:
+                action = control_action(control, number(pitch, "pitch"), number(yaw, "yaw"))
+                times, note = repeat_count(repeat)
+                if play is None or play.closed:
+                    if sides > 1:
+                        yield view.status_only("Press “Start comparison” first")
+                        return
+                    defaults = [(self.resources.strategy, self.resources.params)]
+                    play = self.new_play(None, None, None, defaults, request)
+            except PLAY_ERRORS as error:
                 gr.Warning(str(error))
-                yield view.status_only(str(error))
+                yield view.status_only(f"Not played: {error}")
                 return
-            if play is None or play.closed:
-                if sides > 1:
-                    yield view.status_only("Press “Start comparison” first")
-                    return
-                defaults = [(self.resources.strategy, self.resources.params)]
-                play = self.new_play(None, None, None, defaults, request)
-            for _ in range(max(1, min(int(repeat), MAX_REPEAT))):
+            if note:
+                gr.Warning(note)
+            for _ in range(times):
                 if play.closed:  # the tab closed meanwhile
                     return
                 play.step(action)
-                yield view.values(play, status_line(play))
+                yield view.values(play, status_line(play, note))
 
         return step
 
     def forget(self, request: gr.Request) -> None:
-        """Handler for a closed tab: free its plays now instead of at the idle timeout."""
+        """Handler for a closed tab: free its plays and uploaded scene now, not when Gradio
+        drops the tab's State (an hour later, or after ``IDLE_SECONDS`` untouched)."""
         for tab in (1, 2):
             play = self.open_plays.pop((request.session_hash, tab), None)
             if play is not None:
                 play.close()
+        scene = self.open_scenes.pop(request.session_hash, None)
+        if scene is not None:
+            scene.frames = np.zeros((0, *scene.frames.shape[1:]), np.uint8)  # not a view
+            scene.actions, scene.world = [], None
 
-    def load_scene(self, files: list[str] | None):
-        """Handler: an uploaded mp4 + jsonl (and optional world sidecar json) as the scene."""
+    def load_scene(self, files: list[str] | None, request: gr.Request):
+        """Handler: an uploaded mp4 + jsonl (and optional world sidecar json) as the scene.
+
+        A scene that cannot be used raises gr.Error: the page shows why, and the chained
+        restart does not run, so the current play goes on untouched."""
         by_suffix = {Path(path).suffix.lower(): Path(path) for path in files or []}
         if ".mp4" not in by_suffix or ".jsonl" not in by_suffix:
-            gr.Warning("Upload an .mp4 and its .jsonl (and, optionally, its world .json)")
-            return gr.skip(), gr.skip(), gr.skip()
+            raise gr.Error("Scene not loaded: upload an .mp4 and its .jsonl (and, optionally, "
+                           "its world .json)")
         folder = Path(tempfile.mkdtemp(prefix="mineworld-scene-"))
         try:  # one stem for the files, whatever their uploaded names
             for suffix, path in by_suffix.items():
                 shutil.copy(path, folder / f"scene{suffix}")
             name = by_suffix[".mp4"].stem
             scene = read_scene(folder / "scene.mp4", self.resources.tokenizer.frame_size, name)
-        except ValueError as error:
-            gr.Warning(str(error))
-            return gr.skip(), gr.skip(), f"Scene not loaded: {error}"
+        except (ValueError, OSError) as error:
+            raise gr.Error(f"Scene not loaded: {error}") from None
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+        for note in scene.notes:
+            gr.Warning(f"{scene.name}: {note}")
+        if request is not None and request.session_hash:
+            self.open_scenes[request.session_hash] = scene
         start = self.resources.default_start(scene)
         slider = gr.update(maximum=len(scene.frames) - 1, value=start)
         return scene, slider, describe_scene(scene)
@@ -497,7 +566,28 @@ class Demo:
 def describe_scene(scene: Scene) -> str:
     height, width = scene.frames.shape[1:3]
     truth = "true frames rendered by the world" if scene.world else "no true frames"
-    return f"**{scene.name}**: {len(scene.frames)} frames of {width}×{height}; {truth}"
+    notes = "".join(f"; {note}" for note in scene.notes)
+    return f"**{scene.name}**: {len(scene.frames)} frames of {width}×{height}; {truth}{notes}"
+
+
+def number(value, name: str) -> float:
+    """``value`` as a finite float, else ValueError naming it."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return value
+
+
+def repeat_count(repeat) -> tuple[int, str]:
+    """(times to step, a note when ``repeat`` was outside [1, MAX_REPEAT] and was clamped)."""
+    wanted = number(repeat, "repeat")
+    times = max(1, min(int(wanted), MAX_REPEAT))
+    if times != wanted:
+        return times, f"repeat is a whole number from 1 to {MAX_REPEAT}: stepped {times} times"
+    return times, ""
 
 
 def close_play(play: PlaySession | None) -> None:
@@ -555,8 +645,9 @@ def build_demo(resources: Resources) -> gr.Blocks:
         scene_state = gr.State(None)  # None: the shipped scene
         with gr.Accordion("Scene", open=False):
             scene_info = gr.Markdown(describe_scene(resources.scene))
+            gr.Markdown(LIMITS_TEXT)
             with gr.Row():
-                files = gr.File(file_count="multiple", file_types=[".mp4", ".jsonl", ".json"],
+                files = gr.File(file_count="multiple", file_types=SCENE_FILE_TYPES,
                                 label="Your scene: an mp4, its jsonl (and world json)")
                 start = gr.Slider(0, len(resources.scene.frames) - 1, step=1,
                                   value=resources.default_start(resources.scene),
@@ -621,6 +712,7 @@ def launch(blocks: gr.Blocks, host: str, port: int, block: bool = True) -> str:
     _app, url, _share = blocks.launch(
         server_name=host, server_port=port, share=False, ssr_mode=False, quiet=True,
         footer_links=[], run_history=False, prevent_thread_lock=True,
+        max_file_size=f"{MAX_UPLOAD_MB}mb", allowed_paths=[],
     )
     print(f"{PROG}: serving on {url}", flush=True)
     if block:

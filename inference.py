@@ -8,7 +8,10 @@ generated, one per following action line. Outputs, in ``--output_dir``:
   followed by the generated ones, at 6 fps; the JSON says how many of each;
 * ``clip_N.json``: the settings, the generated token ids (``[rows][cols]`` per frame), the
   statistics of every step (time, forward passes, live tokens, KV bytes, evictions,
-  re-prefills ...), totals and the model files.
+  re-prefills ...), totals, the model files and ``quality``: PSNR and SSIM of every generated
+  frame against the clip's own frame at that time (read from its mp4 at the tokenizer's frame
+  size), with their means (``mineworld.metrics.sequence_scores``), for as many generated frames
+  as the clip has frames after the context; ``null`` when it has none.
 
 Actions: with ``--action-alignment same`` (the default, as the published interactive demo)
 frame i is followed by action line i; ``next`` pairs frame i with line i + 1, as the published
@@ -40,6 +43,7 @@ from mineworld.actions import ActionFileError, read_actions
 from mineworld.decoding import Sampling
 from mineworld.embedded import VALIDATION_DIR
 from mineworld.loading import USER_ERRORS, load_model, one_line, strategy_params, uses_embedded
+from mineworld.metrics import sequence_scores
 from mineworld.session import Session, default_reference_frames, pick_device
 from mineworld.video import VideoFileError, list_clips, read_video, write_video
 
@@ -171,18 +175,22 @@ def build_session_factory(model, tokenizer, args: argparse.Namespace, params: di
 
 
 def read_inputs(clip: Path, args: argparse.Namespace, frame_size) -> tuple[np.ndarray, list]:
-    """The clip's first ``demo_num`` frames and the ``demo_num - 1 + frames`` actions after
-    them; ClipError with both counts when the clip is too short."""
+    """The clip's first ``demo_num + frames`` frames (the context, then the true frames, as
+    many as it has) and the ``demo_num - 1 + frames`` actions after the first; ClipError with
+    both counts when the clip is too short for the context or the actions."""
     # with_name, not with_suffix: a stem may hold a dot (clip.v2).
-    frames = read_video(clip.with_name(clip.name + ".mp4"), frame_size, args.demo_num)
+    frames = read_video(clip.with_name(clip.name + ".mp4"), frame_size,
+                        args.demo_num + args.frames)
     actions = read_actions(clip.with_name(clip.name + ".jsonl"), args.action_alignment)
     need = args.demo_num - 1 + args.frames
     shift = args.action_alignment == "next"  # that alignment drops the first line
-    if len(frames) < args.demo_num or len(actions) < need:
+    context_frames = min(len(frames), args.demo_num)  # the frames after it are optional
+    if context_frames < args.demo_num or len(actions) < need:
         raise ClipError(
             f"needs {args.demo_num} frames and {need + shift} action lines "
             f"(--demo_num {args.demo_num}, --frames {args.frames}, alignment "
-            f"{args.action_alignment}), has {len(frames)} frames and {len(actions) + shift} lines"
+            f"{args.action_alignment}), has {context_frames} frames and {len(actions) + shift} "
+            "lines"
         )
     return frames, actions[:need]
 
@@ -191,7 +199,8 @@ def run_clip(new_session, clip: Path, args: argparse.Namespace, header: dict) ->
     """Generate one clip's frames, write its mp4 and JSON (``header``: the run's settings and
     model files, then this clip's results), return the JSON record."""
     session = new_session()
-    context, actions = read_inputs(clip, args, session.tokenizer.frame_size)
+    frames, actions = read_inputs(clip, args, session.tokenizer.frame_size)
+    context, truth = frames[: args.demo_num], frames[args.demo_num :]
     started = time.perf_counter()
     session.start(context, actions[: args.demo_num - 1])
     prefilled = time.perf_counter()
@@ -221,19 +230,25 @@ def run_clip(new_session, clip: Path, args: argparse.Namespace, header: dict) ->
             "frames_per_second": len(generated) / seconds,
             "forward_passes": sum(s["forward_passes"] for s in steps),
         },
+        "quality": sequence_scores(generated[: len(truth)], truth) if len(truth) else None,
     }
     (output / f"{clip.name}.json").write_text(json.dumps(record, indent=1))
     return record
 
 
 def summary(record: dict) -> str:
-    """The one line printed per clip: speed and what the cache did."""
-    totals, last = record["totals"], record["stats"][-1]
+    """The one line printed per clip: speed, what the cache did and the quality."""
+    totals, last, quality = record["totals"], record["stats"][-1], record["quality"]
+    scores = ""
+    if quality is not None:
+        ssim = f", SSIM {quality['mean_ssim']:.3f}" if "mean_ssim" in quality else ""
+        scores = f", PSNR {quality['mean_psnr']:.2f} dB{ssim} vs {quality['frames']} true frames"
     return (
         f"{record['clip']}: {record['generated_frames']} frames in {totals['seconds']:.2f} s "
         f"({totals['frames_per_second']:.2f} fps), {totals['forward_passes']} forward passes, "
         f"{last['live_tokens']} live tokens ({last['bytes_live'] / 2**20:.2f} MiB KV), "
-        f"{last['evicted_tokens']} evicted, {last['reprefills']} re-prefills -> {record['video']}"
+        f"{last['evicted_tokens']} evicted, {last['reprefills']} re-prefills{scores} -> "
+        f"{record['video']}"
     )
 
 

@@ -6,6 +6,7 @@
     python -m benchmarks.cache_strategies --frames 50 --schedule naive --strategies none,frames \\
         --set frames.recent_frames=5 --csv /tmp/cache.csv
     OMP_WAIT_POLICY=PASSIVE python -m benchmarks.cache_strategies ...   # on a loaded machine
+    python -m benchmarks.cache_strategies --bookkeeping    # only the cache's own cost per step
 
 The model has the published frame layout (a 14 x 24 grid of an 8192-code tokenizer and 11 action
 tokens: 347 tokens per frame; vocab 8262; 5552 positions = 16 frames) but a small width so that
@@ -27,6 +28,11 @@ frames; its live count grows until it re-prefills, and its re-prefill spike (p99
 its ms/frame, re-prefill frames included) is printed below the table. Timings on a shared
 machine are noisy: read the ratios. ms/frame is the session's own ``ms_per_frame`` (decode,
 re-prefill when there is one, and the stand-in tokenizer's decode).
+
+``--bookkeeping`` measures instead what the cache itself costs per decode step (choosing
+victims and slots: ``reserve``, ``begin_step``, ``end_step``; no model, no attention) at
+capacities of 1k, 4k and 16k tokens: flat for ``streaming`` and ``frames`` (their victims come
+from a heap), linear for ``h2o`` (its scores change every step; see ``cache/strategy.py``).
 """
 
 from __future__ import annotations
@@ -43,9 +49,10 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.common import percentile, print_machine
+from cache import KVCacheManager
 from mineworld.actions import make_action
 from mineworld.config import ModelConfig
-from mineworld.model import Transformer
+from mineworld.model import RotaryEmbedding, Transformer
 from mineworld.session import Session
 from mineworld.tokenizers.base import ImageTokenizer
 
@@ -131,6 +138,39 @@ def parse_overrides(items: list[str], strategies: list[str]) -> dict[str, dict]:
 
 
 
+def bookkeeping(steps: int = 2000) -> None:
+    """Median time of the cache's own work per one-token decode step, at steady state."""
+    layers, kv_heads, head_dim, block = 4, 1, 64, 64
+    print("| strategy | capacity | us/step p50 | us/step mean (re-bases included) |")
+    print("|---|---:|---:|---:|")
+    for name in ("streaming", "frames", "h2o"):
+        for capacity in (1024, 4096, 16384):
+            params = {
+                "streaming": {"start_size": 4, "recent_size": capacity - 4},
+                "frames": {"frame_tokens": block, "recent_frames": capacity // block - 1},
+                "h2o": {"hh_ratio": 0.5, "recent_size": capacity // 2},
+            }[name]
+            positions = 2 * capacity  # a re-base every `capacity` tokens
+            manager = KVCacheManager(name, **params)
+            manager.bind(num_layers=layers, num_kv_heads=kv_heads, head_dim=head_dim,
+                         max_positions=positions, rotate=RotaryEmbedding(head_dim, positions, 1e4),
+                         dtype=torch.float32, device="cpu")
+            manager.reset(prompt_length=capacity, step_tokens=block)
+            base = manager.reserve(capacity)
+            for start in range(0, capacity, block):  # fill it, a block at a time
+                manager.begin_step(torch.arange(base + start, base + start + block))
+                manager.end_step()
+            times = []
+            for _ in range(steps):
+                started = time.perf_counter()
+                position = manager.reserve(1)
+                manager.begin_step(torch.tensor([position]))
+                manager.end_step()
+                times.append(time.perf_counter() - started)
+            print(f"| {name} | {capacity} | {1e6 * statistics.median(times):.0f} | "
+                  f"{1e6 * statistics.mean(times):.0f} |")
+
+
 class Baseline:
     """A ``none`` session that always plays one frame after ``frames`` prefilled frames.
 
@@ -187,11 +227,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--csv", type=Path, help="also write the table as CSV")
     parser.add_argument("--quick", action="store_true", help="smoke run: 12 frames")
+    parser.add_argument("--bookkeeping", action="store_true",
+                        help="only the cache's own cost per decode step vs capacity")
     args = parser.parse_args()
     if args.quick:
         args.frames = 12
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.bookkeeping:
+        print_machine("cache_strategies --bookkeeping")
+        bookkeeping()
+        return
     names = [s.strip() for s in args.strategies.split(",") if s.strip()]
     unknown = [n for n in names if n not in DEFAULT_PARAMS]
     if unknown:

@@ -24,16 +24,23 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else math.nan
 
 
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages."""
+    return " ".join(f"{load:.2f}" for load in os.getloadavg())
+
+
+def machine_line() -> str:
+    """Torch, threads, CPU, cores, load average and OpenMP wait policy, on one line."""
+    return (f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPU {cpu_model()} "
+            f"({os.cpu_count()} cores), load average {load_average()}, OMP_WAIT_POLICY "
+            f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}")
+
+
 def print_machine(title: str) -> None:
     """Torch, threads, CPU and load; warns when spinning OpenMP threads would skew timings."""
-    try:
-        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        load = "0 ? ?"
-    omp_wait = os.environ.get("OMP_WAIT_POLICY", "unset")
     print(f"# {title}")
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPU {cpu_model()} "
-          f"({os.cpu_count()} cores), load average {load}, OMP_WAIT_POLICY {omp_wait}")
-    if float(load.split()[0]) > (os.cpu_count() or 1) and omp_wait.upper() != "PASSIVE":
+    print(machine_line())
+    busy = os.getloadavg()[0] > (os.cpu_count() or 1)
+    if busy and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
         print("warning: more runnable jobs than cores; spinning OpenMP threads make small ops "
               "10x slower. Consider OMP_WAIT_POLICY=PASSIVE or --threads 1.")

@@ -5,13 +5,17 @@ strategy which tokens to evict, keeps positions inside the model's trained
 range, and counts what happened. A model uses it in four calls per forward pass:
 
 * ``begin_step(positions)`` once, before the layers: evict and pick slots;
-* ``write(layer, keys, values)``: store this step's (already rotated) keys;
-* ``read(layer, query_positions)``: live keys, values and a mask (or ``None``);
+* ``write(layer, keys, values, raw_keys)``: store this step's keys (rotated, and
+  as they were before rotation);
+* ``read(layer, query_positions)``: live keys, values and an additive mask (or ``None``);
 * ``observe(layer, weights, mask)``: attention weights, for strategies that
   score by attention.
 
 Callers that feed a sequence block by block call ``reserve(n)`` to get the
 first position of the next ``n`` tokens; this is where positions are re-based.
+A re-base rotates each key from its pre-RoPE form straight to its new position,
+so the cached key is the one the model would compute there, however many
+re-bases it went through: rounding cannot pile up (in fp16 as in fp32).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from .hybrid import SinksHeavyRecent
 from .none import FullContext
 from .stats import CacheStats, debug_enabled, debug_log
 from .storage import KVStorage
-from .strategy import CacheView, Strategy
+from .strategy import CacheView, ScoreHeap, Strategy
 from .streaming import StreamingLLM
 
 STRATEGIES: dict[str, type[Strategy]] = {}
@@ -83,9 +87,13 @@ class KVCacheManager:
         rotate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         dtype: torch.dtype,
         device: torch.device | str,
+        query_group: int = 1,
     ) -> None:
-        """Tell the manager the model's shapes; ``rotate(keys, shift)`` re-rotates keys."""
+        """Tell the manager the model's shapes; ``rotate(keys, positions)`` rotates
+        pre-RoPE keys (``[H, C, D]``) to ``positions`` (``[C]`` or ``[H, C]``) exactly
+        as the model rotates new keys; ``query_group``: query heads per kv head."""
         self.shape = (num_layers, num_kv_heads, head_dim)
+        self.query_group = query_group
         self.max_positions = max_positions
         self.rotate = rotate
         self.dtype, self.device = dtype, torch.device(device)
@@ -107,12 +115,15 @@ class KVCacheManager:
                 capacity,
                 per_head_positions=self.strategy.per_head,
                 track_attention=self.strategy.tracks_attention,
+                keep_raw_keys=budget is not None,  # a bounded cache re-bases
                 dtype=self.dtype,
                 device=self.device,
             )
             self.storage = storage
             self.stats.allocations += 1
         storage.clear()
+        assert not (self.strategy.fixed_score and self.strategy.per_head), "one heap, shared rows"
+        self.heap = ScoreHeap() if self.strategy.fixed_score else None
         self.step_tokens = step_tokens
         self.next_position = 0
         self.newest_position = -1
@@ -164,7 +175,7 @@ class KVCacheManager:
 
     def _rebase(self) -> None:
         """Close the gaps between live positions (in multiples of the strategy's
-        stride) and re-rotate every moved key by its shift."""
+        stride) and rotate every key from its pre-RoPE form to its new position."""
         storage, stride = self.storage, self.strategy.position_stride
         live_count = storage.num_live
         if live_count == 0:
@@ -179,17 +190,20 @@ class KVCacheManager:
         tail = (self.next_position - ordered[..., -1] - 1) % stride + 1
         next_positions = (moved[..., -1] + tail).unique()
         assert next_positions.numel() == 1, "rows disagree on the next position"
-        shift = torch.zeros_like(positions).scatter_(-1, order, moved - ordered)
         positions.scatter_(-1, order, moved)
-        layers = storage.keys.shape[0]
-        for layer in range(layers):
-            row = shift[layer if storage.per_head else 0]
-            storage.keys[layer] = self.rotate(storage.keys[layer], row)
+        end = storage.high_water
+        for layer in range(storage.keys.shape[0]):
+            row = storage.layer_positions(layer).clamp(min=0)  # dead slots: any position
+            storage.keys[layer, :, :end] = self.rotate(storage.raw_keys[layer, :, :end], row)
+        if self.heap is not None:  # scores follow positions, whose order was kept
+            view = self._view(positions, incoming=0)
+            self.heap.rebuild(self.strategy.keep_score(view), positions >= 0)
         old_next = self.next_position
         self.next_position = int(next_positions)
         self.newest_position = int(moved[..., -1].max())
         self.stats.rebases += 1
         if self.debug:
+            shift = moved - ordered
             debug_log(
                 f"rebase strategy={self.strategy.name} positions shifted by "
                 f"{int(shift.min())}..{int(shift.max())}, next position {old_next} -> "
@@ -202,16 +216,11 @@ class KVCacheManager:
         """Make room for the tokens at ``positions`` (``[n]``) and pick their slots."""
         storage = self.storage
         count = positions.numel()
-        had_holes = storage.num_live < storage.high_water
-        needed = storage.num_live + count - storage.capacity
-        slots = None
-        victims = self._evict(needed, count)
-        if victims is not None and not had_holes and victims.shape[-1] == count:
-            slots = victims  # the common case: overwrite exactly what was evicted
-        if slots is None:
-            slots = storage.free_slots(count)
-        storage.claim(slots, positions)
-        self.step_slots = slots
+        self._evict(storage.num_live + count - storage.capacity, count)
+        slots = storage.claim(positions)  # the evicted slots first: no data moves
+        if self.heap is not None:
+            self.heap.push(self.strategy.keep_score(self._view(positions.view(1, 1, -1))), slots)
+        self.step_slots = slots if storage.per_head else slots[0, 0]  # as write wants them
         self.step_positions = positions
         newest = int(positions.max())
         # Causal order needs a mask unless this is one token after everything cached.
@@ -221,20 +230,35 @@ class KVCacheManager:
         self.newest_position = max(self.newest_position, newest)
         self._shared_mask = None  # positions shared by all layers: one mask per step
 
-    def _evict(self, needed: int, incoming: int) -> torch.Tensor | None:
-        storage = self.storage
-        view = CacheView(
-            positions=storage.positions,
-            keys=storage.keys,
-            values=storage.values,
+    def _view(self, positions: torch.Tensor, incoming: int = 0) -> CacheView:
+        """What the strategy scores: every slot, or (``fixed_score``) ``positions`` alone."""
+        storage, fixed = self.storage, self.strategy.fixed_score
+        return CacheView(
+            positions=positions,
+            keys=None if fixed else storage.keys,
+            values=None if fixed else storage.values,
             attention=storage.attention,
             seen=storage.seen,
             newest_position=self.newest_position,
             incoming=incoming,
         )
-        victims = self.strategy.victims(view, needed)
+
+    def _evict(self, needed: int, incoming: int) -> None:
+        storage = self.storage
+        if self.heap is None:  # a custom strategy is asked every step, even with room left
+            victims = self.strategy.victims(self._view(storage.positions, incoming), needed)
+        elif needed <= 0:
+            return
+        else:
+            count = self.strategy.evict_count(needed)
+            if count > len(self.heap.entries):
+                raise RuntimeError(
+                    f"{self.strategy.name}: only {len(self.heap.entries)} cached tokens may be "
+                    f"evicted; no room for {incoming} new tokens"
+                )
+            victims = self.heap.pop(count, storage.positions.device)
         if victims is None or victims.shape[-1] == 0:
-            return None
+            return
         count = victims.shape[-1]
         if storage.num_live - count + incoming > storage.capacity:
             raise RuntimeError(
@@ -246,7 +270,6 @@ class KVCacheManager:
         storage.kill(victims)
         self.stats.evicted_tokens += count
         self.stats.eviction_events += 1
-        return victims
 
     def _log_eviction(self, victims: torch.Tensor) -> None:
         """One line per layer (one for all when layers share positions), head 0 shown."""
@@ -259,14 +282,21 @@ class KVCacheManager:
                 f"slots={slots[:12]} positions={sorted(positions)[:12]}"
             )
 
-    def write(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Store ``keys``/``values`` (``[kv_heads, n, head_dim]``) of this step's tokens."""
-        self.storage.write(layer, self.step_slots, keys, values)
+    def write(
+        self, layer: int, keys: torch.Tensor, values: torch.Tensor, raw_keys: torch.Tensor
+    ) -> None:
+        """Store this step's ``keys`` (rotated to their positions), ``values`` and
+        ``raw_keys`` (the keys before rotation), each ``[kv_heads, n, head_dim]``."""
+        self.storage.write(layer, self.step_slots, keys, values, raw_keys)
 
     def read(self, layer: int, query_positions: torch.Tensor):
-        """Keys and values of the slots in use (``[kv_heads, S, head_dim]``) and a boolean
-        mask ``[1 or kv_heads, n_queries, S]`` of the keys each query may see (``None``
-        when every query may see every key)."""
+        """Keys and values of the slots in use (``[kv_heads, S, head_dim]``) and the mask
+        of the keys each query may see (``None`` when every query sees every key).
+
+        The mask is additive (0 visible, -inf hidden), ``[1 or kv_heads, group * n, S]``:
+        the query heads of a kv group folded into rows (row ``g * n + t`` is query
+        ``t`` of head ``g``), as the attention reads it, so that, when layers share
+        positions, it is built once per step rather than converted in every layer."""
         storage = self.storage
         end = storage.high_water
         keys, values = storage.keys[layer, :, :end], storage.values[layer, :, :end]
@@ -275,9 +305,11 @@ class KVCacheManager:
         if self._shared_mask is not None:
             return keys, values, self._shared_mask
         key_positions = storage.layer_positions(layer)
-        mask = (key_positions >= 0).unsqueeze(1) & (
+        visible = (key_positions >= 0).unsqueeze(1) & (
             key_positions.unsqueeze(1) <= query_positions.view(1, -1, 1)
         )
+        mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device)
+        mask = mask.masked_fill_(~visible, float("-inf")).repeat(1, self.query_group, 1)
         if not storage.per_head:
             self._shared_mask = mask
         return keys, values, mask
@@ -287,12 +319,13 @@ class KVCacheManager:
         return self.strategy.tracks_attention
 
     def observe(self, layer: int, weights: torch.Tensor, mask: torch.Tensor | None) -> None:
-        """Accumulate attention ``weights`` (``[kv_heads, group * n, S]``) per key."""
+        """Accumulate attention ``weights`` (``[kv_heads, group * n, S]``) per key;
+        ``mask`` as :meth:`read` gave it."""
         storage = self.storage
         end = weights.shape[-1]
         storage.attention[layer, :, :end] += weights.sum(1)
         queries = self.step_positions.numel()
-        seen = mask.sum(1) if mask is not None else queries
+        seen = (mask == 0).sum(1) / self.query_group if mask is not None else queries
         storage.seen[layer, :, :end] += seen
 
     def end_step(self) -> None:

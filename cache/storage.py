@@ -1,13 +1,18 @@
 """Preallocated KV slots for every layer, with a slot -> position table.
 
 A slot holds one token's key and value. Slots are allocated once, for the
-strategy's budget; evicting a token only marks its slot dead (position -1) and
-the next token is written over it, so a decode step moves no cached data.
+strategy's budget; evicting a token marks its slot dead (position -1) and puts
+it on a list of spare slots that the next tokens are written over, so a decode
+step moves no cached data and finds its slots without scanning the table.
 Every (layer, kv head) row always holds the same number of live tokens, which
 keeps the tensors dense: attention reads slots ``[0, high_water)``.
 
 Positions are either shared by all layers and heads (shape ``[1, 1, C]``) or
 kept per row (``[L, H, C]``) for strategies that evict per kv head.
+
+Keys are stored rotated to their positions (what attention reads) and, when
+positions may be re-based, also as they were before rotation, so that a re-based
+key is rotated once from its original form rather than again and again.
 """
 
 from __future__ import annotations
@@ -27,12 +32,15 @@ class KVStorage:
         *,
         per_head_positions: bool,
         track_attention: bool,
+        keep_raw_keys: bool,
         dtype: torch.dtype,
         device: torch.device | str,
     ):
         shape = (num_layers, num_kv_heads, capacity, head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
+        # Keys before rotation: what a re-base rotates from (see the module doc).
+        self.raw_keys = torch.zeros(shape, dtype=dtype, device=device) if keep_raw_keys else None
         rows = (num_layers, num_kv_heads) if per_head_positions else (1, 1)
         self.positions = torch.full((*rows, capacity), DEAD, dtype=torch.long, device=device)
         # Accumulated attention each key received, and how many queries saw it (H2O).
@@ -42,22 +50,27 @@ class KVStorage:
             else None
         )
         self.seen = torch.zeros_like(self.attention) if track_attention else None
+        # Each layer's K, V (and raw K) stores, sliced once here rather than at every write.
+        stores = [t for t in (self.keys, self.values, self.raw_keys) if t is not None]
+        self.layer_stores = list(zip(*(t.unbind(0) for t in stores), strict=True))
         self.capacity = capacity
         self.num_live = 0
         self.high_water = 0  # slots at or above this index were never written
+        self.spare = self.positions[..., :0]  # dead slots below high_water, [rows, heads, m]
 
     @property
     def per_head(self) -> bool:
         return self.positions.shape[0] > 1
 
     def bytes_allocated(self) -> int:
-        tensors = [self.keys, self.values, self.positions, self.attention, self.seen]
+        tensors = [self.keys, self.values, self.raw_keys, self.positions, self.attention, self.seen]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def bytes_per_token(self) -> int:
-        """Key + value bytes of one token across all layers and heads."""
+        """Bytes of one token's keys (rotated and raw, when kept) and values, all layers."""
         layers, heads, _, dim = self.keys.shape
-        return 2 * layers * heads * dim * self.keys.element_size()
+        copies = 2 if self.raw_keys is None else 3
+        return copies * layers * heads * dim * self.keys.element_size()
 
     def clear(self) -> None:
         self.positions.fill_(DEAD)
@@ -66,6 +79,7 @@ class KVStorage:
             self.seen.zero_()
         self.num_live = 0
         self.high_water = 0
+        self.spare = self.positions[..., :0]
 
     def kill(self, slots: torch.Tensor) -> None:
         """Mark ``slots`` (``[rows, heads, k]`` matching the position table) dead."""
@@ -75,28 +89,42 @@ class KVStorage:
             self.attention.scatter_(-1, full, 0.0)
             self.seen.scatter_(-1, full, 0.0)
         self.num_live -= slots.shape[-1]
+        self.spare = torch.cat([self.spare, slots], -1) if self.spare.shape[-1] else slots
 
-    def free_slots(self, count: int) -> torch.Tensor:
-        """The ``count`` lowest free slots of every row, ``[rows, heads, count]``."""
-        if self.num_live == self.high_water:  # no holes: the next slots are untouched
-            start = self.high_water
-            slots = torch.arange(start, start + count, device=self.positions.device)
-            return slots.expand(*self.positions.shape[:2], count)
-        free = (self.positions < 0).nonzero()[:, -1]
-        return free.view(*self.positions.shape[:2], -1)[..., :count]
-
-    def claim(self, slots: torch.Tensor, positions: torch.Tensor) -> None:
-        """Give ``slots`` (``[rows, heads, n]``) the new tokens' ``positions`` (``[n]``)."""
+    def claim(self, positions: torch.Tensor) -> torch.Tensor:
+        """Slots (``[rows, heads, n]``) for new tokens at ``positions`` (``[n]``): spare
+        slots first, then never-written ones."""
+        count = positions.numel()
+        reused = min(count, self.spare.shape[-1])
+        slots, self.spare = self.spare[..., :reused], self.spare[..., reused:]
+        if reused < count:
+            start, self.high_water = self.high_water, self.high_water + count - reused
+            fresh = torch.arange(start, self.high_water, device=self.positions.device)
+            fresh = fresh.expand(*self.positions.shape[:2], -1)
+            slots = torch.cat([slots, fresh], -1) if reused else fresh
         self.positions.scatter_(-1, slots, positions.expand_as(slots))
-        self.num_live += slots.shape[-1]
-        self.high_water = max(self.high_water, int(slots.max()) + 1)
+        self.num_live += count
+        return slots
 
-    def write(self, layer: int, slots: torch.Tensor, keys: torch.Tensor, values: torch.Tensor):
-        """Store one layer's new ``keys``/``values`` (``[H, n, D]``) in ``slots``."""
-        row = slots[layer if self.per_head else 0]  # [H or 1, n]
-        index = row.unsqueeze(-1).expand(keys.shape[0], -1, keys.shape[-1])
-        self.keys[layer].scatter_(1, index, keys)
-        self.values[layer].scatter_(1, index, values)
+    def write(
+        self,
+        layer: int,
+        slots: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        raw_keys: torch.Tensor,
+    ) -> None:
+        """Store one layer's new ``keys``/``values``/``raw_keys`` (``[H, n, D]``) in
+        ``slots``: ``[rows, heads, n]`` as claimed, or ``[n]`` when positions are shared."""
+        stores = self.layer_stores[layer]
+        news = (keys, values, raw_keys)[: len(stores)]
+        if slots.dim() == 1:  # the same slots in every head: copy rows, no index to build
+            for store, new in zip(stores, news, strict=True):
+                store.index_copy_(1, slots, new)
+            return
+        index = slots[layer].unsqueeze(-1).expand(keys.shape[0], -1, keys.shape[-1])
+        for store, new in zip(stores, news, strict=True):
+            store.scatter_(1, index, new)
 
     def layer_positions(self, layer: int) -> torch.Tensor:
         """Positions of slots ``[0, high_water)`` for ``layer``: ``[H or 1, high_water]``."""

@@ -7,8 +7,15 @@ A strategy is a small class (kvpress style). It answers three questions:
 * ``evict_count(needed)``: how many to evict when ``needed`` slots are short
   (more than asked when it evicts in whole blocks).
 
-``victims`` turns those answers into slots; a strategy that selects tokens some
-other way (see :mod:`cache.custom`) overrides it instead.
+``victims`` turns those answers into slots: it scores every slot and takes the
+lowest, O(capacity) per eviction, which scores that change every step (H2O's
+accumulated attention) need anyway: the step's attention reads every key too. A
+strategy whose score of a token never changes while it is cached (a function of
+its position, such as "oldest first") sets ``fixed_score``: each token is then
+scored once, when written, and victims are popped from a heap
+(:class:`ScoreHeap`), so a decode step's eviction costs O(k log capacity) for k
+victims, with no scan of the slots. A strategy that selects tokens some other
+way (see :mod:`cache.custom`) overrides ``victims`` instead.
 
 Everything else (slots, eviction, positions, statistics) lives once in
 :class:`cache.manager.KVCacheManager`.
@@ -16,6 +23,7 @@ Everything else (slots, eviction, positions, statistics) lives once in
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -25,11 +33,14 @@ import torch
 
 @dataclass
 class CacheView:
-    """What a strategy may look at when it scores slots (all ``[rows, heads, C]``)."""
+    """What a strategy may look at when it scores slots (all ``[rows, heads, C]``).
+
+    A ``fixed_score`` strategy is shown the positions alone: those of the tokens
+    being written (scored once), or of every slot after a re-base."""
 
     positions: torch.Tensor  # -1 for dead slots
-    keys: torch.Tensor  # [L, H, C, D] stored (rotated) keys; values likewise
-    values: torch.Tensor
+    keys: torch.Tensor | None  # [L, H, C, D] stored (rotated) keys; values likewise
+    values: torch.Tensor | None
     attention: torch.Tensor | None  # accumulated attention per key, when tracked
     seen: torch.Tensor | None  # number of queries that saw each key, when tracked
     newest_position: int  # highest position written so far
@@ -40,6 +51,8 @@ class Strategy:
     name: ClassVar[str]
     tracks_attention: ClassVar[bool] = False  # needs attention weights of every query
     per_head: ClassVar[bool] = False  # evicts per (layer, kv head) rather than per token
+    # keep_score depends on positions only, and re-basing keeps its order (module doc).
+    fixed_score: ClassVar[bool] = False
     position_stride: int = 1  # re-base positions only by multiples of this
 
     def budget(self, prompt_length: int) -> int | None:
@@ -72,6 +85,30 @@ class Strategy:
     def describe(self) -> dict:
         """Parameters, for statistics and logs."""
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+class ScoreHeap:
+    """The evictable slots of a ``fixed_score`` strategy (positions shared by all
+    rows), lowest score first; protected (``inf``) slots are never entered."""
+
+    def __init__(self):
+        self.entries: list[tuple[float, int]] = []
+
+    def push(self, scores: torch.Tensor, slots: torch.Tensor) -> None:
+        """Enter new ``slots`` with their ``scores`` (both ``[1, 1, n]``)."""
+        for score, slot in zip(scores.flatten().tolist(), slots.flatten().tolist(), strict=True):
+            if score != math.inf:
+                heapq.heappush(self.entries, (score, slot))
+
+    def rebuild(self, scores: torch.Tensor, live: torch.Tensor) -> None:
+        """Start over from every slot's score (``[1, 1, C]``), keeping the ``live`` ones."""
+        slots = (live & ~torch.isinf(scores)).flatten().nonzero().flatten()
+        self.entries = sorted(zip(scores.flatten()[slots].tolist(), slots.tolist(), strict=True))
+
+    def pop(self, count: int, device: torch.device) -> torch.Tensor:
+        """The ``count`` lowest-scored slots, ``[1, 1, count]``, removed from the heap."""
+        slots = [heapq.heappop(self.entries)[1] for _ in range(count)]
+        return torch.tensor(slots, device=device).view(1, 1, -1)
 
 
 def check_int(name: str, value, low: int, high: float = math.inf) -> int:

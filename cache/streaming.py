@@ -1,11 +1,13 @@
 """``streaming``: StreamingLLM (Xiao et al., 2023), attention sinks + a recent window.
 
-Keeps the first ``start_size`` tokens (the sinks) and the ``recent_size`` newest.
+Keeps the first ``start_size`` tokens (the sinks) and the ``recent_size`` newest
+(by position: diagonal decoding writes a frame out of position order, and the
+lowest position goes first all the same). The score is the position, fixed once
+a token is written, so victims come from a heap: no scan of the cache per step.
 Positions live inside the cache: sinks keep positions ``0..start_size-1``,
 recent tokens keep their true distances to each other, and when the next
 position would leave the trained range the recent window is re-based to follow
-the sinks directly (keys re-rotated once; a recent token meets at most one
-re-base in its life, so rotation error cannot pile up).
+the sinks directly.
 """
 
 import math
@@ -17,6 +19,7 @@ from .strategy import CacheView, Strategy, check_int, sink_mask
 
 class StreamingLLM(Strategy):
     name = "streaming"
+    fixed_score = True
 
     def __init__(self, start_size: int = 4, recent_size: int = 512):
         self.start_size = check_int("start_size", start_size, 1)

@@ -356,7 +356,7 @@ def parse_action_line(text: str) -> dict[str, Any]:
 
 
 def read_actions(
-    path: str | Path, alignment: Literal["same", "next"] = "same"
+    path: str | Path, alignment: Literal["same", "next"] = "same", max_lines: int | None = None
 ) -> list[dict[str, Any]]:
     """The actions of a clip's ``.jsonl``, one per line, so that ``actions[i]`` is the action
     taken after seeing frame i.
@@ -365,14 +365,20 @@ def read_actions(
     ``"next"`` pairs it with line i + 1 (the published batch script), so line 1 is dropped.
     The first line fixes the record kind (VPT or MineRL) for the whole file. Trailing blank
     lines are ignored. Raises ActionFileError naming the file and 1-based line for an unreadable
-    or empty file, a blank or malformed line, or a line of the other record kind.
+    or empty file, a blank or malformed line, or a line of the other record kind. With
+    ``max_lines`` only the actions of the first ``max_lines`` frames are parsed (the lines after
+    them are not looked at).
     """
     if alignment not in ("same", "next"):
         raise ValueError(f"alignment must be 'same' or 'next', got {alignment!r}")
+    if max_lines is not None and max_lines < 1:
+        raise ValueError(f"max_lines must be >= 1, got {max_lines!r}")
     try:
         lines = Path(path).read_bytes().split(b"\n")
     except OSError as e:
         raise ActionFileError(f"cannot read: {e.strerror or e}", path) from None
+    if max_lines is not None:
+        del lines[max_lines + (alignment == "next") :]
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:

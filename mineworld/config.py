@@ -17,6 +17,24 @@ import yaml
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 ACTION_TOKENS = 11
+MAX_CONFIG_BYTES = 1 << 20  # a config is a page of YAML; anything bigger is not one
+MAX_PARAMETERS = 20e9  # refuse sizes that could never be allocated, before trying
+# Inclusive valid range of every field: wide enough for any MineWorld shape, narrow enough that a
+# typo (a missing "e-", an extra zero run) is caught here rather than by an allocation failure.
+LIMITS: dict[str, tuple[float, float]] = {
+    "vocab_size": (1, 1 << 20),
+    "hidden_size": (2, 65536),
+    "intermediate_size": (1, 262144),
+    "num_hidden_layers": (1, 1024),
+    "num_attention_heads": (1, 1024),
+    "num_key_value_heads": (1, 1024),
+    "max_position_embeddings": (1, 1 << 17),  # RoPE tables are precomputed for every position
+    "rms_norm_eps": (1e-12, 1.0),
+    "rope_theta": (1.0, 1e9),
+    "image_rows": (1, 1024),
+    "image_cols": (1, 1024),
+    "codebook_size": (1, 1 << 20),
+}
 
 
 @dataclass(frozen=True)
@@ -37,13 +55,22 @@ class ModelConfig:
 
     def __post_init__(self):
         for field in fields(self):
-            value = getattr(self, field.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ValueError(f"{field.name} must be a positive number, got {value!r}")
+            value, (low, high) = getattr(self, field.name), LIMITS[field.name]
+            whole = field.type == "int"
+            if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+                kind = "a whole number" if whole else "a number"
+                raise ValueError(f"{field.name} must be {kind}, got {value!r}")
+            if not low <= value <= high:  # also refuses NaN
+                raise ValueError(f"{field.name} must be in [{low:g}, {high:g}], got {value!r}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be a multiple of "
                 f"num_attention_heads ({self.num_attention_heads})"
+            )
+        if self.head_dim % 2:
+            raise ValueError(
+                f"hidden_size / num_attention_heads ({self.hidden_size} / "
+                f"{self.num_attention_heads} = {self.head_dim}) must be even (rotary embeddings)"
             )
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
@@ -55,6 +82,20 @@ class ModelConfig:
                 f"vocab_size ({self.vocab_size}) must hold the codebook ({self.codebook_size}) "
                 f"and 68 action ids"
             )
+        if self.parameters > MAX_PARAMETERS:
+            raise ValueError(
+                f"these sizes make a model of {self.parameters:.3g} parameters; at most "
+                f"{MAX_PARAMETERS:.0e} are supported (the largest published one has 1.2e9)"
+            )
+
+    @property
+    def parameters(self) -> int:
+        """The number of weights the sizes describe (embeddings, layers, head)."""
+        kv = self.num_key_value_heads * self.head_dim
+        attention = self.hidden_size * (2 * self.hidden_size + 2 * kv)
+        mlp = 3 * self.hidden_size * self.intermediate_size
+        layer = attention + mlp + 2 * self.hidden_size
+        return 2 * self.vocab_size * self.hidden_size + self.num_hidden_layers * layer
 
     @property
     def head_dim(self) -> int:
@@ -77,20 +118,29 @@ _LAYOUT_KEYS = ("image_rows", "image_cols", "codebook_size")
 
 
 def load_config(path: str | Path) -> ModelConfig:
-    """Read a YAML file in the published layout; errors name the file and the field."""
+    """Read a YAML file in the published layout.
+
+    Every problem raises ValueError naming the file, then the field and what is wrong with it
+    (missing, wrong type, outside its range in ``LIMITS``, inconsistent with another field):
+    not YAML, not a mapping, a file over ``MAX_CONFIG_BYTES``, a context of fewer than two
+    frames. Unknown fields (LlamaConfig has many) are ignored.
+    """
     path = Path(path)
     try:
-        document = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise ValueError(f"{path}: cannot read config: {error}") from None
-    try:
-        params = document["model"]["params"]
-        numbers = dict(params["transformer_config"]["params"])
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"{path}: expected model.params.transformer_config.params (the published layout)"
-        ) from None
-    numbers.update((params.get("layout") or {}).items())
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ValueError(f"{path}: not a config (over {MAX_CONFIG_BYTES // 1024} KiB)")
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as error:
+        reason = getattr(error, "strerror", None) or " ".join(str(error).split())[:300]
+        raise ValueError(f"{path}: cannot read config: {reason}") from None
+    where = "model.params.transformer_config.params"
+    node, keys = _mapping(document, "the document", path), where.split(".")
+    for depth, key in enumerate(keys):
+        node = _mapping(node.get(key), ".".join(keys[: depth + 1]), path)
+    numbers = dict(node)
+    layout = document["model"]["params"].get("layout")
+    if layout is not None:
+        numbers.update(_mapping(layout, "model.params.layout", path))
     if numbers.get("hidden_act", "silu") != "silu":
         raise ValueError(f"{path}: hidden_act must be silu, got {numbers['hidden_act']!r}")
     for flag in ("attention_bias", "mlp_bias"):
@@ -99,11 +149,27 @@ def load_config(path: str | Path) -> ModelConfig:
     known = {field.name for field in fields(ModelConfig)}
     missing = [name for name in known if name not in numbers and name not in _DEFAULTED]
     if missing:
-        raise ValueError(f"{path}: missing field(s) {sorted(missing)}")
+        raise ValueError(f"{path}: missing field(s) {sorted(missing)} under {where}")
     try:
-        return ModelConfig(**{k: v for k, v in numbers.items() if k in known})
+        config = ModelConfig(**{k: v for k, v in numbers.items() if k in known})
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
+    if config.context_frames < 2:
+        raise ValueError(
+            f"{path}: max_position_embeddings ({config.max_position_embeddings}) must hold at "
+            f"least 2 frames of {config.tokens_per_frame} tokens (a reference frame and the "
+            f"frame being made), so at least {2 * config.tokens_per_frame}"
+        )
+    return config
+
+
+def _mapping(value, where: str, path: Path) -> dict:
+    """``value`` if it is a mapping with string keys, else a ValueError naming ``where``."""
+    if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
+        expected = "expected model.params.transformer_config.params (the published layout)"
+        shown = type(value).__name__ if value is not None else "nothing"
+        raise ValueError(f"{path}: {where} must be a mapping, got {shown}; {expected}")
+    return value
 
 
 _DEFAULTED = {"rms_norm_eps", "rope_theta", *_LAYOUT_KEYS}

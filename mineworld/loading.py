@@ -77,11 +77,16 @@ def tokenizer_file(config_path: Path, key: str, flag: str) -> Path:
     """The file the model config names at ``model.params.tokenizer_config.params.<key>``
     (``config_path`` or ``ckpt_path``); a relative path is tried against the working directory
     (where the published scripts run), then the config's folder."""
-    document = yaml.safe_load(config_path.read_text())
-    named = document["model"]["params"].get("tokenizer_config") or {}
-    value = (named.get("params") or {}).get(key)
+    document = yaml.safe_load(config_path.read_text())  # load_config has read it: a mapping
+    named = document["model"]["params"].get("tokenizer_config")
+    params = named.get("params") if isinstance(named, dict) else None
+    value = params.get(key) if isinstance(params, dict) else None
     if value is None:
         raise ValueError(f"{config_path} names no tokenizer {key}; pass {flag}")
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise ValueError(
+            f"{config_path}: tokenizer_config.params.{key} must be a file path, got {value!r}"
+        )
     for path in (Path(value), config_path.parent / value):
         if path.is_file():
             return path

@@ -1,15 +1,19 @@
 """Picture-quality measures shared by the app, inference.py, training and benchmarks.
 
-PSNR and SSIM of uint8 RGB frames. SSIM follows Wang et al. (2004) with the
-settings of scikit-image's defaults (7 x 7 uniform window, K1 0.01, K2 0.03,
-sample covariance, the mean over the window positions that fit in the image,
-averaged over colour channels), so numbers compare with it.
+PSNR and SSIM of uint8 RGB frames, per frame and per sequence; the revisit score (is a view
+seen before reproduced on coming back?); and motion estimates between consecutive frames
+(horizontal shift by phase correlation, zoom by optical flow) to check that the picture moves
+the way the action says.
+
+SSIM follows Wang et al. (2004) with the settings of scikit-image's defaults (7 x 7 uniform
+window, K1 0.01, K2 0.03, sample covariance, the mean over the window positions that fit in the
+image, averaged over colour channels), so numbers compare with it.
 """
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 PEAK = 255.0
 SSIM_WINDOW = 7
@@ -28,6 +32,14 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10.0 * np.log10(PEAK**2 / mse)
 
 
+def _window_means(image: np.ndarray) -> np.ndarray:
+    """Means of every 7 x 7 window that fits in ``image`` ``[H, W, C]``, from an integral
+    image (summed-area table): ``[H - 6, W - 6, C]``."""
+    table = np.pad(image, ((1, 0), (1, 0), (0, 0))).cumsum(0).cumsum(1)
+    w = SSIM_WINDOW
+    return (table[w:, w:] - table[:-w, w:] - table[w:, :-w] + table[:-w, :-w]) / w**2
+
+
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
     """Structural similarity of two uint8 images ``[H, W]`` or ``[H, W, C]``, in [-1, 1]."""
     a, b = _pair(a, b)
@@ -37,21 +49,95 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
         a, b = a[..., None], b[..., None]
     c1, c2 = (0.01 * PEAK) ** 2, (0.03 * PEAK) ** 2
     samples = SSIM_WINDOW**2
-    scores = []
-    for channel in range(a.shape[-1]):
-        x = sliding_window_view(a[..., channel], (SSIM_WINDOW, SSIM_WINDOW))
-        y = sliding_window_view(b[..., channel], (SSIM_WINDOW, SSIM_WINDOW))
-        mean_x, mean_y = x.mean((-1, -2)), y.mean((-1, -2))
-        unbias = samples / (samples - 1)
-        var_x = unbias * ((x * x).mean((-1, -2)) - mean_x**2)
-        var_y = unbias * ((y * y).mean((-1, -2)) - mean_y**2)
-        cov = unbias * ((x * y).mean((-1, -2)) - mean_x * mean_y)
-        numerator = (2 * mean_x * mean_y + c1) * (2 * cov + c2)
-        denominator = (mean_x**2 + mean_y**2 + c1) * (var_x + var_y + c2)
-        scores.append(float(np.mean(numerator / denominator)))
-    return float(np.mean(scores))
+    unbias = samples / (samples - 1)
+    mean_x, mean_y = _window_means(a), _window_means(b)
+    var_x = unbias * (_window_means(a * a) - mean_x**2)
+    var_y = unbias * (_window_means(b * b) - mean_y**2)
+    cov = unbias * (_window_means(a * b) - mean_x * mean_y)
+    numerator = (2 * mean_x * mean_y + c1) * (2 * cov + c2)
+    denominator = (mean_x**2 + mean_y**2 + c1) * (var_x + var_y + c2)
+    return float(np.mean((numerator / denominator).mean((0, 1))))  # per channel, then over them
+
+
+def pooled_psnr(values) -> float:
+    """One PSNR for many frames: that of the mean squared error behind their per-frame PSNRs.
+
+    Unlike the mean of the PSNRs it stays finite when some frames are identical (they add no
+    error); it is ``inf`` only when all are (NaN for no frames). Equals ``psnr`` of the frames
+    stacked together."""
+    errors = [PEAK**2 / 10 ** (value / 10) for value in values]  # inf dB: no error
+    if not errors:
+        return float("nan")
+    mse = float(np.mean(errors))
+    return float("inf") if mse == 0 else 10.0 * np.log10(PEAK**2 / mse)
 
 
 def frame_scores(prediction: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """PSNR and SSIM of one frame against another."""
     return {"psnr": psnr(prediction, truth), "ssim": ssim(prediction, truth)}
+
+
+def sequence_scores(predicted: np.ndarray, truth: np.ndarray) -> dict:
+    """Per-frame PSNR and SSIM of two frame sequences ``[T, H, W, 3]``, and their means.
+
+    Identical frames have an infinite PSNR (and so does the mean). SSIM is left out for
+    frames smaller than its 7 x 7 window."""
+    if len(predicted) != len(truth):
+        raise ValueError(f"sequences must have the same length, got {len(predicted)} and "
+                         f"{len(truth)}")
+    measures = {"psnr": psnr}
+    if min(np.shape(truth)[1:3], default=0) >= SSIM_WINDOW:
+        measures["ssim"] = ssim
+    per_frame = {key: [f(p, t) for p, t in zip(predicted, truth, strict=True)]
+                 for key, f in measures.items()}
+    means = {f"mean_{key}": float(np.mean(values)) for key, values in per_frame.items()}
+    return {"frames": len(predicted), **means, **per_frame}
+
+
+def revisit_scores(before: np.ndarray, returned: np.ndarray, true_returned: np.ndarray) -> dict:
+    """How well a view seen before is reproduced after turning (or walking) away and back.
+
+    ``before``: the generated frame just before leaving; ``returned``: the generated frame on
+    coming back to the same place and direction; ``true_returned``: what the world shows then.
+    ``self``: returned vs before (does the model remember what it showed?); ``truth``: returned
+    vs the true view."""
+    return {
+        **{f"{key}_self": value for key, value in frame_scores(returned, before).items()},
+        **{f"{key}_truth": value for key, value in frame_scores(returned, true_returned).items()},
+    }
+
+
+# -- motion: does the picture move the way the action says? ------------------------------------
+
+
+def _gray(image: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+
+
+def image_shift(before: np.ndarray, after: np.ndarray) -> tuple[float, float]:
+    """``(dx, dy)``: how many pixels the picture moved from ``before`` to ``after``, by phase
+    correlation (Hann window). Positive dx: the content moved right (the camera turned left)."""
+    _pair(before, after)
+    a, b = (_gray(image).astype(np.float32) for image in (before, after))
+    window = cv2.createHanningWindow((a.shape[1], a.shape[0]), cv2.CV_32F)
+    (dx, dy), _ = cv2.phaseCorrelate(a, b, window)
+    return float(dx), float(dy)
+
+
+def zoom(before: np.ndarray, after: np.ndarray) -> float:
+    """Mean outward optical flow (Farneback), in pixels, from the centre of the picture: > 0
+    when it expands (the camera moves forward), < 0 when it shrinks (moves back)."""
+    _pair(before, after)
+    flow = cv2.calcOpticalFlowFarneback(_gray(before), _gray(after), None, pyr_scale=0.5,
+                                        levels=2, winsize=9, iterations=3, poly_n=5,
+                                        poly_sigma=1.1, flags=0)
+    height, width = flow.shape[:2]
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    x, y = x - (width - 1) / 2, y - (height - 1) / 2
+    radius = np.hypot(x, y) + 1e-6
+    return float(np.mean((flow[..., 0] * x + flow[..., 1] * y) / radius))
+
+
+def moved(value: float, direction: float, threshold: float) -> bool:
+    """Whether a motion estimate shows a move of at least ``threshold`` in ``direction``'s sign."""
+    return bool(np.sign(direction) * value >= threshold)

@@ -29,52 +29,49 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32 like the reference, then scale in the input dtype.
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        # Normalise in fp32 like the reference (one call, bit for bit the same
+        # arithmetic as the spelled-out formula), then scale in the input dtype.
+        normed = F.rms_norm(x.float(), self.weight.shape, eps=self.eps)
+        return self.weight * normed.to(x.dtype)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    first, second = x.chunk(2, dim=-1)
-    return torch.cat((-second, first), dim=-1)
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``x * cos + rotate_half(x) * sin`` with rotate-half's sign folded into ``sin``
+    (see :meth:`RotaryEmbedding.tables`): two halves swapped by one roll."""
+    return x * cos + x.roll(x.shape[-1] // 2, -1) * sin
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding. Rotations compose, R(a) R(b) = R(a + b), which is
-    what lets the cache move a stored key to a new position without recomputing it."""
+    """Rotary position embedding. The cache moves a key to a new position by rotating
+    its pre-RoPE form with this same module, so a moved key is exactly the key the
+    model computes at that position."""
 
     def __init__(self, head_dim: int, max_positions: int, theta: float):
         super().__init__()
         inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-        # Angles in fp64 so that a table entry and a re-rotation agree to fp32 rounding.
+        # Angles in fp64, rounded once into the fp32 tables. rotate_half(x) is x with its
+        # halves swapped and the first negated: that sign lives in the first half of sin.
         angles = torch.arange(max_positions, dtype=torch.float64)[:, None] * inv_freq
-        angles = torch.cat((angles, angles), dim=-1)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self.register_buffer("cos", angles.cos().float(), persistent=False)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)
+        cos, sin = angles.cos(), angles.sin()
+        self.register_buffer("cos", torch.cat((cos, cos), -1).float(), persistent=False)
+        self.register_buffer("sin", torch.cat((-sin, sin), -1).float(), persistent=False)
 
     def _apply(self, fn, recurse=True):
         # Follow the model to its device but keep the tables' precision when the model
-        # is cast to fp16/bf16: re-rotating cached keys needs them exact.
+        # is cast to fp16/bf16 (positions in the thousands need fp32 angles).
         device = fn(torch.empty(0, device=self.cos.device)).device
-        for name in ("inv_freq", "cos", "sin"):
+        for name in ("cos", "sin"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Rotate ``x`` (``[..., T, D]``) to ``positions`` (``[T]``)."""
-        cos = self.cos[positions].to(x.dtype)
-        sin = self.sin[positions].to(x.dtype)
-        return x * cos + rotate_half(x) * sin
+    def tables(self, positions: torch.Tensor, dtype: torch.dtype):
+        """``cos``, ``sin`` (sign folded in) at ``positions``, for :func:`apply_rotary`;
+        a forward pass looks them up once for every layer."""
+        return self.cos[positions].to(dtype), self.sin[positions].to(dtype)
 
-    def shift(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        """Move already-rotated ``x`` (``[H, C, D]``) by ``offsets`` (``[H or 1, C]``)."""
-        angles = offsets.to(torch.float64).unsqueeze(-1) * self.inv_freq
-        angles = torch.cat((angles, angles), dim=-1)
-        x32 = x.float()
-        rotated = x32 * angles.cos().float() + rotate_half(x32) * angles.sin().float()
-        return rotated.to(x.dtype)
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Rotate ``x`` (``[..., T, D]``) to ``positions`` (``[T]``, or per row ``[..., T]``)."""
+        return apply_rotary(x, *self.tables(positions, x.dtype))
 
 
 def grouped_attention(
@@ -84,30 +81,29 @@ def grouped_attention(
     mask: torch.Tensor | None,
     want_weights: bool,
 ):
-    """Attention of ``q`` (``[Hq, T, D]``) over cached ``keys``/``values`` (``[Hkv, S, D]``).
+    """Attention of ``q`` (``[1, Hq, T, D]``) over cached ``keys``/``values`` (``[Hkv, S, D]``).
 
     The query heads that share a kv head are folded into the query rows, so the
     cache is read once per kv head and never repeated in memory. ``mask``
-    (``[1 or Hkv, T, S]``) says which keys each query may see.
-    Returns the output ``[Hq, T, D]`` and, when asked, the weights ``[Hkv, G*T, S]``.
+    (additive, ``[1 or Hkv, G*T, S]`` in that folded layout: see
+    :meth:`cache.KVCacheManager.read`) says which keys each query may see.
+    Returns the output ``[1, Hq, T, D]`` and, when asked, the weights ``[Hkv, G*T, S]``.
     """
-    heads, tokens, dim = q.shape
+    _, heads, tokens, dim = q.shape
     group = heads // keys.shape[0]
     q = q.reshape(keys.shape[0], group * tokens, dim)
-    if mask is not None:
-        mask = mask.repeat(1, group, 1)
     if want_weights:
         # Scale the few queries, not the many scores; mask in place: this path is hot.
         scores = (q * (1 / math.sqrt(dim))) @ keys.transpose(-1, -2)
         if mask is not None:
-            scores.masked_fill_(~mask, float("-inf"))
+            scores += mask
         weights = scores.float().softmax(-1)
         out = weights.to(values.dtype) @ values
     else:
-        attn_mask = None if mask is None else mask.unsqueeze(0)
-        out = F.scaled_dot_product_attention(q[None], keys[None], values[None], attn_mask)[0]
+        attn_mask = None if mask is None else mask[None]
+        out = F.scaled_dot_product_attention(q[None], keys[None], values[None], attn_mask)
         weights = None
-    return out.view(heads, tokens, dim), weights
+    return out.view(1, heads, tokens, dim), weights
 
 
 class Attention(nn.Module):
@@ -123,21 +119,21 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, kv_width, bias=False)
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
 
-    def forward(self, x, positions, rope: RotaryEmbedding, cache: KVCacheManager | None):
+    def forward(self, x, positions, rotary, cache: KVCacheManager | None):
+        """``rotary``: the ``cos``, ``sin`` tables at ``positions``."""
         batch, tokens, width = x.shape
         q = self.q_proj(x).view(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, tokens, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, tokens, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = rope(q, positions), rope(k, positions)
+        q, rotated = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         if cache is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            out = F.scaled_dot_product_attention(q, rotated, v, is_causal=True, enable_gqa=True)
         else:
-            cache.write(self.layer_index, k[0], v[0])
+            cache.write(self.layer_index, rotated[0], v[0], k[0])
             keys, values, mask = cache.read(self.layer_index, positions)
-            out, weights = grouped_attention(q[0], keys, values, mask, cache.tracks_attention)
+            out, weights = grouped_attention(q, keys, values, mask, cache.tracks_attention)
             if weights is not None:
                 cache.observe(self.layer_index, weights, mask)
-            out = out[None]
         return self.o_proj(out.transpose(1, 2).reshape(batch, tokens, width))
 
 
@@ -160,8 +156,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, positions, rope, cache):
-        x = x + self.self_attn(self.input_layernorm(x), positions, rope, cache)
+    def forward(self, x, positions, rotary, cache):
+        x = x + self.self_attn(self.input_layernorm(x), positions, rotary, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -207,8 +203,9 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.begin_step(positions)
         x = self.model.embed_tokens(tokens)
+        rotary = self.rope.tables(positions, x.dtype)
         for layer in self.model.layers:
-            x = layer(x, positions, self.rope, cache)
+            x = layer(x, positions, rotary, cache)
         if cache is not None:
             cache.end_step()
         if last_only:
@@ -225,7 +222,8 @@ class Transformer(nn.Module):
             num_kv_heads=config.num_key_value_heads,
             head_dim=config.head_dim,
             max_positions=config.max_position_embeddings,
-            rotate=self.rope.shift,
+            rotate=self.rope,
+            query_group=config.num_attention_heads // config.num_key_value_heads,
             dtype=weight.dtype,
             device=weight.device,
         )

@@ -4,16 +4,23 @@ the true frames of the procedural world, per-step statistics as plot tables, and
 ``PlaySession`` runs one ``Session`` per strategy ("side") from the same prefilled scene state
 with the same seed, so a comparison differs only by the cache strategy. When the scene was
 recorded in ``mineworld.world`` (its ``.json`` sidecar holds the world seed and start), the world
-is replayed alongside and every generated frame is scored against the true one.
+is replayed alongside and every generated frame is scored against the true one, with PSNR and
+SSIM from ``mineworld.metrics`` (the benchmarks' code), as is A against B in a comparison.
+
+Everything a play holds is bounded, however long it runs: a scene is at most
+``MAX_SCENE_FRAMES`` frames, and each side keeps its newest ``KEPT_FRAMES`` frames, captions and
+stats rows (the plots, the strip and the exported video show those); the cache is the strategy's.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import resource
 import shutil
 import tempfile
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,16 +29,27 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mineworld.actions import BUTTONS
+from mineworld.actions import BUTTONS, ActionFileError, read_actions
 from mineworld.decoding import Sampling
-from mineworld.metrics import psnr
+from mineworld.metrics import frame_scores
 from mineworld.session import Session
-from mineworld.video import read_clip, write_video
+from mineworld.video import read_video, write_video
 from mineworld.world import Game, read_recording
 
 EXPORT_FPS = 6  # the rate the scenes are recorded at
 PSNR_IDENTICAL_DB = 100.0  # plotted for identical frames: PSNR is infinite, plots need a number
 MIB = 2**20
+# Limits that keep one user's play bounded in memory, however long it runs or whatever it loads.
+MAX_SCENE_FRAMES = 256  # frames read from a scene video; a longer one is cut, and says so
+KEPT_FRAMES = 256  # per side: frames, captions, plot rows and actions kept (the newest)
+MAX_WORLD_SIDE = 1024  # a world sidecar's render size, per side (the true frame is resized)
+MAX_SUPERSAMPLE = 4
+PLAYER_STATE = ("x", "y", "z", "yaw", "pitch", "vx", "vy", "vz", "on_ground")
+# Quality measures of the Compare tab (mineworld.metrics.frame_scores): name -> plot title.
+QUALITY = {
+    "psnr": "PSNR (dB): between the sides, and against the true world",
+    "ssim": "SSIM: between the sides, and against the true world",
+}
 # Plot name -> (title, the series it draws); every series is a column of the stats rows.
 PLOTS = {
     "tokens": ("Tokens in the cache", ("live tokens", "evicted this frame")),
@@ -48,34 +66,81 @@ class Scene:
 
     ``world`` is the ``mineworld.world`` recording (its sidecar and the actions as the world
     replays them) when the true frames can be rendered, else None. It is read eagerly so that
-    the scene's files may go away (uploads are temporary).
+    the scene's files may go away (uploads are temporary). ``notes`` say what was cut or
+    ignored (a long video, an unusable world sidecar).
     """
 
     name: str
     frames: np.ndarray
     actions: list[dict]
     world: tuple[dict, list[dict]] | None = None
+    notes: tuple[str, ...] = ()
 
 
-def read_scene(mp4: str | Path, frame_size: tuple[int, int], name: str | None = None) -> Scene:
-    """The clip ``mp4`` with the ``.jsonl`` beside it, resized to the tokenizer's frame size.
+def read_scene(mp4: str | Path, frame_size: tuple[int, int], name: str | None = None,
+               max_frames: int = MAX_SCENE_FRAMES) -> Scene:
+    """The clip ``mp4`` with the ``.jsonl`` beside it, resized to the tokenizer's frame size;
+    at most ``max_frames`` frames are read (a note says when the video is longer).
 
-    Raises VideoFileError / ActionFileError (both ValueErrors) naming the bad file.
+    Raises VideoFileError / ActionFileError (both ValueErrors) naming the bad file. A ``.json``
+    world sidecar that cannot be used is ignored, with a note, rather than refused: it only adds
+    the true frames.
     """
     stem = Path(mp4).with_suffix("")
-    frames, actions = read_clip(stem, size=frame_size)
-    return Scene(name or stem.name, frames, actions, _world_recording(stem))
+    jsonl = stem.with_name(stem.name + ".jsonl")
+    frames = read_video(stem.with_name(stem.name + ".mp4"), size=frame_size,
+                        max_frames=max_frames + 1)
+    notes = []
+    if len(frames) > max_frames:
+        frames = frames[:max_frames]
+        notes.append(f"only the first {max_frames} frames are read")
+    actions = read_actions(jsonl, max_lines=len(frames))
+    if len(actions) < len(frames):
+        raise ActionFileError(f"{len(actions)} action lines for {len(frames)} video frames", jsonl)
+    world, note = _world_recording(stem, frame_size)
+    return Scene(name or stem.name, frames, actions, world, (*notes, *filter(None, [note])))
 
 
-def _world_recording(stem: Path) -> tuple[dict, list[dict]] | None:
-    """The recording's sidecar and actions when ``stem.json`` describes a world, else None."""
+def _world_recording(stem: Path, frame_size) -> tuple[tuple[dict, list[dict]] | None, str]:
+    """(the recording's sidecar and actions, "") when ``stem.json`` describes a world that can
+    be rendered, else (None, why not; "" when there is no sidecar)."""
+    path = stem.with_name(stem.name + ".json")
+    if not path.is_file():
+        return None, ""
     try:
-        sidecar = json.loads(stem.with_name(stem.name + ".json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not (isinstance(sidecar, dict) and {"seed", "start", "size"} <= set(sidecar)):
-        return None
-    return read_recording(stem)
+        sidecar = json.loads(path.read_text())
+        _check_sidecar(sidecar)
+        sidecar, actions = read_recording(stem)
+        TrueWorld((sidecar, actions), 0, frame_size)  # the start state is usable
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError,
+            OverflowError, RecursionError) as error:
+        reason = str(error) or type(error).__name__
+        return None, f"world sidecar ignored (no true frames): {reason}"
+    return (sidecar, actions), ""
+
+
+def _check_sidecar(sidecar) -> None:
+    """ValueError unless ``sidecar`` is a world recording's metadata with sane values."""
+    if not isinstance(sidecar, dict) or not {"seed", "start", "size"} <= set(sidecar):
+        raise ValueError("not a world recording (needs seed, start and size)")
+    seed, size, start = sidecar["seed"], sidecar["size"], sidecar["start"]
+    supersample = sidecar.get("supersample", 1)
+
+    def whole(value, low, high):
+        return type(value) is int and low <= value <= high
+
+    if not whole(seed, 0, 2**63 - 1):
+        raise ValueError(f"seed must be a whole number in [0, 2**63), got {seed!r}")
+    if not (isinstance(size, list) and len(size) == 2
+            and all(whole(side, 8, MAX_WORLD_SIDE) for side in size)):
+        raise ValueError(f"size must be [width, height] in [8, {MAX_WORLD_SIDE}], got {size!r}")
+    if not whole(supersample, 1, MAX_SUPERSAMPLE):
+        raise ValueError(f"supersample must be in [1, {MAX_SUPERSAMPLE}], got {supersample!r}")
+    if not (isinstance(start, dict) and set(start) == set(PLAYER_STATE)):
+        raise ValueError(f"start must hold exactly {', '.join(PLAYER_STATE)}")
+    for name, value in start.items():
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and abs(value) < 1e6):
+            raise ValueError(f"start.{name} must be a finite number, got {value!r}")
 
 
 class TrueWorld:
@@ -138,16 +203,22 @@ class Options:
     seed: int = 0
 
 
+def _kept() -> deque:
+    return deque(maxlen=KEPT_FRAMES)
+
+
 @dataclass
 class Side:
-    """One strategy's run: its session, the frames it made and a stats row per frame."""
+    """One strategy's run: its session, the newest ``KEPT_FRAMES`` frames it made (with their
+    captions) and a stats row for each of them; ``made`` counts every frame."""
 
     strategy: str
     params: dict
     session: Session
-    frames: list[np.ndarray] = field(default_factory=list)
-    captions: list[str] = field(default_factory=list)
-    rows: list[dict] = field(default_factory=list)
+    frames: deque[np.ndarray] = field(default_factory=_kept)
+    captions: deque[str] = field(default_factory=_kept)
+    rows: deque[dict] = field(default_factory=_kept)
+    made: int = 0
     evicted_so_far: int = 0  # the session's running count, to plot each frame's evictions
 
     def replace_session(self, session: Session, strategy: str, params: dict) -> None:
@@ -158,8 +229,9 @@ class Side:
     def step(self, action: dict) -> np.ndarray:
         frame, stats = self.session.step(action)
         device = self.session.device
+        self.made += 1
         self.rows.append({
-            "frame": len(self.frames) + 1,  # not the session's count: a switch restarts it
+            "frame": self.made,  # not the session's count: a switch restarts it
             "live tokens": stats["live_tokens"],
             "evicted this frame": stats["evicted_tokens"] - self.evicted_so_far,
             "KV allocated": stats["bytes_allocated"] / MIB,
@@ -178,6 +250,11 @@ class Side:
         self.captions.append(describe(action))
         return frame
 
+    def newest(self, count: int) -> list[tuple[np.ndarray, str]]:
+        """The newest ``count`` frames with their captions, oldest first."""
+        first = max(0, len(self.frames) - count)
+        return [(self.frames[i], self.captions[i]) for i in range(first, len(self.frames))]
+
     def plot_tables(self) -> dict[str, pd.DataFrame | None]:
         """One long-format table (frame, value, series) per entry of ``PLOTS``."""
         tables = {}
@@ -190,9 +267,11 @@ class Side:
         return tables
 
     def close(self) -> None:
-        """Drop the cache and frames now rather than when the garbage collector gets to it."""
+        """Drop the cache, frames and rows now rather than when the garbage collector gets to
+        them (a closed tab's State lingers in Gradio for an hour)."""
         self.session = None
-        self.frames.clear()
+        for kept in (self.frames, self.captions, self.rows):
+            kept.clear()
 
 
 class PlaySession:
@@ -214,8 +293,10 @@ class PlaySession:
         self.truth = (
             TrueWorld(scene.world, start, tokenizer.frame_size) if scene.world else None
         )
-        self.quality: list[dict] = []  # PSNR rows: frame, value, series
-        self.actions: list[dict] = []
+        # Per frame and pair compared: frame, series, and a value per QUALITY measure.
+        self.quality: deque[dict] = deque(maxlen=3 * KEPT_FRAMES)
+        self.actions: deque[dict] = _kept()  # the newest, as the sides' frames
+        self.frames_played = 0
         self._export_dir = tempfile.mkdtemp(prefix="mineworld-play-")
 
     def _prefilled_session(self, strategy: str, params: dict, frames: list, actions: list):
@@ -238,15 +319,17 @@ class PlaySession:
     def switch_strategy(self, index: int, strategy: str, params: dict) -> None:
         """Continue side ``index`` with another strategy, prefilled from its newest frames."""
         side = self.sides[index]
-        session = self._prefilled_session(
-            strategy, params, self.context_frames + side.frames,
-            self.context_actions + self.actions,
-        )
+        frames, actions = self._newest(side, self.options.reference_frames)
+        session = self._prefilled_session(strategy, params, frames, actions)
         side.replace_session(session, strategy, params)
 
-    @property
-    def frames_played(self) -> int:
-        return len(self.actions)
+    def _newest(self, side: Side, count: int) -> tuple[list[np.ndarray], list[dict]]:
+        """Side's newest ``count`` frames (scene frames first when it has made fewer) and the
+        actions between them. ``count`` <= KEPT_FRAMES, so the kept frames hold them."""
+        frames = (self.context_frames + list(side.frames))[-count:]
+        between = len(frames) - 1
+        actions = (self.context_actions + list(self.actions))[-between:] if between else []
+        return frames, actions
 
     def newest_frames(self) -> list[np.ndarray]:
         """The frame each side shows now (the start frame before the first step)."""
@@ -256,6 +339,7 @@ class PlaySession:
         """Every side takes ``action``; the true world too, and each frame is scored."""
         frames = [side.step(action) for side in self.sides]
         self.actions.append(action)
+        self.frames_played += 1
         number = self.frames_played
         labels = "AB" if len(frames) == 2 else [""] * len(frames)
         if len(frames) == 2:
@@ -266,16 +350,35 @@ class PlaySession:
                 self._score(number, f"{label} vs truth".strip(), frame, truth)
 
     def _score(self, number: int, series: str, a: np.ndarray, b: np.ndarray) -> None:
-        self.quality.append(
-            {"frame": number, "value": min(psnr(a, b), PSNR_IDENTICAL_DB), "series": series}
+        """PSNR and SSIM (mineworld.metrics, as the benchmarks) of frame ``a`` against ``b``."""
+        scores = frame_scores(a, b)
+        scores["psnr"] = min(scores["psnr"], PSNR_IDENTICAL_DB)
+        self.quality.append({"frame": number, "series": series, **scores})
+
+    def quality_table(self, measure: str = "psnr") -> pd.DataFrame | None:
+        """Long-format table of one QUALITY measure, for a line plot."""
+        return plot_table([
+            {"frame": row["frame"], "value": row[measure], "series": row["series"]}
+            for row in self.quality
+        ])
+
+    def latest_quality(self) -> str:
+        """The newest frame's scores, e.g. "A vs B 31.2 dB / SSIM 0.912"."""
+        newest = [row for row in self.quality if row["frame"] == self.frames_played]
+        return ", ".join(
+            f"{row['series']} {row['psnr']:.1f} dB / SSIM {row['ssim']:.3f}" for row in newest
         )
 
-    def quality_table(self) -> pd.DataFrame | None:
-        return plot_table(self.quality)
+    @property
+    def truncated(self) -> bool:
+        """True when the oldest frames played are no longer kept (see KEPT_FRAMES)."""
+        return self.frames_played > KEPT_FRAMES
 
     def export(self) -> Path:
-        """An H.264 mp4 of the play so far, the start frame first; sides side by side."""
-        rows = [self.context_frames[-1:] + side.frames for side in self.sides]
+        """An H.264 mp4 of the play so far (its newest KEPT_FRAMES frames, after the start frame
+        while it is kept); sides side by side."""
+        first = [] if self.truncated else self.context_frames[-1:]
+        rows = [first + list(side.frames) for side in self.sides]
         video = np.concatenate([np.stack(frames) for frames in rows], axis=2)
         path = Path(self._export_dir) / f"mineworld-{self.scene.name}-{int(time.time())}.mp4"
         return write_video(path, video, EXPORT_FPS)
@@ -291,7 +394,12 @@ class PlaySession:
         return self.sides[0].session is None
 
     def close(self) -> None:
+        """Free what the play holds (Gradio keeps a closed tab's State for an hour): the sides,
+        the scores, and the scene frames (views that would keep an uploaded scene alive)."""
         for side in self.sides:
             side.close()
+        self.quality.clear()
+        self.actions.clear()
+        self.context_frames, self.context_actions, self.truth = [], [], None
         shutil.rmtree(self._export_dir, ignore_errors=True)
 

@@ -81,12 +81,17 @@ def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
+def budgeted_lr(step: int, total: int, peak: float, warmup: int, started: float,
+                minutes: float) -> float:
+    """The cosine runs on whichever ends first, the steps or the time budget, so a slow
+    (shared) machine still anneals the LR before the budget stops training."""
+    spent = (time.time() - started) / (60 * minutes)
+    return cosine_lr(max(step, int(spent * total)), total, peak, warmup)
+
+
 def train_tokenizer(frames: np.ndarray, config, minutes: float, steps: int, seed: int,
                     log: dict, batch: int = 32):
-    """Fit the FSQ autoencoder with MSE on random frames, stopping at ``steps`` or the budget.
-
-    The LR schedule is planned for ``steps``; when the budget ends first the cosine is cut short,
-    so the budget is set to fit them (see main)."""
+    """Fit the FSQ autoencoder with MSE on random frames, stopping at ``steps`` or the budget."""
     from mineworld.tokenizers.base import uint8_to_float
     from mineworld.tokenizers.embedded import EmbeddedTokenizer, FSQAutoencoder
 
@@ -94,11 +99,11 @@ def train_tokenizer(frames: np.ndarray, config, minutes: float, steps: int, seed
     rng = np.random.default_rng(seed)
     model = FSQAutoencoder(config).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    deadline, losses = time.time() + 60 * minutes, []
+    started, losses = time.time(), []
     bar = tqdm(range(steps), desc="tokenizer")
     for step in bar:
         for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, steps, 2e-3, 100)
+            group["lr"] = budgeted_lr(step, steps, 2e-3, 100, started, minutes)
         x = uint8_to_float(frames[rng.integers(0, len(frames), batch)])
         loss = F.mse_loss(model(x), x)
         optimizer.zero_grad(set_to_none=True)
@@ -110,7 +115,7 @@ def train_tokenizer(frames: np.ndarray, config, minutes: float, steps: int, seed
             recent = float(np.mean(losses[-50:]))
             bar.set_postfix(loss=f"{recent:.4f}", psnr=f"{10 * math.log10(4 / recent):.2f}")
             log.setdefault("tokenizer_loss", []).append([step, recent])
-        if time.time() > deadline:
+        if time.time() > started + 60 * minutes:
             break
     log["tokenizer_steps"] = step + 1
     return EmbeddedTokenizer(config, model.eval())
@@ -158,14 +163,11 @@ def train_world_model(config, episodes, minutes: float, steps: int, seed: int, l
                                    {"params": rest, "weight_decay": 0.0}], lr=lr,
                                   betas=(0.9, 0.95))
     frames = config.context_frames
-    deadline, losses, started = time.time() + 60 * minutes, [], time.time()
+    losses, started = [], time.time()
     bar = tqdm(range(steps), desc="world model")
     for step in bar:
-        # The cosine runs on whichever ends first, the steps or the time budget, so a slow
-        # (shared) machine still anneals the LR before the budget stops training.
-        spent = (time.time() - started) / (60 * minutes)
         for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(max(step, int(spent * steps)), steps, lr, 50)
+            group["lr"] = budgeted_lr(step, steps, lr, 50, started, minutes)
         tokens, targets = make_batch(episodes, frames, batch, rng)
         logits = model(tokens)
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
@@ -182,7 +184,7 @@ def train_world_model(config, episodes, minutes: float, steps: int, seed: int, l
                 entry.append(validation_loss(model, holdout, frames))
                 bar.write(f"step {step}: train {entry[1]:.3f} held-out {entry[2]:.3f}")
             log.setdefault("world_model_loss", []).append(entry)
-        if time.time() > deadline:
+        if time.time() > started + 60 * minutes:
             break
     log["world_model_steps"] = step + 1
     log["world_model_tokens_per_s"] = (step + 1) * tokens.numel() / (time.time() - started)
@@ -348,8 +350,12 @@ def evaluate(model, tokenizer, cases: int = 8, speed_frames: int = 12, strip_pat
     results["single_colour_frames"] = int((spread.max(1) == 0).sum())
     results["long_rollout_min_pixel_std"] = float(long.reshape(len(long), -1).std(1).min())
 
-    # Speed on this machine: frames per second after prefill, tokenizer decode included.
-    seed, _, actions, frames = data[0]
+    # Speed on this machine: the world's renderer, then frames per second after prefill,
+    # tokenizer decode included.
+    seed, all_actions, actions, frames = data[0]
+    started = time.perf_counter()
+    replay(seed, all_actions, FRAME_SIZE)
+    results["render_ms_per_frame"] = (time.perf_counter() - started) / len(all_actions) * 1000
     for schedule in ("naive", "diagonal"):
         _, stats = rollout(model, tokenizer, frames[:CONTEXT], actions[:CONTEXT - 1],
                            actions[CONTEXT - 1:][:1] * speed_frames, schedule)
@@ -422,7 +428,7 @@ def write_clips(folder: Path, smoke: bool) -> None:
         seed = HELD_OUT_SEED_BASE + 500 + i
         record_episode(seed, scripted_actions(seed, frames), folder / "validation" / f"clip_{i}")
     seed = HELD_OUT_SEED_BASE + 600
-    record_episode(seed, scripted_actions(seed, 16 if smoke else 64), folder / "scene" / "scene")
+    record_episode(seed, scripted_actions(seed, 16 if smoke else 300), folder / "scene" / "scene")
 
 
 def meets_goals(r: dict) -> bool:
@@ -434,6 +440,7 @@ def meets_goals(r: dict) -> bool:
 
 def model_card(results: dict, log: dict, config, tokenizer) -> str:
     r = results
+    size = f"{tokenizer.frame_size[0]}x{tokenizer.frame_size[1]}"
     probes = ", ".join(f"{k} {v:.0%}" for k, v in r["action_following_per_probe"].items())
     verdict = "meets them" if meets_goals(r) else (
         "does not meet them all (see the table): treat it as a\nworking placeholder, "
@@ -459,8 +466,12 @@ Reproduce with `python -m mineworld.train`; re-measure with
 
 ## Training
 - data: {log.get("train_frames", "?")} frames of scripted play in {log.get("train_episodes", "?")}
-  worlds; {log.get("tokenizer_steps", "?")} tokenizer steps; {log.get("world_model_steps", "?")}
-  world-model steps at {log.get("world_model_tokens_per_s", 0):.0f} tokens/s (fp32, one thread of a
+  worlds, rendered in {log.get("data_minutes", float("nan")):.0f} minutes (the renderer alone:
+  {r["render_ms_per_frame"]:.1f} ms per {size} frame on one core).
+- {log.get("tokenizer_steps", "?")} tokenizer steps, batch 32, on
+  {log.get("tokenizer_frames", log.get("train_frames", "?"))} of those frames;
+  {log.get("world_model_steps", "?")} world-model steps of 4 windows at
+  {log.get("world_model_tokens_per_s", 0):.0f} tokens/s (fp32, one thread of a
   shared 2-core CPU; the losses are in `training_log.json`).
 
 ## Evaluation
@@ -498,11 +509,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="a few steps of every stage on tiny data, into a temp dir")
     parser.add_argument("--out", type=Path, help="assets folder (default: assets/)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--frames", type=int, default=28_000, help="training frames to render")
-    parser.add_argument("--minutes", type=float, nargs=3, default=(25.0, 14.0, 40.0),
+    parser.add_argument("--frames", type=int, default=100_000, help="training frames to render")
+    parser.add_argument("--minutes", type=float, nargs=3, default=(24.0, 26.0, 55.0),
                         metavar=("DATA", "TOKENIZER", "MODEL"), help="budget per stage")
-    parser.add_argument("--tokenizer-steps", type=int, default=1000)
-    parser.add_argument("--model-steps", type=int, default=1000)
+    parser.add_argument("--tokenizer-steps", type=int, default=4500)
+    parser.add_argument("--model-steps", type=int, default=2400)
     parser.add_argument("--evaluate-only", action="store_true",
                         help="re-measure the model in --out and rewrite its card")
     parser.add_argument("--schedule", choices=("naive", "diagonal"), default="diagonal",
@@ -529,9 +540,11 @@ def main(argv: list[str] | None = None) -> None:
     episodes = 2 if args.smoke else max(1, args.frames // EPISODE_FRAMES)
     length = 24 if args.smoke else EPISODE_FRAMES
     seeds = [TRAIN_SEED_BASE + args.seed * 1000 + i for i in range(episodes)]
+    started = time.time()
     stems = generate_data(seeds, length, cache, args.minutes[0])
     frames = load_frames(stems)
-    log.update(train_frames=len(frames), train_episodes=len(stems))
+    log.update(train_frames=len(frames), train_episodes=len(stems),
+               tokenizer_frames=len(frames), data_minutes=(time.time() - started) / 60)
 
     tok_config = TokenizerConfig(channels=8, levels=(4, 4)) if args.smoke else TokenizerConfig(
         channels=64)

@@ -25,6 +25,9 @@ from mineworld.actions import ActionFileError, read_actions
 # a clip, so these are refused instead of "decoding" a notes.txt into frames.
 _TEXT_DEMUXERS = {"tty", "bin", "xbin", "adf", "idf"}
 _CRF = 18  # libx264 quality: visually lossless, so recorded clips stay faithful
+# Largest frame side decoded: a tiny file can announce huge frames (each is decoded in full
+# before any resize), so a bigger header is refused before the first frame is decoded.
+MAX_SIDE = 4096
 
 
 class VideoFileError(ValueError):
@@ -45,8 +48,9 @@ def read_video(
 
     ``size=(width, height)`` resizes every frame with INTER_AREA. ``max_frames`` truncates: a
     longer video is fine. Raises VideoFileError if the path is not a file, is not a video, has
-    no frames from ``start`` on, fails to decode, holds fewer frames than its header announces
-    (truncated), or changes frame size mid-stream without ``size``.
+    frames over ``MAX_SIDE`` pixels a side, has no frames from ``start`` on, fails to decode,
+    holds fewer frames than its header announces (truncated), or changes frame size mid-stream
+    without ``size``.
     """
     if size is not None:
         if len(size) != 2 or min(size) < 1:
@@ -65,6 +69,13 @@ def read_video(
             if not container.streams.video:
                 raise VideoFileError("not a video (no video stream)", path)
             stream = container.streams.video[0]
+            if stream.codec_context is None:  # a damaged header names no decodable codec
+                raise VideoFileError("not a video (no decodable video stream)", path)
+            width, height = stream.codec_context.width, stream.codec_context.height
+            if max(width, height) > MAX_SIDE:
+                raise VideoFileError(
+                    f"frames of {width}x{height} are too large (at most {MAX_SIDE} a side)", path
+                )
             for frame in container.decode(stream):
                 seen += 1
                 if seen <= start:
@@ -140,7 +151,7 @@ def read_clip(
     """
     mp4, jsonl = _clip_paths(clip)
     frames = read_video(mp4, size=size, max_frames=max_frames, start=start)
-    actions = read_actions(jsonl, alignment)
+    actions = read_actions(jsonl, alignment, max_lines=start + len(frames))
     end = start + len(frames)
     lines = len(actions) + (alignment == "next")
     if lines < end:

@@ -5,19 +5,27 @@ Also the play logic under it (mineworld.play) and the command line's exit status
 here (PatchTokenizer, tiny_model, record_scene) serve test_browser.py too."""
 
 import dataclasses
+import gc
+import json
 import socket
+import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
+import httpx
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 from PIL import Image
 
 import app
+from mineworld import play as play_module
 from mineworld.actions import make_action
+from mineworld.config import preset_path
 from mineworld.decoding import Sampling
-from mineworld.play import Options, PlaySession, read_scene
+from mineworld.play import Options, PlaySession, process_memory_mb, read_scene
 from mineworld.video import read_video
 from mineworld.world import record_episode
 from tests.stand_ins import (
@@ -28,6 +36,7 @@ from tests.stand_ins import (
 )
 
 SCENE_FRAMES = 10
+CYCLES = 10  # open/close cycles in CI; benchmarks/app_load.py runs 100 on the embedded model
 WORLD_SEED = 7
 
 
@@ -111,7 +120,11 @@ def test_play_session_compares_two_strategies_against_the_true_world(scene_mp4):
     assert sum(row["evicted this frame"] for row in streaming.rows) > 0
     tables = streaming.plot_tables()
     assert set(tables) == set(app.PLOTS) and len(tables["tokens"]) > 6
-    assert set(play.quality_table()["series"]) == {"A vs B", "A vs truth", "B vs truth"}
+    for measure in app.QUALITY:  # PSNR and SSIM, from mineworld.metrics like the benchmarks
+        assert set(play.quality_table(measure)["series"]) == {"A vs B", "A vs truth",
+                                                              "B vs truth"}
+    assert play.quality_table("ssim")["value"].between(-1, 1).all()
+    assert "A vs B" in play.latest_quality() and "SSIM" in play.latest_quality()
     video = read_video(play.export())
     assert video.shape == (7, HEIGHT, 2 * WIDTH, 3)  # start frame + 6, the sides side by side
     play.close()
@@ -131,6 +144,90 @@ def test_switching_strategy_continues_from_the_newest_frames(scene_mp4):
     assert all(row["evicted this frame"] >= 0 for row in side.rows)
     with pytest.raises(ValueError, match="hh_ratio"):
         play.switch_strategy(0, "h2o", {"hh_ratio": 2.0})
+
+
+def test_a_long_play_keeps_only_the_newest_frames(scene_mp4, monkeypatch):
+    monkeypatch.setattr(play_module, "KEPT_FRAMES", 5)
+    resources = tiny_resources(scene_mp4)
+    play = PlaySession(resources.model, resources.tokenizer, resources.scene, 2,
+                       [("streaming", {"start_size": 2, "recent_size": 20}), ("none", {})],
+                       resources.options)
+    for index in range(9):
+        play.step(make_action(["forward"], yaw=5.0 * (index % 2)))
+    assert play.frames_played == 9 and play.truncated
+    for side in play.sides:
+        assert len(side.frames) == len(side.captions) == len(side.rows) == 5
+        assert [row["frame"] for row in side.rows] == [5, 6, 7, 8, 9]
+    assert len(play.actions) == 5 and len(play.quality) <= 15
+    assert read_video(play.export()).shape[0] == 5  # the kept frames, not the start frame
+    assert "9 frames played (the newest 5 kept)" in app.status_line(play)
+    play.switch_strategy(0, "h2o", {"hh_ratio": 0.2, "recent_size": 20})  # from kept frames
+    play.step(make_action(["jump"]))
+    assert play.frames_played == 10 and play.sides[0].rows[-1]["frame"] == 10
+    play.close()
+    assert not any(side.frames or side.rows for side in play.sides)
+
+
+def test_a_long_video_is_cut_with_a_note(scene_mp4):
+    scene = read_scene(scene_mp4, (WIDTH, HEIGHT), max_frames=4)
+    assert len(scene.frames) == len(scene.actions) == 4
+    assert scene.notes == ("only the first 4 frames are read",)
+    assert "only the first 4 frames are read" in app.describe_scene(scene)
+    whole = read_scene(scene_mp4, (WIDTH, HEIGHT))
+    assert len(whole.frames) == SCENE_FRAMES and whole.notes == ()
+
+
+@pytest.mark.parametrize("edit, reason", [
+    ({"size": [100000, 100000]}, "size must be"),
+    ({"supersample": 1000}, "supersample must be"),
+    ({"seed": -1}, "seed must be"),
+    ({"seed": "7"}, "seed must be"),
+    ({"start": {"x": 1}}, "start must hold"),
+    ({"start": "nan"}, "start must hold"),
+    ({"start_nan": True}, "start.y must be a finite number"),
+    (None, "Expecting"),
+], ids=["huge-frames", "supersample", "negative-seed", "text-seed", "start-keys",
+        "start-not-a-dict", "start-nan", "not-json"])
+def test_an_unusable_world_sidecar_is_ignored_with_a_note(tmp_path, edit, reason):
+    mp4 = record_scene(tmp_path)
+    sidecar = mp4.with_suffix(".json")
+    if edit is None:
+        sidecar.write_text("{not json")
+    else:
+        document = json.loads(sidecar.read_text())
+        if edit.pop("start_nan", False):
+            document["start"]["y"] = float("nan")
+        document.update(edit)
+        sidecar.write_text(json.dumps(document))
+    scene = read_scene(mp4, (WIDTH, HEIGHT))
+    assert scene.world is None
+    [note] = scene.notes
+    assert note.startswith("world sidecar ignored (no true frames)") and reason in note
+    resources = tiny_resources(mp4)
+    play = PlaySession(resources.model, resources.tokenizer, scene, 2, [("none", {})],
+                       resources.options)
+    play.step(make_action(["forward"]))  # plays on, without true frames
+    assert play.frames_played == 1 and play.quality_table() is None
+
+
+def test_the_page_states_its_limits():
+    for words in (f"{app.MAX_UPLOAD_MB} MB", f"first {app.MAX_SCENE_FRAMES} frames",
+                  f"at most {app.MAX_REPEAT} times", f"newest {app.KEPT_FRAMES} frames"):
+        assert words in app.LIMITS_TEXT
+
+
+@pytest.mark.parametrize("repeat, times, noted", [
+    (3, 3, False), (1000, app.MAX_REPEAT, True), (0, 1, True), (2.5, 2, True),
+])
+def test_repeat_counts_are_clamped_with_a_note(repeat, times, noted):
+    assert app.repeat_count(repeat)[0] == times
+    assert bool(app.repeat_count(repeat)[1]) == noted
+
+
+@pytest.mark.parametrize("repeat", [float("nan"), float("inf"), None, "many"])
+def test_a_repeat_that_is_not_a_number_is_refused(repeat):
+    with pytest.raises(ValueError, match="repeat must be"):
+        app.repeat_count(repeat)
 
 
 # -- served app ------------------------------------------------------------------------------
@@ -197,6 +294,142 @@ def test_two_clients_stepping_at_once_get_their_own_frames(served):
         assert np.array_equal(frame, expected), f"client of seed {seed}"
 
 
+@pytest.mark.parametrize("path", [
+    "/etc/passwd", "../../../../etc/passwd", "%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+    "/proc/self/environ", "app.py", str(app.Path(app.__file__).resolve()),
+    "assets/model/config.yaml", str(app.Path(app.__file__).resolve().parent / "README.md"),
+])
+def test_no_file_is_served_outside_gradios_own_folders(served, path):
+    response = httpx.get(f"{served[0]}gradio_api/file={path}")
+    assert response.status_code in (403, 404), response.text[:200]
+    assert "root:" not in response.text and "MineWorld" not in response.text
+
+
+def test_an_upload_over_the_size_limit_is_refused(served, tmp_path):
+    big = tmp_path / "big.mp4"
+    with big.open("wb") as file:
+        file.truncate(app.MAX_UPLOAD_MB * 2**20 + 1)
+    with big.open("rb") as file:
+        response = httpx.post(f"{served[0]}gradio_api/upload", files={"files": file},
+                              timeout=60)
+    assert response.status_code == 413
+    assert "maximum allowed size" in response.text
+    small = tmp_path / "small.jsonl"
+    small.write_text("{}\n")
+    with small.open("rb") as file:
+        assert httpx.post(f"{served[0]}gradio_api/upload", files={"files": file}).is_success
+
+
+def test_limits_and_bad_values_leave_the_session_usable(served, tmp_path):
+    client = Client(served[0], verbose=False)
+    client.predict(1, api_name="/reset")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a scene")
+    with pytest.raises(AppError, match="Invalid file type"):
+        client.predict([handle_file(notes)], api_name="/load_scene")
+    mp4_only = record_scene(tmp_path)
+    with pytest.raises(AppError, match="Scene not loaded: upload an .mp4 and its .jsonl"):
+        client.predict([handle_file(mp4_only)], api_name="/load_scene")
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(100))
+    broken.with_suffix(".jsonl").write_text("{}\n")
+    with pytest.raises(AppError, match="Scene not loaded: .*not a video|Scene not loaded: .*"
+                                       "decode"):
+        client.predict([handle_file(broken), handle_file(broken.with_suffix(".jsonl"))],
+                       api_name="/load_scene")
+    with pytest.raises(AppError, match=f"greater than maximum value {app.MAX_REPEAT}"):
+        client.predict(app.MAX_REPEAT + 1, 0, 0, api_name="/play_forward")
+    status = client.predict(1, 10**30, api_name="/reset")[0]
+    assert status.startswith("Not started: seed must be a whole number")
+    status = client.predict(*picker_values("streaming", start_size=2, recent_size=10**9),
+                            api_name="/apply_strategy")[0]
+    assert status.startswith("Strategy not changed:") and "budget" in status
+    status = client.predict(2, 0, 0, api_name="/play_forward")[0]
+    assert "2 frames played" in status  # after every refusal, play goes on
+    client.close()
+
+
+def live_plays() -> set[int]:
+    """Ids of the PlaySessions in this process that are not closed."""
+    gc.collect()
+    with warnings.catch_warnings():  # isinstance on some torch objects warns
+        warnings.simplefilter("ignore")
+        return {id(o) for o in gc.get_objects() if isinstance(o, PlaySession) and not o.closed}
+
+
+def test_eight_clients_stepping_at_once_see_only_their_own_frames(served):
+    """8 sessions, each with its own seed, start frame, control and number of steps, all
+    stepping at once: each sees its own count and exactly its own frames."""
+    url, resources = served
+    controls = ["forward", "back", "left", "right", "jump", "look_left", "look_right", "sneak"]
+    actions = {"look_left": make_action((), 0, -15.0), "look_right": make_action((), 0, 15.0)}
+    runs = {seed: (1 + seed % 8, controls[seed], 2 + seed % 3) for seed in range(8)}
+
+    # Connected one by one: each connection fetches the API description, which is slow on a
+    # busy CPU; then all of them step at once.
+    clients = {seed: Client(url, verbose=False) for seed in runs}
+
+    def run(seed):
+        start, control, steps = runs[seed]
+        client = clients[seed]
+        client.predict(start, seed, api_name="/reset")
+        frames = []
+        for step in range(1, steps + 1):
+            outputs = client.predict(1, 0, 0, api_name=f"/play_{control}")
+            assert f"start frame {start} · {step} frames played" in outputs[0]
+            frames.append(frame_of(outputs[1]))
+        return frames
+
+    started = time.perf_counter()
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            seen = dict(zip(runs, pool.map(run, runs), strict=True))
+    finally:
+        for client in clients.values():
+            client.close()
+    print(f"8 clients, {sum(r[2] for r in runs.values())} steps in "
+          f"{time.perf_counter() - started:.1f} s")
+    for seed, (start, control, steps) in runs.items():
+        action = actions.get(control) or make_action([control])
+        options = dataclasses.replace(resources.options, seed=seed)
+        play = PlaySession(resources.model, resources.tokenizer, resources.scene, start,
+                           [(resources.strategy, resources.params)], options)
+        for step in range(steps):
+            play.step(action)
+            assert np.array_equal(seen[seed][step], play.sides[0].frames[-1]), (seed, step)
+        play.close()
+    finals = [frames[-1].tobytes() for frames in seen.values()]
+    assert len(set(finals)) > 1
+
+
+def test_closed_sessions_are_freed(served):
+    """Open/close cycles: every play a closed client made is closed by the unload handler,
+    and process memory comes back (within 10 %)."""
+    url = served[0]
+    before = live_plays()
+
+    def cycle():
+        client = Client(url, verbose=False)
+        client.predict(1, api_name="/reset")
+        client.predict(1, 0, 0, api_name="/play_jump")
+        client.close()
+
+    for _ in range(3):  # warm-up: imports, caches, allocator pools
+        cycle()
+    deadline = time.monotonic() + 60
+    while live_plays() - before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    start_rss = process_memory_mb()
+    for _ in range(CYCLES):
+        cycle()
+    while live_plays() - before and time.monotonic() < deadline + 60:
+        time.sleep(0.5)
+    end_rss = process_memory_mb()
+    print(f"{CYCLES} open/close cycles: RSS {start_rss:.1f} -> {end_rss:.1f} MB")
+    assert not live_plays() - before, "a closed client's play was not freed"
+    assert end_rss < 1.10 * start_rss
+
+
 # -- command line ----------------------------------------------------------------------------
 
 
@@ -220,6 +453,23 @@ def test_bad_flags_exit_2_with_one_line(capsys, args, message):
     assert status == 2
     [line] = lines
     assert line.startswith("app.py: error:") and message in line
+
+
+@pytest.mark.parametrize("text, words", [
+    ("model: [unclosed\n", ["cannot read config"]),
+    ("- a list\n", ["the document must be a mapping, got list"]),
+    (preset_path("300M_16f").read_text().replace("hidden_size: 1024", "hidden_size: -1024"),
+     ["hidden_size must be in [2, 65536]", "-1024"]),
+], ids=["not-yaml", "not-a-mapping", "negative-size"])
+def test_a_bad_config_exits_2_with_one_line_naming_it(capsys, tmp_path, text, words):
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    status, lines = run_main(capsys, "--config", str(config), "--model_ckpt", "m.ckpt")
+    assert status == 2
+    [line] = lines
+    assert line.startswith(f"app.py: error: {config}:")
+    for word in words:
+        assert word in line
 
 
 def test_no_flags_load_the_embedded_model_and_scene():

@@ -16,6 +16,7 @@ import yaml
 
 import inference
 from mineworld.config import ModelConfig
+from mineworld.metrics import psnr
 from mineworld.model import Transformer
 from mineworld.tokenizers.vqgan import VQGAN, VQGANConfig
 from mineworld.video import read_video, write_video
@@ -114,6 +115,12 @@ def test_generates_every_clip(model_files, data_root, tmp_path, capsys, extra):
                 "reprefills"} <= set(record["stats"][-1])
         assert record["totals"]["frames_per_second"] > 0
         assert record["model"]["vae_weights"].endswith("(tokenizer.model.*)")
+        # The clips have 6 frames: the 3 generated ones are scored against frames 2, 3 and 4;
+        # these 4 x 6 frames are below SSIM's 7 x 7 window, so only PSNR is given.
+        quality = record["quality"]
+        assert quality["frames"] == FRAMES and len(quality["psnr"]) == FRAMES
+        assert quality["mean_psnr"] == pytest.approx(np.mean(quality["psnr"]))
+        assert "ssim" not in quality
         video = read_video(output / f"{name}.mp4")
         assert video.shape == (DEMO + FRAMES, HEIGHT, WIDTH, 3)
         assert any(line.startswith(f"{name}: {FRAMES} frames") for line in summaries)
@@ -129,6 +136,21 @@ def test_generates_every_clip(model_files, data_root, tmp_path, capsys, extra):
         assert last["reprefills"] == 1
         assert last["forward_passes"] == ROWS * COLS
     assert args["sampling"] == {"temperature": 0.0, "top_k": None, "top_p": None}
+
+
+def test_quality_scores_the_generated_frames_against_the_clip(model_files, data_root, tmp_path):
+    """The true frames are the clip's frames after the context: a clip whose mp4 shows those
+    frames scores the same PSNR as the metrics module on them; one with none has no quality."""
+    output = tmp_path / "out"
+    write_clip(data_root, "clip_1", frames=DEMO)  # the context only: nothing to score against
+    assert run(model_files, data_root, output) == 0
+    assert json.loads((output / "clip_1.json").read_text())["quality"] is None
+    record = json.loads((output / "clip_0.json").read_text())
+    video = read_video(output / "clip_0.mp4")[DEMO:]  # what was generated (mp4-compressed)
+    truth = read_video(data_root / "clip_0.mp4")[DEMO : DEMO + FRAMES]
+    assert record["quality"]["frames"] == FRAMES
+    for i in range(FRAMES):  # the written mp4 is compressed again: close, not equal
+        assert record["quality"]["psnr"][i] == pytest.approx(psnr(video[i], truth[i]), abs=3)
 
 
 def test_greedy_runs_are_deterministic(model_files, data_root, tmp_path):
@@ -198,6 +220,9 @@ def test_no_model_flags_run_the_embedded_model_on_its_validation_clips(tmp_path)
     assert written and len(written) == len(list((ROOT / "assets" / "validation").glob("*.jsonl")))
     record = json.loads((output / written[0]).read_text())
     assert record["generated_frames"] == 2 and record["args"]["demo_num"] == 4
+    quality = record["quality"]  # 64 x 48 frames: PSNR and SSIM of both generated frames
+    assert quality["frames"] == 2 and len(quality["ssim"]) == 2
+    assert 0 < quality["mean_psnr"] < 60 and -1 <= quality["mean_ssim"] <= 1
 
 
 def test_data_root_is_required_with_model_flags(model_files, tmp_path, capsys):

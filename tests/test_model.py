@@ -105,7 +105,11 @@ def test_out_of_order_chunks_match_causal_forward(models):
 
 def test_rotary_tables_keep_their_precision_when_the_model_is_cast():
     model = Transformer(TINY).to(torch.bfloat16)
-    assert model.rope.cos.dtype == torch.float32 and model.rope.inv_freq.dtype == torch.float64
-    raw = torch.randn(2, 5, TINY.head_dim)
-    moved = model.rope.shift(model.rope(raw, torch.arange(5)), torch.full((1, 5), 300))
-    assert (moved - model.rope(raw, torch.arange(300, 305))).abs().max() < 1e-5
+    assert model.rope.cos.dtype == torch.float32 and model.rope.sin.dtype == torch.float32
+    raw = torch.randn(2, 5, TINY.head_dim, dtype=torch.float64)
+    positions = torch.arange(500, 505)
+    half = TINY.head_dim // 2
+    inv_freq = 1.0 / TINY.rope_theta ** (torch.arange(0, TINY.head_dim, 2) / TINY.head_dim)
+    angles = (positions[:, None] * inv_freq.double()).repeat(1, 2)
+    exact = raw * angles.cos() + torch.cat((-raw[..., half:], raw[..., :half]), -1) * angles.sin()
+    assert (model.rope(raw.float(), positions) - exact).abs().max() < 1e-5

@@ -1,0 +1,97 @@
+"""benchmarks.run: the budget of every strategy, and a tiny end-to-end run on the embedded model
+(11 frames, one budget, the diagonal schedule) whose CSV, summary and plots are checked."""
+
+import csv
+import math
+
+import pytest
+from PIL import Image
+
+from benchmarks import run
+from cache import STRATEGIES
+from mineworld.embedded import load_embedded
+
+FRAMES, BUDGET = 11, 2  # the shortest play that holds the revisit; 4 + 11 frames > the context
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    return load_embedded()
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    run.main(["--frames", str(FRAMES), "--seeds", "1", "--budgets", str(BUDGET),
+              "--schedules", "diagonal", "--out", str(out)])
+    with (out / "frames.csv").open() as handle:
+        return out, list(csv.DictReader(handle))
+
+
+@pytest.mark.parametrize("schedule", ["naive", "diagonal"])
+def test_every_strategy_keeps_exactly_the_budget(embedded, schedule):
+    """Every budget from 2 frames to the context less one is valid for every strategy, and
+    each bounded strategy's cache holds exactly that many tokens."""
+    model, tokenizer = embedded
+    config = model.config
+    refs = 4
+    case = run.make_case(run.SEED_BASE, refs, FRAMES, tokenizer.frame_size)
+    budgets = list(range(2, config.context_frames))
+    runs = run.make_runs(model, tokenizer, case, schedule, list(STRATEGIES), budgets, refs)
+    assert [r.strategy for r in runs[:1]] == ["none"]
+    assert {(r.strategy, r.budget_frames) for r in runs[1:]} == {
+        (name, b) for name in STRATEGIES if name != "none" for b in budgets}
+    for r in runs[1:]:
+        capacity = r.session.cache.storage.capacity
+        assert capacity == r.budget_frames * config.tokens_per_frame, (r.strategy, r.params)
+    assert runs[0].session.cache.storage.capacity == config.max_position_embeddings
+
+
+def test_budget_params_names_an_unmapped_strategy():
+    with pytest.raises(ValueError, match="no budget mapping for strategy 'mine'"):
+        run.budget_params("mine", 2, 107, 416)
+    assert run.budget_params("frames", 2, 107, 416) == {"sink_frames": 0, "recent_frames": 2}
+    assert run.budget_params("frames", 4, 107, 416) == {"sink_frames": 1, "recent_frames": 3}
+
+
+def test_the_revisit_comes_back_to_the_same_true_view(embedded):
+    _, tokenizer = embedded
+    case = run.make_case(run.SEED_BASE, 4, FRAMES, tokenizer.frame_size)
+    before, back = case.revisit
+    assert (before, back) == (FRAMES - 2 * run.TURN_FRAMES - 1, FRAMES - 1)
+    yaws = [a["camera"][1] for a in case.actions[before + 1 : back + 1]]
+    assert sum(yaws) == pytest.approx(0) and all(yaws)  # away and back, turning every frame
+    assert case.true_revisit_psnr > 25  # the world shows (nearly) the same view again
+    assert len(case.truth) == len(case.actions) == FRAMES and len(case.context) == 4
+
+
+def test_csv_has_a_sane_row_per_strategy_and_frame(bench):
+    _, rows = bench
+    assert len(rows) == len(STRATEGIES) * FRAMES
+    assert {r["strategy"] for r in rows} == set(STRATEGIES)
+    for r in rows:
+        for key in ("ms_per_frame", "forward_passes", "bytes_allocated", "bytes_live",
+                    "rss_mib", "psnr_truth", "ssim_truth"):
+            assert math.isfinite(float(r[key])) and float(r[key]) >= 0, (key, r)
+        assert -1 <= float(r["ssim_truth"]) <= 1
+        assert r["schedule"] == "diagonal"
+    last = {r["strategy"]: r for r in rows if int(r["frame"]) == FRAMES}
+    assert int(last["none"]["reprefills"]) > 0  # the horizon is longer than the context
+    for name in STRATEGIES:
+        if name != "none":
+            assert int(last[name]["reprefills"]) == 0 and int(last[name]["evicted_tokens"]) > 0
+            assert last[name]["psnr_none"] != "" and last[name]["budget_frames"] == str(BUDGET)
+            assert int(last[name]["live_tokens"]) <= int(last[name]["budget_tokens"])
+    assert all(last[name]["revisit_psnr_self"] != "" for name in STRATEGIES)
+
+
+def test_summary_and_plots(bench):
+    out, _ = bench
+    summary = (out / "summary.md").read_text()
+    for name in STRATEGIES:
+        assert f"| {name} |" in summary
+    assert "## Who wins" in summary and f"diagonal, {BUDGET} frames: PSNR vs truth" in summary
+    for name in ("quality.png", "ms_per_frame.png", "kv_memory.png"):
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and image.width >= 400 and image.height >= 200
+            assert len(image.getcolors(1 << 16) or range(1 << 16)) > 5  # lines, not blank
