@@ -308,6 +308,8 @@ class KVCacheManager:
         visible = (key_positions >= 0).unsqueeze(1) & (
             key_positions.unsqueeze(1) <= query_positions.view(1, -1, 1)
         )
+        if self.strategy.tracks_attention:  # for observe: counted here, before the fold
+            self._seen_counts = visible.sum(1)
         mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device)
         mask = mask.masked_fill_(~visible, float("-inf")).repeat(1, self.query_group, 1)
         if not storage.per_head:
@@ -325,7 +327,7 @@ class KVCacheManager:
         end = weights.shape[-1]
         storage.attention[layer, :, :end] += weights.sum(1)
         queries = self.step_positions.numel()
-        seen = (mask == 0).sum(1) / self.query_group if mask is not None else queries
+        seen = self._seen_counts if mask is not None else queries
         storage.seen[layer, :, :end] += seen
 
     def end_step(self) -> None:
