@@ -6,7 +6,7 @@ Strategies are registered by name (:data:`STRATEGIES`); a new one is a small
 :class:`Strategy` subclass passed to :func:`register`.
 """
 
-from .manager import STRATEGIES, ContextFull, KVCacheManager, make_strategy, register
+from .manager import STRATEGIES, ContextFull, KVCacheManager, StepMask, make_strategy, register
 from .strategy import CacheView, Strategy
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "CacheView",
     "ContextFull",
     "KVCacheManager",
+    "StepMask",
     "Strategy",
     "make_strategy",
     "register",

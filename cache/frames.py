@@ -33,8 +33,8 @@ class FrameWindow(Strategy):
         return (self.sink_frames + self.recent_frames) * self.frame_tokens
 
     def keep_score(self, view: CacheView) -> torch.Tensor:
-        score = view.positions.to(torch.float32)
-        return score.masked_fill(sink_mask(view, self.sink_frames * self.frame_tokens), math.inf)
+        sinks = sink_mask(view, self.sink_frames * self.frame_tokens)
+        return torch.where(sinks, math.inf, view.positions.float())
 
     def step_room(self, budget: int) -> int:
         return self.recent_frames * self.frame_tokens

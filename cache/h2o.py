@@ -26,6 +26,10 @@ class HeavyHitters(Strategy):
         self.recent_size = check_int("recent_size", recent_size, 1)
         self.normalize = bool(normalize)
 
+    @property
+    def counts_queries(self) -> bool:  # counting costs two ops per layer and step: only if used
+        return self.normalize
+
     def heavy_size(self, prompt_length: int) -> int:
         return round(self.hh_ratio * prompt_length)
 
@@ -39,5 +43,4 @@ class HeavyHitters(Strategy):
         score = view.attention
         if self.normalize:
             score = score / view.seen.clamp(min=1)
-        protected = recent_mask(view, self.recent_size).expand_as(score)
-        return score.masked_fill(protected, math.inf)
+        return torch.where(recent_mask(view, self.recent_size), math.inf, score)

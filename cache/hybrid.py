@@ -32,4 +32,4 @@ class SinksHeavyRecent(HeavyHitters):
 
     def keep_score(self, view: CacheView) -> torch.Tensor:
         score = super().keep_score(view)
-        return score.masked_fill(sink_mask(view, self.start_size).expand_as(score), math.inf)
+        return torch.where(sink_mask(view, self.start_size), math.inf, score)

@@ -7,7 +7,7 @@ range, and counts what happened. A model uses it in four calls per forward pass:
 * ``begin_step(positions)`` once, before the layers: evict and pick slots;
 * ``write(layer, keys, values, raw_keys)``: store this step's keys (rotated, and
   as they were before rotation);
-* ``read(layer, query_positions)``: live keys, values and an additive mask (or ``None``);
+* ``read(layer, query_positions)``: live keys, values and a :class:`StepMask` (or ``None``);
 * ``observe(layer, weights, mask)``: attention weights, for strategies that
   score by attention.
 
@@ -64,6 +64,32 @@ def make_strategy(strategy, **params) -> Strategy:
         raise ValueError(f"strategy {strategy!r}: {error}") from None
 
 
+class StepMask:
+    """Which cached keys the queries of one step may see.
+
+    ``hidden`` is boolean ``[1 or kv_heads, n, S]`` (True: hidden) and ``additive`` the
+    same as 0 / -inf scores, to add to ``[.., group, n, S]`` scores by broadcasting
+    (adding is many times faster than ``masked_fill`` on a CPU); :meth:`folded` is the
+    layout a fused kernel takes, built once per mask."""
+
+    def __init__(self, hidden: torch.Tensor, dtype: torch.dtype):
+        self.hidden = hidden
+        minus_inf = torch.tensor(float("-inf"), dtype=dtype, device=hidden.device)
+        self.additive = torch.where(hidden, minus_inf, minus_inf.new_zeros(()))
+        self._folded: torch.Tensor | None = None
+
+    def folded(self, group: int) -> torch.Tensor:
+        """``additive`` as ``[1 or kv_heads, group * n, S]``: the query heads of a kv group
+        folded into rows (row ``g * n + t`` is query ``t`` of head ``g``)."""
+        if self._folded is None:
+            self._folded = self.additive.repeat(1, group, 1)
+        return self._folded
+
+    def seen_counts(self) -> torch.Tensor:
+        """How many of the step's queries see each key: ``[1 or kv_heads, S]``."""
+        return self.hidden.shape[1] - self.hidden.sum(1)
+
+
 class ContextFull(RuntimeError):
     """The full-context cache has no room left: the caller must start over."""
 
@@ -115,6 +141,7 @@ class KVCacheManager:
                 capacity,
                 per_head_positions=self.strategy.per_head,
                 track_attention=self.strategy.tracks_attention,
+                count_queries=self.strategy.counts_queries,
                 keep_raw_keys=budget is not None,  # a bounded cache re-bases
                 dtype=self.dtype,
                 device=self.device,
@@ -290,13 +317,9 @@ class KVCacheManager:
         self.storage.write(layer, self.step_slots, keys, values, raw_keys)
 
     def read(self, layer: int, query_positions: torch.Tensor):
-        """Keys and values of the slots in use (``[kv_heads, S, head_dim]``) and the mask
-        of the keys each query may see (``None`` when every query sees every key).
-
-        The mask is additive (0 visible, -inf hidden), ``[1 or kv_heads, group * n, S]``:
-        the query heads of a kv group folded into rows (row ``g * n + t`` is query
-        ``t`` of head ``g``), as the attention reads it, so that, when layers share
-        positions, it is built once per step rather than converted in every layer."""
+        """Keys and values of the slots in use (``[kv_heads, S, head_dim]``) and the
+        :class:`StepMask` of the keys each query may not see (``None`` when every query
+        sees every key). When layers share positions, one mask serves the whole step."""
         storage = self.storage
         end = storage.high_water
         keys, values = storage.keys[layer, :, :end], storage.values[layer, :, :end]
@@ -305,13 +328,10 @@ class KVCacheManager:
         if self._shared_mask is not None:
             return keys, values, self._shared_mask
         key_positions = storage.layer_positions(layer)
-        visible = (key_positions >= 0).unsqueeze(1) & (
-            key_positions.unsqueeze(1) <= query_positions.view(1, -1, 1)
+        hidden = (key_positions < 0).unsqueeze(1) | (
+            key_positions.unsqueeze(1) > query_positions.view(1, -1, 1)
         )
-        if self.strategy.tracks_attention:  # for observe: counted here, before the fold
-            self._seen_counts = visible.sum(1)
-        mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device)
-        mask = mask.masked_fill_(~visible, float("-inf")).repeat(1, self.query_group, 1)
+        mask = StepMask(hidden, self.dtype)
         if not storage.per_head:
             self._shared_mask = mask
         return keys, values, mask
@@ -320,15 +340,15 @@ class KVCacheManager:
     def tracks_attention(self) -> bool:
         return self.strategy.tracks_attention
 
-    def observe(self, layer: int, weights: torch.Tensor, mask: torch.Tensor | None) -> None:
+    def observe(self, layer: int, weights: torch.Tensor, mask: StepMask | None) -> None:
         """Accumulate attention ``weights`` (``[kv_heads, group * n, S]``) per key;
         ``mask`` as :meth:`read` gave it."""
         storage = self.storage
         end = weights.shape[-1]
         storage.attention[layer, :, :end] += weights.sum(1)
-        queries = self.step_positions.numel()
-        seen = self._seen_counts if mask is not None else queries
-        storage.seen[layer, :, :end] += seen
+        if storage.seen is not None:
+            seen = self.step_positions.numel() if mask is None else mask.seen_counts()
+            storage.seen[layer, :, :end] += seen
 
     def end_step(self) -> None:
         self._update_stats()

@@ -32,6 +32,7 @@ class KVStorage:
         *,
         per_head_positions: bool,
         track_attention: bool,
+        count_queries: bool,
         keep_raw_keys: bool,
         dtype: torch.dtype,
         device: torch.device | str,
@@ -49,7 +50,7 @@ class KVStorage:
             if track_attention
             else None
         )
-        self.seen = torch.zeros_like(self.attention) if track_attention else None
+        self.seen = torch.zeros_like(self.attention) if count_queries else None
         # Each layer's K, V (and raw K) stores, sliced once here rather than at every write.
         stores = [t for t in (self.keys, self.values, self.raw_keys) if t is not None]
         self.layer_stores = list(zip(*(t.unbind(0) for t in stores), strict=True))
@@ -74,9 +75,9 @@ class KVStorage:
 
     def clear(self) -> None:
         self.positions.fill_(DEAD)
-        if self.attention is not None:
-            self.attention.zero_()
-            self.seen.zero_()
+        for scores in (self.attention, self.seen):
+            if scores is not None:
+                scores.zero_()
         self.num_live = 0
         self.high_water = 0
         self.spare = self.positions[..., :0]
@@ -84,10 +85,9 @@ class KVStorage:
     def kill(self, slots: torch.Tensor) -> None:
         """Mark ``slots`` (``[rows, heads, k]`` matching the position table) dead."""
         self.positions.scatter_(-1, slots, DEAD)
-        if self.attention is not None:
-            full = slots.expand(*self.attention.shape[:2], -1)
-            self.attention.scatter_(-1, full, 0.0)
-            self.seen.scatter_(-1, full, 0.0)
+        for scores in (self.attention, self.seen):
+            if scores is not None:
+                scores.scatter_(-1, slots.expand(*scores.shape[:2], -1), 0.0)
         self.num_live -= slots.shape[-1]
         self.spare = torch.cat([self.spare, slots], -1) if self.spare.shape[-1] else slots
 

@@ -33,5 +33,4 @@ class StreamingLLM(Strategy):
 
     def keep_score(self, view: CacheView) -> torch.Tensor:
         # Oldest first; sinks never.
-        score = view.positions.to(torch.float32)
-        return score.masked_fill(sink_mask(view, self.start_size), math.inf)
+        return torch.where(sink_mask(view, self.start_size), math.inf, view.positions.float())

@@ -97,26 +97,30 @@ class FrameDecoder:
         frame's last token is not fed: it is the first token of the next prefix.
         """
         device = self.model.lm_head.weight.device
-        ids = torch.empty(self.rows, self.cols, dtype=torch.long, device=device)
+        # Python lists, not tensors, for the bookkeeping: indexing a tensor one cell at a
+        # time costs more than a small model's forward pass leaves for it.
+        ids = [[0] * self.cols for _ in range(self.rows)]
+        previous = previous_frame.tolist()
         positions = torch.arange(frame_start - prefix.numel(), frame_start, device=device)
-        ids[0, 0] = self._next(cache, prefix.to(device), positions, generator, last_only=True)[0]
+        first = self._next(cache, prefix.to(device), positions, generator, last_only=True)
+        ids[0][0] = first[0]
         produced = [1] + [0] * (self.rows - 1)
         passes = 1
         while produced[-1] < self.cols:
             cells = self._active_cells(produced)
-            inputs = [self._input_for(r, c, ids, produced, previous_frame) for r, c in cells]
+            inputs = [self._input_for(r, c, ids, produced, previous) for r, c in cells]
             cell_positions = [frame_start + r * self.cols + c - 1 for r, c in cells]
             tokens = self._next(
                 cache,
-                torch.stack(inputs),
+                torch.tensor(inputs, device=device),
                 torch.tensor(cell_positions, device=device),
                 generator,
             )
             for (r, c), token in zip(cells, tokens, strict=True):
-                ids[r, c] = token
+                ids[r][c] = token
                 produced[r] += 1
             passes += 1
-        return ids, passes
+        return torch.tensor(ids, device=device), passes
 
     def _active_cells(self, produced: list[int]) -> list[tuple[int, int]]:
         """The (row, col) each active row decodes next, in position order."""
@@ -130,16 +134,16 @@ class FrameDecoder:
                 cells.append((r, count))
         return cells
 
-    def _input_for(self, row, col, ids, produced, previous_frame) -> torch.Tensor:
+    def _input_for(self, row, col, ids, produced, previous) -> int:
         """The token fed to predict cell (row, col): the cell before it, or, when that
         cell (the end of the row above) is not decoded yet, the previous frame's."""
         if col:
-            return ids[row, col - 1]
+            return ids[row][col - 1]
         if produced[row - 1] == self.cols:
-            return ids[row - 1, -1]
-        return previous_frame[row - 1, -1].to(ids.device)
+            return ids[row - 1][-1]
+        return previous[row - 1][-1]
 
-    def _next(self, cache, tokens, positions, generator, last_only=False) -> torch.Tensor:
-        """Feed ``tokens`` at ``positions``; sample the image token each one predicts."""
+    def _next(self, cache, tokens, positions, generator, last_only=False) -> list[int]:
+        """Feed ``tokens`` at ``positions``; the image token each one predicts."""
         logits = self.model(tokens[None], positions, cache=cache, last_only=last_only)[0]
-        return sample(logits[:, : self.codebook_size], self.sampling, generator)
+        return sample(logits[:, : self.codebook_size], self.sampling, generator).tolist()

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cache import KVCacheManager
+from cache import KVCacheManager, StepMask
 
 from .config import ModelConfig
 
@@ -78,29 +78,29 @@ def grouped_attention(
     q: torch.Tensor,
     keys: torch.Tensor,
     values: torch.Tensor,
-    mask: torch.Tensor | None,
+    mask: StepMask | None,
     want_weights: bool,
 ):
     """Attention of ``q`` (``[1, Hq, T, D]``) over cached ``keys``/``values`` (``[Hkv, S, D]``).
 
     The query heads that share a kv head are folded into the query rows, so the
-    cache is read once per kv head and never repeated in memory. ``mask``
-    (additive, ``[1 or Hkv, G*T, S]`` in that folded layout: see
-    :meth:`cache.KVCacheManager.read`) says which keys each query may see.
+    cache is read once per kv head and never repeated in memory. ``mask`` (see
+    :class:`cache.manager.StepMask`) says which keys each query may not see.
     Returns the output ``[1, Hq, T, D]`` and, when asked, the weights ``[Hkv, G*T, S]``.
     """
     _, heads, tokens, dim = q.shape
-    group = heads // keys.shape[0]
-    q = q.reshape(keys.shape[0], group * tokens, dim)
+    kv_heads = keys.shape[0]
+    group = heads // kv_heads
+    q = q.reshape(kv_heads, group * tokens, dim)
     if want_weights:
         # Scale the few queries, not the many scores; mask in place: this path is hot.
         scores = (q * (1 / math.sqrt(dim))) @ keys.transpose(-1, -2)
-        if mask is not None:
-            scores += mask
+        if mask is not None:  # the same mask for every head of a group
+            scores.view(kv_heads, group, tokens, -1).add_(mask.additive.unsqueeze(1))
         weights = scores.float().softmax(-1)
         out = weights.to(values.dtype) @ values
     else:
-        attn_mask = None if mask is None else mask[None]
+        attn_mask = None if mask is None else mask.folded(group)[None]
         out = F.scaled_dot_product_attention(q[None], keys[None], values[None], attn_mask)
         weights = None
     return out.view(1, heads, tokens, dim), weights

@@ -3,6 +3,7 @@
     python -m mineworld.train                 # everything, writes assets/
     python -m mineworld.train --smoke         # a few steps of each stage on tiny data, temp dir
     python -m mineworld.train --evaluate-only # re-measure the shipped model, rewrite the card
+    python -m mineworld.train --resume        # train the shipped world model further
 
 Stages (each has a wall-clock budget, --minutes):
 1. data: scripted play (mineworld.world.scripted_actions) in many seeded worlds, rendered at the
@@ -11,7 +12,9 @@ Stages (each has a wall-clock budget, --minutes):
 2. tokenizer: an FSQ autoencoder (mineworld.tokenizers.embedded) fitted on random frames.
 3. world model: frames are tokenized once; the Transformer learns interleaved
    ``frame action frame action ...`` sequences (ActionCodec(offset=codebook), the published
-   11-token layout) with the loss on image tokens only, AdamW, cosine LR, bf16 autocast.
+   11-token layout) with the loss on image tokens only, AdamW, cosine LR, fp32 (bf16 autocast
+   was ten times slower on this CPU). --resume starts from the weights in --out instead, with
+   its tokenizer, so the codes the model has learned stay the same.
 4. evaluation against the world's true frames (see evaluate()); results go to the model card.
 """
 
@@ -150,13 +153,15 @@ def make_batch(episodes, frames: int, batch: int, rng: np.random.Generator):
 
 
 def train_world_model(config, episodes, minutes: float, steps: int, seed: int, log: dict,
-                      batch: int = 8, lr: float = 1.5e-3, holdout=None):
-    """AdamW + cosine LR on random windows; ``holdout`` episodes give a validation loss."""
+                      batch: int = 8, lr: float = 1.5e-3, holdout=None, model=None):
+    """AdamW + cosine LR on random windows; ``holdout`` episodes give a validation loss.
+    ``model`` continues an earlier run; otherwise training starts from a fresh one."""
     from mineworld.model import Transformer
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = Transformer(config).train()
+    first_step = log.get("world_model_steps", 0)  # a resumed run's log continues the old one
+    model = (model or Transformer(config)).train().requires_grad_(True)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     rest = [p for n, p in model.named_parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
@@ -179,14 +184,14 @@ def train_world_model(config, episodes, minutes: float, steps: int, seed: int, l
         if step % 25 == 0:
             rate = (step + 1) * tokens.numel() / (time.time() - started)
             bar.set_postfix(loss=f"{np.mean(losses[-25:]):.3f}", tok_s=f"{rate:.0f}")
-            entry = [step, float(np.mean(losses[-25:]))]
+            entry = [first_step + step, float(np.mean(losses[-25:]))]
             if holdout and step % 200 == 0:
                 entry.append(validation_loss(model, holdout, frames))
                 bar.write(f"step {step}: train {entry[1]:.3f} held-out {entry[2]:.3f}")
             log.setdefault("world_model_loss", []).append(entry)
         if time.time() > started + 60 * minutes:
             break
-    log["world_model_steps"] = step + 1
+    log["world_model_steps"] = first_step + step + 1
     log["world_model_tokens_per_s"] = (step + 1) * tokens.numel() / (time.time() - started)
     return model.eval().requires_grad_(False)
 
@@ -442,6 +447,8 @@ def model_card(results: dict, log: dict, config, tokenizer) -> str:
     r = results
     size = f"{tokenizer.frame_size[0]}x{tokenizer.frame_size[1]}"
     probes = ", ".join(f"{k} {v:.0%}" for k, v in r["action_following_per_probe"].items())
+    resumed = "".join(f" ({run['steps']} of them resumed at peak LR {run['peak_lr']:g})"
+                      for run in log.get("resumed", []))
     verdict = "meets them" if meets_goals(r) else (
         "does not meet them all (see the table): treat it as a\nworking placeholder, "
         "not a faithful world model")
@@ -470,7 +477,7 @@ Reproduce with `python -m mineworld.train`; re-measure with
   {r["render_ms_per_frame"]:.1f} ms per {size} frame on one core).
 - {log.get("tokenizer_steps", "?")} tokenizer steps, batch 32, on
   {log.get("tokenizer_frames", log.get("train_frames", "?"))} of those frames;
-  {log.get("world_model_steps", "?")} world-model steps of 4 windows at
+  {log.get("world_model_steps", "?")} world-model steps of 4 windows{resumed} at
   {log.get("world_model_tokens_per_s", 0):.0f} tokens/s (fp32, one thread of a
   shared 2-core CPU; the losses are in `training_log.json`).
 
@@ -516,6 +523,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-steps", type=int, default=2400)
     parser.add_argument("--evaluate-only", action="store_true",
                         help="re-measure the model in --out and rewrite its card")
+    parser.add_argument("--resume", action="store_true",
+                        help="train the world model in --out further (MODEL minutes, "
+                        "--model-steps, --lr), keeping its tokenizer")
+    parser.add_argument("--lr", type=float, default=1.5e-3, help="world model's peak LR")
     parser.add_argument("--schedule", choices=("naive", "diagonal"), default="diagonal",
                         help="how evaluation rollouts decode")
     parser.add_argument("--threads", type=int, default=1,
@@ -535,35 +546,49 @@ def main(argv: list[str] | None = None) -> None:
 
     from mineworld.actions import ActionCodec
     from mineworld.checkpoint import save_transformer
+    from mineworld.embedded import load_embedded
     from mineworld.tokenizers.embedded import TokenizerConfig
 
-    episodes = 2 if args.smoke else max(1, args.frames // EPISODE_FRAMES)
+    model_dir = out / "model"
+    model = None
+    if args.resume:
+        model, tokenizer = load_embedded(model_dir=model_dir)
+        log = json.loads((out / "training_log.json").read_text())
+        episodes = log["train_episodes"]  # the same worlds as before
+    else:
+        episodes = 2 if args.smoke else max(1, args.frames // EPISODE_FRAMES)
     length = 24 if args.smoke else EPISODE_FRAMES
     seeds = [TRAIN_SEED_BASE + args.seed * 1000 + i for i in range(episodes)]
     started = time.time()
     stems = generate_data(seeds, length, cache, args.minutes[0])
-    frames = load_frames(stems)
-    log.update(train_frames=len(frames), train_episodes=len(stems),
-               tokenizer_frames=len(frames), data_minutes=(time.time() - started) / 60)
-
-    tok_config = TokenizerConfig(channels=8, levels=(4, 4)) if args.smoke else TokenizerConfig(
-        channels=64)
-    tokenizer = train_tokenizer(frames, tok_config, args.minutes[1],
-                                3 if args.smoke else args.tokenizer_steps, args.seed, log)
-    model_dir = out / "model"
-    tokenizer.save(model_dir)
+    if not args.resume:
+        frames = load_frames(stems)
+        log.update(train_frames=len(frames), train_episodes=len(stems),
+                   tokenizer_frames=len(frames), data_minutes=(time.time() - started) / 60)
+        tok_config = TokenizerConfig(channels=8, levels=(4, 4)) if args.smoke else (
+            TokenizerConfig(channels=64))
+        tokenizer = train_tokenizer(frames, tok_config, args.minutes[1],
+                                    3 if args.smoke else args.tokenizer_steps, args.seed, log)
+        tokenizer.save(model_dir)
 
     codec = ActionCodec(offset=tokenizer.codebook_size)
     tokens = tokenize_episodes(tokenizer, stems, codec)
-    config = model_config(tokenizer.codebook_size, tokenizer.grid, args.smoke)
+    config = model.config if model else model_config(tokenizer.codebook_size, tokenizer.grid,
+                                                      args.smoke)
     holdout = None if args.smoke else tokenize_episodes(
         tokenizer, generate_data([HELD_OUT_SEED_BASE + 300], length, cache, 5), codec)
+    steps_before = log.get("world_model_steps", 0)
     model = train_world_model(config, tokens, args.minutes[2],
                               3 if args.smoke else args.model_steps, args.seed, log,
-                              batch=2 if args.smoke else 4, holdout=holdout)
+                              batch=2 if args.smoke else 4, lr=args.lr, holdout=holdout,
+                              model=model)
+    if args.resume:
+        log.setdefault("resumed", []).append(
+            {"steps": log["world_model_steps"] - steps_before, "peak_lr": args.lr})
     write_config(config, model_dir / "config.yaml")
     save_transformer(model, model_dir / "model.safetensors")
-    write_clips(out, args.smoke)
+    if not args.resume:
+        write_clips(out, args.smoke)
     evaluate_and_write(out, log, args.smoke, args.schedule)
 
 

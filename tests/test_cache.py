@@ -242,7 +242,7 @@ def test_h2o_keeps_top_scores_outside_the_recent_window(seed, normalize):
         ids = token_ids(manager.storage.values[layer, :, :end])
         _, _, mask = manager.read(layer, manager.step_positions)
         ones = torch.ones_like(weights)
-        visible = (mask == 0).expand(HEADS, -1, -1) if mask is not None else ones
+        visible = (~mask.hidden).expand(HEADS, -1, -1) if mask is not None else ones
         weights = weights * visible
         for head in range(HEADS):
             live = manager.storage.positions[layer, head, :end] >= 0
@@ -389,6 +389,17 @@ def test_memory_is_allocated_once_per_budget():
     assert manager.stats.bytes_allocated == expected
     assert manager.stats.bytes_live == 12 * 3 * LAYERS * HEADS * DIM * 4
     assert not math.isnan(manager.stats.reprefill_seconds)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_h2o_counts_queries_only_when_it_normalizes(normalize):
+    manager, _ = bound_manager("h2o", hh_ratio=0.5, recent_size=4, normalize=normalize)
+    manager.reset(prompt_length=8, step_tokens=2)
+    slots = 8  # 4 heavy + 4 recent; per layer and head: attention (and counts) in fp32
+    scores = (2 if normalize else 1) * LAYERS * HEADS * slots * 4
+    expected = 3 * LAYERS * HEADS * slots * DIM * 4 + LAYERS * HEADS * slots * 8 + scores
+    assert (manager.storage.seen is not None) == normalize
+    assert manager.stats.bytes_allocated == expected
 
 
 def test_debug_cache_logs_each_eviction(monkeypatch, capsys):
