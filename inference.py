@@ -10,8 +10,9 @@ generated, one per following action line. Outputs, in ``--output_dir``:
   statistics of every step (time, forward passes, live tokens, KV bytes, evictions,
   re-prefills ...), totals, the model files and ``quality``: PSNR and SSIM of every generated
   frame against the clip's own frame at that time (read from its mp4 at the tokenizer's frame
-  size), with their means (``mineworld.metrics.sequence_scores``), for as many generated frames
-  as the clip has frames after the context; ``null`` when it has none.
+  size; a frame's PSNR is ``null`` where the two are identical: JSON has no infinity), the
+  pooled PSNR and the mean SSIM (``mineworld.metrics.sequence_scores``), for as many generated
+  frames as the clip has frames after the context; ``null`` when it has none.
 
 Actions: with ``--action-alignment same`` (the default, as the published interactive demo)
 frame i is followed by action line i; ``next`` pairs frame i with line i + 1, as the published
@@ -31,6 +32,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -232,8 +234,20 @@ def run_clip(new_session, clip: Path, args: argparse.Namespace, header: dict) ->
         },
         "quality": sequence_scores(generated[: len(truth)], truth) if len(truth) else None,
     }
-    (output / f"{clip.name}.json").write_text(json.dumps(record, indent=1))
+    (output / f"{clip.name}.json").write_text(json.dumps(finite_or_null(record), indent=1))
     return record
+
+
+def finite_or_null(value):
+    """``value`` with every infinite or NaN float replaced by None, so that the JSON is
+    standard (``json.dumps`` would write ``Infinity``, which strict parsers refuse)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_null(item) for item in value]
+    return value
 
 
 def summary(record: dict) -> str:
@@ -242,7 +256,7 @@ def summary(record: dict) -> str:
     scores = ""
     if quality is not None:
         ssim = f", SSIM {quality['mean_ssim']:.3f}" if "mean_ssim" in quality else ""
-        scores = f", PSNR {quality['mean_psnr']:.2f} dB{ssim} vs {quality['frames']} true frames"
+        scores = f", PSNR {quality['pooled_psnr']:.2f} dB{ssim} vs {quality['frames']} true frames"
     return (
         f"{record['clip']}: {record['generated_frames']} frames in {totals['seconds']:.2f} s "
         f"({totals['frames_per_second']:.2f} fps), {totals['forward_passes']} forward passes, "

@@ -78,10 +78,11 @@ def frame_scores(prediction: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 
 def sequence_scores(predicted: np.ndarray, truth: np.ndarray) -> dict:
-    """Per-frame PSNR and SSIM of two frame sequences ``[T, H, W, 3]``, and their means.
+    """Per-frame PSNR and SSIM of two frame sequences ``[T, H, W, 3]``, the pooled PSNR (see
+    :func:`pooled_psnr`: finite unless every frame is identical) and the mean SSIM.
 
-    Identical frames have an infinite PSNR (and so does the mean). SSIM is left out for
-    frames smaller than its 7 x 7 window."""
+    An identical frame's own PSNR is infinite. SSIM is left out for frames smaller than its
+    7 x 7 window."""
     if len(predicted) != len(truth):
         raise ValueError(f"sequences must have the same length, got {len(predicted)} and "
                          f"{len(truth)}")
@@ -90,8 +91,10 @@ def sequence_scores(predicted: np.ndarray, truth: np.ndarray) -> dict:
         measures["ssim"] = ssim
     per_frame = {key: [f(p, t) for p, t in zip(predicted, truth, strict=True)]
                  for key, f in measures.items()}
-    means = {f"mean_{key}": float(np.mean(values)) for key, values in per_frame.items()}
-    return {"frames": len(predicted), **means, **per_frame}
+    summary = {"pooled_psnr": pooled_psnr(per_frame["psnr"])}
+    if "ssim" in per_frame:
+        summary["mean_ssim"] = float(np.mean(per_frame["ssim"]))
+    return {"frames": len(predicted), **summary, **per_frame}
 
 
 def revisit_scores(before: np.ndarray, returned: np.ndarray, true_returned: np.ndarray) -> dict:

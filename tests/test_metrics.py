@@ -81,10 +81,12 @@ def test_sequence_scores():
     assert scores["frames"] == 4
     assert scores["psnr"] == [psnr(n, t) for n, t in zip(noisy, truth, strict=True)]
     assert scores["ssim"] == [ssim(n, t) for n, t in zip(noisy, truth, strict=True)]
-    assert scores["mean_psnr"] == pytest.approx(np.mean(scores["psnr"]))
+    assert scores["pooled_psnr"] == pytest.approx(psnr(noisy, truth), abs=1e-9)
     assert scores["mean_ssim"] == pytest.approx(np.mean(scores["ssim"]))
     tiny = sequence_scores(noisy[:, :4, :6], truth[:, :4, :6])  # below SSIM's window
-    assert set(tiny) == {"frames", "psnr", "mean_psnr"}
+    assert set(tiny) == {"frames", "psnr", "pooled_psnr"}
+    one_exact = sequence_scores(np.concatenate([truth[:1], noisy[1:]]), truth)
+    assert one_exact["psnr"][0] == float("inf") and np.isfinite(one_exact["pooled_psnr"])
     with pytest.raises(ValueError, match="same length"):
         sequence_scores(noisy[:3], truth)
 
