@@ -498,13 +498,15 @@ other-actions rollouts; action following >= 80%; 20 fps with diagonal decoding. 
 | copy-last-frame baseline (its tokens, decoded) | {r["copy_last_frame_tokens_psnr_db"]:.2f} dB |
 | action following (closest to its own script) | {r["action_following"]:.0%} ({probes}) |
 | single-colour frames in a {r["long_rollout_frames"]}-frame rollout | {r["single_colour_frames"]} |
-| decoding speed, naive / diagonal | {r["fps_naive"]:.1f} / {r["fps_diagonal"]:.1f} fps |
+| decoding speed, naive / diagonal, 1 thread | {r["fps_naive"]:.1f} / {r["fps_diagonal"]:.1f} fps |
 | tokenizer decode, one frame | {r["tokenizer_decode_ms"]:.1f} ms |
 
 PSNRs are of the mean squared error over all frames compared (8 held-out worlds for the
 rollouts). Rollouts start from {CONTEXT} real frames; action following runs five scripts
 (turn left/right, look up/down by {SCRIPT_STEP} degrees a frame, walk forward) from each
 context and counts a hit when a script's rollout is closest to its own true frames.
+Decoding speed: from the mean time of a frame after a 4-frame context (the first aside),
+re-prefills included.
 `strip.png`: rows alternate truth / prediction for three held-out rollouts.
 """
 

@@ -1,5 +1,6 @@
 """The embedded model: the training pipeline's smoke run, the tokenizer, and the shipped assets."""
 
+import json
 import re
 
 import numpy as np
@@ -21,6 +22,18 @@ def test_smoke_run_gives_a_loadable_model(tmp_path):
         (model.config.image_rows, model.config.image_cols), model.config.codebook_size)
     assert (tmp_path / "MODEL_CARD.md").is_file() and (tmp_path / "strip.png").is_file()
     assert validation_clips(tmp_path / "validation")
+
+    # --resume trains the same model further and keeps the tokenizer (and so the codes).
+    tokenizer_bytes = (tmp_path / "model" / "tokenizer.safetensors").read_bytes()
+    before = model.state_dict()
+    main(["--smoke", "--resume", "--out", str(tmp_path), "--lr", "1e-2"])
+    resumed, _ = load_embedded(model_dir=tmp_path / "model")
+    assert (tmp_path / "model" / "tokenizer.safetensors").read_bytes() == tokenizer_bytes
+    assert any(not torch.equal(before[k], v) for k, v in resumed.state_dict().items())
+    log = json.loads((tmp_path / "training_log.json").read_text())
+    assert log["world_model_steps"] == 6 and log["resumed"] == [{"steps": 3, "peak_lr": 0.01}]
+    assert "6 world-model steps of 4 windows (3 of them resumed" in (
+        tmp_path / "MODEL_CARD.md").read_text()
 
 
 def test_tokenizer_round_trips_shapes(tmp_path):
