@@ -113,13 +113,11 @@ class KVCacheManager:
         rotate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         dtype: torch.dtype,
         device: torch.device | str,
-        query_group: int = 1,
     ) -> None:
         """Tell the manager the model's shapes; ``rotate(keys, positions)`` rotates
         pre-RoPE keys (``[H, C, D]``) to ``positions`` (``[C]`` or ``[H, C]``) exactly
-        as the model rotates new keys; ``query_group``: query heads per kv head."""
+        as the model rotates new keys."""
         self.shape = (num_layers, num_kv_heads, head_dim)
-        self.query_group = query_group
         self.max_positions = max_positions
         self.rotate = rotate
         self.dtype, self.device = dtype, torch.device(device)

@@ -44,7 +44,8 @@ class KVStorage:
         self.raw_keys = torch.zeros(shape, dtype=dtype, device=device) if keep_raw_keys else None
         rows = (num_layers, num_kv_heads) if per_head_positions else (1, 1)
         self.positions = torch.full((*rows, capacity), DEAD, dtype=torch.long, device=device)
-        # Accumulated attention each key received, and how many queries saw it (H2O).
+        # Accumulated attention each key received (H2O), and how many queries saw it (only
+        # when the strategy normalises by that count).
         self.attention = (
             torch.zeros((num_layers, num_kv_heads, capacity), dtype=torch.float32, device=device)
             if track_attention

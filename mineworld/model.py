@@ -223,7 +223,6 @@ class Transformer(nn.Module):
             head_dim=config.head_dim,
             max_positions=config.max_position_embeddings,
             rotate=self.rope,
-            query_group=config.num_attention_heads // config.num_key_value_heads,
             dtype=weight.dtype,
             device=weight.device,
         )

@@ -505,7 +505,7 @@ PSNRs are of the mean squared error over all frames compared (8 held-out worlds 
 rollouts). Rollouts start from {CONTEXT} real frames; action following runs five scripts
 (turn left/right, look up/down by {SCRIPT_STEP} degrees a frame, walk forward) from each
 context and counts a hit when a script's rollout is closest to its own true frames.
-Decoding speed: from the mean time of a frame after a 4-frame context (the first aside),
+Decoding speed: from the mean time of a frame after a {CONTEXT}-frame context (the first aside),
 re-prefills included.
 `strip.png`: rows alternate truth / prediction for three held-out rollouts.
 """
@@ -527,7 +527,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="re-measure the model in --out and rewrite its card")
     parser.add_argument("--resume", action="store_true",
                         help="train the world model in --out further (MODEL minutes, "
-                        "--model-steps, --lr), keeping its tokenizer")
+                        "--model-steps, --lr) on the worlds its training_log.json names, "
+                        "keeping its tokenizer")
     parser.add_argument("--lr", type=float, default=1.5e-3, help="world model's peak LR")
     parser.add_argument("--schedule", choices=("naive", "diagonal"), default="diagonal",
                         help="how evaluation rollouts decode")
@@ -556,11 +557,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.resume:
         model, tokenizer = load_embedded(model_dir=model_dir)
         log = json.loads((out / "training_log.json").read_text())
-        episodes = log["train_episodes"]  # the same worlds as before
+        episodes, seed = log["train_episodes"], log["seed"]  # the same worlds as before
     else:
         episodes = 2 if args.smoke else max(1, args.frames // EPISODE_FRAMES)
+        seed = args.seed
     length = 24 if args.smoke else EPISODE_FRAMES
-    seeds = [TRAIN_SEED_BASE + args.seed * 1000 + i for i in range(episodes)]
+    seeds = [TRAIN_SEED_BASE + seed * 1000 + i for i in range(episodes)]
     started = time.time()
     stems = generate_data(seeds, length, cache, args.minutes[0])
     if not args.resume:
