@@ -23,16 +23,22 @@ def test_smoke_run_gives_a_loadable_model(tmp_path):
     assert (tmp_path / "MODEL_CARD.md").is_file() and (tmp_path / "strip.png").is_file()
     assert validation_clips(tmp_path / "validation")
 
-    # --resume trains the same model further and keeps the tokenizer (and so the codes).
-    tokenizer_bytes = (tmp_path / "model" / "tokenizer.safetensors").read_bytes()
+    # --resume trains the same model and the tokenizer's decoder further; the encoder, and so
+    # the codes, stay.
     before = model.state_dict()
-    main(["--smoke", "--resume", "--out", str(tmp_path), "--lr", "1e-2"])
-    resumed, _ = load_embedded(model_dir=tmp_path / "model")
-    assert (tmp_path / "model" / "tokenizer.safetensors").read_bytes() == tokenizer_bytes
+    tokenizer_before = tokenizer.model.state_dict()
+    main(["--smoke", "--resume", "--out", str(tmp_path), "--lr", "1e-2", "--decoder-lr", "1e-2"])
+    resumed, resumed_tokenizer = load_embedded(model_dir=tmp_path / "model")
     assert any(not torch.equal(before[k], v) for k, v in resumed.state_dict().items())
+    after = resumed_tokenizer.model.state_dict()
+    assert all(torch.equal(tokenizer_before[k], v) for k, v in after.items()
+               if k.startswith("encoder."))
+    assert any(not torch.equal(tokenizer_before[k], v) for k, v in after.items()
+               if k.startswith("decoder."))
     log = json.loads((tmp_path / "training_log.json").read_text())
     assert log["world_model_steps"] == 6 and log["resumed"] == [{"steps": 3, "peak_lr": 0.01}]
-    assert "6 world-model steps of 4 windows (3 of them resumed" in (
+    assert log["tokenizer_steps"] == 3 and log["decoder_steps"] == 3
+    assert "6 world-model steps of 4 windows (resumed runs: 3 at peak LR 0.01)" in (
         tmp_path / "MODEL_CARD.md").read_text()
 
 
