@@ -13,8 +13,9 @@ Stages (each has a wall-clock budget, --minutes):
    --resume trains its decoder alone further (the encoder, and so every code, stays).
 3. world model: frames are tokenized once; the Transformer learns interleaved
    ``frame action frame action ...`` sequences (ActionCodec(offset=codebook), the published
-   11-token layout) with the loss on image tokens only, AdamW, cosine LR, fp32 (bf16 autocast
-   was ten times slower on this CPU). --resume starts from the weights in --out instead, with
+   11-token layout) with the loss on image tokens only, AdamW, cosine LR; fp32, or bf16
+   autocast with --bf16 (twice as fast on CPUs with AMX, ten times slower on those without:
+   try both for a minute). --resume starts from the weights in --out instead, with
    its tokenizer, so the codes the model has learned stay the same.
 4. evaluation against the world's true frames (see evaluate()); results go to the model card.
 """
@@ -39,6 +40,7 @@ from tqdm import tqdm
 # exact copy (the player standing still) count as infinite and swamp it.
 from mineworld.metrics import psnr
 from mineworld.world import replay, scripted_actions
+from mineworld.world.render import SUPERSAMPLE
 
 ROOT = Path(__file__).resolve().parent.parent
 FRAME_SIZE = (64, 48)  # (width, height) the world renders at and the tokenizer works at
@@ -93,8 +95,15 @@ def budgeted_lr(step: int, total: int, peak: float, warmup: int, started: float,
     return cosine_lr(max(step, int(spent * total)), total, peak, warmup)
 
 
+def autocast(bf16: bool):
+    """bf16 autocast on the CPU: about twice as fast where the CPU has AMX or AVX512-BF16 (the
+    shipped model was trained so), ten times slower where it has neither."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+
+
 def train_tokenizer(frames: np.ndarray, config, minutes: float, steps: int, seed: int,
-                    log: dict, batch: int = 32, model=None, lr: float = 2e-3):
+                    log: dict, batch: int = 32, model=None, lr: float = 2e-3,
+                    bf16: bool = False):
     """Fit the FSQ autoencoder with MSE on random frames, stopping at ``steps`` or the budget.
     Given ``model`` (a trained autoencoder), only its decoder trains: the encoder, and so every
     code a world model has learned, stays as it was."""
@@ -117,7 +126,9 @@ def train_tokenizer(frames: np.ndarray, config, minutes: float, steps: int, seed
         for group in optimizer.param_groups:
             group["lr"] = budgeted_lr(step, steps, lr, 100, started, minutes)
         x = uint8_to_float(frames[rng.integers(0, len(frames), batch)])
-        loss = F.mse_loss(model(x), x)
+        with autocast(bf16):
+            reconstruction = model(x)
+        loss = F.mse_loss(reconstruction.float(), x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -162,7 +173,8 @@ def make_batch(episodes, frames: int, batch: int, rng: np.random.Generator):
 
 
 def train_world_model(config, episodes, minutes: float, steps: int, seed: int, log: dict,
-                      batch: int = 8, lr: float = 1.5e-3, holdout=None, model=None):
+                      batch: int = 8, lr: float = 1.5e-3, holdout=None, model=None,
+                      bf16: bool = False):
     """AdamW + cosine LR on random windows; ``holdout`` episodes give a validation loss.
     ``model`` continues an earlier run; otherwise training starts from a fresh one."""
     from mineworld.model import Transformer
@@ -183,8 +195,9 @@ def train_world_model(config, episodes, minutes: float, steps: int, seed: int, l
         for group in optimizer.param_groups:
             group["lr"] = budgeted_lr(step, steps, lr, 50, started, minutes)
         tokens, targets = make_batch(episodes, frames, batch, rng)
-        logits = model(tokens)
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        with autocast(bf16):
+            logits = model(tokens)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -267,7 +280,7 @@ def eval_cases(count: int, offset: int = 0):
     return cases
 
 
-def evaluate(model, tokenizer, cases: int = 8, speed_frames: int = 12, strip_path=None,
+def evaluate(model, tokenizer, cases: int = 16, speed_frames: int = 40, strip_path=None,
              long_frames: int = 64, schedule: str = "diagonal") -> dict:
     """The model card's numbers, against frames rendered by the world (held-out seeds).
 
@@ -275,7 +288,7 @@ def evaluate(model, tokenizer, cases: int = 8, speed_frames: int = 12, strip_pat
     decoding of every rollout takes several times longer on a CPU."""
     from mineworld.actions import ActionCodec
 
-    results = {"rollout_schedule": schedule}
+    results = {"rollout_schedule": schedule, "cases": cases}
     data = eval_cases(cases)
     truth_all = np.concatenate([f for *_, f in data])
     recon = tokenizer.decode(tokenizer.encode(truth_all))
@@ -373,8 +386,10 @@ def evaluate(model, tokenizer, cases: int = 8, speed_frames: int = 12, strip_pat
     for schedule in ("naive", "diagonal"):
         _, stats = rollout(model, tokenizer, frames[:CONTEXT], actions[:CONTEXT - 1],
                            actions[CONTEXT - 1:][:1] * speed_frames, schedule)
-        ms = float(np.mean([s["ms_per_frame"] for s in stats[1:]]))
-        results[f"fps_{schedule}"] = 1000 / ms
+        ms = [s["ms_per_frame"] for s in stats[1:]]
+        results[f"fps_{schedule}"] = 1000 / float(np.mean(ms))
+        results[f"fps_{schedule}_median_frame"] = 1000 / float(np.median(ms))
+    results["threads"] = torch.get_num_threads()
     ids = tokenizer.encode(frames[:1])
     tokenizer.decode(ids)
     started = time.perf_counter()
@@ -486,12 +501,14 @@ Reproduce with `python -m mineworld.train`; re-measure with
 ## Training
 - data: {log.get("train_frames", "?")} frames of scripted play in {log.get("train_episodes", "?")}
   worlds, rendered in {log.get("data_minutes", float("nan")):.0f} minutes (the renderer alone:
-  {r["render_ms_per_frame"]:.1f} ms per {size} frame on one core).
+  {r["render_ms_per_frame"]:.1f} ms per {size} frame, {SUPERSAMPLE}x{SUPERSAMPLE} rays a pixel,
+  on one core).
 - {log.get("tokenizer_steps", "?")} tokenizer steps, batch 32, on
   {log.get("tokenizer_frames", log.get("train_frames", "?"))} of those frames{decoder};
   {log.get("world_model_steps", "?")} world-model steps of 4 windows{resumed} at
-  {log.get("world_model_tokens_per_s", 0):.0f} tokens/s (fp32, one thread of a
-  shared 2-core CPU; the losses are in `training_log.json`).
+  {log.get("world_model_tokens_per_s", 0):.0f} tokens/s ({log.get("precision", "fp32")}, \
+{log.get("threads", 1)} thread(s) of a
+  2-core CPU; the losses are in `training_log.json`).
 
 ## Evaluation
 The goals were: tokenizer >= 27 dB; rollouts >= 2 dB above both the copy-last-frame and the
@@ -510,10 +527,12 @@ decoding. This model {verdict}.
 | copy-last-frame baseline (its tokens, decoded) | {r["copy_last_frame_tokens_psnr_db"]:.2f} dB |
 | action following (closest to its own script) | {r["action_following"]:.0%} ({probes}) |
 | single-colour frames in a {r["long_rollout_frames"]}-frame rollout | {r["single_colour_frames"]} |
-| decoding speed, naive / diagonal, 1 thread | {r["fps_naive"]:.1f} / {r["fps_diagonal"]:.1f} fps |
+| decoding speed, naive / diagonal, {r["threads"]} thread(s) | {r["fps_naive"]:.1f} / \
+{r["fps_diagonal"]:.1f} fps (median frame {r["fps_naive_median_frame"]:.1f} / \
+{r["fps_diagonal_median_frame"]:.1f}) |
 | tokenizer decode, one frame | {r["tokenizer_decode_ms"]:.1f} ms |
 
-PSNRs are of the mean squared error over all frames compared (8 held-out worlds for the
+PSNRs are of the mean squared error over all frames compared ({r["cases"]} held-out worlds for the
 rollouts). Rollouts start from {CONTEXT} real frames; action following runs five scripts
 (turn left/right, look up/down by {SCRIPT_STEP} degrees a frame, walk forward) from each
 context and counts a hit when a script's rollout is closest to its own true frames.
@@ -549,6 +568,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=1.5e-3, help="world model's peak LR")
     parser.add_argument("--schedule", choices=("naive", "diagonal"), default="diagonal",
                         help="how evaluation rollouts decode")
+    parser.add_argument("--bf16", action="store_true",
+                        help="train the tokenizer and world model in bf16 autocast (fast on "
+                        "CPUs with AMX or AVX512-BF16, slow on others)")
+    parser.add_argument("--tokenizer-threads", type=int, default=1,
+                        help="torch threads while the tokenizer trains: its small convolutions "
+                        "ran 1.5x faster on one thread than on two here")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; on a shared 2-core machine 1 was faster than 2")
     args = parser.parse_args(argv)
@@ -558,7 +583,7 @@ def main(argv: list[str] | None = None) -> None:
         cache = out / "data"
     else:
         out = args.out or ROOT / "assets"
-        cache = ROOT / "data" / "episodes_64x48"
+        cache = ROOT / "data" / f"episodes_{FRAME_SIZE[0]}x{FRAME_SIZE[1]}_ss{SUPERSAMPLE}"
     log: dict = {"seed": args.seed}
     if args.evaluate_only:
         evaluate_and_write(out, log, args.smoke, args.schedule)
@@ -593,15 +618,18 @@ def main(argv: list[str] | None = None) -> None:
         log.update(tokenizer_frames=len(frames))
         tok_config = TokenizerConfig(channels=8, levels=(4, 4)) if args.smoke else (
             TokenizerConfig(channels=64))
+        torch.set_num_threads(args.tokenizer_threads)
         tokenizer = train_tokenizer(frames, tok_config, args.minutes[1], tokenizer_steps,
-                                    args.seed, log)
+                                    args.seed, log, bf16=args.bf16)
         tokenizer.save(model_dir)
     elif args.minutes[1] > 0:  # the decoder alone: the codes the world model knows stay
+        torch.set_num_threads(args.tokenizer_threads)
         tokenizer = train_tokenizer(load_frames(stems), tokenizer.config, args.minutes[1],
                                     tokenizer_steps, seed, log, model=tokenizer.model,
-                                    lr=args.decoder_lr)
+                                    lr=args.decoder_lr, bf16=args.bf16)
         tokenizer.save(model_dir)
 
+    torch.set_num_threads(args.threads)
     codec = ActionCodec(offset=tokenizer.codebook_size)
     tokens = tokenize_episodes(tokenizer, stems, codec)
     config = model.config if model else model_config(tokenizer.codebook_size, tokenizer.grid,
@@ -609,13 +637,14 @@ def main(argv: list[str] | None = None) -> None:
     holdout = None if args.smoke else tokenize_episodes(
         tokenizer, generate_data([HELD_OUT_SEED_BASE + 300], length, cache, 5), codec)
     steps_before = log.get("world_model_steps", 0)
+    log.update(precision="bf16 autocast" if args.bf16 else "fp32", threads=args.threads)
     if args.resume and args.minutes[2] <= 0:
         evaluate_and_write(out, log, args.smoke, args.schedule)
         return
     model = train_world_model(config, tokens, args.minutes[2],
                               3 if args.smoke else args.model_steps, args.seed, log,
                               batch=2 if args.smoke else 4, lr=args.lr, holdout=holdout,
-                              model=model)
+                              model=model, bf16=args.bf16)
     if args.resume:
         log.setdefault("resumed", []).append(
             {"steps": log["world_model_steps"] - steps_before, "peak_lr": args.lr})
@@ -634,8 +663,8 @@ def evaluate_and_write(out: Path, log: dict, smoke: bool, schedule: str = "diago
     log_path = out / "training_log.json"
     if log_path.exists() and "train_frames" not in log:  # --evaluate-only keeps training facts
         log = {**json.loads(log_path.read_text()), **log}
-    results = evaluate(model, tokenizer, cases=1 if smoke else 8,
-                       speed_frames=2 if smoke else 12, strip_path=out / "strip.png",
+    results = evaluate(model, tokenizer, cases=1 if smoke else 16,
+                       speed_frames=2 if smoke else 40, strip_path=out / "strip.png",
                        long_frames=4 if smoke else 64, schedule=schedule)
     scene, _ = demo_scene(out / "scene" / "scene")
     scene = scene[:16]  # what tests/test_embedded.py re-measures

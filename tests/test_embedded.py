@@ -27,7 +27,8 @@ def test_smoke_run_gives_a_loadable_model(tmp_path):
     # the codes, stay.
     before = model.state_dict()
     tokenizer_before = tokenizer.model.state_dict()
-    main(["--smoke", "--resume", "--out", str(tmp_path), "--lr", "1e-2", "--decoder-lr", "1e-2"])
+    main(["--smoke", "--resume", "--out", str(tmp_path), "--lr", "1e-2", "--decoder-lr", "1e-2",
+          "--bf16"])
     resumed, resumed_tokenizer = load_embedded(model_dir=tmp_path / "model")
     assert any(not torch.equal(before[k], v) for k, v in resumed.state_dict().items())
     after = resumed_tokenizer.model.state_dict()
@@ -38,6 +39,7 @@ def test_smoke_run_gives_a_loadable_model(tmp_path):
     log = json.loads((tmp_path / "training_log.json").read_text())
     assert log["world_model_steps"] == 6 and log["resumed"] == [{"steps": 3, "peak_lr": 0.01}]
     assert log["tokenizer_steps"] == 3 and log["decoder_steps"] == 3
+    assert log["precision"] == "bf16 autocast"
     assert "6 world-model steps of 4 windows (resumed runs: 3 at peak LR 0.01)" in (
         tmp_path / "MODEL_CARD.md").read_text()
 

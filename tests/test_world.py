@@ -242,10 +242,19 @@ def test_the_world_wraps_around_without_a_seam():
 def test_render_sizes_and_supersampling():
     world = generate_world(2)
     eye = Player.spawn(world).eye
-    plain = render(world, eye, 30, 10, (64, 48))
-    smooth = render(world, eye, 30, 10, (64, 48), supersample=2)
+    plain = render(world, eye, 30, 10, (64, 48), supersample=1)
+    smooth = render(world, eye, 30, 10, (64, 48))  # the default: 2 x 2 rays a pixel
     assert plain.shape == smooth.shape == (48, 64, 3) and smooth.dtype == np.uint8
     assert 0 < np.abs(plain.astype(int) - smooth.astype(int)).mean() < 20
+    # Anti-aliasing smooths: neighbouring pixels differ less than in the one-ray image.
+    def roughness(image):
+        return np.abs(np.diff(image.astype(int), axis=1)).mean()
+
+    assert roughness(smooth) < roughness(plain)
+    # Each pixel is the mean of its 2 x 2 rays: the one-ray image at twice the size, averaged.
+    double = render(world, eye, 30, 10, (128, 96), supersample=1).astype(float)
+    pooled = double.reshape(48, 2, 64, 2, 3).mean(axis=(1, 3))
+    assert np.abs(pooled - smooth).max() <= 1
     assert render(world, eye, 30, 10, (96, 64)).shape == (64, 96, 3)
     sky = render(world, eye, 0, -90, (16, 12))  # straight up: sky (or cloud) colours
     assert sky[..., 2].min() > 200

@@ -21,7 +21,7 @@ import av
 import numpy as np
 
 from mineworld.world.player import FPS, Player
-from mineworld.world.render import render
+from mineworld.world.render import SUPERSAMPLE, render
 from mineworld.world.terrain import generate_world
 
 DEGREES_PER_MOUSE_UNIT = 360 / 2400
@@ -51,7 +51,7 @@ class Game:
         self,
         seed: int,
         size: tuple[int, int] = (64, 48),
-        supersample: int = 1,
+        supersample: int = SUPERSAMPLE,
         start: dict | None = None,
     ):
         self.seed = seed
@@ -75,7 +75,7 @@ def replay(
     seed: int,
     actions: list[dict],
     size: tuple[int, int] = (64, 48),
-    supersample: int = 1,
+    supersample: int = SUPERSAMPLE,
     start: dict | None = None,
 ) -> np.ndarray:
     """The true frames for an action sequence, uint8 [T, height, width, 3]; no files written.
@@ -143,7 +143,7 @@ def record_episode(
     actions: list[dict],
     path_stem: str | Path,
     size: tuple[int, int] = (64, 48),
-    supersample: int = 1,
+    supersample: int = SUPERSAMPLE,
     start: dict | None = None,
 ) -> np.ndarray:
     """Play actions and write path_stem.mp4, .jsonl and .json (see module doc); returns frames."""

@@ -152,9 +152,9 @@ class ScriptedPolicy:
             self.look(player, target=self.rng.uniform(-10, 10))
             return
         behaviours = {
-            self.walk: 0.42,
-            self.turn: 0.20,
-            self.look: 0.16,
+            self.walk: 0.34,
+            self.turn: 0.18,
+            self.look: 0.26,
             self.revisit: 0.08,
             self.strafe: 0.10,
             self.stand: 0.06,
@@ -206,7 +206,7 @@ class ScriptedPolicy:
         if target is None:
             target = float(np.clip(self.rng.normal(0.0, 25.0), -MAX_PITCH, MAX_PITCH))
         peak = float(self.rng.choice(CAMERA_STEPS[:3]))
-        walking = int(self.rng.random() < 0.5)
+        walking = int(self.rng.random() < 0.3)
         if abs(target - player.pitch) < 2:
             return
         for pitch in eased_sweep(target - player.pitch, peak):

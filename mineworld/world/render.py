@@ -23,6 +23,9 @@ FOV_Y_DEGREES = 70.0
 MAX_DISTANCE = 40.0  # blocks; fog reaches the sky colour here
 FOG_START = 0.6 * MAX_DISTANCE
 TEXELS = 8  # texture resolution per block face, like a (coarser) Minecraft texture
+# Rays per pixel along each axis, averaged: anti-aliasing, as Minecraft's mipmaps, so distant
+# texels blend instead of shimmering as pixel-level noise that no 96-token frame code can hold.
+SUPERSAMPLE = 2
 CLOUD_HEIGHT = 72.0
 
 SKY_ZENITH = np.array([110.0, 155.0, 245.0])
@@ -240,7 +243,7 @@ def render(
     yaw: float,
     pitch: float,
     size: tuple[int, int] = (64, 48),
-    supersample: int = 1,
+    supersample: int = SUPERSAMPLE,
 ) -> np.ndarray:
     """The view from eye (yaw, pitch in degrees) as a uint8 [height, width, 3] RGB image.
 
