@@ -102,7 +102,7 @@ def autocast(bf16: bool):
 
 
 def train_tokenizer(frames: np.ndarray, config, minutes: float, steps: int, seed: int,
-                    log: dict, batch: int = 32, model=None, lr: float = 2e-3,
+                    log: dict, batch: int = 32, model=None, lr: float = 1e-3,
                     bf16: bool = False):
     """Fit the FSQ autoencoder with MSE on random frames, stopping at ``steps`` or the budget.
     Given ``model`` (a trained autoencoder), only its decoder trains: the encoder, and so every
@@ -131,6 +131,9 @@ def train_tokenizer(frames: np.ndarray, config, minutes: float, steps: int, seed
         loss = F.mse_loss(reconstruction.float(), x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        # Clipped, at a peak LR of 1e-3: at 2e-3 unclipped a 30-minute run blew up after 4k
+        # steps and never came back (its FSQ bounds saturated, 11 dB).
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
         losses.append(loss.item())
         if step % 50 == 0:
