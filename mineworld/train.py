@@ -96,7 +96,7 @@ def budgeted_lr(step: int, total: int, peak: float, warmup: int, started: float,
 
 
 def autocast(bf16: bool):
-    """bf16 autocast on the CPU: about twice as fast where the CPU has AMX or AVX512-BF16 (the
+    """bf16 autocast on the CPU: 1.5-2x as fast as fp32 where the CPU has AMX or AVX512-BF16 (the
     shipped model was trained so), ten times slower where it has neither."""
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
 
@@ -578,7 +578,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="torch threads while the tokenizer trains: its small convolutions "
                         "ran 1.5x faster on one thread than on two here")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads; on a shared 2-core machine 1 was faster than 2")
+                        help="torch threads for the world model and the evaluation (the shipped "
+                        "model: 2, on an idle 2-core machine; 1 when it is shared)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.smoke:
