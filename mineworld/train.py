@@ -617,23 +617,25 @@ def main(argv: list[str] | None = None) -> None:
         log.update(train_frames=len(stems) * length, train_episodes=len(stems),
                    data_minutes=minutes)
     tokenizer_steps = 3 if args.smoke else args.tokenizer_steps
+    torch.set_num_threads(args.tokenizer_threads)
     if not args.resume:
         frames = load_frames(stems)
         log.update(tokenizer_frames=len(frames))
         tok_config = TokenizerConfig(channels=8, levels=(4, 4)) if args.smoke else (
             TokenizerConfig(channels=64))
-        torch.set_num_threads(args.tokenizer_threads)
         tokenizer = train_tokenizer(frames, tok_config, args.minutes[1], tokenizer_steps,
                                     args.seed, log, bf16=args.bf16)
         tokenizer.save(model_dir)
     elif args.minutes[1] > 0:  # the decoder alone: the codes the world model knows stay
-        torch.set_num_threads(args.tokenizer_threads)
         tokenizer = train_tokenizer(load_frames(stems), tokenizer.config, args.minutes[1],
                                     tokenizer_steps, seed, log, model=tokenizer.model,
                                     lr=args.decoder_lr, bf16=args.bf16)
         tokenizer.save(model_dir)
 
     torch.set_num_threads(args.threads)
+    if args.resume and args.minutes[2] <= 0:  # no world-model stage: nothing to tokenize
+        evaluate_and_write(out, log, args.smoke, args.schedule)
+        return
     codec = ActionCodec(offset=tokenizer.codebook_size)
     tokens = tokenize_episodes(tokenizer, stems, codec)
     config = model.config if model else model_config(tokenizer.codebook_size, tokenizer.grid,
@@ -642,9 +644,6 @@ def main(argv: list[str] | None = None) -> None:
         tokenizer, generate_data([HELD_OUT_SEED_BASE + 300], length, cache, 5), codec)
     steps_before = log.get("world_model_steps", 0)
     log.update(precision="bf16 autocast" if args.bf16 else "fp32", threads=args.threads)
-    if args.resume and args.minutes[2] <= 0:
-        evaluate_and_write(out, log, args.smoke, args.schedule)
-        return
     model = train_world_model(config, tokens, args.minutes[2],
                               3 if args.smoke else args.model_steps, args.seed, log,
                               batch=2 if args.smoke else 4, lr=args.lr, holdout=holdout,
