@@ -49,31 +49,35 @@ TRAIN_SEED_BASE = 10_000  # training worlds are TRAIN_SEED_BASE + seed * 1000 + 
 HELD_OUT_SEED_BASE = 900_000  # evaluation, validation clips and the scene: never trained on
 
 
-def render_episode(job: tuple[int, int, str]) -> str:
-    """Play and render one episode into the cache folder; returns its file stem."""
+def render_episode(job: tuple[int, int, str]) -> tuple[str, bool]:
+    """Play and render one episode into the cache folder; returns its file stem and whether
+    this call rendered it (False: it was in the cache)."""
     seed, frames, folder = job
     stem = Path(folder) / f"ep_{seed}"
-    if not stem.with_suffix(".npy").exists():
-        actions = scripted_actions(seed, frames)
-        np.save(f"{stem}.tmp.npy", replay(seed, actions, FRAME_SIZE))
-        stem.with_suffix(".json").write_text(json.dumps(actions))
-        os.replace(f"{stem}.tmp.npy", stem.with_suffix(".npy"))  # complete files only
-    return str(stem)
+    if stem.with_suffix(".npy").exists():
+        return str(stem), False
+    actions = scripted_actions(seed, frames)
+    np.save(f"{stem}.tmp.npy", replay(seed, actions, FRAME_SIZE))
+    stem.with_suffix(".json").write_text(json.dumps(actions))
+    os.replace(f"{stem}.tmp.npy", stem.with_suffix(".npy"))  # complete files only
+    return str(stem), True
 
 
 def generate_data(seeds: list[int], frames: int, folder: Path, minutes: float,
-                  processes: int = 2) -> list[str]:
-    """Render episodes for ``seeds`` (cached) until done or ``minutes`` run out; their stems."""
+                  processes: int = 2) -> tuple[list[str], int]:
+    """Render episodes for ``seeds`` (cached) until done or ``minutes`` run out: their stems,
+    and how many of them this call rendered (the others were in the cache)."""
     folder.mkdir(parents=True, exist_ok=True)
     jobs = [(s, frames, str(folder)) for s in seeds]
-    stems, deadline = [], time.time() + 60 * minutes
+    stems, rendered, deadline = [], 0, time.time() + 60 * minutes
     with multiprocessing.get_context("fork").Pool(processes) as pool:
-        for stem in tqdm(pool.imap(render_episode, jobs), total=len(jobs), desc="data"):
+        for stem, new in tqdm(pool.imap(render_episode, jobs), total=len(jobs), desc="data"):
             stems.append(stem)
+            rendered += new
             if time.time() > deadline:
                 pool.terminate()
                 break
-    return stems
+    return stems, rendered
 
 
 def load_frames(stems: list[str]) -> np.ndarray:
@@ -349,8 +353,7 @@ def evaluate(model, tokenizer, cases: int = 16, speed_frames: int = 40, strip_pa
                                                 interpolation=cv2.INTER_NEAREST))
 
     # Action following: the same context under five scripts, each truth rendered by the world.
-    hits, trials = 0, 0
-    per_probe = {p: 0 for p in PROBES}
+    closest = {p: {q: 0 for q in PROBES} for p in PROBES}  # script -> whose truth it resembled
     for seed, all_actions, actions, frames in tqdm(data, desc="action probes"):
         context, ctx_actions = frames[:CONTEXT], actions[:CONTEXT - 1]
         lead = all_actions[:WARMUP + CONTEXT - 1]  # up to the last context frame
@@ -360,14 +363,13 @@ def evaluate(model, tokenizer, cases: int = 16, speed_frames: int = 40, strip_pa
             # One more action, so the last frame shows the last scripted action's effect.
             truths.append(replay(seed, lead + script * 2, FRAME_SIZE)[len(lead) + 1:][:ROLLOUT])
             preds.append(rollout(model, tokenizer, context, ctx_actions, script, schedule)[0])
-        for i, probe in enumerate(PROBES):
-            errors = [np.mean((preds[i].astype(float) - t.astype(float)) ** 2) for t in truths]
-            hit = int(np.argmin(errors) == i)
-            hits += hit
-            per_probe[probe] += hit
-            trials += 1
-    results["action_following"] = hits / trials
-    results["action_following_per_probe"] = {p: n / len(data) for p, n in per_probe.items()}
+        for probe, pred in zip(PROBES, preds, strict=True):
+            errors = [np.mean((pred.astype(float) - t.astype(float)) ** 2) for t in truths]
+            closest[probe][PROBES[int(np.argmin(errors))]] += 1
+    per_probe = {p: closest[p][p] / len(data) for p in PROBES}
+    results["action_following"] = float(np.mean(list(per_probe.values())))
+    results["action_following_per_probe"] = per_probe
+    results["action_following_closest"] = closest
 
     # No collapse: long rollouts under held-out play, no frame of a single colour.
     seed = HELD_OUT_SEED_BASE + 100
@@ -478,7 +480,12 @@ def model_card(results: dict, log: dict, config, tokenizer) -> str:
     decoder = (f" and {log['decoder_steps']} more of its decoder alone on all of them, encoder "
                "frozen" if log.get("decoder_steps") else "")
     runs = [f"{run['steps']} at peak LR {run['peak_lr']:g}" for run in log.get("resumed", [])]
+    cached = log.get("cached_episodes", 0)
+    cache_note = (f"; {cached} of the worlds were read from an earlier run's cache and their "
+                  "rendering is not in that time" if cached else "")
     resumed = f" (resumed runs: {'; '.join(runs)})" if runs else ""
+    confusion = "\n".join(f"| {p} | " + " | ".join(str(n) for n in row.values()) + " |"
+                          for p, row in r["action_following_closest"].items())
     verdict = "meets them" if meets_goals(r) else (
         "does not meet them all (see the table): treat it as a\nworking placeholder, "
         "not a faithful world model")
@@ -505,7 +512,7 @@ Reproduce with `python -m mineworld.train`; re-measure with
 - data: {log.get("train_frames", "?")} frames of scripted play in {log.get("train_episodes", "?")}
   worlds, rendered in {log.get("data_minutes", float("nan")):.0f} minutes (the renderer alone:
   {r["render_ms_per_frame"]:.1f} ms per {size} frame, {SUPERSAMPLE}x{SUPERSAMPLE} rays a pixel,
-  on one core).
+  on one core){cache_note}.
 - {log.get("tokenizer_steps", "?")} tokenizer steps, batch 32, on
   {log.get("tokenizer_frames", log.get("train_frames", "?"))} of those frames{decoder};
   {log.get("world_model_steps", "?")} world-model steps of 4 windows{resumed} at
@@ -538,7 +545,13 @@ decoding. This model {verdict}.
 PSNRs are of the mean squared error over all frames compared ({r["cases"]} held-out worlds for the
 rollouts). Rollouts start from {CONTEXT} real frames; action following runs five scripts
 (turn left/right, look up/down by {SCRIPT_STEP} degrees a frame, walk forward) from each
-context and counts a hit when a script's rollout is closest to its own true frames.
+context and counts a hit when a script's rollout is closest to its own true frames. Which
+script's true frames each script's rollouts were closest to, in {r["cases"]} worlds:
+
+| rollout under \\ closest to | {" | ".join(PROBES)} |
+|---|{"---|" * len(PROBES)}
+{confusion}
+
 Decoding speed: from the mean time of a frame after a {CONTEXT}-frame context (the first aside),
 re-prefills included.
 `strip.png`: rows alternate truth / prediction for three held-out rollouts.
@@ -611,11 +624,14 @@ def main(argv: list[str] | None = None) -> None:
     length = 24 if args.smoke else EPISODE_FRAMES
     seeds = [TRAIN_SEED_BASE + seed * 1000 + i for i in range(episodes)]
     started = time.time()
-    stems = generate_data(seeds, length, cache, args.minutes[0])
-    if len(stems) > log.get("train_episodes", 0):  # a resumed run's minutes add to the first's
+    stems, rendered = generate_data(seeds, length, cache, args.minutes[0])
+    known = log.get("train_episodes", 0)  # a resumed run's worlds, rendered before
+    if len(stems) > known:  # a resumed run's minutes add to the first's
         minutes = log.get("data_minutes", 0) + (time.time() - started) / 60
+        # Worlds another run left in the cache cost this run nothing: the card says so.
+        cached = log.get("cached_episodes", 0) + len(stems) - known - rendered
         log.update(train_frames=len(stems) * length, train_episodes=len(stems),
-                   data_minutes=minutes)
+                   data_minutes=minutes, cached_episodes=cached)
     tokenizer_steps = 3 if args.smoke else args.tokenizer_steps
     torch.set_num_threads(args.tokenizer_threads)
     if not args.resume:
@@ -641,7 +657,7 @@ def main(argv: list[str] | None = None) -> None:
     config = model.config if model else model_config(tokenizer.codebook_size, tokenizer.grid,
                                                       args.smoke)
     holdout = None if args.smoke else tokenize_episodes(
-        tokenizer, generate_data([HELD_OUT_SEED_BASE + 300], length, cache, 5), codec)
+        tokenizer, generate_data([HELD_OUT_SEED_BASE + 300], length, cache, 5)[0], codec)
     steps_before = log.get("world_model_steps", 0)
     log.update(precision="bf16 autocast" if args.bf16 else "fp32", threads=args.threads)
     model = train_world_model(config, tokens, args.minutes[2],

@@ -10,18 +10,22 @@ import torch
 from mineworld.embedded import MODEL_DIR, demo_scene, load_embedded, validation_clips
 from mineworld.session import Session
 from mineworld.tokenizers.embedded import EmbeddedTokenizer, TokenizerConfig
-from mineworld.train import main, psnr
+from mineworld.train import TRAIN_SEED_BASE, generate_data, main, psnr
 
 SHIPPED = (MODEL_DIR / "model.safetensors").is_file()
 
 
 def test_smoke_run_gives_a_loadable_model(tmp_path):
+    generate_data([TRAIN_SEED_BASE], 24, tmp_path / "data", minutes=5)  # one world cached
     main(["--smoke", "--out", str(tmp_path)])
     model, tokenizer = load_embedded(model_dir=tmp_path / "model")
     assert (tokenizer.grid, tokenizer.codebook_size) == (
         (model.config.image_rows, model.config.image_cols), model.config.codebook_size)
     assert (tmp_path / "MODEL_CARD.md").is_file() and (tmp_path / "strip.png").is_file()
     assert validation_clips(tmp_path / "validation")
+    assert json.loads((tmp_path / "training_log.json").read_text())["cached_episodes"] == 1
+    assert "1 of the worlds were read from an earlier run's cache" in (
+        tmp_path / "MODEL_CARD.md").read_text()
 
     # --resume trains the same model and the tokenizer's decoder further; the encoder, and so
     # the codes, stay.
@@ -40,8 +44,19 @@ def test_smoke_run_gives_a_loadable_model(tmp_path):
     assert log["world_model_steps"] == 6 and log["resumed"] == [{"steps": 3, "peak_lr": 0.01}]
     assert log["tokenizer_steps"] == 3 and log["decoder_steps"] == 3
     assert log["precision"] == "bf16 autocast"
+    # Action following: every script's rollout is closest to exactly one truth (1 world here).
+    closest, following = (log["evaluation"][k] for k in (
+        "action_following_closest", "action_following_per_probe"))
+    assert all(sum(row.values()) == 1 for row in closest.values())
+    assert following == {probe: row[probe] for probe, row in closest.items()}
     assert "6 world-model steps of 4 windows (resumed runs: 3 at peak LR 0.01)" in (
         tmp_path / "MODEL_CARD.md").read_text()
+
+
+def test_data_generation_tells_rendered_worlds_from_cached_ones(tmp_path):
+    stems, rendered = generate_data([1, 2], 2, tmp_path, minutes=5)
+    assert rendered == 2 and [np.load(f"{s}.npy").shape[0] for s in stems] == [2, 2]
+    assert generate_data([1, 2, 3], 2, tmp_path, minutes=5)[1] == 1  # only world 3 is new
 
 
 def test_tokenizer_round_trips_shapes(tmp_path):
