@@ -49,13 +49,16 @@ TRAIN_SEED_BASE = 10_000  # training worlds are TRAIN_SEED_BASE + seed * 1000 + 
 HELD_OUT_SEED_BASE = 900_000  # evaluation, validation clips and the scene: never trained on
 
 
-def render_episode(job: tuple[int, int, str]) -> tuple[str, bool]:
-    """Play and render one episode into the cache folder; returns its file stem and whether
-    this call rendered it (False: it was in the cache)."""
-    seed, frames, folder = job
+def render_episode(job: tuple[int, int, str, float]) -> tuple[str | None, bool]:
+    """Play and render one episode into the cache folder unless it is there already or the
+    ``deadline`` (a ``time.time()``) has passed: its file stem (None: out of time) and whether
+    this call rendered it."""
+    seed, frames, folder, deadline = job
     stem = Path(folder) / f"ep_{seed}"
     if stem.with_suffix(".npy").exists():
         return str(stem), False
+    if time.time() > deadline:
+        return None, False
     actions = scripted_actions(seed, frames)
     np.save(f"{stem}.tmp.npy", replay(seed, actions, FRAME_SIZE))
     stem.with_suffix(".json").write_text(json.dumps(actions))
@@ -65,18 +68,20 @@ def render_episode(job: tuple[int, int, str]) -> tuple[str, bool]:
 
 def generate_data(seeds: list[int], frames: int, folder: Path, minutes: float,
                   processes: int = 2) -> tuple[list[str], int]:
-    """Render episodes for ``seeds`` (cached) until done or ``minutes`` run out: their stems,
-    and how many of them this call rendered (the others were in the cache)."""
+    """Episodes for ``seeds``, in order, up to the first that is neither cached nor rendered
+    before ``minutes`` run out (only rendering spends them: 0 reads the cache alone): their
+    stems, and how many of them this call rendered."""
     folder.mkdir(parents=True, exist_ok=True)
-    jobs = [(s, frames, str(folder)) for s in seeds]
-    stems, rendered, deadline = [], 0, time.time() + 60 * minutes
+    deadline = time.time() + 60 * minutes
+    jobs = [(s, frames, str(folder), deadline) for s in seeds]
+    stems, rendered = [], 0
     with multiprocessing.get_context("fork").Pool(processes) as pool:
         for stem, new in tqdm(pool.imap(render_episode, jobs), total=len(jobs), desc="data"):
-            stems.append(stem)
-            rendered += new
-            if time.time() > deadline:
+            if stem is None:
                 pool.terminate()
                 break
+            stems.append(stem)
+            rendered += new
     return stems, rendered
 
 

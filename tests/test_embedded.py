@@ -57,6 +57,9 @@ def test_data_generation_tells_rendered_worlds_from_cached_ones(tmp_path):
     stems, rendered = generate_data([1, 2], 2, tmp_path, minutes=5)
     assert rendered == 2 and [np.load(f"{s}.npy").shape[0] for s in stems] == [2, 2]
     assert generate_data([1, 2, 3], 2, tmp_path, minutes=5)[1] == 1  # only world 3 is new
+    # A spent budget stops rendering, not reading: every cached world, then nothing new.
+    stems, rendered = generate_data([1, 2, 3, 4], 2, tmp_path, minutes=0)
+    assert (len(stems), rendered) == (3, 0) and not (tmp_path / "ep_4.npy").exists()
 
 
 def test_tokenizer_round_trips_shapes(tmp_path):
