@@ -587,7 +587,7 @@ def main(argv: list[str] | None = None) -> None:
                         "training_log.json names: its tokenizer's decoder (TOKENIZER minutes, "
                         "--tokenizer-steps, --decoder-lr; the encoder and so the codes stay), "
                         "then the world model (MODEL minutes, --model-steps, --lr); 0 minutes "
-                        "skips a stage")
+                        "skips a stage (DATA 0: no new worlds, the cached ones are read)")
     parser.add_argument("--decoder-lr", type=float, default=5e-4,
                         help="peak LR of the decoder when resuming")
     parser.add_argument("--lr", type=float, default=1.5e-3, help="world model's peak LR")
