@@ -49,10 +49,6 @@ TOLERANCE = 1e-3
 GOAL = 1.15
 
 
-
-
-
-
 # -- the yardstick: a bare static-cache decoder ---------------------------------------------
 
 

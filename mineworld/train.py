@@ -10,7 +10,8 @@ Stages (each has a wall-clock budget, --minutes):
    tokenizer's frame size by two processes and cached under data/ (git-ignored), so re-runs and
    later stages reuse it. Validation clips come from seeds that training never uses.
 2. tokenizer: an FSQ autoencoder (mineworld.tokenizers.embedded) fitted on random frames;
-   --resume trains its decoder alone further (the encoder, and so every code, stays).
+   --resume trains its decoder alone further (the encoder, and so every code, stays), with
+   --refine first giving it a full-size refinement stage.
 3. world model: frames are tokenized once; the Transformer learns interleaved
    ``frame action frame action ...`` sequences (ActionCodec(offset=codebook), the published
    11-token layout) with the loss on image tokens only, AdamW, cosine LR; fp32, or bf16
@@ -23,6 +24,7 @@ Stages (each has a wall-clock budget, --minutes):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -122,10 +124,14 @@ def train_tokenizer(frames: np.ndarray, config, minutes: float, steps: int, seed
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     if model is None:
-        model, key = FSQAutoencoder(config).train(), "tokenizer"
+        model, key, codes = FSQAutoencoder(config).train(), "tokenizer", None
     else:
         model, key = model.train(), "decoder"
         model.encoder.eval().requires_grad_(False)
+        # The frozen encoder's codes, once: its share of every step goes to the decoder.
+        with torch.no_grad():
+            codes = torch.cat([model.fsq.quantize(model.encoder(uint8_to_float(chunk)))
+                               for chunk in np.array_split(frames, len(frames) // 512 + 1)])
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=1e-4)
     started, losses = time.time(), []
@@ -134,9 +140,10 @@ def train_tokenizer(frames: np.ndarray, config, minutes: float, steps: int, seed
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = budgeted_lr(step, steps, lr, 100, started, minutes)
-        x = uint8_to_float(frames[rng.integers(0, len(frames), batch)])
+        picked = rng.integers(0, len(frames), batch)
+        x = uint8_to_float(frames[picked])
         with autocast(bf16):
-            reconstruction = model(x)
+            reconstruction = model(x) if codes is None else model.decoder(codes[picked])
         loss = F.mse_loss(reconstruction.float(), x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -488,6 +495,9 @@ def model_card(results: dict, log: dict, config, tokenizer) -> str:
     probes = ", ".join(f"{k} {v:.0%}" for k, v in r["action_following_per_probe"].items())
     decoder = (f" and {log['decoder_steps']} more of its decoder alone on all of them, encoder "
                "frozen" if log.get("decoder_steps") else "")
+    refine = tokenizer.config.refine_channels
+    refinement = (f", then a full-size refinement ({refine} wide, "
+                  f"{tokenizer.config.refine_blocks} residual blocks)" if refine else "")
     runs = [f"{run['steps']} at peak LR {run['peak_lr']:g}" for run in log.get("resumed", [])]
     cached = log.get("cached_episodes", 0)
     cache_note = (f"; {cached} of the worlds were read from an earlier run's cache and their "
@@ -514,7 +524,7 @@ Reproduce with `python -m mineworld.train`; re-measure with
 - `model/tokenizer.safetensors`, `model/tokenizer.json`: FSQ autoencoder, levels
   {list(tokenizer.config.levels)} ({tokenizer.codebook_size} codes), frames
   {tokenizer.frame_size[0]}x{tokenizer.frame_size[1]}, grid {tokenizer.grid[0]}x{tokenizer.grid[1]}
-  = {tokenizer.tokens_per_frame} tokens per frame.
+  = {tokenizer.tokens_per_frame} tokens per frame{refinement}.
 - `scene/`: the demo scene; `validation/`: held-out clips (VPT mp4 + jsonl + sidecar json).
 
 ## Training
@@ -588,6 +598,10 @@ def main(argv: list[str] | None = None) -> None:
                         "--tokenizer-steps, --decoder-lr; the encoder and so the codes stay), "
                         "then the world model (MODEL minutes, --model-steps, --lr); 0 minutes "
                         "skips a stage (DATA 0: no new worlds, the cached ones are read)")
+    parser.add_argument("--refine", type=int, nargs=2, metavar=("CHANNELS", "BLOCKS"),
+                        help="give the tokenizer's decoder a full-size refinement stage; with "
+                        "--resume it is added to the trained decoder and starts as the identity "
+                        "(the shipped one: 32 2)")
     parser.add_argument("--decoder-lr", type=float, default=5e-4,
                         help="peak LR of the decoder when resuming")
     parser.add_argument("--lr", type=float, default=1.5e-3, help="world model's peak LR")
@@ -618,7 +632,7 @@ def main(argv: list[str] | None = None) -> None:
     from mineworld.actions import ActionCodec
     from mineworld.checkpoint import save_transformer
     from mineworld.embedded import load_embedded
-    from mineworld.tokenizers.embedded import TokenizerConfig
+    from mineworld.tokenizers.embedded import FSQAutoencoder, TokenizerConfig
 
     model_dir = out / "model"
     model = None
@@ -642,18 +656,25 @@ def main(argv: list[str] | None = None) -> None:
         log.update(train_frames=len(stems) * length, train_episodes=len(stems),
                    data_minutes=minutes, cached_episodes=cached)
     tokenizer_steps = 3 if args.smoke else args.tokenizer_steps
+    refine = (dict(refine_channels=args.refine[0], refine_blocks=args.refine[1])
+              if args.refine else {})
     torch.set_num_threads(args.tokenizer_threads)
     if not args.resume:
         frames = load_frames(stems)
         log.update(tokenizer_frames=len(frames))
-        tok_config = TokenizerConfig(channels=8, levels=(4, 4)) if args.smoke else (
-            TokenizerConfig(channels=64))
+        tok_config = TokenizerConfig(channels=8, levels=(4, 4), **refine) if args.smoke else (
+            TokenizerConfig(channels=64, **refine))
         tokenizer = train_tokenizer(frames, tok_config, args.minutes[1], tokenizer_steps,
                                     args.seed, log, bf16=args.bf16)
         tokenizer.save(model_dir)
     elif args.minutes[1] > 0:  # the decoder alone: the codes the world model knows stay
-        tokenizer = train_tokenizer(load_frames(stems), tokenizer.config, args.minutes[1],
-                                    tokenizer_steps, seed, log, model=tokenizer.model,
+        tok_config, autoencoder = tokenizer.config, tokenizer.model
+        if refine:  # the trained weights, and a refinement that starts as the identity
+            tok_config = dataclasses.replace(tok_config, **refine)
+            autoencoder = FSQAutoencoder(tok_config)
+            autoencoder.load_state_dict(tokenizer.model.state_dict(), strict=False)
+        tokenizer = train_tokenizer(load_frames(stems), tok_config, args.minutes[1],
+                                    tokenizer_steps, seed, log, model=autoencoder,
                                     lr=args.decoder_lr, bf16=args.bf16)
         tokenizer.save(model_dir)
 

@@ -9,7 +9,7 @@ import torch
 
 from mineworld.embedded import MODEL_DIR, demo_scene, load_embedded, validation_clips
 from mineworld.session import Session
-from mineworld.tokenizers.embedded import EmbeddedTokenizer, TokenizerConfig
+from mineworld.tokenizers.embedded import EmbeddedTokenizer, FSQAutoencoder, TokenizerConfig
 from mineworld.train import TRAIN_SEED_BASE, generate_data, main, psnr
 
 SHIPPED = (MODEL_DIR / "model.safetensors").is_file()
@@ -27,19 +27,23 @@ def test_smoke_run_gives_a_loadable_model(tmp_path):
     assert "1 of the worlds were read from an earlier run's cache" in (
         tmp_path / "MODEL_CARD.md").read_text()
 
-    # --resume trains the same model and the tokenizer's decoder further; the encoder, and so
-    # the codes, stay.
+    # --resume trains the same model and the tokenizer's decoder further, here with a
+    # refinement added; the encoder, and so the codes, stay.
     before = model.state_dict()
     tokenizer_before = tokenizer.model.state_dict()
     main(["--smoke", "--resume", "--out", str(tmp_path), "--lr", "1e-2", "--decoder-lr", "1e-2",
-          "--bf16"])
+          "--bf16", "--refine", "4", "1"])
     resumed, resumed_tokenizer = load_embedded(model_dir=tmp_path / "model")
+    config = resumed_tokenizer.config
+    assert (config.refine_channels, config.refine_blocks) == (4, 1)
     assert any(not torch.equal(before[k], v) for k, v in resumed.state_dict().items())
     after = resumed_tokenizer.model.state_dict()
     assert all(torch.equal(tokenizer_before[k], v) for k, v in after.items()
                if k.startswith("encoder."))
     assert any(not torch.equal(tokenizer_before[k], v) for k, v in after.items()
-               if k.startswith("decoder."))
+               if k in tokenizer_before and k.startswith("decoder."))
+    assert "a full-size refinement (4 wide, 1 residual blocks)" in (
+        tmp_path / "MODEL_CARD.md").read_text()
     log = json.loads((tmp_path / "training_log.json").read_text())
     assert log["world_model_steps"] == 6 and log["resumed"] == [{"steps": 3, "peak_lr": 0.01}]
     assert log["tokenizer_steps"] == 3 and log["decoder_steps"] == 3
@@ -76,6 +80,16 @@ def test_tokenizer_round_trips_shapes(tmp_path):
     tokenizer.save(tmp_path)
     loaded = EmbeddedTokenizer.load(tmp_path / "tokenizer.json")
     assert torch.equal(loaded.encode(frames), ids)
+
+
+def test_a_new_refinement_leaves_a_trained_decoder_as_it_was():
+    plain = FSQAutoencoder(TokenizerConfig(channels=16)).eval()
+    refined = FSQAutoencoder(TokenizerConfig(channels=16, refine_channels=8)).eval()
+    missing = refined.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("decoder.") for k in missing)
+    images = torch.rand(2, 3, 48, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(refined(images), plain(images))
 
 
 @pytest.mark.skipif(not SHIPPED, reason="no embedded model in assets/ yet")

@@ -8,6 +8,10 @@ trained with a plain reconstruction loss and a straight-through rounding.
 The encoder downsamples by ``stride`` = (vertical, horizontal), which need not be square: the
 64x48 frames of the world become a 6x16 grid of 96 ids with strides (8, 4). The decoder mirrors it
 with nearest-neighbour upsampling and is kept narrow, since it runs once per generated frame.
+Its pixel shuffle predicts each 4x4 patch linearly from the features around it; an optional
+refinement (``refine_channels``, ``refine_blocks``) then runs a few residual convs on the full-size
+frame, where block edges and texture cross patch borders. It is added around the output (its
+last conv starts at zero), so a trained decoder can gain one and start from where it was.
 
 Files: ``tokenizer.safetensors`` (the weights) and ``tokenizer.json`` (the TokenizerConfig fields)
 side by side; ``EmbeddedTokenizer.load(path_or_dir)`` reads both.
@@ -40,6 +44,8 @@ class TokenizerConfig:
     channels: int = 96
     encoder_blocks: tuple[int, int] = (1, 1)  # residual blocks before / after the downsampling
     decoder_blocks: tuple[int, int] = (2, 1)  # before / after the upsampling
+    refine_channels: int = 0  # width of the full-size refinement; 0: none
+    refine_blocks: int = 2
 
     @property
     def codebook_size(self) -> int:
@@ -69,6 +75,23 @@ class ResBlock(nn.Module):
 
     def forward(self, x):
         return x + self.conv2(F.silu(self.conv1(F.silu(x))))
+
+
+class Refinement(nn.Module):
+    """``x + convs(x)`` on the decoded frame; the last conv starts at zero, so at first it
+    changes nothing."""
+
+    def __init__(self, channels: int, blocks: int):
+        super().__init__()
+        self.convs = nn.Sequential(
+            nn.Conv2d(3, channels, 3, padding=1), *[ResBlock(channels) for _ in range(blocks)],
+            nn.SiLU(), nn.Conv2d(channels, 3, 3, padding=1),
+        )
+        nn.init.zeros_(self.convs[-1].weight)
+        nn.init.zeros_(self.convs[-1].bias)
+
+    def forward(self, x):
+        return x + self.convs(x)
 
 
 class FSQ(nn.Module):
@@ -129,6 +152,8 @@ class FSQAutoencoder(nn.Module):
             *[ResBlock(c) for _ in range(after)],
             nn.SiLU(), nn.Conv2d(c, 3 * p * p, 3, padding=1), nn.PixelShuffle(p),
         )
+        if config.refine_channels:
+            self.decoder.append(Refinement(config.refine_channels, config.refine_blocks))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Reconstruction of float images in [-1, 1] (training)."""
@@ -140,7 +165,9 @@ class EmbeddedTokenizer(ImageTokenizer):
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
         super().__init__(config.frame_size, config.grid, config.codebook_size, device, dtype)
         self.config = config
-        self.model = (model or FSQAutoencoder(config)).to(self.device, dtype).eval()
+        # Channels-last convolutions: a quarter faster per decoded frame on a CPU here.
+        self.model = (model or FSQAutoencoder(config)).to(
+            self.device, dtype, memory_format=torch.channels_last).eval()
 
     def _encode_batch(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.fsq.codes_to_ids(self.model.fsq.quantize(self.model.encoder(images)))
