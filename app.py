@@ -186,9 +186,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       "enables true-frame scores); default: the embedded scene")
     play.add_argument("--reference_frame", type=int,
                       help="frames prefilled (default: half the context, at most 8)")
-    play.add_argument("--diagd", action="store_true", help="diagonal decoding")
-    play.add_argument("--window_size", type=int, default=2,
-                      help="diagonal decoding: tokens a row runs ahead (default: 2)")
+    play.add_argument("--diagd", action=argparse.BooleanOptionalAction, default=True,
+                      help="diagonal decoding, several tokens a forward pass (default; "
+                      "--no-diagd: one token a pass, in raster order)")
+    play.add_argument("--window_size", type=int,
+                      help="diagonal decoding: tokens a row runs ahead (default: the model's, "
+                      "1 for the embedded model, 2 for the published configs)")
     play.add_argument("--temperature", type=float, default=0.0,
                       help="sampling temperature (default: 0, greedy)")
     play.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
@@ -250,8 +253,9 @@ def load_resources(args: argparse.Namespace) -> Resources:
     reference = args.reference_frame
     if reference is None:
         reference = default_reference_frames(model.config)
+    window = model.config.diagonal_window if args.window_size is None else args.window_size
     options = Options(
-        reference, "diagonal" if args.diagd else "naive", args.window_size,
+        reference, "diagonal" if args.diagd else "naive", window,
         Sampling(temperature=args.temperature), args.seed,
     )
     resources = Resources(model, tokenizer, scene, args.cache_strategy, params, options)

@@ -114,8 +114,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     decode.add_argument("--accelerate-algo", choices=sorted(SCHEDULES), default="naive",
                         help="naive: one token per pass; image_diagd: diagonal decoding "
                         "(default: naive)")
-    decode.add_argument("--window_size", type=_positive_int, default=2,
-                        help="image_diagd: tokens a row is ahead of the next (default: 2)")
+    decode.add_argument("--window_size", type=_positive_int,
+                        help="image_diagd: tokens a row is ahead of the next (default: the "
+                        "model's, 1 for the embedded model, 2 for the published configs)")
     decode.add_argument("--temperature", type=float,
                         help="default: 1.0 with --top_k/--top_p, else 0 (greedy)")
     decode.add_argument("--top_k", type=int)
@@ -285,6 +286,8 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer, files = load_model(args, params, device, dtype)
     if args.demo_num is None:
         args.demo_num = default_reference_frames(model.config)
+    if args.window_size is None:
+        args.window_size = model.config.diagonal_window
     new_session = build_session_factory(model, tokenizer, args, params, sampling)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     settings = {

@@ -54,7 +54,7 @@ GOAL = 1.15
 
 class BareDecoder:
     """LLaMA decode with a static K/V buffer; shares the weights of ``model`` (QKV and gate/up
-    are concatenated copies). ``gqa``: ``fold`` or ``enable_gqa``."""
+    side by side, ``[in, out]``). ``gqa``: ``fold`` or ``enable_gqa``."""
 
     def __init__(self, model: Transformer, gqa: str):
         c = model.config
@@ -67,10 +67,9 @@ class BareDecoder:
         self.layers = []
         for layer in model.model.layers:
             a, m = layer.self_attn, layer.mlp
-            wqkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).contiguous()
-            w13 = torch.cat([m.gate_proj.weight, m.up_proj.weight]).contiguous()
             norms = (layer.input_layernorm.weight, layer.post_attention_layernorm.weight)
-            self.layers.append((*norms, wqkv, a.o_proj.weight, w13, m.down_proj.weight))
+            self.layers.append((*norms, a.qkv_weight, a.out_weight, m.gate_up_weight,
+                                m.down_weight))
         inv_freq = 1.0 / c.rope_theta ** (
             torch.arange(0, self.head_dim, 2, dtype=torch.float64) / self.head_dim
         )
@@ -94,7 +93,7 @@ class BareDecoder:
         mask = None if T == 1 else torch.arange(end)[None] <= pos[:, None]  # [T, S]
         x = F.embedding(tokens, self.embed)
         for i, (ln1, ln2, wqkv, wo, w13, w2) in enumerate(self.layers):
-            qkv = F.linear(F.rms_norm(x, (dim,), ln1, self.eps), wqkv)
+            qkv = F.rms_norm(x, (dim,), ln1, self.eps) @ wqkv
             qk = qkv[:, : dim + self.kv_width].view(T, H + Hk, D).transpose(0, 1)
             qk = self.rope(qk, pos)
             q, k = qk[:H], qk[H:]
@@ -108,9 +107,9 @@ class BareDecoder:
             else:
                 o = F.scaled_dot_product_attention(q[None], keys[None], values[None], mask,
                                                    enable_gqa=True)
-            x = x + F.linear(o.reshape(H, T, D).transpose(0, 1).reshape(T, dim), wo)
-            gate, up = F.linear(F.rms_norm(x, (dim,), ln2, self.eps), w13).chunk(2, -1)
-            x = x + F.linear(F.silu(gate) * up, w2)
+            x = x + o.reshape(H, T, D).transpose(0, 1).reshape(T, dim) @ wo
+            gate, up = (F.rms_norm(x, (dim,), ln2, self.eps) @ w13).chunk(2, -1)
+            x = x + (F.silu(gate) * up) @ w2
         return F.linear(F.rms_norm(x, (dim,), self.norm, self.eps), self.lm_head)
 
 

@@ -526,7 +526,8 @@ def main(argv: list[str] | None = None) -> Path:
         f"world(s) (seeds {SEED_BASE}..{SEED_BASE + args.seeds - 1}) x {args.frames} frames after "
         f"{refs} reference frames, ending in a revisit ({STILL_FRAMES} still, {TURN_FRAMES} x "
         f"{TURN_STEP} degrees away and back); greedy; schedules {', '.join(args.schedules)} "
-        f"(diagonal window 2); budgets {', '.join(map(str, args.budgets))} frames."
+        f"(diagonal window {config.diagonal_window}, the model's); budgets "
+        f"{', '.join(map(str, args.budgets))} frames."
     )
     cases = [make_case(SEED_BASE + i, refs, args.frames, tokenizer.frame_size)
              for i in range(args.seeds)]

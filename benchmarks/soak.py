@@ -63,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='strategy parameters as JSON (default for frames: 1 sink frame, '
                         'the context less two recent frames)')
     parser.add_argument("--schedule", choices=["diagonal", "naive"], default="diagonal")
-    parser.add_argument("--window", type=int, default=2)
+    parser.add_argument("--window", type=int, help="diagonal window (default: the model's)")
     parser.add_argument("--no-truth", action="store_true",
                         help="skip replaying the true world and scoring each frame")
     parser.add_argument("--threads", type=int, default=None)

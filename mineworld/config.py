@@ -4,7 +4,9 @@ A config file holds the transformer's numbers under
 ``model.params.transformer_config.params`` (the names of ``transformers``'
 ``LlamaConfig``) and, optionally, the frame layout under ``model.params.layout``
 (the published model's layout is the default: a 14 x 24 grid of an 8192-code
-VQGAN, then 11 action tokens). Class paths in ``target`` keys are never imported.
+VQGAN, then 11 action tokens) and how to decode it under ``model.params.decoding``
+(``diagonal_window``: the default window of diagonal decoding, 2 as in MineWorld's
+batch script). Class paths in ``target`` keys are never imported.
 The five released configurations ship in ``mineworld/configs/``.
 """
 
@@ -34,6 +36,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "image_rows": (1, 1024),
     "image_cols": (1, 1024),
     "codebook_size": (1, 1 << 20),
+    "diagonal_window": (1, 1024),
 }
 
 
@@ -52,6 +55,9 @@ class ModelConfig:
     image_rows: int = 14
     image_cols: int = 24
     codebook_size: int = 8192
+    # Tokens a row runs ahead of the next in diagonal decoding, unless the caller says: a
+    # trade of speed for quality that depends on the model (measured on its card).
+    diagonal_window: int = 2
 
     def __post_init__(self):
         for field in fields(self):
@@ -76,6 +82,11 @@ class ModelConfig:
             raise ValueError(
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
                 f"num_key_value_heads ({self.num_key_value_heads})"
+            )
+        if self.diagonal_window > self.image_cols:
+            raise ValueError(
+                f"diagonal_window must be in [1, image_cols = {self.image_cols}], "
+                f"got {self.diagonal_window!r}"
             )
         if self.vocab_size < self.codebook_size + 68:
             raise ValueError(
@@ -138,9 +149,10 @@ def load_config(path: str | Path) -> ModelConfig:
     for depth, key in enumerate(keys):
         node = _mapping(node.get(key), ".".join(keys[: depth + 1]), path)
     numbers = dict(node)
-    layout = document["model"]["params"].get("layout")
-    if layout is not None:
-        numbers.update(_mapping(layout, "model.params.layout", path))
+    for section in ("layout", "decoding"):
+        found = document["model"]["params"].get(section)
+        if found is not None:
+            numbers.update(_mapping(found, f"model.params.{section}", path))
     if numbers.get("hidden_act", "silu") != "silu":
         raise ValueError(f"{path}: hidden_act must be silu, got {numbers['hidden_act']!r}")
     for flag in ("attention_bias", "mlp_bias"):
@@ -172,7 +184,7 @@ def _mapping(value, where: str, path: Path) -> dict:
     return value
 
 
-_DEFAULTED = {"rms_norm_eps", "rope_theta", *_LAYOUT_KEYS}
+_DEFAULTED = {"rms_norm_eps", "rope_theta", "diagonal_window", *_LAYOUT_KEYS}
 
 
 def preset_path(name: str) -> Path:

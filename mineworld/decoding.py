@@ -65,11 +65,13 @@ class FrameDecoder:
     model: Transformer
     sampling: Sampling = Sampling()
     schedule: str = "naive"
-    window: int = 2
+    window: int | None = None  # None: the model's ``diagonal_window``
 
     def __post_init__(self):
         config = self.model.config
         self.rows, self.cols = config.image_rows, config.image_cols
+        if self.window is None:
+            self.window = config.diagonal_window
         self.codebook_size = config.codebook_size
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")

@@ -1,8 +1,10 @@
 """The LLaMA-style decoder of MineWorld, readable top to bottom.
 
 RMSNorm, rotary positions (theta 10000, rotate-half layout), SwiGLU MLP,
-grouped-query attention, no biases. Module names follow ``transformers``'
-``LlamaForCausalLM`` so published checkpoints load without renaming.
+grouped-query attention, no biases. State dicts use ``transformers``'
+``LlamaForCausalLM`` names, so published checkpoints load as they are; inside, the
+linear layers that read the same input (q/k/v, gate/up) are one matrix each, which
+a decoding step of a few tokens runs faster on a CPU (see :func:`side_by_side`).
 
 Without a cache the model runs a causal forward over a whole sequence (training,
 tests). With a cache manager (:mod:`cache`), each attention layer writes its new
@@ -29,8 +31,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32 like the reference (one call, bit for bit the same
-        # arithmetic as the spelled-out formula), then scale in the input dtype.
+        if x.dtype == torch.float32:  # the arithmetic below, bit for bit, in one call
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        # Normalise in fp32 like the reference (bit for bit the same arithmetic as the
+        # spelled-out formula), then scale in the input dtype.
         normed = F.rms_norm(x.float(), self.weight.shape, eps=self.eps)
         return self.weight * normed.to(x.dtype)
 
@@ -106,6 +110,16 @@ def grouped_attention(
     return out.view(1, heads, tokens, dim), weights
 
 
+def side_by_side(in_features: int, *out_features: int) -> nn.Parameter:
+    """The weights of bias-free linear layers that read the same input, stored side by side
+    as one ``[in, sum(out)]`` matrix: one matmul instead of several, and ``x @ w`` on this
+    layout is about a third faster on a CPU than ``F.linear`` on ``[out, in]`` for a few
+    rows (a decoding step's). Initialised as each ``nn.Linear`` would be, in order (the
+    same random draws)."""
+    parts = [nn.Linear(in_features, n, bias=False).weight for n in out_features]
+    return nn.Parameter(torch.cat([part.detach().t() for part in parts], 1))
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer_index: int):
         super().__init__()
@@ -114,38 +128,58 @@ class Attention(nn.Module):
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
         kv_width = self.num_kv_heads * self.head_dim
-        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
-        self.k_proj = nn.Linear(config.hidden_size, kv_width, bias=False)
-        self.v_proj = nn.Linear(config.hidden_size, kv_width, bias=False)
-        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        width = config.hidden_size
+        self.qkv_weight = side_by_side(width, width, kv_width, kv_width)
+        self.out_weight = side_by_side(width, width)
 
     def forward(self, x, positions, rotary, cache: KVCacheManager | None):
-        """``rotary``: the ``cos``, ``sin`` tables at ``positions``."""
+        """``x``: ``[B, T, hidden]``; ``rotary``: the ``cos``, ``sin`` tables at
+        ``positions``, ``[T, 1, head_dim]``."""
         batch, tokens, width = x.shape
-        q = self.q_proj(x).view(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(batch, tokens, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(batch, tokens, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q, rotated = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        heads, kv_heads = self.num_heads, self.num_kv_heads
+        qkv = (x @ self.qkv_weight).view(batch, tokens, heads + 2 * kv_heads, self.head_dim)
+        qk = apply_rotary(qkv[:, :, : heads + kv_heads], *rotary)  # q and k in one go
+        # [B, H, T, D] from here on: heads first, as attention and the cache take them.
+        q, k = qk.transpose(1, 2).split((heads, kv_heads), 1)
+        raw_k, v = qkv[:, :, heads:].transpose(1, 2).split((kv_heads, kv_heads), 1)
         if cache is None:
-            out = F.scaled_dot_product_attention(q, rotated, v, is_causal=True, enable_gqa=True)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         else:
-            cache.write(self.layer_index, rotated[0], v[0], k[0])
+            cache.write(self.layer_index, k[0], v[0], raw_k[0])
             keys, values, mask = cache.read(self.layer_index, positions)
             out, weights = grouped_attention(q, keys, values, mask, cache.tracks_attention)
             if weights is not None:
                 cache.observe(self.layer_index, weights, mask)
-        return self.o_proj(out.transpose(1, 2).reshape(batch, tokens, width))
+        return out.transpose(1, 2).reshape(batch, tokens, width) @ self.out_weight
 
 
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        width, inner = config.hidden_size, config.intermediate_size
+        self.gate_up_weight = side_by_side(width, inner, inner)
+        self.down_weight = side_by_side(inner, width)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = (x @ self.gate_up_weight).chunk(2, -1)
+        return (F.silu(gate) * up) @ self.down_weight
+
+
+def join_linear_weights(layer: nn.Module, state: dict, prefix: str, *_) -> None:
+    """``transformers``' linear weights of one layer in ``state`` -> our side-by-side ones,
+    in place (the load hook of :class:`DecoderLayer`)."""
+    for ours, parts in layer.linear_parts.items():
+        names = [prefix + part + ".weight" for part in parts]
+        if all(name in state for name in names):
+            state[prefix + ours] = torch.cat([state.pop(name).t() for name in names], 1)
+
+
+def split_linear_weights(layer: nn.Module, state: dict, prefix: str, _) -> None:
+    """The reverse, as views (the state-dict hook of :class:`DecoderLayer`)."""
+    for ours, parts in layer.linear_parts.items():
+        pieces = state.pop(prefix + ours).split(list(parts.values()), 1)
+        for part, piece in zip(parts, pieces, strict=True):
+            state[prefix + part + ".weight"] = piece.t()
 
 
 class DecoderLayer(nn.Module):
@@ -155,6 +189,22 @@ class DecoderLayer(nn.Module):
         self.self_attn = Attention(config, layer_index)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
+        # Which transformers linear weights (and their widths) each of ours holds: state
+        # dicts in and out of the model use transformers' names, so checkpoints are theirs.
+        width, inner = config.hidden_size, config.intermediate_size
+        kv_width = config.num_key_value_heads * config.head_dim
+        self.linear_parts = {
+            "self_attn.qkv_weight": {
+                "self_attn.q_proj": width,
+                "self_attn.k_proj": kv_width,
+                "self_attn.v_proj": kv_width,
+            },
+            "self_attn.out_weight": {"self_attn.o_proj": width},
+            "mlp.gate_up_weight": {"mlp.gate_proj": inner, "mlp.up_proj": inner},
+            "mlp.down_weight": {"mlp.down_proj": width},
+        }
+        self.register_load_state_dict_pre_hook(join_linear_weights)
+        self.register_state_dict_post_hook(split_linear_weights)
 
     def forward(self, x, positions, rotary, cache):
         x = x + self.self_attn(self.input_layernorm(x), positions, rotary, cache)
@@ -203,7 +253,8 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.begin_step(positions)
         x = self.model.embed_tokens(tokens)
-        rotary = self.rope.tables(positions, x.dtype)
+        cos, sin = self.rope.tables(positions, x.dtype)
+        rotary = cos[:, None], sin[:, None]  # [T, 1, D]: the same for every head
         for layer in self.model.layers:
             x = layer(x, positions, rotary, cache)
         if cache is not None:

@@ -198,7 +198,7 @@ class Options:
 
     reference_frames: int = 8
     schedule: str = "naive"
-    window: int = 2
+    window: int | None = None  # the model's
     sampling: Sampling = field(default_factory=Sampling)
     seed: int = 0
 

@@ -64,7 +64,7 @@ class Session:
         strategy_params: dict | None = None,
         reference_frames: int = 8,
         schedule: str = "naive",
-        window: int = 2,
+        window: int | None = None,
         sampling: Sampling | None = None,
         seed: int = 0,
     ):

@@ -476,6 +476,9 @@ def test_no_flags_load_the_embedded_model_and_scene():
     resources = app.load_resources(app.parse_args([]))
     assert resources.model.config.codebook_size == resources.tokenizer.codebook_size
     assert len(resources.scene.frames) == len(resources.scene.actions)
+    # Real-time play by default: diagonal decoding with the model's own window.
+    assert (resources.options.schedule, resources.options.window) == ("diagonal", 1)
+    assert not app.parse_args(["--no-diagd"]).diagd
 
 
 def test_importing_app_builds_no_demo():

@@ -34,7 +34,8 @@ def _node(document, dotted):
 @st.composite
 def documents(draw):
     """A valid config with a few edits: fields dropped or set to any value (or one near the
-    edges of its range), the layout set, and maybe a whole subtree replaced by anything."""
+    edges of its range), the layout and decoding set, and maybe a whole subtree replaced by
+    anything."""
     document = yaml.safe_load(yaml.safe_dump(VALID))
     params = _node(document, PARAMS)
     for _ in range(draw(st.integers(0, 4))):
@@ -54,6 +55,10 @@ def documents(draw):
         document["model"]["params"]["layout"] = draw(st.one_of(
             values, st.dictionaries(st.sampled_from(["image_rows", "image_cols",
                                                      "codebook_size"]), scalars),
+        ))
+    if draw(st.booleans()):
+        document["model"]["params"]["decoding"] = draw(st.one_of(
+            values, st.dictionaries(st.just("diagonal_window"), scalars),
         ))
     if draw(st.integers(0, 3)) == 0:
         parent, _, key = draw(st.sampled_from(
@@ -146,6 +151,18 @@ def test_shipped_configs_still_load():
     for name in ("300M_16f", "700M_16f", "700M_32f", "1200M_16f", "1200M_32f"):
         config = load_config(preset_path(name))
         assert config.parameters < 1.5e9
+
+
+def test_a_model_may_name_its_diagonal_window(tmp_path):
+    assert load_config(preset_path("300M_16f")).diagonal_window == 2  # MineWorld's batch default
+    document = yaml.safe_load(yaml.safe_dump(VALID))
+    path = tmp_path / "decoding.yaml"
+    document["model"]["params"]["decoding"] = {"diagonal_window": 1}
+    path.write_text(yaml.safe_dump(document))
+    assert check(path).diagonal_window == 1
+    document["model"]["params"]["decoding"] = {"diagonal_window": 25}
+    path.write_text(yaml.safe_dump(document))
+    assert "diagonal_window must be in [1, image_cols = 24], got 25" in check(path)
 
 
 def test_direct_construction_checks_the_same_ranges():

@@ -1,5 +1,7 @@
 """Sampling and the naive / diagonal frame schedules."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -132,3 +134,10 @@ def test_bad_schedule_and_window_are_named():
         FrameDecoder(model, Sampling(), "zigzag", 2)
     with pytest.raises(ValueError, match=r"window must be in \[1, 6\]"):
         FrameDecoder(model, Sampling(), "diagonal", 7)
+
+
+def test_the_window_is_the_models_unless_given():
+    model = tiny_model()
+    model.config = dataclasses.replace(model.config, diagonal_window=3)
+    assert FrameDecoder(model, Sampling(), "diagonal").window == 3
+    assert FrameDecoder(model, Sampling(), "diagonal", 1).window == 1

@@ -145,7 +145,7 @@ def test_generates_every_clip(model_files, data_root, tmp_path, capsys, extra):
         assert args["strategy_params"] == {"start_size": 2, "recent_size": 20}
         assert last["evicted_tokens"] > 0 and last["live_tokens"] <= 22
     elif "image_diagd" in extra:
-        assert args["schedule"] == "diagonal"
+        assert (args["schedule"], args["window"]) == ("diagonal", 2)  # the config's default
         assert last["forward_passes"] == COLS + (ROWS - 1) * 2
     else:
         # Two context frames and three new ones overflow the 4-frame context once.

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mineworld.config import ModelConfig
-from mineworld.model import Transformer
+from mineworld.model import Transformer, side_by_side
 
 transformers = pytest.importorskip("transformers")
 
@@ -101,6 +101,32 @@ def test_out_of_order_chunks_match_causal_forward(models):
                 checked += 1
         exact |= now_exact
     assert checked == 20  # 0..19: positions 20..22 were written before 12..19
+
+
+@torch.no_grad()
+def test_weights_load_from_and_save_as_transformers_names(models):
+    """Our q/k/v and gate/up live side by side in one matrix each; state dicts in and out
+    of the model still hold transformers' separate linears."""
+    ours, reference = models
+    expected = reference.state_dict()
+    saved = ours.state_dict()
+    assert saved.keys() <= expected.keys()
+    assert all(torch.equal(value, expected[key]) for key, value in saved.items())
+    fresh = Transformer(TINY).eval()
+    missing, unexpected = fresh.load_state_dict(expected, strict=False)
+    assert not missing and all("rotary" in key for key in unexpected)
+    tokens = torch.randint(0, TINY.vocab_size, (1, 20))
+    assert torch.equal(fresh(tokens), ours(tokens))
+
+
+def test_side_by_side_weights_start_as_separate_linears_would():
+    """The same random draws as nn.Linear layers made in order: a training run from a seed
+    starts from the weights it always did."""
+    torch.manual_seed(0)
+    joined = side_by_side(8, 3, 5)
+    torch.manual_seed(0)
+    parts = [torch.nn.Linear(8, n, bias=False).weight for n in (3, 5)]
+    assert torch.equal(joined, torch.cat(parts).t())
 
 
 def test_rotary_tables_keep_their_precision_when_the_model_is_cast():
