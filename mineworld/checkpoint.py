@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from .config import ModelConfig
-from .model import RotaryEmbedding, Transformer, join_linear_weights
+from .model import RotaryEmbedding, SideBySideLinears, Transformer, join_linear_weights
 
 TRANSFORMER_PREFIX = "transformer."
 # Keys of a bare LlamaForCausalLM state dict, as our Transformer names them too.
@@ -204,8 +204,9 @@ def load_transformer(
     check_state_dict(model, state, where)
     # Join the linear weights here, not in load_state_dict's hook (which works on a copy of
     # the dict), so that each original is dropped as soon as it is joined.
-    for index, layer in enumerate(model.model.layers):
-        join_linear_weights(layer, state, f"model.layers.{index}.")
+    for name, module in model.named_modules():
+        if isinstance(module, SideBySideLinears):
+            join_linear_weights(module, state, name + ".")
     # Convert one tensor at a time, dropping each original, so the peak is one extra tensor.
     for key in list(state):
         state[key] = state[key].to(device=device, dtype=dtype)

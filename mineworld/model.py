@@ -120,7 +120,40 @@ def side_by_side(in_features: int, *out_features: int) -> nn.Parameter:
     return nn.Parameter(torch.cat([part.detach().t() for part in parts], 1))
 
 
-class Attention(nn.Module):
+def join_linear_weights(module: nn.Module, state: dict, prefix: str, *_) -> None:
+    """``transformers``' linear weights of ``module`` in ``state`` -> our side-by-side ones,
+    in place (the load hook of :class:`SideBySideLinears`)."""
+    for ours, parts in module.linear_parts.items():
+        names = [prefix + part + ".weight" for part in parts]
+        if all(name in state for name in names):
+            state[prefix + ours] = torch.cat([state.pop(name).t() for name in names], 1)
+
+
+def split_linear_weights(module: nn.Module, state: dict, prefix: str, _) -> None:
+    """The reverse, as views (the state-dict hook of :class:`SideBySideLinears`)."""
+    for ours, parts in module.linear_parts.items():
+        pieces = state.pop(prefix + ours).split(list(parts.values()), 1)
+        for part, piece in zip(parts, pieces, strict=True):
+            state[prefix + part + ".weight"] = piece.t()
+
+
+class SideBySideLinears(nn.Module):
+    """A module whose linear weights are :func:`side_by_side` matrices; state dicts in and
+    out of it use ``transformers``' separate ``nn.Linear`` names, so checkpoints are theirs."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear_parts: dict[str, dict[str, int]] = {}  # ours -> {theirs: width}
+        self.register_load_state_dict_pre_hook(join_linear_weights)
+        self.register_state_dict_post_hook(split_linear_weights)
+
+    def add_linears(self, name: str, in_features: int, **parts: int) -> None:
+        """Parameter ``name``: the linears ``parts`` (their name -> output width) side by side."""
+        self.linear_parts[name] = parts
+        self.register_parameter(name, side_by_side(in_features, *parts.values()))
+
+
+class Attention(SideBySideLinears):
     def __init__(self, config: ModelConfig, layer_index: int):
         super().__init__()
         self.layer_index = layer_index
@@ -129,8 +162,8 @@ class Attention(nn.Module):
         self.head_dim = config.head_dim
         kv_width = self.num_kv_heads * self.head_dim
         width = config.hidden_size
-        self.qkv_weight = side_by_side(width, width, kv_width, kv_width)
-        self.out_weight = side_by_side(width, width)
+        self.add_linears("qkv_weight", width, q_proj=width, k_proj=kv_width, v_proj=kv_width)
+        self.add_linears("out_weight", width, o_proj=width)
 
     def forward(self, x, positions, rotary, cache: KVCacheManager | None):
         """``x``: ``[B, T, hidden]``; ``rotary``: the ``cos``, ``sin`` tables at
@@ -153,33 +186,16 @@ class Attention(nn.Module):
         return out.transpose(1, 2).reshape(batch, tokens, width) @ self.out_weight
 
 
-class MLP(nn.Module):
+class MLP(SideBySideLinears):
     def __init__(self, config: ModelConfig):
         super().__init__()
         width, inner = config.hidden_size, config.intermediate_size
-        self.gate_up_weight = side_by_side(width, inner, inner)
-        self.down_weight = side_by_side(inner, width)
+        self.add_linears("gate_up_weight", width, gate_proj=inner, up_proj=inner)
+        self.add_linears("down_weight", inner, down_proj=width)
 
     def forward(self, x):
         gate, up = (x @ self.gate_up_weight).chunk(2, -1)
         return (F.silu(gate) * up) @ self.down_weight
-
-
-def join_linear_weights(layer: nn.Module, state: dict, prefix: str, *_) -> None:
-    """``transformers``' linear weights of one layer in ``state`` -> our side-by-side ones,
-    in place (the load hook of :class:`DecoderLayer`)."""
-    for ours, parts in layer.linear_parts.items():
-        names = [prefix + part + ".weight" for part in parts]
-        if all(name in state for name in names):
-            state[prefix + ours] = torch.cat([state.pop(name).t() for name in names], 1)
-
-
-def split_linear_weights(layer: nn.Module, state: dict, prefix: str, _) -> None:
-    """The reverse, as views (the state-dict hook of :class:`DecoderLayer`)."""
-    for ours, parts in layer.linear_parts.items():
-        pieces = state.pop(prefix + ours).split(list(parts.values()), 1)
-        for part, piece in zip(parts, pieces, strict=True):
-            state[prefix + part + ".weight"] = piece.t()
 
 
 class DecoderLayer(nn.Module):
@@ -189,22 +205,6 @@ class DecoderLayer(nn.Module):
         self.self_attn = Attention(config, layer_index)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
-        # Which transformers linear weights (and their widths) each of ours holds: state
-        # dicts in and out of the model use transformers' names, so checkpoints are theirs.
-        width, inner = config.hidden_size, config.intermediate_size
-        kv_width = config.num_key_value_heads * config.head_dim
-        self.linear_parts = {
-            "self_attn.qkv_weight": {
-                "self_attn.q_proj": width,
-                "self_attn.k_proj": kv_width,
-                "self_attn.v_proj": kv_width,
-            },
-            "self_attn.out_weight": {"self_attn.o_proj": width},
-            "mlp.gate_up_weight": {"mlp.gate_proj": inner, "mlp.up_proj": inner},
-            "mlp.down_weight": {"mlp.down_proj": width},
-        }
-        self.register_load_state_dict_pre_hook(join_linear_weights)
-        self.register_state_dict_post_hook(split_linear_weights)
 
     def forward(self, x, positions, rotary, cache):
         x = x + self.self_attn(self.input_layernorm(x), positions, rotary, cache)
