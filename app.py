@@ -5,8 +5,15 @@ compare two cache strategies side by side.
     python app.py --model_ckpt m.ckpt --config 300M_16f --scene clip.mp4 --cache-strategy h2o
 
 This file is the UI only: models load in ``mineworld.loading`` (or ``mineworld.embedded``), play
-logic lives in ``mineworld.play``. Every user gets their own ``PlaySession`` in a ``gr.State``;
-the model is shared and read-only, and every event that runs it waits in one queue.
+logic lives in ``mineworld.play`` and real-time play in ``mineworld.stream``. Every tab of every
+user has its own ``Seat`` (its play and its controls) in a ``gr.State``; the model is shared and
+read-only, and one ``FrameScheduler`` thread runs all model work, frame by frame.
+
+Frames stream to the page from a generator handler: holding a key plays until it is released,
+each yield is the new frame as a small PNG (the page scales it up with crisp pixels) with the
+status and the key queue. Measured in Chromium against the alternatives, it paints as fast as
+the model makes frames; see the README's demo section. The strip, plots and scores follow at
+``PLOT_SECONDS`` from a ``gr.Timer``, off the frame's path.
 
 Limits (a page for strangers): uploads of at most ``MAX_UPLOAD_MB`` each, of the types the
 Scene panel names; the first ``mineworld.play.MAX_SCENE_FRAMES`` frames of a video; at most
@@ -25,6 +32,7 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import argparse
+import asyncio
 import dataclasses
 import functools
 import inspect
@@ -38,7 +46,6 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import gradio as gr
 import numpy as np
 
@@ -58,6 +65,7 @@ from mineworld.play import (
     read_scene,
 )
 from mineworld.session import default_reference_frames, pick_device
+from mineworld.stream import MAX_QUEUED, FrameScheduler, Seat
 from mineworld.tokenizers.base import resize_frames
 from mineworld.world import read_recording
 
@@ -65,17 +73,16 @@ PROG = "app.py"
 # What a handler turns into a message in the page (the session goes on): bad values raise
 # ValueError; int() of an infinite one raises OverflowError.
 PLAY_ERRORS = (ValueError, OverflowError)
-DISPLAY_WIDTH = 512  # the newest frame, upscaled with nearest neighbour so pixels stay crisp
-STRIP_WIDTH = 128
 STRIP_FRAMES = 8
-MAX_REPEAT = 32
+MAX_REPEAT = 32  # at most MAX_QUEUED: a repeat is that many queued presses
+PLOT_SECONDS = 0.5  # the strip, plots and scores refresh this often while frames come
 MAX_UPLOAD_MB = 64  # per file; Gradio refuses a bigger upload before it is stored
 SCENE_FILE_TYPES = [".mp4", ".jsonl", ".json"]
 MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds
 CAMERA_KEY_DEG = 15.0  # how far one arrow key turns the camera
 IDLE_SECONDS = 20 * 60  # a session untouched this long is freed
 QUEUE_SIZE = 64
-MODEL_QUEUE = "model"  # the one concurrency id of every event that runs the model
+MODEL_QUEUE = "model"  # the concurrency id of the events that prefill (frames do not wait)
 # The parameter Session fills in itself, so users never set it.
 FILLED_BY_SESSION = {"frame_tokens"}
 
@@ -99,27 +106,86 @@ CONTROL_GROUPS = {
 }  # fmt: skip
 CONTROLS = {name: spec for group in CONTROL_GROUPS.values() for name, spec in group.items()}
 
-# One document listener clicks the visible button of the pressed key (the other tab's buttons
-# are hidden), so keys drive whichever tab is open.
-KEYBOARD_JS = """
-if (!window.mineworldKeys) {
-  window.mineworldKeys = true;
-  const classes = %s;
+# Per tab: key down / key up of a control's key, or Escape (stop), sent as the tab's "control"
+# event, only while the tab is shown (each tab's component is hidden with its tab); the frames
+# painted in the last second are counted on the tab's first frame and shown.
+KEYS_JS = r"""
+const tab = %(tab)s, controls = %(controls)s, frameId = %(frame)s;
+const registry = (window.mineworldTabs = window.mineworldTabs || {});
+const known = registry[tab];
+registry[tab] = {element, trigger, held: known ? known.held : new Set(),
+                 paints: known ? known.paints : [], painted: known ? known.painted : 0};
+if (!known) {
+  const me = () => registry[tab];
+  const typing = (t) => ['INPUT', 'TEXTAREA', 'SELECT'].includes(t.tagName) || t.isContentEditable;
+  const keyOf = (e) => (e.key.length === 1 ? e.key.toLowerCase() : e.key);
+  let number = 0;  // orders the events: the server may receive them out of order
+  const send = (data) => me().trigger('control', {...data, number: ++number});
   document.addEventListener('keydown', (e) => {
-    const target = e.target;
-    const typing = ['INPUT', 'TEXTAREA', 'SELECT'].includes(target.tagName)
-      || target.isContentEditable;
-    if (typing || e.repeat || e.altKey || e.metaKey) return;
-    const key = e.key.length === 1 ? e.key.toLowerCase() : e.key;
-    const name = classes[key];
-    if (!name) return;
+    if (typing(e.target) || e.altKey || e.metaKey || me().element.offsetParent === null) return;
+    if (e.key === 'Escape') { me().held.clear(); send({stop: true}); return; }
+    const key = keyOf(e), control = controls[key];
+    if (!control) return;
     if (key === ' ' || key.startsWith('Arrow')) e.preventDefault();
-    for (const found of document.querySelectorAll('.' + name)) {
-      const button = found.tagName === 'BUTTON' ? found : found.querySelector('button');
-      if (button && button.offsetParent !== null) { button.click(); break; }
-    }
+    if (e.repeat || me().held.has(control)) return;
+    me().held.add(control);
+    send({control, down: true});
   });
+  document.addEventListener('keyup', (e) => {
+    const control = controls[keyOf(e)];
+    if (!control || !me().held.delete(control)) return;
+    send({control, down: false});
+  });
+  const releaseAll = () => {
+    for (const control of me().held) send({control, down: false});
+    me().held.clear();
+  };
+  window.addEventListener('blur', releaseAll);
+  document.addEventListener('visibilitychange', () => { if (document.hidden) releaseAll(); });
+  // A frame counts as painted once its number is in the frame's caption and its image has
+  // loaded, at the next animation frame (identical frames share one URL and load once).
+  let shownNumber = -1;
+  const painted = (number) => requestAnimationFrame(() => {
+    const now = performance.now(), state = me();
+    state.paints.push(now);
+    state.painted++;
+    if (state.log) state.log.push([now, number]);  // benchmarks.page_latency reads it
+  });
+  const check = (root) => {
+    const match = /frame (\d+)/.exec(root.querySelector('label')?.textContent || '');
+    const number = match ? Number(match[1]) : -1;
+    if (number === shownNumber) return;
+    shownNumber = number;
+    const img = root.querySelector('img');
+    if (!img || img.complete) painted(number);
+    else img.addEventListener('load', () => painted(number), {once: true});
+  };
+  const watching = new WeakSet();
+  setInterval(() => {
+    const root = document.getElementById(frameId);
+    if (root && !watching.has(root)) {
+      watching.add(root);
+      new MutationObserver(() => check(root)).observe(
+        root, {subtree: true, childList: true, characterData: true, attributes: true,
+               attributeFilter: ['src']});
+    }
+    const now = performance.now(), state = me();
+    state.paints = state.paints.filter((t) => now - t < 1000);
+    const shown = state.element.querySelector('.painted');
+    if (shown) {
+      shown.textContent = `painted ${state.paints.length} fps`;
+      shown.dataset.painted = state.painted;
+    }
+  }, 250);
 }
+"""
+PAINTED_HTML = '<span class="painted" data-painted="0">painted 0 fps</span>'
+# Model frames are tiny (64 x 48 for the embedded model): sent as they are, drawn large with
+# square pixels by the browser instead of upscaled and encoded large on the frame's path.
+CSS = """
+.mineworld-frame img, .mineworld-strip img { image-rendering: pixelated; }
+.mineworld-frame img { width: 100%; height: 100%; object-fit: contain; }
+.painted { font-variant-numeric: tabular-nums; }
 """
 
 
@@ -269,14 +335,6 @@ def load_resources(args: argparse.Namespace) -> Resources:
 # -- UI ----------------------------------------------------------------------------------------
 
 
-def enlarge(frame: np.ndarray, width: int) -> np.ndarray:
-    """Nearest-neighbour upscale to ``width`` pixels (never down): model pixels stay sharp."""
-    if frame.shape[1] >= width:
-        return frame
-    height = round(frame.shape[0] * width / frame.shape[1])
-    return cv2.resize(frame, (width, height), interpolation=cv2.INTER_NEAREST)
-
-
 @dataclass
 class StrategyPicker:
     """A strategy dropdown and an input per parameter; only the chosen one's are visible."""
@@ -329,84 +387,139 @@ class StrategyPicker:
 
 @dataclass
 class PlayView:
-    """One tab's display: per side a frame, a strip and plots; then a plot per quality measure
-    (PSNR, SSIM), and a status."""
+    """One tab's display: per side a frame; the status, the keys held and queued, the painted
+    frame rate; then per side a strip and plots, and a plot per quality measure (PSNR, SSIM).
 
+    ``frame_outputs`` change with every frame; ``plot_outputs`` at ``PLOT_SECONDS``."""
+
+    name: str
+    labels: list[str]
     state: gr.State
     status: gr.Textbox
     images: list[gr.Image]
-    strips: list[gr.Gallery]
-    plots: list[dict[str, gr.LinePlot]]
-    quality: dict[str, gr.LinePlot]
+    queue: gr.Markdown
+    keys: gr.HTML
+    stop: gr.Button
+    strips: list[gr.Gallery] = dataclasses.field(default_factory=list)
+    plots: list[dict[str, gr.LinePlot]] = dataclasses.field(default_factory=list)
+    quality: dict[str, gr.LinePlot] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def build(cls, name: str, labels: list[str], close_play) -> PlayView:
-        """The status and each side's frame and strip; ``add_plots`` renders the plots."""
-        state = gr.State(None, time_to_live=IDLE_SECONDS, delete_callback=close_play)
-        status = gr.Textbox(label="Status", interactive=False, elem_id=f"status-{name}")
-        images, strips = [], []
-        with gr.Row():
+    def build(cls, name: str, labels: list[str], close_seat) -> PlayView:
+        """The status, each side's frame, the key queue and Stop; ``add_plots`` renders the
+        strips and plots."""
+        state = gr.State(Seat(), time_to_live=IDLE_SECONDS, delete_callback=close_seat)
+        images = []
+        with gr.Row(equal_height=True):
             for label in labels:
-                with gr.Column():
-                    tag = side_tag(label)
-                    images.append(gr.Image(label=f"{label}: newest frame", format="png",
-                                           interactive=False, elem_id=f"frame-{tag}"))
-                    # JPEG: eight thumbnails a step, 1 ms each instead of about 5 in PNG.
-                    strips.append(gr.Gallery(label="Last frames", format="jpeg",
-                                             columns=STRIP_FRAMES, rows=1, height=140,
-                                             fit_columns=False, object_fit="contain",
-                                             allow_preview=False, elem_id=f"strip-{tag}"))
-        return cls(state, status, images, strips, [], {})
+                images.append(gr.Image(label=frame_label(label, 0), format="png",
+                                       interactive=False, elem_id=f"frame-{side_tag(label)}",
+                                       elem_classes="mineworld-frame", height=300,
+                                       buttons=[]))
+        with gr.Row(equal_height=True):
+            controls = {key: name for name, (_label, key) in CONTROLS.items() if key}
+            keys = gr.HTML(PAINTED_HTML, elem_id=f"keys-{name}", min_width=120, scale=0,
+                           js_on_load=KEYS_JS % {
+                               "tab": json.dumps(name), "controls": json.dumps(controls),
+                               "frame": json.dumps(f"frame-{side_tag(labels[0])}")})
+            queue = gr.Markdown(queue_text(None), elem_id=f"queue-{name}")
+            stop = gr.Button("Stop (Esc)", variant="stop", size="sm", scale=0, min_width=100,
+                             elem_id=f"stop-{name}")
+        status = gr.Textbox(label="Status", interactive=False, elem_id=f"status-{name}",
+                            lines=1, max_lines=3)
+        return cls(name, labels, state, status, images, queue, keys, stop)
 
     def add_plots(self, labels: list[str]) -> None:
-        """Each side's plots, two a row, then the quality plots shared by the sides."""
+        """Each side's strip and plots, two a row, then the quality plots shared by the
+        sides."""
         with gr.Row():
             for label in labels:
+                tag = side_tag(label)
                 with gr.Column():
+                    self.strips.append(gr.Gallery(
+                        label=f"{label}: last frames", format="png", columns=STRIP_FRAMES,
+                        rows=1, height=120, fit_columns=False, object_fit="contain",
+                        allow_preview=False, elem_id=f"strip-{tag}",
+                        elem_classes="mineworld-strip"))
                     side_plots = {}
                     names = list(PLOTS)
                     for first in range(0, len(names), 2):
                         with gr.Row():
                             for name in names[first : first + 2]:
-                                side_plots[name] = line_plot(
-                                    f"{label}: {PLOTS[name][0]}",
-                                    elem_id=f"plot-{name}-{side_tag(label)}",
-                                )
+                                title, unit = PLOTS[name][0], PLOT_UNITS[name]
+                                side_plots[name] = line_plot(f"{label}: {title}", unit,
+                                                             elem_id=f"plot-{name}-{tag}")
                     self.plots.append(side_plots)
         with gr.Row():
             for measure, title in QUALITY.items():
+                if len(labels) == 1:
+                    title = title.replace("between the sides, and against", "against")
                 self.quality[measure] = line_plot(
-                    title, elem_id=f"plot-{measure}-{side_tag('-'.join(labels))}"
-                )
+                    title, PLOT_UNITS[measure],
+                    elem_id=f"plot-{measure}-{side_tag('-'.join(labels))}")
+
+    @property
+    def frame_outputs(self) -> list:
+        return [self.state, self.status, *self.images, self.queue]
+
+    @property
+    def plot_outputs(self) -> list:
+        side_plots = [plot for plots in self.plots for plot in plots.values()]
+        return [*self.strips, *side_plots, *self.quality.values()]
+
+    @property
+    def outputs(self) -> list:
+        return self.frame_outputs + self.plot_outputs
 
     def status_only(self, message: str) -> list:
         """Values that change nothing but the status line."""
         return [gr.skip(), message, *[gr.skip()] * (len(self.outputs) - 2)]
 
-    @property
-    def outputs(self) -> list:
-        side_plots = [plot for plots in self.plots for plot in plots.values()]
-        return [self.state, self.status, *self.images, *self.strips, *side_plots,
-                *self.quality.values()]
+    def queue_values(self, seat: Seat) -> list:
+        """Values for ``frame_outputs`` that show only the keys held and queued."""
+        return [seat, gr.skip(), *[gr.skip()] * len(self.images), queue_text(seat)]
 
-    def values(self, play: PlaySession, status: str) -> list:
-        """Component values for ``outputs``, in the same order."""
-        newest = play.newest_frames()
-        images = [enlarge(frame, DISPLAY_WIDTH) for frame in newest]
-        strips = [
-            [(enlarge(frame, STRIP_WIDTH), caption) for frame, caption in
-             side.newest(STRIP_FRAMES)]
-            for side in play.sides
-        ]
+    def frame_values(self, seat: Seat, note: str = "") -> list:
+        """Values for ``frame_outputs``: the newest frames as they are (small), the status."""
+        play = seat.play
+        images = [gr.update(value=frame, label=frame_label(label, play.frames_played))
+                  for label, frame in zip(self.labels, play.newest_frames(), strict=True)]
+        return [seat, status_line(play, note), *images, queue_text(seat)]
+
+    def plot_values(self, seat: Seat) -> list:
+        """Values for ``plot_outputs``; every one skipped when nothing changed since the last
+        call, so that an idle tab's timer costs nothing."""
+        play = seat.play
+        shown = None if play is None or play.closed else (id(play), play.frames_played,
+                                                          play.describe_sides())
+        if shown is None or shown == seat.shown:
+            return [gr.skip()] * len(self.plot_outputs)
+        seat.shown = shown
+        strips = [side.newest(STRIP_FRAMES) for side in play.sides]
         tables = [table for side in play.sides for table in side.plot_tables().values()]
         quality = [play.quality_table(measure) for measure in self.quality]
-        return [play, status, *images, *strips, *tables, *quality]
+        return [*strips, *tables, *quality]
+
+    def values(self, seat: Seat, note: str = "") -> list:
+        """Values for every output, in ``outputs`` order."""
+        seat.shown = None
+        return self.frame_values(seat, note) + self.plot_values(seat)
 
 
-def line_plot(title: str, elem_id: str | None = None) -> gr.LinePlot:
+# The y axis of each plot (PLOTS and QUALITY).
+PLOT_UNITS = {"tokens": "tokens", "kv": "MB", "memory": "MB", "ms": "ms", "fps": "frames/s",
+              "psnr": "dB", "ssim": "SSIM"}
+
+
+def line_plot(title: str, unit: str, elem_id: str | None = None) -> gr.LinePlot:
     """A plot of a long-format table (``mineworld.play.plot_table``), one line per series."""
     return gr.LinePlot(None, x="frame", y="value", color="series", title=title, height=200,
-                       elem_id=elem_id)
+                       x_title="frame", y_title=unit, x_axis_format="d", elem_id=elem_id)
+
+
+def frame_label(label: str, number: int) -> str:
+    """The caption of a side's frame; the page counts painted frames by its number."""
+    return f"{label}: frame {number}"
 
 
 def side_tag(label: str) -> str:
@@ -420,16 +533,34 @@ def status_line(play: PlaySession, note: str = "") -> str:
     played = f"{play.frames_played} frames played"
     if play.truncated:
         played += f" (the newest {len(play.sides[0].frames)} kept)"
-    parts = [f"scene {play.scene.name}, start frame {play.start}", played,
+    parts = [f"{play.scene.name}.mp4 from frame {play.start}", played,
              play.describe_sides(), *speeds, play.latest_quality(), note]
     return " · ".join(part for part in parts if part)
 
 
+def queue_text(seat: Seat | None) -> str:
+    """The keys held and the presses waiting, e.g. "Held: W forward · Queued: ↑ ×2, Space"."""
+    if seat is None:
+        return "Held: none · Queued: none"
+    held = " + ".join(CONTROLS[name][0] for name in seat.controls.held) or "none"
+    runs: list[list] = []
+    for name in seat.controls.queued:
+        if runs and runs[-1][0] == name:
+            runs[-1][1] += 1
+        else:
+            runs.append([name, 1])
+    queued = ", ".join(CONTROLS.get(name, (name,))[0] + (f" ×{count}" if count > 1 else "")
+                       for name, count in runs)
+    return f"Held: {held} · Queued: {queued or 'none'}"
+
+
 class Demo:
-    """The event handlers; they share the read-only resources and nothing else."""
+    """The event handlers; they share the read-only resources and the model's scheduler, and
+    nothing else."""
 
     def __init__(self, resources: Resources):
         self.resources = resources
+        self.scheduler = FrameScheduler()
         # Plays by (session hash, sides: 1 on the Play tab, 2 on Compare) so that closing the
         # tab frees them at once; weak, so the State stays their owner.
         self.open_plays: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
@@ -438,7 +569,8 @@ class Demo:
 
     def new_play(self, scene: Scene | None, start: int | None, seed: int | None, strategies,
                  request) -> PlaySession:
-        """A play of ``strategies``; None picks the shipped scene, its start frame, the seed."""
+        """A play of ``strategies`` (prefilled on the model's thread); None picks the shipped
+        scene, its start frame, the seed."""
         resources = self.resources
         scene = scene or resources.scene
         start = resources.default_start(scene) if start is None else int(number(start, "start"))
@@ -448,18 +580,30 @@ class Demo:
                     and 0 <= seed <= MAX_SEED):
                 raise ValueError(f"seed must be a whole number in [0, 2**63), got {seed!r}")
             options = dataclasses.replace(options, seed=int(seed))
-        play = PlaySession(resources.model, resources.tokenizer, scene, start, strategies,
-                           options)
+        play = self.scheduler.call(PlaySession, resources.model, resources.tokenizer, scene,
+                                   start, strategies, options)
         if request is not None and request.session_hash:
             self.open_plays[(request.session_hash, len(strategies))] = play
         return play
+
+    def replace_play(self, seat: Seat, play: PlaySession) -> None:
+        """Seat ``play``; the old play closes after the frame it may be making."""
+        old, seat.play = seat.play, play
+        if old is not None:
+            self.scheduler.submit(old.close)
+
+    def close_seat(self, seat: Seat | None) -> None:
+        """A tab's State dropped: stop its keys, free its play."""
+        if seat is not None:
+            seat.controls.stop()
+            self.replace_play(seat, None)
 
     def restart(self, view: PlayView, pickers: list[StrategyPicker]):
         """Handler: a new play from the scene's start frame with the pickers' strategies."""
 
         # gr.Request comes first: Gradio passes it by position, and *picker_values follows.
-        def restart(request: gr.Request, old: PlaySession | None, scene: Scene | None, start,
-                    seed, *picker_values):
+        def restart(request: gr.Request, seat: Seat, scene: Scene | None, start, seed,
+                    *picker_values):
             strategies, values = [], list(picker_values)
             try:
                 for picker in pickers:
@@ -470,55 +614,124 @@ class Demo:
             except PLAY_ERRORS as error:
                 gr.Warning(str(error))
                 return view.status_only(f"Not started: {error}")
-            if old is not None:
-                old.close()
-            return view.values(play, status_line(play))
+            self.replace_play(seat, play)
+            return view.values(seat)
 
         return restart
 
     def switch(self, view: PlayView, picker: StrategyPicker):
         """Handler: continue from the current state with another strategy."""
 
-        def switch(request: gr.Request, play: PlaySession | None, *picker_values):
+        def switch(request: gr.Request, seat: Seat, *picker_values):
             try:
                 strategy, params = picker.chosen(*picker_values)
-                if play is None or play.closed:
-                    play = self.new_play(None, None, None, [(strategy, params)], request)
+                if seat.play is None or seat.play.closed:
+                    self.replace_play(
+                        seat, self.new_play(None, None, None, [(strategy, params)], request))
                 else:
-                    play.switch_strategy(0, strategy, params)
+                    self.scheduler.call(seat.play.switch_strategy, 0, strategy, params)
             except PLAY_ERRORS as error:
                 gr.Warning(str(error))
                 return view.status_only(f"Strategy not changed: {error}")
-            return view.values(play, status_line(play))
+            return view.values(seat)
 
         return switch
 
-    def step(self, view: PlayView, control: str, sides: int):
-        """Handler: take the control's action ``repeat`` times, streaming every frame."""
+    async def seated(self, seat: Seat, sides: int, request) -> str:
+        """"" once ``seat`` has an open play (the Play tab starts the default one), else why
+        not."""
+        if seat.play is not None and not seat.play.closed:
+            return ""
+        if sides > 1:
+            return "Press “Start comparison” first"
+        defaults = [(self.resources.strategy, self.resources.params)]
+        play = await asyncio.to_thread(self.new_play, None, None, None, defaults, request)
+        self.replace_play(seat, play)
+        return ""
 
-        def step(play: PlaySession | None, repeat, pitch, yaw, request: gr.Request):
+    async def drive(self, view: PlayView, seat: Seat, note: str = ""):
+        """Frame values while the seat's controls ask for frames (if no other event drives
+        them), then the queue as it is left."""
+        made = False
+        async for _count in seat.frames(self.scheduler):
+            made = True
+            yield view.frame_values(seat, note)
+        if made and seat.play is not None and not seat.play.closed:
+            yield view.frame_values(seat, note)
+        else:
+            yield view.queue_values(seat)
+
+    def step(self, view: PlayView, control: str, sides: int):
+        """Handler of a control's button: queue ``repeat`` presses, and stream every frame
+        while this event drives."""
+
+        async def step(seat: Seat, repeat, pitch, yaw, request: gr.Request):
             try:
                 action = control_action(control, number(pitch, "pitch"), number(yaw, "yaw"))
                 times, note = repeat_count(repeat)
-                if play is None or play.closed:
-                    if sides > 1:
-                        yield view.status_only("Press “Start comparison” first")
-                        return
-                    defaults = [(self.resources.strategy, self.resources.params)]
-                    play = self.new_play(None, None, None, defaults, request)
+                why_not = await self.seated(seat, sides, request)
             except PLAY_ERRORS as error:
                 gr.Warning(str(error))
                 yield view.status_only(f"Not played: {error}")
                 return
+            if why_not:
+                yield view.status_only(why_not)
+                return
+            refused = seat.controls.press(control, action, times)
+            if refused:
+                note = f"{refused} presses not queued: the queue holds {MAX_QUEUED}"
             if note:
                 gr.Warning(note)
-            for _ in range(times):
-                if play.closed:  # the tab closed meanwhile
-                    return
-                play.step(action)
-                yield view.values(play, status_line(play, note))
+            async for values in self.drive(view, seat, note):
+                yield values
 
         return step
+
+    def control(self, view: PlayView, sides: int):
+        """Handler of the keyboard: a key down holds its control (and presses it once, so a
+        tap shorter than a frame still plays), a key up releases it, Escape stops."""
+
+        async def control(seat: Seat, evt: gr.EventData, request: gr.Request):
+            data = evt._data if isinstance(evt._data, dict) else {}
+            name, note = data.get("control"), ""
+            order = data.get("number")
+            order = order if isinstance(order, int) else 0
+            if data.get("stop"):
+                seat.controls.stop()
+            elif name in CONTROLS and not data.get("down"):
+                seat.controls.release(name, order)
+            elif name in CONTROLS:
+                try:
+                    why_not = await self.seated(seat, sides, request)
+                except PLAY_ERRORS as error:
+                    why_not = f"Not played: {error}"
+                if why_not:
+                    yield view.status_only(why_not)
+                    return
+                if seat.controls.hold(name, control_action(name, 0.0, 0.0), order):
+                    note = f"{CONTROLS[name][0]} not queued: the queue holds {MAX_QUEUED}"
+            async for values in self.drive(view, seat, note):
+                yield values
+
+        return control
+
+    def stop(self, view: PlayView):
+        """Handler of Stop: no new frame starts (the one being made finishes)."""
+
+        def stop(seat: Seat):
+            seat.controls.stop()
+            return view.queue_values(seat)
+
+        return stop
+
+    @staticmethod
+    def refresh(view: PlayView):
+        """Handler of the tab's timer: the strip, plots and scores, when frames came."""
+
+        def refresh(seat: Seat):
+            return view.plot_values(seat)
+
+        return refresh
 
     def forget(self, request: gr.Request) -> None:
         """Handler for a closed tab: free its plays and uploaded scene now, not when Gradio
@@ -526,7 +739,7 @@ class Demo:
         for tab in (1, 2):
             play = self.open_plays.pop((request.session_hash, tab), None)
             if play is not None:
-                play.close()
+                self.scheduler.call(play.close)
         scene = self.open_scenes.pop(request.session_hash, None)
         if scene is not None:
             scene.frames = np.zeros((0, *scene.frames.shape[1:]), np.uint8)  # not a view
@@ -560,11 +773,13 @@ class Demo:
         return scene, slider, describe_scene(scene)
 
     @staticmethod
-    def export(play: PlaySession | None):
-        if play is None or play.closed:
-            gr.Warning("Nothing played yet")
-            return None
-        return str(play.export())
+    def export(seat: Seat):
+        """Handler: the play so far as mp4, shown as a file beside the button."""
+        play = seat.play
+        if play is None or play.closed or not play.frames_played:
+            gr.Warning("Nothing played yet: hold a key first")
+            return gr.update(value=None, visible=False)
+        return gr.update(value=str(play.export()), visible=True)
 
 
 def describe_scene(scene: Scene) -> str:
@@ -594,30 +809,21 @@ def repeat_count(repeat) -> tuple[int, str]:
     return times, ""
 
 
-def close_play(play: PlaySession | None) -> None:
-    if play is not None:
-        play.close()
-
-
 @dataclass
 class ActionPad:
     """Buttons for every control, the camera sliders and "repeat"."""
 
     buttons: dict[str, gr.Button]
-    repeat: gr.Slider
+    repeat: gr.Number
     pitch: gr.Slider
     yaw: gr.Slider
 
     @classmethod
     def build(cls) -> ActionPad:
-        with gr.Row():
-            repeat = gr.Slider(1, MAX_REPEAT, value=1, step=1, label="Repeat n times")
-            pitch = gr.Slider(-90, 90, value=0, step=1, label="Camera pitch (°, + looks down)")
-            yaw = gr.Slider(-90, 90, value=0, step=1, label="Camera yaw (°, + turns right)")
         buttons = {}
         with gr.Row():
             for group, controls in CONTROL_GROUPS.items():
-                with gr.Column(min_width=120), gr.Group():
+                with gr.Column(min_width=110), gr.Group():
                     gr.Markdown(f"**{group}**")
                     with gr.Row():
                         for name, (label, _key) in controls.items():
@@ -625,27 +831,48 @@ class ActionPad:
                                                       elem_classes=control_class(name))
                     if group == "Camera":
                         buttons["look"] = gr.Button("Look (sliders)", size="sm")
+        with gr.Row():
+            # A number, not a slider: a slider's box clamps 40 to its maximum without a word,
+            # a number out of range is refused with a message.
+            repeat = gr.Number(1, minimum=1, maximum=MAX_REPEAT, step=1, precision=0,
+                               label=f"Repeat a button n times (1-{MAX_REPEAT})", min_width=120)
+            pitch = gr.Slider(-90, 90, value=0, step=1, label="Look: pitch (°, + looks down)")
+            yaw = gr.Slider(-90, 90, value=0, step=1, label="Look: yaw (°, + turns right)")
         return cls(buttons, repeat, pitch, yaw)
 
     def wire(self, demo: Demo, view: PlayView, prefix: str) -> None:
-        """Every button steps ``view``'s play; API names are ``<prefix>_<control>``."""
+        """Every button queues presses for ``view``'s play; API names are
+        ``<prefix>_<control>``. Clicks during a frame queue too ("multiple")."""
         for name, button in self.buttons.items():
             button.click(
                 demo.step(view, name, len(view.images)),
-                [view.state, self.repeat, self.pitch, self.yaw], view.outputs,
+                [view.state, self.repeat, self.pitch, self.yaw], view.frame_outputs,
                 api_name=f"{prefix}_{name.replace('.', '_').replace(' ', '_')}",
-                concurrency_id=MODEL_QUEUE, show_progress="hidden",
+                concurrency_limit=None, trigger_mode="multiple", show_progress="hidden",
             )
+
+
+def wire_play(demo: Demo, view: PlayView, pad: ActionPad, prefix: str) -> None:
+    """The tab's buttons, keys, Stop and plot timer."""
+    pad.wire(demo, view, prefix)
+    sides = len(view.images)
+    view.keys.control(demo.control(view, sides), view.state, view.frame_outputs,
+                      api_visibility="private", concurrency_limit=None,
+                      trigger_mode="multiple", show_progress="hidden")
+    view.stop.click(demo.stop(view), view.state, view.frame_outputs, api_name=f"{prefix}_stop",
+                    concurrency_limit=None, trigger_mode="multiple", show_progress="hidden")
+    gr.Timer(PLOT_SECONDS).tick(demo.refresh(view), view.state, view.plot_outputs,
+                                api_visibility="private", concurrency_limit=None,
+                                show_progress="hidden")
 
 
 def build_demo(resources: Resources) -> gr.Blocks:
     """The whole page for ``resources``; launching it is the caller's business."""
     demo = Demo(resources)
-    keys = {key: control_class(name) for name, (_label, key) in CONTROLS.items() if key}
     with gr.Blocks(title="MineWorld", delete_cache=(600, 3600)) as blocks:
-        gr.HTML("", js_on_load=KEYBOARD_JS % json.dumps(keys), elem_id="keyboard")
-        gr.Markdown("# MineWorld: play the world model\nKeys: W A S D move, Space jump, Shift "
-                    "sneak, Ctrl sprint, Q drop, 1-9 hotbar, arrows turn the camera.")
+        gr.Markdown("## MineWorld: play the world model\nHold a key to play, release it to "
+                    "stop: W A S D move, Space jump, Shift sneak, Ctrl sprint, Q drop, 1-9 "
+                    "hotbar, arrows turn the camera, Esc stops.")
         scene_state = gr.State(None)  # None: the shipped scene
         with gr.Accordion("Scene", open=False):
             scene_info = gr.Markdown(describe_scene(resources.scene))
@@ -660,17 +887,20 @@ def build_demo(resources: Resources) -> gr.Blocks:
 
         with gr.Tab("Play"):
             with gr.Row():
-                picker = StrategyPicker.build("Cache strategy", resources.strategy,
-                                              resources.params)
-            with gr.Row():
-                apply = gr.Button("Apply strategy (continue from here)")
-                reset = gr.Button("Reset to the start frame", variant="secondary")
-                download = gr.Button("Download mp4")
-            view = PlayView.build("play", ["Play"], close_play)
-            pad = ActionPad.build()
+                with gr.Column(scale=2, min_width=320):
+                    view = PlayView.build("play", ["Play"], demo.close_seat)
+                with gr.Column(scale=3):
+                    picker = StrategyPicker.build("Cache strategy", resources.strategy,
+                                                  resources.params)
+                    with gr.Row():
+                        apply = gr.Button("Apply strategy (continue from here)", size="sm")
+                        reset = gr.Button("Reset to the start frame", size="sm")
+                        download = gr.Button("Download mp4", size="sm")
+                    video = gr.File(label="Session video", interactive=False, height=60,
+                                    visible=False)
+                    pad = ActionPad.build()
             view.add_plots(["Play"])
-            pad.wire(demo, view, "play")
-            video = gr.File(label="Session video", interactive=False)
+            wire_play(demo, view, pad, "play")
         restart = demo.restart(view, [picker])
         restart_inputs = [view.state, scene_state, start, seed, *picker.components]
         reset.click(restart, restart_inputs, view.outputs, api_name="reset",
@@ -691,13 +921,15 @@ def build_demo(resources: Resources) -> gr.Blocks:
                     StrategyPicker.build("Strategy B", *resources.comparison()),
                 ]
             with gr.Row():
-                compare = gr.Button("Start comparison from the start frame", variant="primary")
-                compare_download = gr.Button("Download both as mp4")
-            compare_view = PlayView.build("compare", ["A", "B"], close_play)
+                compare = gr.Button("Start comparison from the start frame", variant="primary",
+                                    size="sm")
+                compare_download = gr.Button("Download both as mp4", size="sm")
+            compare_video = gr.File(label="Both sessions, side by side", interactive=False,
+                                    height=60, visible=False)
+            compare_view = PlayView.build("compare", ["A", "B"], demo.close_seat)
             compare_pad = ActionPad.build()
             compare_view.add_plots(["A", "B"])
-            compare_pad.wire(demo, compare_view, "compare")
-            compare_video = gr.File(label="Both sessions, side by side", interactive=False)
+            wire_play(demo, compare_view, compare_pad, "compare")
         compare.click(
             demo.restart(compare_view, pickers),
             [compare_view.state, scene_state, start, seed,
@@ -716,7 +948,7 @@ def launch(blocks: gr.Blocks, host: str, port: int, block: bool = True) -> str:
     _app, url, _share = blocks.launch(
         server_name=host, server_port=port, share=False, ssr_mode=False, quiet=True,
         footer_links=[], run_history=False, prevent_thread_lock=True,
-        max_file_size=f"{MAX_UPLOAD_MB}mb", allowed_paths=[],
+        max_file_size=f"{MAX_UPLOAD_MB}mb", allowed_paths=[], css=CSS,
     )
     print(f"{PROG}: serving on {url}", flush=True)
     if block:

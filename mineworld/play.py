@@ -10,6 +10,11 @@ SSIM from ``mineworld.metrics`` (the benchmarks' code), as is A against B in a c
 Everything a play holds is bounded, however long it runs: a scene is at most
 ``MAX_SCENE_FRAMES`` frames, and each side keeps its newest ``KEPT_FRAMES`` frames, captions and
 stats rows (the plots, the strip and the exported video show those); the cache is the strategy's.
+
+A step only makes the frames: the true world's frame and the scores follow when the quality is
+next read (``score_pending``, at the plots' pace) or once ``MAX_UNSCORED`` frames wait, so that
+they cost the frame nothing. One thread steps a play (``mineworld.stream.FrameScheduler``) while
+others read it: readers get snapshots taken under the play's lock.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import math
 import resource
 import shutil
 import tempfile
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -42,6 +48,7 @@ MIB = 2**20
 # Limits that keep one user's play bounded in memory, however long it runs or whatever it loads.
 MAX_SCENE_FRAMES = 256  # frames read from a scene video; a longer one is cut, and says so
 KEPT_FRAMES = 256  # per side: frames, captions, plot rows and actions kept (the newest)
+MAX_UNSCORED = 32  # frames whose true frame and scores may wait for the next reader
 MAX_WORLD_SIDE = 1024  # a world sidecar's render size, per side (the true frame is resized)
 MAX_SUPERSAMPLE = 4
 PLAYER_STATE = ("x", "y", "z", "yaw", "pitch", "vx", "vy", "vz", "on_ground")
@@ -207,6 +214,13 @@ def _kept() -> deque:
     return deque(maxlen=KEPT_FRAMES)
 
 
+def _scores(number: int, series: str, a: np.ndarray, b: np.ndarray) -> dict:
+    """PSNR and SSIM (mineworld.metrics, as the benchmarks) of frame ``a`` against ``b``."""
+    scores = frame_scores(a, b)
+    scores["psnr"] = min(scores["psnr"], PSNR_IDENTICAL_DB)
+    return {"frame": number, "series": series, **scores}
+
+
 @dataclass
 class Side:
     """One strategy's run: its session, the newest ``KEPT_FRAMES`` frames it made (with their
@@ -220,14 +234,16 @@ class Side:
     rows: deque[dict] = field(default_factory=_kept)
     made: int = 0
     evicted_so_far: int = 0  # the session's running count, to plot each frame's evictions
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # the play's
 
     def replace_session(self, session: Session, strategy: str, params: dict) -> None:
         """Go on with another session (its counters start again at zero)."""
         self.session, self.strategy, self.params = session, strategy, dict(params)
         self.evicted_so_far = 0
 
-    def step(self, action: dict) -> np.ndarray:
-        frame, stats = self.session.step(action)
+    def record(self, action: dict, frame: np.ndarray, stats: dict) -> None:
+        """Keep a frame this side's session made, its caption and its stats row (under the
+        play's lock)."""
         device = self.session.device
         self.made += 1
         self.rows.append({
@@ -248,20 +264,22 @@ class Side:
         self.evicted_so_far = stats["evicted_tokens"]
         self.frames.append(frame)
         self.captions.append(describe(action))
-        return frame
 
     def newest(self, count: int) -> list[tuple[np.ndarray, str]]:
         """The newest ``count`` frames with their captions, oldest first."""
-        first = max(0, len(self.frames) - count)
-        return [(self.frames[i], self.captions[i]) for i in range(first, len(self.frames))]
+        with self.lock:
+            first = max(0, len(self.frames) - count)
+            return [(self.frames[i], self.captions[i]) for i in range(first, len(self.frames))]
 
     def plot_tables(self) -> dict[str, pd.DataFrame | None]:
         """One long-format table (frame, value, series) per entry of ``PLOTS``."""
+        with self.lock:
+            rows = list(self.rows)
         tables = {}
         for name, (_title, series) in PLOTS.items():
             records = [
                 {"frame": row["frame"], "value": row[column], "series": column}
-                for row in self.rows for column in series if row[column] is not None
+                for row in rows for column in series if row[column] is not None
             ]
             tables[name] = plot_table(records)
         return tables
@@ -287,6 +305,8 @@ class PlaySession:
             raise ValueError(f"start frame must be in [0, {len(scene.frames) - 1}], got {start}")
         self.model, self.tokenizer, self.options = model, tokenizer, options
         self.scene, self.start = scene, start
+        self._lock = threading.Lock()  # the kept frames, rows and scores
+        self._truth_lock = threading.Lock()  # the true world, stepped in the played order
         self.context_frames = list(scene.frames[: start + 1])
         self.context_actions = list(scene.actions[:start])
         self.sides = [self._new_side(name, params) for name, params in strategies]
@@ -296,6 +316,7 @@ class PlaySession:
         # Per frame and pair compared: frame, series, and a value per QUALITY measure.
         self.quality: deque[dict] = deque(maxlen=3 * KEPT_FRAMES)
         self.actions: deque[dict] = _kept()  # the newest, as the sides' frames
+        self._unscored: list[tuple[int, dict, list[np.ndarray]]] = []
         self.frames_played = 0
         self._export_dir = tempfile.mkdtemp(prefix="mineworld-play-")
 
@@ -314,7 +335,7 @@ class PlaySession:
         session = self._prefilled_session(
             strategy, params, self.context_frames, self.context_actions
         )
-        return Side(strategy, dict(params), session)
+        return Side(strategy, dict(params), session, lock=self._lock)
 
     def switch_strategy(self, index: int, strategy: str, params: dict) -> None:
         """Continue side ``index`` with another strategy, prefilled from its newest frames."""
@@ -335,39 +356,63 @@ class PlaySession:
         """The frame each side shows now (the start frame before the first step)."""
         return [side.frames[-1] if side.frames else self.context_frames[-1] for side in self.sides]
 
-    def step(self, action: dict) -> None:
-        """Every side takes ``action``; the true world too, and each frame is scored."""
-        frames = [side.step(action) for side in self.sides]
-        self.actions.append(action)
-        self.frames_played += 1
-        number = self.frames_played
-        labels = "AB" if len(frames) == 2 else [""] * len(frames)
-        if len(frames) == 2:
-            self._score(number, "A vs B", frames[0], frames[1])
-        if self.truth is not None:
-            truth = self.truth.step(action)
-            for label, frame in zip(labels, frames, strict=True):
-                self._score(number, f"{label} vs truth".strip(), frame, truth)
+    def step(self, action: dict) -> list[np.ndarray]:
+        """Every side takes ``action``; returns their new frames. The true world and the scores
+        wait for ``score_pending``."""
+        made = [(side, *side.session.step(action)) for side in self.sides]
+        with self._lock:
+            for side, frame, stats in made:
+                side.record(action, frame, stats)
+            self.actions.append(action)
+            self.frames_played += 1
+            frames = [frame for _side, frame, _stats in made]
+            self._unscored.append((self.frames_played, action, frames))
+            waiting = len(self._unscored)
+        if waiting >= MAX_UNSCORED:
+            self.score_pending()
+        return frames
 
-    def _score(self, number: int, series: str, a: np.ndarray, b: np.ndarray) -> None:
-        """PSNR and SSIM (mineworld.metrics, as the benchmarks) of frame ``a`` against ``b``."""
-        scores = frame_scores(a, b)
-        scores["psnr"] = min(scores["psnr"], PSNR_IDENTICAL_DB)
-        self.quality.append({"frame": number, "series": series, **scores})
+    def score_pending(self) -> None:
+        """Step the true world through the actions played since the last call and score each
+        frame: A against B, and each side against the truth."""
+        with self._truth_lock:
+            with self._lock:
+                pending, self._unscored = self._unscored, []
+            rows = []
+            for number, action, frames in pending:
+                labels = "AB" if len(frames) == 2 else [""] * len(frames)
+                if len(frames) == 2:
+                    rows.append(_scores(number, "A vs B", frames[0], frames[1]))
+                if self.truth is not None:
+                    truth = self.truth.step(action)
+                    rows.extend(_scores(number, f"{label} vs truth".strip(), frame, truth)
+                                for label, frame in zip(labels, frames, strict=True))
+            with self._lock:
+                self.quality.extend(rows)
 
     def quality_table(self, measure: str = "psnr") -> pd.DataFrame | None:
-        """Long-format table of one QUALITY measure, for a line plot."""
+        """Long-format table of one QUALITY measure, for a line plot (every frame scored)."""
+        self.score_pending()
+        with self._lock:
+            rows = list(self.quality)
         return plot_table([
             {"frame": row["frame"], "value": row[measure], "series": row["series"]}
-            for row in self.quality
+            for row in rows
         ])
 
     def latest_quality(self) -> str:
-        """The newest frame's scores, e.g. "A vs B 31.2 dB / SSIM 0.912"."""
-        newest = [row for row in self.quality if row["frame"] == self.frames_played]
-        return ", ".join(
+        """The newest scored frame's scores, e.g. "A vs B 31.2 dB / SSIM 0.912", its number
+        first when newer frames wait to be scored."""
+        with self._lock:
+            if not self.quality:
+                return ""
+            number = self.quality[-1]["frame"]
+            newest = [row for row in self.quality if row["frame"] == number]
+            lagging = number != self.frames_played
+        scores = ", ".join(
             f"{row['series']} {row['psnr']:.1f} dB / SSIM {row['ssim']:.3f}" for row in newest
         )
+        return f"frame {number}: {scores}" if lagging else scores
 
     @property
     def truncated(self) -> bool:
@@ -378,7 +423,8 @@ class PlaySession:
         """An H.264 mp4 of the play so far (its newest KEPT_FRAMES frames, after the start frame
         while it is kept); sides side by side."""
         first = [] if self.truncated else self.context_frames[-1:]
-        rows = [first + list(side.frames) for side in self.sides]
+        with self._lock:
+            rows = [first + list(side.frames) for side in self.sides]
         video = np.concatenate([np.stack(frames) for frames in rows], axis=2)
         path = Path(self._export_dir) / f"mineworld-{self.scene.name}-{int(time.time())}.mp4"
         return write_video(path, video, EXPORT_FPS)
@@ -395,11 +441,14 @@ class PlaySession:
 
     def close(self) -> None:
         """Free what the play holds (Gradio keeps a closed tab's State for an hour): the sides,
-        the scores, and the scene frames (views that would keep an uploaded scene alive)."""
-        for side in self.sides:
-            side.close()
-        self.quality.clear()
-        self.actions.clear()
-        self.context_frames, self.context_actions, self.truth = [], [], None
+        the scores, and the scene frames (views that would keep an uploaded scene alive). Not
+        while a step runs: the caller runs both on one thread."""
+        with self._truth_lock, self._lock:
+            for side in self.sides:
+                side.close()
+            self.quality.clear()
+            self.actions.clear()
+            self._unscored = []
+            self.context_frames, self.context_actions, self.truth = [], [], None
         shutil.rmtree(self._export_dir, ignore_errors=True)
 

@@ -7,6 +7,7 @@ here (PatchTokenizer, tiny_model, record_scene) serve test_browser.py too."""
 import dataclasses
 import gc
 import json
+import re
 import socket
 import time
 import warnings
@@ -81,9 +82,15 @@ def served(scene_mp4, tmp_path_factory):
         blocks.close()
 
 
-def frame_of(path):
-    """The model frame inside a displayed image: undo the nearest-neighbour upscale."""
-    image = np.asarray(Image.open(path).convert("RGB"))
+def path_of(output):
+    """The file of an output: a path, or an update (new value and label) holding one."""
+    return output["value"] if isinstance(output, dict) else output
+
+
+def frame_of(output):
+    """The model frame of a displayed image (the page scales it up itself; an older page sent
+    it upscaled with nearest neighbour)."""
+    image = np.asarray(Image.open(path_of(output)).convert("RGB"))
     scale = image.shape[1] // WIDTH
     return image[scale // 2 :: scale, scale // 2 :: scale][:HEIGHT, :WIDTH]
 
@@ -245,8 +252,9 @@ def test_a_step_returns_a_new_frame(served):
     [expected] = expected_frames(resources, 1, make_action(["forward"]), 3)
     assert np.array_equal(newest, expected)
     assert "3 frames played" in outputs[0] and "fps" in outputs[0]
-    assert len(steps.outputs()) == 3  # every frame streamed as it was made
-    video = read_video(client.predict(api_name="/download"))
+    played = [int(re.search(r"(\d+) frames played", out[0]).group(1)) for out in steps.outputs()]
+    assert played == [1, 2, 3, 3]  # every frame streamed as it was made, then the queue left
+    video = read_video(path_of(client.predict(api_name="/download")))
     assert video.shape == (4, HEIGHT, WIDTH, 3)  # the start frame and the three played
 
 
@@ -256,7 +264,7 @@ def test_an_uploaded_scene_is_played(served, tmp_path):
     client.predict([handle_file(mp4), handle_file(mp4.with_suffix(".jsonl"))],
                    api_name="/load_scene")
     status = client.predict(2, api_name="/reset")[0]
-    assert status.startswith("scene hill, start frame 2")
+    assert status.startswith("hill.mp4 from frame 2")
     status = client.predict(1, 0, 0, api_name="/play_jump")[0]
     assert "1 frames played" in status
 
@@ -376,7 +384,7 @@ def test_eight_clients_stepping_at_once_see_only_their_own_frames(served):
         frames = []
         for step in range(1, steps + 1):
             outputs = client.predict(1, 0, 0, api_name=f"/play_{control}")
-            assert f"start frame {start} · {step} frames played" in outputs[0]
+            assert f"from frame {start} · {step} frames played" in outputs[0]
             frames.append(frame_of(outputs[1]))
         return frames
 

@@ -1,5 +1,7 @@
-"""app.py in Debian's Chromium (Playwright): keys step the world, plots grow, nothing leaves
-127.0.0.1. The tiny random model of test_app keeps it to seconds.
+"""app.py in Debian's Chromium (Playwright): held keys play until released, taps and clicks made
+during a frame are queued and all played, Stop ends a repeat, plots grow, nothing leaves
+127.0.0.1. The tiny random model of test_app keeps it to seconds; each frame is made to take
+at least ``FRAME_SECONDS`` so that a key is held, and a queue waits, over several frames.
 
 Screenshots of both tabs are saved to $TEST_ARTIFACTS (default: a pytest tmp folder)."""
 
@@ -14,9 +16,11 @@ import pytest
 from test_app import free_port, record_scene, tiny_resources
 
 import app
+from mineworld.play import PlaySession
 
 CHROMIUM = Path("/usr/bin/chromium")
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+FRAME_SECONDS = 0.05
 # Vertices of every line in a plot: the points it has drawn.
 COUNT_POINTS = """el => [...el.querySelectorAll('path[aria-roledescription="line mark"]')]
     .reduce((n, p) => n + ((p.getAttribute('d') || '').match(/[ML]/g) || []).length, 0)"""
@@ -25,9 +29,9 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
                                 reason="needs Debian's chromium (apt-get install chromium)")
 
 
-@pytest.fixture
-def outgoing_hosts(monkeypatch):
-    """Every host this process looks up or connects to from now on."""
+@pytest.fixture(scope="module")
+def outgoing_hosts():
+    """Every host this process looks up or connects to while the module's tests run."""
     hosts = []
     real_connect, real_getaddrinfo = socket.socket.connect, socket.getaddrinfo
 
@@ -40,9 +44,65 @@ def outgoing_hosts(monkeypatch):
         hosts.append(host)
         return real_getaddrinfo(host, *args, **kwargs)
 
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    return hosts
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", connect)
+        patch.setattr(socket, "getaddrinfo", getaddrinfo)
+        yield hosts
+    assert set(hosts) <= LOCAL_HOSTS, hosts
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, outgoing_hosts):
+    """The demo on 127.0.0.1, its frames slowed to at least FRAME_SECONDS."""
+    real_step = PlaySession.step
+
+    def slow_step(self, action):
+        time.sleep(FRAME_SECONDS)
+        return real_step(self, action)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
+        patch.setattr(PlaySession, "step", slow_step)
+        started = time.perf_counter()
+        blocks = app.build_demo(tiny_resources(record_scene(tmp_path_factory.mktemp("scene"))))
+        url = app.launch(blocks, "127.0.0.1", free_port(), block=False)
+        print(f"served {time.perf_counter() - started:.1f} s after build_demo")
+        yield url
+        blocks.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, served):
+    """A fresh tab on the Play tab, its scene prefilled; keys go to the page. Every request
+    it makes must go to 127.0.0.1."""
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    requests = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(served)
+    expect(page.locator("#frame-play img")).to_be_visible(timeout=60_000)
+    expect(page.locator("#status-play textarea")).to_have_value(re.compile("0 frames played"))
+    page.locator("h2").click()
+    yield page
+    page.close()
+    assert requests and all(
+        urlparse(url).hostname in LOCAL_HOSTS for url in requests if url.startswith("http")
+    ), [url for url in requests if urlparse(url).hostname not in LOCAL_HOSTS]
 
 
 @pytest.fixture
@@ -60,70 +120,95 @@ def wait_for_more_points(page, plot_id, than):
     return page.eval_on_selector(f"#{plot_id}", COUNT_POINTS)
 
 
-def frames_played(page, tab):
+def frames_played(page, tab="play"):
     status = page.locator(f"#status-{tab} textarea").input_value()
     return int(re.search(r"(\d+) frames played", status).group(1))
 
 
-def test_keys_step_the_world_and_the_plots_grow_offline(tmp_path, outgoing_hosts, artifacts,
-                                                       monkeypatch):
-    from playwright.sync_api import expect, sync_playwright
+def wait_until_idle(page, tab="play"):
+    """Wait until nothing is held or queued and the frames stop coming; return the count."""
+    from playwright.sync_api import expect
 
-    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
-    started = time.perf_counter()
-    blocks = app.build_demo(tiny_resources(record_scene(tmp_path)))
-    url = app.launch(blocks, "127.0.0.1", free_port(), block=False)
-    requests = []
-    try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=str(CHROMIUM), headless=True,
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                      "--disable-component-update", "--disable-sync", "--no-first-run"],
-            )
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on("request", lambda request: requests.append(request.url))
-            page.goto(url)
-            frame = page.locator("#frame-play img")
-            expect(frame).to_be_visible(timeout=60_000)  # the load event prefilled the scene
-            print(f"page served {time.perf_counter() - started:.1f} s after build_demo")
-            status = page.locator("#status-play textarea")
-            expect(status).to_have_value(re.compile("0 frames played"))
-            first = frame.get_attribute("src")
+    expect(page.locator(f"#queue-{tab}")).to_have_text("Held: none · Queued: none")
+    count = -1
+    while count != frames_played(page, tab):  # the frame being made when the queue emptied
+        count = frames_played(page, tab)
+        page.wait_for_timeout(300)
+    return count
 
-            page.locator("h1").click()  # keys go to the page, not to a field
-            page.keyboard.press("w")
-            expect(status).to_have_value(re.compile("1 frames played"))
-            expect(frame).not_to_have_attribute("src", first)
-            after_w = wait_for_more_points(page, "plot-tokens-play", 0)
-            page.keyboard.press("ArrowRight")
-            expect(status).to_have_value(re.compile("2 frames played"))
-            expect(frame).not_to_have_attribute("src", first)
-            wait_for_more_points(page, "plot-tokens-play", after_w)
-            print("fps in the page:", re.search(r"([\d.]+) fps", status.input_value()).group(1))
 
-            page.get_by_label("recent_size").first.press("w")  # typing in a field: no step
-            page.wait_for_timeout(500)
-            assert frames_played(page, "play") == 2
+def wait_for_frames(page, more_than, tab="play"):
+    page.wait_for_function(
+        f"n => Number((/(\\d+) frames played/.exec(document.querySelector("
+        f"'#status-{tab} textarea').value) || [0, 0])[1]) > n", arg=more_than)
 
-            page.screenshot(path=str(artifacts / "play.png"), full_page=True)
 
-            page.get_by_role("tab", name="Compare").click()
-            page.get_by_role("button", name="Start comparison from the start frame").click()
-            expect(page.locator("#frame-b img")).to_be_visible()
-            page.locator("h1").click()
-            page.keyboard.press("d")  # only the open tab's button is pressed
-            page.wait_for_function(
-                "() => document.querySelectorAll('#strip-b img').length === 1"
-            )
-            expect(page.locator("#status-compare textarea")).to_have_value(
-                re.compile("1 frames played"))
-            assert frames_played(page, "play") == 2  # the Play tab's session did not step
-            page.screenshot(path=str(artifacts / "compare.png"), full_page=True)
-            browser.close()
-    finally:
-        blocks.close()
-    assert requests and all(
-        urlparse(url).hostname in LOCAL_HOSTS for url in requests if url.startswith("http")
-    ), [url for url in requests if urlparse(url).hostname not in LOCAL_HOSTS]
-    assert set(outgoing_hosts) <= LOCAL_HOSTS, outgoing_hosts
+def test_keys_step_the_world_and_the_plots_grow_offline(page, artifacts):
+    from playwright.sync_api import expect
+
+    frame = page.locator("#frame-play img")
+    first = frame.get_attribute("src")
+    page.keyboard.press("w")
+    wait_for_frames(page, 0)
+    expect(frame).not_to_have_attribute("src", first)
+    after_w = wait_for_more_points(page, "plot-tokens-play", 0)
+    played = wait_until_idle(page)
+    page.keyboard.press("ArrowRight")
+    wait_for_frames(page, played)
+    wait_for_more_points(page, "plot-tokens-play", after_w)
+    played = wait_until_idle(page)
+    assert int(page.locator("#keys-play .painted").get_attribute("data-painted")) >= 2
+    print("painted:", page.locator("#keys-play").inner_text())
+
+    page.get_by_label("recent_size").first.press("w")  # typing in a field: no step
+    page.wait_for_timeout(500)
+    assert frames_played(page) == played
+    page.screenshot(path=str(artifacts / "play.png"), full_page=True)
+
+    page.get_by_role("tab", name="Compare").click()
+    page.get_by_role("button", name="Start comparison from the start frame").click()
+    expect(page.locator("#frame-b img")).to_be_visible()
+    page.locator("h2").click()
+    page.keyboard.press("d")  # only the open tab plays
+    wait_for_frames(page, 0, "compare")
+    page.wait_for_function("() => document.querySelectorAll('#strip-b img').length >= 1")
+    assert frames_played(page) == played  # the Play tab's session did not step
+    page.screenshot(path=str(artifacts / "compare.png"), full_page=True)
+
+
+def test_a_held_key_plays_until_released_and_keys_combine(page):
+    page.keyboard.down("w")
+    wait_for_frames(page, 4)  # one key down, many frames
+    page.keyboard.down("ArrowRight")  # W + arrow: walk while turning
+    held = frames_played(page)
+    wait_for_frames(page, held + 2)
+    page.keyboard.up("ArrowRight")
+    page.keyboard.up("w")
+    played = wait_until_idle(page)
+    page.wait_for_timeout(500)
+    assert frames_played(page) == played  # released: no more frames
+    captions = page.locator("#strip-play").inner_text()
+    assert "forward + pitch +0° yaw +15°" in captions, captions
+
+
+def test_taps_and_clicks_during_frames_are_queued_and_stop_ends_a_repeat(page):
+    from playwright.sync_api import expect
+
+    for _ in range(5):  # five taps, faster than frames are made: none is lost
+        page.keyboard.press("a")
+    wait_for_frames(page, 4)
+    played = wait_until_idle(page)
+    assert played >= 5
+
+    page.get_by_label(re.compile("Repeat a button")).fill(str(app.MAX_REPEAT))
+    page.locator("button.control-forward").click()
+    expect(page.locator("#queue-play")).to_contain_text("Queued: W forward ×")
+    page.locator("#stop-play").click()
+    expect(page.locator("#queue-play")).to_have_text("Held: none · Queued: none")
+    stopped = wait_until_idle(page)
+    assert stopped < played + app.MAX_REPEAT  # the repeat did not run out
+    page.wait_for_timeout(500)
+    assert frames_played(page) == stopped
+
+    page.locator("button.control-jump").click()  # after Stop, play goes on
+    wait_for_frames(page, stopped)

@@ -1,0 +1,191 @@
+"""Real-time play, without any UI: what a player's keys ask for, and who runs the model.
+
+``Controls`` is one play's input: the keys held now and the presses not yet played. A press is
+never lost: one that starts and ends within a frame still makes its frame, presses made while a
+frame is being drawn wait in a bounded, visible queue, and each frame combines the oldest press
+with every key held (W held + a tap of an arrow turns while walking). ``stop()`` empties both at
+once. One caller at a time "drives" a play (asks for its frames until nothing is left to play);
+every other input only adds to what the driver will play next.
+
+A ``Seat`` is one player's place at the model (a tab of the page): the play it is in now,
+replaced when it restarts, and its controls, which outlive a restart. ``Seat.frames`` drives.
+
+``FrameScheduler`` owns the model's time: one thread runs every piece of model work (a frame, a
+prefill, a close) in the order asked. A driver waits for its frame before asking for the next,
+so sessions that play at once take turns frame by frame and nobody's held key blocks another's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from mineworld.actions import CAMERA_MAX_DEG
+
+MAX_QUEUED = 64  # presses waiting per play; more are refused, and the refusal says so
+
+
+def combine(actions: list[dict]) -> dict:
+    """One action doing all of ``actions`` at once: every button pressed in any, and the camera
+    moves added (left and right cancel), within the camera's range."""
+    combined: dict = {}
+    pitch = yaw = 0.0
+    for action in actions:
+        for name, value in action.items():
+            if name == "camera":
+                pitch, yaw = pitch + value[0], yaw + value[1]
+            elif value:
+                combined[name] = value
+            else:
+                combined.setdefault(name, value)
+    combined["camera"] = [_clamp(pitch), _clamp(yaw)]
+    return combined
+
+
+def _clamp(degrees: float) -> float:
+    return max(-CAMERA_MAX_DEG, min(CAMERA_MAX_DEG, degrees))
+
+
+class Controls:
+    """Held keys and queued presses of one play; every method is safe from any thread."""
+
+    def __init__(self, max_queued: int = MAX_QUEUED):
+        self.max_queued = max_queued
+        self._lock = threading.Lock()
+        self._held: dict[str, dict] = {}  # control -> its action, in the order pressed
+        self._newest: dict[str, int] = {}  # control -> number of its newest key event
+        self._queued: deque[tuple[str, dict]] = deque()
+        self._driving = False
+
+    def press(self, control: str, action: dict, times: int = 1) -> int:
+        """Queue ``times`` presses of ``control``; returns how many did not fit (refused)."""
+        with self._lock:
+            fits = max(0, min(times, self.max_queued - len(self._queued)))
+            self._queued.extend([(control, action)] * fits)
+            return times - fits
+
+    def hold(self, control: str, action: dict, number: int = 0) -> int:
+        """Key down: a press (so that a tap shorter than a frame still plays) and a held key.
+
+        ``number`` orders a key's events as the page sent them: a key down that arrives after
+        its own key up (events may overtake each other) is a tap, not a key held forever."""
+        refused = self.press(control, action)
+        with self._lock:
+            if self._newer(control, number):
+                self._held[control] = action
+        return refused
+
+    def release(self, control: str, number: int = 0) -> None:
+        with self._lock:
+            if self._newer(control, number):
+                self._held.pop(control, None)
+
+    def _newer(self, control: str, number: int) -> bool:
+        """Whether ``number`` is the newest event of ``control`` yet (and note it)."""
+        if number < self._newest.get(control, 0):
+            return False
+        self._newest[control] = number
+        return True
+
+    def stop(self) -> None:
+        """Forget every held key and queued press: no new frame starts after this."""
+        with self._lock:
+            self._held.clear()
+            self._queued.clear()
+
+    def claim(self) -> bool:
+        """Become the driver of this play; False when another caller already is."""
+        with self._lock:
+            if self._driving:
+                return False
+            self._driving = True
+            return True
+
+    def next_action(self) -> dict | None:
+        """For the driver: the next frame's action, or None (and the driver's turn ends) when
+        nothing is queued or held. One lock for both, so that a press arriving meanwhile is
+        either taken here or finds no driver and drives itself."""
+        with self._lock:
+            if self._queued:
+                control, action = self._queued.popleft()
+                others = [held for name, held in self._held.items() if name != control]
+                return combine([action, *others])
+            if self._held:
+                return combine(list(self._held.values()))
+            self._driving = False
+            return None
+
+    def resign(self) -> None:
+        """The driver stops early (its play closed); another caller may drive."""
+        with self._lock:
+            self._driving = False
+
+    @property
+    def queued(self) -> list[str]:
+        with self._lock:
+            return [control for control, _action in self._queued]
+
+    @property
+    def held(self) -> list[str]:
+        with self._lock:
+            return list(self._held)
+
+
+class FrameScheduler:
+    """One thread for all model work, first asked first run (see the module docstring)."""
+
+    def __init__(self):
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+
+    def submit(self, fn: Callable, *args) -> Future:
+        return self._executor.submit(fn, *args)
+
+    def call(self, fn: Callable, *args):
+        """Run ``fn(*args)`` on the model's thread and wait for its result (or exception)."""
+        return self.submit(fn, *args).result()
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class Seat:
+    """One player's current play (``mineworld.play.PlaySession`` or None) and controls."""
+
+    def __init__(self):
+        self.play = None
+        self.controls = Controls()
+        self.shown = None  # what the page's plots show now (the UI's business)
+
+    def __deepcopy__(self, memo) -> Seat:
+        """A fresh seat: Gradio's State copies its first value for every user."""
+        return Seat()
+
+    async def frames(self, scheduler: FrameScheduler) -> AsyncIterator[int]:
+        """Drive the play: step it with each action the controls give, on ``scheduler``, and
+        yield after each frame (the number of frames made so far), until nothing is held or
+        queued. Yields nothing when another caller drives; it plays what was asked."""
+        if not self.controls.claim():
+            return
+        made, finished = 0, False
+        try:
+            while (action := self.controls.next_action()) is not None:
+                if await asyncio.wrap_future(scheduler.submit(_step_open, self.play, action)):
+                    made += 1
+                    yield made
+                elif self.play is None or self.play.closed:
+                    self.controls.stop()  # the tab closed: nothing to play on
+            finished = True
+        finally:
+            if not finished:  # cancelled: let the next input drive
+                self.controls.resign()
+
+
+def _step_open(play, action: dict) -> bool:
+    """Step ``play`` unless it has been closed (a restart or a closed tab came first)."""
+    if play is None or play.closed:
+        return False
+    play.step(action)
+    return True

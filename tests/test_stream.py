@@ -1,0 +1,105 @@
+"""mineworld.stream: what held keys and queued presses play, and one driver per seat."""
+
+import asyncio
+import threading
+
+from mineworld.actions import make_action
+from mineworld.stream import Controls, FrameScheduler, Seat, combine
+
+FORWARD, RIGHT = make_action(["forward"]), make_action((), 0.0, 15.0)
+
+
+def pressed(action):
+    return sorted(name for name, value in action.items() if name != "camera" and value)
+
+
+def test_combine_presses_every_button_and_adds_the_camera_moves():
+    action = combine([FORWARD, RIGHT, make_action(["jump"], 5.0, 80.0)])
+    assert pressed(action) == ["forward", "jump"]
+    assert action["camera"] == [5.0, 90.0]  # 95 degrees clamped to the camera's range
+    assert combine([RIGHT, make_action((), 0.0, -15.0)])["camera"] == [0.0, 0.0]
+
+
+def test_a_tap_plays_once_and_a_held_key_until_released():
+    controls = Controls()
+    controls.hold("forward", FORWARD, 1)
+    controls.release("forward", 2)  # released before its frame began
+    assert controls.claim()
+    assert pressed(controls.next_action()) == ["forward"]
+    assert controls.next_action() is None  # the tap played once; the driver's turn ended
+
+    controls.hold("forward", FORWARD, 3)
+    assert controls.claim()
+    assert [pressed(controls.next_action()) for _ in range(3)] == [["forward"]] * 3
+    controls.hold("look right", RIGHT, 1)  # W held + an arrow: both in the next frames
+    action = controls.next_action()
+    assert pressed(action) == ["forward"] and action["camera"] == [0.0, 15.0]
+    controls.release("forward", 4)
+    controls.release("look right", 2)
+    assert controls.next_action() is None
+
+
+def test_a_key_down_arriving_after_its_key_up_is_a_tap():
+    controls = Controls()
+    controls.release("forward", 2)
+    controls.hold("forward", FORWARD, 1)
+    assert controls.held == [] and controls.queued == ["forward"]
+
+
+def test_presses_queue_in_order_up_to_the_limit_and_stop_empties_everything():
+    controls = Controls(max_queued=4)
+    assert controls.press("jump", make_action(["jump"]), 3) == 0
+    assert controls.press("forward", FORWARD, 3) == 2  # two did not fit, and say so
+    assert controls.queued == ["jump", "jump", "jump", "forward"]
+    controls.hold("back", make_action(["back"]))
+    controls.stop()
+    assert controls.queued == [] and controls.held == []
+    assert controls.claim() and controls.next_action() is None
+
+
+def test_one_driver_at_a_time():
+    controls = Controls()
+    assert controls.claim() and not controls.claim()
+    assert controls.next_action() is None  # ends the turn
+    assert controls.claim()
+    controls.resign()
+    assert controls.claim()
+
+
+class CountingPlay:
+    """A stand-in play: counts its steps and the threads they ran on."""
+
+    def __init__(self):
+        self.actions, self.threads, self.closed = [], set(), False
+
+    def step(self, action):
+        self.actions.append(action)
+        self.threads.add(threading.current_thread().name)
+
+
+def test_a_seat_plays_its_queue_on_the_scheduler_thread_and_stops_on_a_closed_play():
+    scheduler = FrameScheduler()
+    seat = Seat()
+    seat.play = CountingPlay()
+    seat.controls.press("forward", FORWARD, 3)
+
+    async def drive():
+        return [count async for count in seat.frames(scheduler)]
+
+    assert asyncio.run(drive()) == [1, 2, 3]
+    assert len(seat.play.actions) == 3 and len(seat.play.threads) == 1
+    assert seat.play.threads != {threading.current_thread().name}
+    seat.play.closed = True
+    seat.controls.hold("forward", FORWARD)
+    assert asyncio.run(drive()) == []  # nothing to play on: the held key is dropped
+    assert seat.controls.held == []
+    scheduler.shutdown()
+
+
+def test_a_seat_copied_for_a_new_user_is_fresh():
+    import copy
+
+    seat = Seat()
+    seat.controls.press("forward", FORWARD)
+    other = copy.deepcopy(seat)
+    assert other.controls.queued == [] and other.play is None
