@@ -90,7 +90,8 @@ def concurrent_players(url: str, clients: int, steps: int, size) -> dict[int, tu
         frames = []
         for step in range(1, steps + 1):
             status, image = client.predict(1, 0, 0, api_name=f"/play_{control}")[:2]
-            if f"start frame {start} · {step} frames played" not in status:
+            image = image["value"] if isinstance(image, dict) else image  # an update
+            if f"from frame {start} · {step} frames played" not in status:
                 raise AssertionError(f"client {index} step {step} got: {status}")
             frames.append(frame_of(image, *size))
         return start, control, frames

@@ -1,0 +1,144 @@
+"""How the demo page feels in a browser: a tap -> its first new frame painted, and the frames
+painted per second while a key is held.
+
+    python -m benchmarks.page_latency                     # 20 taps, a 5 s hold
+    python -m benchmarks.page_latency --taps 10 --hold 3 --url http://127.0.0.1:7860/
+
+Starts ``python app.py`` (the embedded model, a bounded cache; or drives ``--url``) and opens it
+in Debian's Chromium (Playwright, headless). A frame counts as painted at the animation frame
+after its caption shows its number and its image has loaded (the page's own counter, the one it
+shows as "painted N fps"). Taps are of the right arrow, each once the page is idle; the hold is
+of W. Prints the machine, the percentiles, the painted rate and the model's own rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.app_load import free_port, start_server
+from benchmarks.common import percentile, print_machine
+
+CHROMIUM = "/usr/bin/chromium"
+# The keydown time in the page's clock, taken before the page's own listener sees the key.
+MARK_KEYS = """() => {
+  window.benchKeyDown = 0;
+  document.addEventListener('keydown', () => { window.benchKeyDown = performance.now(); }, true);
+  window.mineworldTabs.play.log = [];
+}"""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--taps", type=int, default=20, help="taps timed (default: 20)")
+    parser.add_argument("--hold", type=float, default=5.0,
+                        help="seconds W is held (default: 5)")
+    parser.add_argument("--url", help="a page already served (default: start app.py)")
+    return parser.parse_args(argv)
+
+
+def newest_painted(page) -> int:
+    return page.evaluate("() => { const log = window.mineworldTabs.play.log;"
+                         " return log.length ? log[log.length - 1][1] : -1; }")
+
+
+def wait_idle(page, settle_ms: int = 300) -> None:
+    """Until nothing is held or queued and no frame was painted for ``settle_ms``."""
+    page.wait_for_function(
+        "() => document.querySelector('#queue-play').innerText.trim()"
+        " === 'Held: none · Queued: none'", timeout=60_000)
+    while True:
+        before = page.evaluate("() => window.mineworldTabs.play.painted")
+        page.wait_for_timeout(settle_ms)
+        if page.evaluate("() => window.mineworldTabs.play.painted") == before:
+            return
+
+
+def tap_latencies(page, taps: int) -> list[float]:
+    """Milliseconds from each key down to the first newer frame painted."""
+    latencies = []
+    for _ in range(taps):
+        wait_idle(page)
+        shown = newest_painted(page)
+        page.keyboard.down("ArrowRight")
+        page.keyboard.up("ArrowRight")
+        page.wait_for_function(
+            "n => window.mineworldTabs.play.log.some(([, number]) => number > n)", arg=shown,
+            timeout=60_000)
+        latencies.append(page.evaluate(
+            "n => window.mineworldTabs.play.log.find(([, number]) => number > n)[0]"
+            " - window.benchKeyDown", shown))
+    return latencies
+
+
+def held_rate(page, seconds: float) -> tuple[float, int]:
+    """(frames painted per second, frames painted) while W is held for ``seconds``."""
+    wait_idle(page)
+    page.evaluate("() => { window.mineworldTabs.play.log = []; }")
+    page.keyboard.down("w")
+    page.wait_for_timeout(seconds * 1000)
+    up = page.evaluate("() => performance.now()")
+    page.keyboard.up("w")
+    times = [when for when, _number in page.evaluate("() => window.mineworldTabs.play.log")
+             if when <= up]
+    if len(times) < 2:
+        return 0.0, len(times)
+    return (len(times) - 1) / ((times[-1] - times[0]) / 1000), len(times)
+
+
+def measure(url: str, taps: int, hold: float) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1366, "height": 768})
+        page.goto(url)
+        page.locator("#frame-play img").wait_for(timeout=120_000)
+        page.wait_for_function("() => window.mineworldTabs && window.mineworldTabs.play")
+        page.locator("h2").click()  # keys go to the page
+        page.evaluate(MARK_KEYS)
+        page.keyboard.press("w")  # warm-up: the first frame also starts the session's work
+        wait_idle(page)
+        latencies = tap_latencies(page, taps)
+        fps, painted = held_rate(page, hold)
+        wait_idle(page)
+        status = page.locator("#status-play textarea").input_value()
+        browser.close()
+    return {"latencies": latencies, "fps": fps, "painted": painted, "status": status}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    print_machine("demo page latency: tap -> painted, painted fps while a key is held")
+    server = None
+    with tempfile.TemporaryDirectory(prefix="mineworld-page-") as temp:
+        url = args.url
+        if url is None:
+            port = free_port()
+            started = time.perf_counter()
+            server = start_server(port, temp, Path(temp) / "app.log")
+            url = f"http://127.0.0.1:{port}/"
+            print(f"app.py served in {time.perf_counter() - started:.1f} s")
+        try:
+            result = measure(url, args.taps, args.hold)
+        finally:
+            if server is not None:
+                server.terminate()
+                server.wait(timeout=30)
+    latencies = result["latencies"]
+    print(f"tap -> first new frame painted, {len(latencies)} taps: "
+          f"p50 {percentile(latencies, 50):.0f} ms, p95 {percentile(latencies, 95):.0f} ms, "
+          f"min {min(latencies):.0f}, max {max(latencies):.0f}")
+    print(f"W held {args.hold:g} s: {result['painted']} frames painted, "
+          f"{result['fps']:.1f} painted fps")
+    print(f"page status after: {result['status']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
