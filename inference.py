@@ -18,8 +18,10 @@ Actions: with ``--action-alignment same`` (the default, as the published interac
 frame i is followed by action line i; ``next`` pairs frame i with line i + 1, as the published
 batch script did. A clip needs ``demo_num`` frames and ``demo_num - 1 + frames`` actions.
 
-Sampling: greedy unless ``--top_k`` or ``--top_p`` is given, in which case the temperature
-defaults to 1.0; ``--temperature`` always wins (0 is greedy).
+Sampling: the model's own default (its config's ``decoding`` section: the embedded model samples,
+since its greedy rollouts freeze; the published configs name none, so greedy) unless a flag is
+given; ``--top_k`` or ``--top_p`` alone sample at temperature 1.0; ``--temperature`` always wins
+(0 is greedy).
 
 Exit status: 0 when every clip was written, 1 when some clip could not be used (it is skipped
 with a warning, the others are still written), 2 for a usage, model or configuration error
@@ -118,7 +120,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="image_diagd: tokens a row is ahead of the next (default: the "
                         "model's, 1 for the embedded model, 2 for the published configs)")
     decode.add_argument("--temperature", type=float,
-                        help="default: 1.0 with --top_k/--top_p, else 0 (greedy)")
+                        help="default: 1.0 with --top_k/--top_p, else the model's (0: greedy)")
     decode.add_argument("--top_k", type=int)
     decode.add_argument("--top_p", type=float)
     decode.add_argument("--seed", type=int, default=0, help="default: 0")
@@ -136,11 +138,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def sampling_from(args: argparse.Namespace) -> Sampling:
-    """Greedy by default; sampling at temperature 1 once top_k or top_p asks for it."""
+def sampling_from(args: argparse.Namespace) -> Sampling | None:
+    """The sampling the flags ask for (at temperature 1 once top_k or top_p asks for it), or
+    None, for the model's default, when they name none."""
     temperature = args.temperature
     if temperature is None:
-        temperature = 1.0 if args.top_k is not None or args.top_p is not None else 0.0
+        if args.top_k is None and args.top_p is None:
+            return None
+        temperature = 1.0
     return Sampling(temperature=temperature, top_k=args.top_k, top_p=args.top_p)
 
 
@@ -288,6 +293,7 @@ def run(args: argparse.Namespace) -> int:
         args.demo_num = default_reference_frames(model.config)
     if args.window_size is None:
         args.window_size = model.config.diagonal_window
+    sampling = sampling or Sampling.model_default(model.config)
     new_session = build_session_factory(model, tokenizer, args, params, sampling)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     settings = {

@@ -6,12 +6,14 @@ A config file holds the transformer's numbers under
 (the published model's layout is the default: a 14 x 24 grid of an 8192-code
 VQGAN, then 11 action tokens) and how to decode it under ``model.params.decoding``
 (``diagonal_window``: the default window of diagonal decoding, 2 as in MineWorld's
-batch script). Class paths in ``target`` keys are never imported.
+batch script; ``temperature`` and ``top_k``: the default sampling, greedy unless given).
+Class paths in ``target`` keys are never imported.
 The five released configurations ship in ``mineworld/configs/``.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -37,6 +39,8 @@ LIMITS: dict[str, tuple[float, float]] = {
     "image_cols": (1, 1024),
     "codebook_size": (1, 1 << 20),
     "diagonal_window": (1, 1024),
+    "temperature": (0.0, 100.0),
+    "top_k": (0, 1 << 20),
 }
 
 
@@ -58,6 +62,10 @@ class ModelConfig:
     # Tokens a row runs ahead of the next in diagonal decoding, unless the caller says: a
     # trade of speed for quality that depends on the model (measured on its card).
     diagonal_window: int = 2
+    # The sampling a model plays best with when the caller names none (its card measures
+    # each): temperature 0 is greedy, top_k 0 samples from every code.
+    temperature: float = 0.0
+    top_k: int = 0
 
     def __post_init__(self):
         for field in fields(self):
@@ -159,6 +167,8 @@ def load_config(path: str | Path) -> ModelConfig:
         if numbers.get(flag):
             raise ValueError(f"{path}: {flag} must be false (the model has no biases)")
     known = {field.name for field in fields(ModelConfig)}
+    floats = {field.name for field in fields(ModelConfig) if field.type == "float"}
+    numbers = {k: _yaml_float(v) if k in floats else v for k, v in numbers.items()}
     missing = [name for name in known if name not in numbers and name not in _DEFAULTED]
     if missing:
         raise ValueError(f"{path}: missing field(s) {sorted(missing)} under {where}")
@@ -175,6 +185,19 @@ def load_config(path: str | Path) -> ModelConfig:
     return config
 
 
+# YAML 1.1 (PyYAML) reads a float only with a dot and a signed exponent: "1e-05", "1E+5" and
+# ".5" stay strings there, while OmegaConf, which the published code reads configs with, takes
+# them as numbers.
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _yaml_float(value):
+    """``value``, or the float that a string spells (as OmegaConf would read it)."""
+    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
 def _mapping(value, where: str, path: Path) -> dict:
     """``value`` if it is a mapping with string keys, else a ValueError naming ``where``."""
     if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
@@ -184,7 +207,8 @@ def _mapping(value, where: str, path: Path) -> dict:
     return value
 
 
-_DEFAULTED = {"rms_norm_eps", "rope_theta", "diagonal_window", *_LAYOUT_KEYS}
+_DEFAULTED = {"rms_norm_eps", "rope_theta", "diagonal_window", "temperature", "top_k",
+              *_LAYOUT_KEYS}
 
 
 def preset_path(name: str) -> Path:

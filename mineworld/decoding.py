@@ -31,6 +31,21 @@ class Sampling:
     top_k: int | None = None
     top_p: float | None = None
 
+    @classmethod
+    def model_default(cls, config) -> Sampling:
+        """The sampling ``config`` (a ModelConfig) names under ``decoding``."""
+        return cls(config.temperature, top_k=config.top_k or None) if config.temperature else cls()
+
+    def __str__(self) -> str:
+        if self.temperature == 0:
+            return "greedy"
+        parts = [f"temperature {self.temperature:g}"]
+        if self.top_k is not None:
+            parts.append(f"top-k {self.top_k}")
+        if self.top_p is not None:
+            parts.append(f"top-p {self.top_p:g}")
+        return ", ".join(parts)
+
     def __post_init__(self):
         if not self.temperature >= 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
@@ -63,13 +78,15 @@ class FrameDecoder:
     """Decodes one frame given the tokens that precede it (see module doc)."""
 
     model: Transformer
-    sampling: Sampling = Sampling()
+    sampling: Sampling | None = None  # None: the model's default (Sampling.model_default)
     schedule: str = "naive"
     window: int | None = None  # None: the model's ``diagonal_window``
 
     def __post_init__(self):
         config = self.model.config
         self.rows, self.cols = config.image_rows, config.image_cols
+        if self.sampling is None:
+            self.sampling = Sampling.model_default(config)
         if self.window is None:
             self.window = config.diagonal_window
         self.codebook_size = config.codebook_size

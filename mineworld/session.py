@@ -76,7 +76,7 @@ class Session:
             )
         self.model, self.tokenizer = model, tokenizer
         self.codec = ActionCodec(offset=config.codebook_size)
-        self.decoder = FrameDecoder(model, sampling or Sampling(), schedule, window)
+        self.decoder = FrameDecoder(model, sampling, schedule, window)
         self.reference_frames = reference_frames
         self.frame_tokens = config.tokens_per_frame
         params = dict(strategy_params or {})

@@ -58,7 +58,8 @@ def documents(draw):
         ))
     if draw(st.booleans()):
         document["model"]["params"]["decoding"] = draw(st.one_of(
-            values, st.dictionaries(st.just("diagonal_window"), scalars),
+            values, st.dictionaries(st.sampled_from(["diagonal_window", "temperature", "top_k"]),
+                                    scalars),
         ))
     if draw(st.integers(0, 3)) == 0:
         parent, _, key = draw(st.sampled_from(
@@ -163,6 +164,39 @@ def test_a_model_may_name_its_diagonal_window(tmp_path):
     document["model"]["params"]["decoding"] = {"diagonal_window": 25}
     path.write_text(yaml.safe_dump(document))
     assert "diagonal_window must be in [1, image_cols = 24], got 25" in check(path)
+
+
+@pytest.mark.parametrize("written, value", [("1e-05", 1e-5), ("1E-6", 1e-6), ("5E-1", 0.5),
+                                            ("1e-5", 1e-5)])
+def test_float_forms_that_omegaconf_reads_load(tmp_path, written, value):
+    """PyYAML keeps these as strings (YAML 1.1 wants a dot and a signed exponent); the
+    published code reads configs with OmegaConf, which takes them as numbers."""
+    path = tmp_path / "forms.yaml"
+    text = yaml.safe_dump(VALID).replace("rms_norm_eps: 1.0e-05", f"rms_norm_eps: {written}")
+    assert f"rms_norm_eps: {written}" in text
+    path.write_text(text)
+    assert yaml.safe_load(text)["model"]["params"]["transformer_config"]["params"][
+        "rms_norm_eps"] == written  # a string to PyYAML
+    assert load_config(path).rms_norm_eps == value
+
+
+def test_a_model_may_name_its_default_sampling(tmp_path):
+    from mineworld.decoding import Sampling
+
+    published = load_config(preset_path("300M_16f"))
+    assert Sampling.model_default(published) == Sampling()  # greedy unless the config says
+    document = yaml.safe_load(yaml.safe_dump(VALID))
+    path = tmp_path / "decoding.yaml"
+    document["model"]["params"]["decoding"] = {"temperature": 0.7, "top_k": 8}
+    path.write_text(yaml.safe_dump(document))
+    assert Sampling.model_default(check(path)) == Sampling(0.7, top_k=8)
+    assert str(Sampling(0.7, top_k=8)) == "temperature 0.7, top-k 8"
+    document["model"]["params"]["decoding"] = {"temperature": 0.7}
+    path.write_text(yaml.safe_dump(document))
+    assert Sampling.model_default(check(path)) == Sampling(0.7)  # top_k 0: every code
+    document["model"]["params"]["decoding"] = {"temperature": -1}
+    path.write_text(yaml.safe_dump(document))
+    assert "temperature must be in [0, 100], got -1" in check(path)
 
 
 def test_direct_construction_checks_the_same_ranges():
