@@ -144,3 +144,13 @@ def zoom(before: np.ndarray, after: np.ndarray) -> float:
 def moved(value: float, direction: float, threshold: float) -> bool:
     """Whether a motion estimate shows a move of at least ``threshold`` in ``direction``'s sign."""
     return bool(np.sign(direction) * value >= threshold)
+
+
+def contrast_ratio(generated: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per frame, the generated picture's spatial standard deviation (grey levels) over the true
+    one's: near 1 while a rollout keeps the scene's structure, towards 0 as it collapses into
+    flat colour. Frames ``[T, H, W, 3]``."""
+    def spread(frames):
+        return np.array([_gray(frame).std() for frame in frames], dtype=np.float64)
+
+    return spread(generated) / np.maximum(spread(truth), 1e-6)

@@ -24,7 +24,9 @@ Stages (each has a wall-clock budget, --minutes):
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import hashlib
 import json
 import math
 import multiprocessing
@@ -49,6 +51,20 @@ FRAME_SIZE = (64, 48)  # (width, height) the world renders at and the tokenizer 
 EPISODE_FRAMES = 500
 TRAIN_SEED_BASE = 10_000  # training worlds are TRAIN_SEED_BASE + seed * 1000 + i
 HELD_OUT_SEED_BASE = 900_000  # evaluation, validation clips and the scene: never trained on
+
+
+def play_digest() -> str:
+    """A short digest of the scripted player's code, docstrings and comments aside: the episode
+    cache is keyed by it, so a change to the play renders new worlds instead of reading the old
+    ones."""
+    from mineworld.world import policy
+
+    tree = ast.parse(Path(policy.__file__).read_text())
+    for node in ast.walk(tree):
+        documented = isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef)
+        if documented and ast.get_docstring(node):
+            node.body = node.body[1:]
+    return hashlib.sha256(ast.unparse(tree).encode()).hexdigest()[:8]
 
 
 def render_episode(job: tuple[int, int, str, float]) -> tuple[str | None, bool]:
@@ -191,11 +207,33 @@ def make_batch(episodes, frames: int, batch: int, rng: np.random.Generator):
     return tokens[:, :-1], targets[:, 1:]
 
 
+def feed_own_predictions(model, tokens: torch.Tensor, targets: torch.Tensor, share: float,
+                         rng: np.random.Generator, bf16: bool = False) -> torch.Tensor:
+    """``tokens`` with the image tokens of about ``share`` of the frames after the first replaced
+    by the model's own greedy predictions (each made from the true tokens before it), while the
+    targets stay true: parallel scheduled sampling. Trained only on true contexts, the model
+    had learned to copy a frame it made itself, and greedy rollouts froze after one frame."""
+    if share <= 0:
+        return tokens
+    with torch.no_grad(), autocast(bf16):
+        predicted = model(tokens)[..., :model.config.codebook_size].argmax(-1)
+    frame_tokens = model.config.tokens_per_frame
+    frame_of = torch.arange(1, tokens.shape[1]) // frame_tokens  # frame of input position j + 1
+    chosen = torch.from_numpy(rng.random((tokens.shape[0], int(frame_of.max()) + 1)) < share)
+    chosen[:, 0] = False  # the first frame stays real, as a session's context is
+    replace = (targets[:, :-1] != -100) & chosen[:, frame_of]
+    fed = tokens.clone()
+    fed[:, 1:] = torch.where(replace, predicted[:, :-1], tokens[:, 1:])
+    return fed
+
+
 def train_world_model(config, episodes, minutes: float, steps: int, seed: int, log: dict,
                       batch: int = 8, lr: float = 1.5e-3, holdout=None, model=None,
-                      bf16: bool = False):
+                      bf16: bool = False, self_feed: float = 0.0):
     """AdamW + cosine LR on random windows; ``holdout`` episodes give a validation loss.
-    ``model`` continues an earlier run; otherwise training starts from a fresh one."""
+    ``model`` continues an earlier run; otherwise training starts from a fresh one.
+    ``self_feed``: the share of frames fed as the model's own predictions
+    (see feed_own_predictions)."""
     from mineworld.model import Transformer
 
     torch.manual_seed(seed)
@@ -214,6 +252,7 @@ def train_world_model(config, episodes, minutes: float, steps: int, seed: int, l
         for group in optimizer.param_groups:
             group["lr"] = budgeted_lr(step, steps, lr, 50, started, minutes)
         tokens, targets = make_batch(episodes, frames, batch, rng)
+        tokens = feed_own_predictions(model, tokens, targets, self_feed, rng, bf16)
         with autocast(bf16):
             logits = model(tokens)
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
@@ -260,6 +299,9 @@ SCRIPT_STEP = 5.146  # degrees per frame: one of the codec's exact camera bins
 # one world moved a script's share by 6 points ("walk forward": 75 % on the first 16 worlds and
 # 85 % on the next 48, the same weights).
 EVAL_WORLDS = 64
+VALIDATION_FRAMES = 120
+STRUCTURE_FRAMES = 100  # frames of each validation clip rolled out for the collapse measure
+CONTROL_STARTS = 24  # start points of the control measures (mineworld.controls)
 SPEED_ROUNDS = 4
 
 
@@ -278,14 +320,15 @@ PROBES = ("turn_left", "turn_right", "look_up", "look_down", "walk_forward")
 
 
 def rollout(model, tokenizer, context: np.ndarray, context_actions: list[dict],
-            actions: list[dict], schedule: str = "naive",
-            window: int | None = None) -> tuple[np.ndarray, list[dict]]:
-    """Greedy frames after ``context`` under ``actions`` (Session, no cache eviction);
-    ``window``: the diagonal window, by default the model's."""
+            actions: list[dict], schedule: str = "naive", window: int | None = None,
+            sampling=None, seed: int = 0) -> tuple[np.ndarray, list[dict]]:
+    """Frames after ``context`` under ``actions`` (Session, no cache eviction), decoded with
+    ``sampling`` (a decoding.Sampling, drawn from ``seed``) and ``window``, by default the
+    model's own."""
     from mineworld.session import Session
 
     session = Session(model, tokenizer, strategy="none", reference_frames=len(context),
-                      schedule=schedule, window=window)
+                      schedule=schedule, window=window, sampling=sampling, seed=seed)
     session.start(context, context_actions)
     frames, stats = [], []
     for a in actions:
@@ -306,17 +349,50 @@ def eval_cases(count: int, offset: int = 0):
     return cases
 
 
+def decodings(config) -> dict:
+    """Greedy, and the sampling the model ships as its default when that is not greedy."""
+    from mineworld.decoding import Sampling
+
+    shipped = Sampling.model_default(config)
+    return {"greedy": Sampling(), **({"sampled": shipped} if shipped.temperature else {})}
+
+
+def long_rollout_structure(model, tokenizer, clips: list[Path], sampling, schedule: str,
+                           frames: int = STRUCTURE_FRAMES) -> dict:
+    """Per validation clip, ``frames`` frames rolled out under its actions after CONTEXT real
+    ones: the lowest and the mean contrast ratio against the true frames (see
+    metrics.contrast_ratio; a collapsed frame is near 0)."""
+    from mineworld.metrics import contrast_ratio
+    from mineworld.world import read_recording, replay_recording
+
+    found = {}
+    for clip in clips:
+        _, actions = read_recording(clip)
+        true = replay_recording(clip)[:CONTEXT + frames]
+        made, _ = rollout(model, tokenizer, true[:CONTEXT], actions[:CONTEXT - 1],
+                          actions[CONTEXT - 1:CONTEXT - 1 + len(true) - CONTEXT], schedule,
+                          sampling=sampling)
+        ratio = contrast_ratio(made, true[CONTEXT:])
+        found[clip.name] = {"frames": len(made), "min": float(ratio.min()),
+                            "mean": float(ratio.mean())}
+    return found
+
+
 def evaluate(model, tokenizer, cases: int = EVAL_WORLDS, speed_frames: int = 40, strip_path=None,
-             long_frames: int = 64, schedule: str = "diagonal") -> dict:
+             long_frames: int = 64, schedule: str = "diagonal", clips: list[Path] = (),
+             control_starts: int = CONTROL_STARTS, controls_strip: Path | None = None) -> dict:
     """The model card's numbers, against frames rendered by the world (held-out seeds).
 
     Rollouts decode with ``schedule``: diagonal by default, as the app plays, and because naive
     decoding of every rollout takes several times longer on a CPU."""
     from mineworld.actions import ActionCodec
+    from mineworld.controls import measure_controls
+    from mineworld.decoding import Sampling
 
     window = model.config.diagonal_window  # the Session's default, as the app plays
     shown = f"{schedule}, window {window}" if schedule == "diagonal" else schedule
-    results = {"rollout_schedule": shown, "diagonal_window": window, "cases": cases}
+    results = {"rollout_schedule": shown, "diagonal_window": window, "cases": cases,
+               "sampling": str(Sampling.model_default(model.config))}
     data = eval_cases(cases)
     truth_all = np.concatenate([f for *_, f in data])
     recon = tokenizer.decode(tokenizer.encode(truth_all))
@@ -344,15 +420,21 @@ def evaluate(model, tokenizer, cases: int = EVAL_WORLDS, speed_frames: int = 40,
     results["copy_previous_accuracy"] = copy_correct / total
 
     # Rollouts: own actions vs another episode's actions vs repeating the last real frame.
-    own, other, copy, copy_tokens, truths = [], [], [], [], []
+    own, own_sampled, other, copy, copy_tokens, truths = [], [], [], [], [], []
+    greedy, sampled = Sampling(), decodings(model.config).get("sampled")
     strip_rows = []
     for k, (_, _, actions, frames) in enumerate(tqdm(data, desc="rollouts")):
         context, truth = frames[:CONTEXT], frames[CONTEXT:CONTEXT + ROLLOUT]
         ctx_actions = actions[:CONTEXT - 1]
         mine = actions[CONTEXT - 1:CONTEXT - 1 + ROLLOUT]
         theirs = data[(k + 1) % len(data)][2][CONTEXT - 1:CONTEXT - 1 + ROLLOUT]
-        predicted, _ = rollout(model, tokenizer, context, ctx_actions, mine, schedule)
-        swapped, _ = rollout(model, tokenizer, context, ctx_actions, theirs, schedule)
+        predicted, _ = rollout(model, tokenizer, context, ctx_actions, mine, schedule,
+                               sampling=greedy)
+        swapped, _ = rollout(model, tokenizer, context, ctx_actions, theirs, schedule,
+                             sampling=greedy)
+        if sampled:
+            own_sampled.append(rollout(model, tokenizer, context, ctx_actions, mine, schedule,
+                                       sampling=sampled, seed=k)[0])
         own.append(predicted)
         other.append(swapped)
         truths.append(truth)
@@ -361,8 +443,16 @@ def evaluate(model, tokenizer, cases: int = EVAL_WORLDS, speed_frames: int = 40,
         copy_tokens.append(np.repeat(tokenizer.decode(tokenizer.encode(context[-1:])), ROLLOUT, 0))
         if k < 3:
             strip_rows += [np.concatenate(list(truth), 1), np.concatenate(list(predicted), 1)]
+    # One step ahead: the first generated frame against the truth, and against what the
+    # tokenizer itself makes of that frame (the best any frame of codes can be).
+    first_truths = np.stack([truth[0] for truth in truths])
+    results["one_step_psnr_db"] = psnr(np.stack([frames[0] for frames in own]), first_truths)
+    results["one_step_tokenizer_psnr_db"] = psnr(
+        tokenizer.decode(tokenizer.encode(first_truths)), first_truths)
     truths = np.concatenate(truths)
     results["rollout_psnr_db"] = psnr(np.concatenate(own), truths)
+    if sampled:
+        results["rollout_sampled_psnr_db"] = psnr(np.concatenate(own_sampled), truths)
     results["rollout_other_actions_psnr_db"] = psnr(np.concatenate(other), truths)
     results["copy_last_frame_psnr_db"] = psnr(np.concatenate(copy), truths)
     results["copy_last_frame_tokens_psnr_db"] = psnr(np.concatenate(copy_tokens), truths)
@@ -383,7 +473,8 @@ def evaluate(model, tokenizer, cases: int = EVAL_WORLDS, speed_frames: int = 40,
             script = [scripted_probe(probe)] * ROLLOUT
             # One more action, so the last frame shows the last scripted action's effect.
             truths.append(replay(seed, lead + script * 2, FRAME_SIZE)[len(lead) + 1:][:ROLLOUT])
-            preds.append(rollout(model, tokenizer, context, ctx_actions, script, schedule)[0])
+            preds.append(rollout(model, tokenizer, context, ctx_actions, script, schedule,
+                                 sampling=greedy)[0])
         for probe, pred in zip(PROBES, preds, strict=True):
             errors = [np.mean((pred.astype(float) - t.astype(float)) ** 2) for t in truths]
             closest[probe][PROBES[int(np.argmin(errors))]] += 1
@@ -392,12 +483,21 @@ def evaluate(model, tokenizer, cases: int = EVAL_WORLDS, speed_frames: int = 40,
     results["action_following_per_probe"] = per_probe
     results["action_following_closest"] = closest
 
+    # Each control against no action, from many start points, greedy and sampled as shipped.
+    results["controls"] = {
+        name: measure_controls(model, tokenizer, control_starts, CONTEXT, sampling, schedule,
+                               strip_path=controls_strip if name == "greedy" else None)
+        for name, sampling in decodings(model.config).items()}
+    results["structure"] = {name: long_rollout_structure(model, tokenizer, clips, sampling,
+                                                         schedule)
+                            for name, sampling in decodings(model.config).items()}
+
     # No collapse: long rollouts under held-out play, no frame of a single colour.
     seed = HELD_OUT_SEED_BASE + 100
     play = scripted_actions(seed, CONTEXT + long_frames)
     frames = replay(seed, play[:CONTEXT], FRAME_SIZE)
     long, _ = rollout(model, tokenizer, frames, play[:CONTEXT - 1], play[CONTEXT - 1:-1],
-                      schedule)
+                      schedule, sampling=greedy)
     spread = long.reshape(len(long), -1, 3).max(1) - long.reshape(len(long), -1, 3).min(1)
     results["long_rollout_frames"] = long_frames
     results["single_colour_frames"] = int((spread.max(1) == 0).sum())
@@ -483,20 +583,29 @@ def write_config(config, path: Path) -> None:
         "transformer_config": {"target": "transformers.LlamaConfig", "params": params},
         "layout": {"image_rows": config.image_rows, "image_cols": config.image_cols,
                    "codebook_size": config.codebook_size},
-        "decoding": {"diagonal_window": config.diagonal_window},
+        "decoding": {"diagonal_window": config.diagonal_window,
+                     "temperature": config.temperature, "top_k": config.top_k},
     }}}  # fmt: skip
     header = "# The embedded MineWorld model, written by `python -m mineworld.train`.\n"
     path.write_text(header + yaml.safe_dump(document, sort_keys=False))
+
+
+def write_validation_clips(folder: Path, smoke: bool = False) -> None:
+    """Held-out worlds recorded as VPT files, long enough for 100-frame rollouts after a
+    MineWorld-sized context (``inference.py --frames 100 --demo_num 10``)."""
+    from mineworld.world import record_episode
+
+    count, frames = (1, 12) if smoke else (4, VALIDATION_FRAMES)
+    for i in range(count):
+        seed = HELD_OUT_SEED_BASE + 500 + i
+        record_episode(seed, scripted_actions(seed, frames), folder / "validation" / f"clip_{i}")
 
 
 def write_clips(folder: Path, smoke: bool) -> None:
     """The demo scene and the validation clips: held-out worlds, recorded as VPT files."""
     from mineworld.world import record_episode
 
-    count, frames = (1, 12) if smoke else (4, 48)
-    for i in range(count):
-        seed = HELD_OUT_SEED_BASE + 500 + i
-        record_episode(seed, scripted_actions(seed, frames), folder / "validation" / f"clip_{i}")
+    write_validation_clips(folder, smoke)
     seed = HELD_OUT_SEED_BASE + 600
     record_episode(seed, scripted_actions(seed, 16 if smoke else 300), folder / "scene" / "scene")
 
@@ -510,6 +619,9 @@ def meets_goals(r: dict) -> bool:
 
 
 def model_card(results: dict, log: dict, config, tokenizer) -> str:
+    from mineworld.controls import ROLLOUT as ROLLOUT_CONTROLS
+    from mineworld.controls import table as controls_table
+
     r = results
     size = f"{tokenizer.frame_size[0]}x{tokenizer.frame_size[1]}"
     probes = ", ".join(f"{k} {v:.0%}" for k, v in r["action_following_per_probe"].items())
@@ -518,13 +630,25 @@ def model_card(results: dict, log: dict, config, tokenizer) -> str:
     refine = tokenizer.config.refine_channels
     refinement = (f", then a full-size refinement ({refine} wide, "
                   f"{tokenizer.config.refine_blocks} residual blocks)" if refine else "")
-    runs = [f"{run['steps']} at peak LR {run['peak_lr']:g}" for run in log.get("resumed", [])]
+    runs = [f"{run['steps']} at peak LR {run['peak_lr']:g}"
+            + (f", {run['self_feed']:.0%} of the frames self-fed" if run.get("self_feed") else "")
+            for run in log.get("resumed", [])]
     cached = log.get("cached_episodes", 0)
     cache_note = (f"; {cached} of the worlds were read from an earlier run's cache and their "
                   "rendering is not in that time" if cached else "")
     resumed = f" (resumed runs: {'; '.join(runs)})" if runs else ""
     confusion = "\n".join(f"| {p} | " + " | ".join(str(n) for n in row.values()) + " |"
                           for p, row in r["action_following_closest"].items())
+    controls = "\n\n".join(f"{sampling}:\n\n{controls_table(r['controls'][name])}"
+                           for name, sampling in decodings(config).items())
+    clips = next(iter(r["structure"].values()))
+    structure = "\n".join(
+        f"| {clip} | " + " | ".join(f"{r['structure'][name][clip]['min']:.2f} / "
+                                   f"{r['structure'][name][clip]['mean']:.2f}"
+                                   for name in r["structure"]) + " |" for clip in clips)
+    sampled_row = (f"| same, sampled as shipped ({r['sampling']}) | "
+                   f"{r['rollout_sampled_psnr_db']:.2f} dB |\n"
+                   if "rollout_sampled_psnr_db" in r else "")
     verdict = "meets them" if meets_goals(r) else (
         "does not meet them all (see the table): treat it as a\nworking placeholder, "
         "not a faithful world model")
@@ -571,7 +695,8 @@ decoding. This model {verdict}.
 | teacher-forced next-frame token accuracy | {r["teacher_forced_accuracy"]:.1%} |
 | copy-previous-frame token accuracy | {r["copy_previous_accuracy"]:.1%} |
 | {ROLLOUT}-frame greedy rollout PSNR ({r["rollout_schedule"]}) | {r["rollout_psnr_db"]:.2f} dB |
-| same, driven by another episode's actions | {r["rollout_other_actions_psnr_db"]:.2f} dB |
+{sampled_row}| same, greedy, driven by another episode's actions | \
+{r["rollout_other_actions_psnr_db"]:.2f} dB |
 | copy-last-frame baseline (the true frame) | {r["copy_last_frame_psnr_db"]:.2f} dB |
 | copy-last-frame baseline (its tokens, decoded) | {r["copy_last_frame_tokens_psnr_db"]:.2f} dB |
 | action following (closest to its own script) | {r["action_following"]:.0%} ({probes}) |
@@ -582,6 +707,8 @@ decoding. This model {verdict}.
 | same, diagonal with window 2 (MineWorld's batch default), in the same rounds | \
 {r["fps_diagonal_window_2"]:.1f} fps (median frame {r["fps_diagonal_window_2_median_frame"]:.1f}) |
 | tokenizer decode, one frame | {r["tokenizer_decode_ms"]:.1f} ms |
+| one step ahead, greedy (the tokenizer's own reconstruction of those frames) | \
+{r["one_step_psnr_db"]:.2f} dB ({r["one_step_tokenizer_psnr_db"]:.2f} dB) |
 
 PSNRs are of the mean squared error over all frames compared ({r["cases"]} held-out worlds for the
 rollouts). Rollouts start from {CONTEXT} real frames; action following runs five scripts
@@ -596,6 +723,23 @@ script's true frames each script's rollouts were closest to, in {r["cases"]} wor
 Decoding speed: from the mean time of a frame after a {CONTEXT}-frame context (the first of
 each run aside), re-prefills included, over {SPEED_ROUNDS} alternating runs of each decoding.
 `strip.png`: rows alternate truth / prediction for three held-out rollouts.
+
+## Controls
+Each control held for {ROLLOUT_CONTROLS} frames from \
+{r["controls"]["greedy"]["forward"]["starts"]} start points in held-out worlds, against no
+action from the same context (`python -m mineworld.controls`, whose help defines each measure;
+`controls.png`: the first start point, truth above the greedy rollout). Cases: start points
+where the control visibly moves the true view.
+
+{controls}
+
+Long rollouts ({STRUCTURE_FRAMES} frames under each validation clip's actions, after {CONTEXT}
+real frames): the generated frames' contrast over the true ones' (1: as much structure as the
+world shows, 0: flat colour), lowest frame / mean.
+
+| clip | {" | ".join(r["structure"])} |
+|---|{"---|" * len(r["structure"])}
+{structure}
 """
 
 
@@ -627,6 +771,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--decoder-lr", type=float, default=5e-4,
                         help="peak LR of the decoder when resuming")
     parser.add_argument("--lr", type=float, default=1.5e-3, help="world model's peak LR")
+    parser.add_argument("--self-feed", type=float, default=0.5, metavar="SHARE",
+                        help="share of the frames in a training window fed as the model's own "
+                        "greedy predictions (parallel scheduled sampling), in [0, 1]; 0 trains "
+                        "on true frames alone, and greedy rollouts of such a model freeze")
     parser.add_argument("--schedule", choices=("naive", "diagonal"), default="diagonal",
                         help="how evaluation rollouts decode")
     parser.add_argument("--bf16", action="store_true",
@@ -639,13 +787,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="torch threads for the world model and the evaluation (the shipped "
                         "model: 2, on an idle 2-core machine; 1 when it is shared)")
     args = parser.parse_args(argv)
+    if not 0 <= args.self_feed <= 1:
+        parser.error(f"--self-feed must be in [0, 1], got {args.self_feed}")
     torch.set_num_threads(args.threads)
     if args.smoke:
         out = Path(args.out or tempfile.mkdtemp(prefix="mineworld-smoke-"))
         cache = out / "data"
     else:
         out = args.out or ROOT / "assets"
-        cache = ROOT / "data" / f"episodes_{FRAME_SIZE[0]}x{FRAME_SIZE[1]}_ss{SUPERSAMPLE}"
+        cache = (ROOT / "data" / f"episodes_{FRAME_SIZE[0]}x{FRAME_SIZE[1]}_ss{SUPERSAMPLE}"
+                 f"_play{play_digest()}")
     log: dict = {"seed": args.seed}
     if args.evaluate_only:
         evaluate_and_write(out, log, args.smoke, args.schedule)
@@ -670,13 +821,17 @@ def main(argv: list[str] | None = None) -> None:
     seeds = [TRAIN_SEED_BASE + seed * 1000 + i for i in range(episodes)]
     started = time.time()
     stems, rendered = generate_data(seeds, length, cache, args.minutes[0])
-    known = log.get("train_episodes", 0)  # a resumed run's worlds, rendered before
-    if len(stems) > known:  # a resumed run's minutes add to the first's
-        minutes = log.get("data_minutes", 0) + (time.time() - started) / 60
+    # A resumed run's worlds, rendered before, unless the scripted play has changed since.
+    same_play = log.get("play") == play_digest()
+    known = log.get("train_episodes", 0) if same_play else 0
+    if len(stems) != known:  # a resumed run's minutes add to the first's
+        before = (log.get("data_minutes", 0), log.get("cached_episodes", 0)) if same_play else (
+            0, 0)
+        minutes = before[0] + (time.time() - started) / 60
         # Worlds another run left in the cache cost this run nothing: the card says so.
-        cached = log.get("cached_episodes", 0) + len(stems) - known - rendered
-        log.update(train_frames=len(stems) * length, train_episodes=len(stems),
-                   data_minutes=minutes, cached_episodes=cached)
+        cached = before[1] + len(stems) - known - rendered
+        log.update(play=play_digest(), train_frames=len(stems) * length,
+                   train_episodes=len(stems), data_minutes=minutes, cached_episodes=cached)
     tokenizer_steps = 3 if args.smoke else args.tokenizer_steps
     refine = (dict(refine_channels=args.refine[0], refine_blocks=args.refine[1])
               if args.refine else {})
@@ -715,10 +870,11 @@ def main(argv: list[str] | None = None) -> None:
     model = train_world_model(config, tokens, args.minutes[2],
                               3 if args.smoke else args.model_steps, args.seed, log,
                               batch=2 if args.smoke else 4, lr=args.lr, holdout=holdout,
-                              model=model, bf16=args.bf16)
+                              model=model, bf16=args.bf16, self_feed=args.self_feed)
     if args.resume:
         log.setdefault("resumed", []).append(
-            {"steps": log["world_model_steps"] - steps_before, "peak_lr": args.lr})
+            {"steps": log["world_model_steps"] - steps_before, "peak_lr": args.lr,
+             "self_feed": args.self_feed, "play": play_digest()})
     write_config(config, model_dir / "config.yaml")
     save_transformer(model, model_dir / "model.safetensors")
     if not args.resume:
@@ -728,7 +884,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def evaluate_and_write(out: Path, log: dict, smoke: bool, schedule: str = "diagonal") -> None:
     """Evaluate the model in ``out``, print the results, write the card, strip and log."""
-    from mineworld.embedded import demo_scene, load_embedded
+    from mineworld.embedded import demo_scene, load_embedded, validation_clips
 
     model, tokenizer = load_embedded(model_dir=out / "model")
     log_path = out / "training_log.json"
@@ -736,7 +892,10 @@ def evaluate_and_write(out: Path, log: dict, smoke: bool, schedule: str = "diago
         log = {**json.loads(log_path.read_text()), **log}
     results = evaluate(model, tokenizer, cases=1 if smoke else EVAL_WORLDS,
                        speed_frames=SPEED_ROUNDS if smoke else 40, strip_path=out / "strip.png",
-                       long_frames=4 if smoke else 64, schedule=schedule)
+                       long_frames=4 if smoke else 64, schedule=schedule,
+                       clips=validation_clips(out / "validation"),
+                       control_starts=1 if smoke else CONTROL_STARTS,
+                       controls_strip=out / "controls.png")
     scene, _ = demo_scene(out / "scene" / "scene")
     scene = scene[:16]  # what tests/test_embedded.py re-measures
     results["scene_tokenizer_psnr_db"] = psnr(tokenizer.decode(tokenizer.encode(scene)), scene)

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from mineworld.controls import CONTROLS
 from mineworld.embedded import MODEL_DIR, demo_scene, load_embedded, validation_clips
 from mineworld.session import Session
 from mineworld.tokenizers.embedded import EmbeddedTokenizer, FSQAutoencoder, TokenizerConfig
-from mineworld.train import TRAIN_SEED_BASE, generate_data, main, psnr
+from mineworld.train import TRAIN_SEED_BASE, generate_data, main, play_digest, psnr
 
 SHIPPED = (MODEL_DIR / "model.safetensors").is_file()
 
@@ -23,6 +24,12 @@ def test_smoke_run_gives_a_loadable_model(tmp_path):
         (model.config.image_rows, model.config.image_cols), model.config.codebook_size)
     assert (tmp_path / "MODEL_CARD.md").is_file() and (tmp_path / "strip.png").is_file()
     assert validation_clips(tmp_path / "validation")
+    assert (tmp_path / "controls.png").is_file()
+    evaluation = json.loads((tmp_path / "training_log.json").read_text())["evaluation"]
+    assert set(evaluation["controls"]["greedy"]) == set(CONTROLS)
+    assert set(evaluation["structure"]["greedy"]) == {"clip_0"}
+    assert "| forward | 1 of 1 |" in (tmp_path / "MODEL_CARD.md").read_text() or (
+        "| forward | 0 of 1 |" in (tmp_path / "MODEL_CARD.md").read_text())
     assert json.loads((tmp_path / "training_log.json").read_text())["cached_episodes"] == 1
     assert "1 of the worlds were read from an earlier run's cache" in (
         tmp_path / "MODEL_CARD.md").read_text()
@@ -45,7 +52,8 @@ def test_smoke_run_gives_a_loadable_model(tmp_path):
     assert "a full-size refinement (4 wide, 1 residual blocks)" in (
         tmp_path / "MODEL_CARD.md").read_text()
     log = json.loads((tmp_path / "training_log.json").read_text())
-    assert log["world_model_steps"] == 6 and log["resumed"] == [{"steps": 3, "peak_lr": 0.01}]
+    assert log["world_model_steps"] == 6 and log["resumed"] == [
+        {"steps": 3, "peak_lr": 0.01, "self_feed": 0.5, "play": play_digest()}]
     assert log["tokenizer_steps"] == 3 and log["decoder_steps"] == 3
     assert log["precision"] == "bf16 autocast"
     # Action following: every script's rollout is closest to exactly one truth (1 world here).
@@ -53,8 +61,8 @@ def test_smoke_run_gives_a_loadable_model(tmp_path):
         "action_following_closest", "action_following_per_probe"))
     assert all(sum(row.values()) == 1 for row in closest.values())
     assert following == {probe: row[probe] for probe, row in closest.items()}
-    assert "6 world-model steps of 4 windows (resumed runs: 3 at peak LR 0.01)" in (
-        tmp_path / "MODEL_CARD.md").read_text()
+    assert ("6 world-model steps of 4 windows (resumed runs: 3 at peak LR 0.01, 50% of the "
+            "frames self-fed)") in (tmp_path / "MODEL_CARD.md").read_text()
 
 
 def test_data_generation_tells_rendered_worlds_from_cached_ones(tmp_path):

@@ -3,8 +3,10 @@
 Play is a string of behaviours, each a few to a few dozen frames long: walk (sometimes
 sprinting or sneaking, with small steering jitter), turn (a smooth yaw sweep that eases in and
 out), look up or down, glance away and turn back to the same view (a revisit), strafe, step
-back, stand still, hop along. Turn directions lean against the left/right imbalance so far, so
-the data has no turning bias, and pitch targets stay mostly near the horizon.
+back, jump in place, stand still, hop along. Every movement key is held for many frames, as a
+player holds it, so that each one's effect on the picture is in the data often enough to learn.
+Turn directions lean against the left/right imbalance so far, so the data has no turning bias,
+and pitch targets stay mostly near the horizon.
 
 The policy is closed-loop: it simulates the player (physics only, no rendering) so it can jump
 when walking into a one-block step, turn towards open ground before reaching a wall or water
@@ -152,15 +154,16 @@ class ScriptedPolicy:
             self.look(player, target=self.rng.uniform(-10, 10))
             return
         behaviours = {
-            self.walk: 0.34,
-            self.turn: 0.18,
-            self.look: 0.26,
-            self.revisit: 0.08,
-            self.strafe: 0.10,
-            self.stand: 0.06,
-            self.hop: 0.06,
-            self.look_around: 0.05,
-            self.step_back: 0.03,
+            self.walk: 0.26,
+            self.turn: 0.13,
+            self.look: 0.14,
+            self.revisit: 0.05,
+            self.strafe: 0.16,
+            self.stand: 0.05,
+            self.hop: 0.05,
+            self.jump: 0.05,
+            self.look_around: 0.04,
+            self.step_back: 0.10,
         }
         choices = list(behaviours)
         odds = np.array(list(behaviours.values()))
@@ -177,7 +180,7 @@ class ScriptedPolicy:
     def walk(self, player: Player) -> None:
         frames = int(self.rng.integers(10, 50))
         sprint = int(self.rng.random() < 0.3)
-        sneak = int(not sprint and self.rng.random() < 0.1)
+        sneak = int(not sprint and self.rng.random() < 0.2)
         for _ in range(frames):
             yaw = pitch = 0.0
             if self.rng.random() < 0.2:  # steering jitter
@@ -225,8 +228,8 @@ class ScriptedPolicy:
 
     def strafe(self, player: Player) -> None:
         left = int(self.rng.random() < 0.5)
-        forward = int(self.rng.random() < 0.4)
-        for _ in range(int(self.rng.integers(4, 15))):
+        forward = int(self.rng.random() < 0.3)
+        for _ in range(int(self.rng.integers(6, 25))):
             self.plan.append(action(forward=forward, left=left, right=1 - left))
 
     def stand(self, player: Player) -> None:
@@ -244,8 +247,13 @@ class ScriptedPolicy:
             for yaw in eased_sweep(self.turn_side() * self.rng.uniform(10, 40), CAMERA_STEPS[1]):
                 self.plan.append(action(yaw=yaw))
 
+    def jump(self, player: Player) -> None:
+        """Jumping on the spot: the view rises and falls with nothing else moving."""
+        for _ in range(int(self.rng.integers(6, 20))):
+            self.plan.append(action(jump=1))
+
     def step_back(self, player: Player) -> None:
-        for _ in range(int(self.rng.integers(3, 10))):
+        for _ in range(int(self.rng.integers(5, 20))):
             self.plan.append(action(back=1))
 
 

@@ -1,0 +1,226 @@
+"""Does the world model answer each control? Measured against the frames the world renders.
+
+From start points in held-out worlds (a few real frames of scripted play as context), each
+control is held for ``ROLLOUT`` frames, and so is no action at all; the model rolls out both
+from the same context and the world renders both truths. Where a control visibly moves the
+true view (its truth differs from the no-action truth by at least ``VISIBLE`` grey levels, mean
+absolute), the control is **followed** when its rollout is closer (PSNR) to its truth than the
+no-action rollout is, and visibly different from that rollout.
+
+Frame by frame, a generated frame **moves like the truth** when its motion estimate from the
+frame before has the true motion's sign and at least half the true motion's threshold
+(``MOTION``: phase-correlation shift for turns, looks, strafes and jumps, outward optical flow
+for walking). It is **frozen** when it repeats the frame before (under ``FROZEN`` levels) while
+the true view moves. Consecutive pairs are taken inside the rollout, so the tokenizer's own
+change from a real context frame to the first generated one does not count as motion.
+
+    python -m mineworld.controls                # the shipped model, greedy and sampled
+    python -m mineworld.controls --starts 8     # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from mineworld.metrics import image_shift, psnr, zoom
+from mineworld.world import replay, scripted_actions
+from mineworld.world.policy import action
+
+STEP_DEGREES = 5.146  # one of the action codec's exact camera bins
+
+# name: (the action held, the motion estimate that shows it)
+CONTROLS = {
+    "forward": (action(forward=1), "zoom"),
+    "back": (action(back=1), "zoom"),
+    "strafe_left": (action(left=1), "dx"),
+    "strafe_right": (action(right=1), "dx"),
+    "jump": (action(jump=1), "dy"),
+    "sneak": (action(forward=1, sneak=1), "zoom"),
+    "sprint": (action(forward=1, sprint=1), "zoom"),
+    "turn_left": (action(yaw=-STEP_DEGREES), "dx"),
+    "turn_right": (action(yaw=STEP_DEGREES), "dx"),
+    "look_up": (action(pitch=-STEP_DEGREES), "dy"),
+    "look_down": (action(pitch=STEP_DEGREES), "dy"),
+}
+NO_ACTION = action()
+
+ROLLOUT = 10
+VISIBLE = 2.0  # grey levels, mean absolute: a difference a player sees
+FROZEN = 0.5  # grey levels: a frame that repeats the one before
+MOTION = {"dx": 0.5, "dy": 0.5, "zoom": 0.1}  # pixels a frame (64 x 48) the true view must move
+START_SEED_BASE = 200  # held-out worlds HELD_OUT_SEED_BASE + 200 + i, apart from the card's
+START_PLAY = 20  # frames of scripted play before each context
+
+
+def motion(before: np.ndarray, after: np.ndarray, measure: str) -> float:
+    if measure == "zoom":
+        return zoom(before, after)
+    dx, dy = image_shift(before, after)
+    return dx if measure == "dx" else dy
+
+
+def mean_abs(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean(np.abs(a.astype(np.float32) - b.astype(np.float32))))
+
+
+@dataclass
+class Start:
+    seed: int
+    lead: list[dict]  # every action up to the last context frame
+    context: np.ndarray
+    context_actions: list[dict]
+
+
+def starts(count: int, context_frames: int) -> list[Start]:
+    from mineworld.train import FRAME_SIZE, HELD_OUT_SEED_BASE
+
+    found = []
+    for i in range(count):
+        seed = HELD_OUT_SEED_BASE + START_SEED_BASE + i
+        play = scripted_actions(seed, START_PLAY + context_frames)
+        frames = replay(seed, play, FRAME_SIZE)[START_PLAY:]
+        lead = play[: START_PLAY + context_frames - 1]
+        found.append(Start(seed, lead, frames, play[START_PLAY : START_PLAY + context_frames - 1]))
+    return found
+
+
+def truth(start: Start, held: dict) -> np.ndarray:
+    """The world's frames after the context while ``held`` is held."""
+    from mineworld.train import FRAME_SIZE
+
+    frames = replay(start.seed, start.lead + [held] * (ROLLOUT + 1), FRAME_SIZE)
+    return frames[len(start.lead) + 1 :][:ROLLOUT]
+
+
+def score_control(rolled: np.ndarray, still: np.ndarray, true: np.ndarray, true_still: np.ndarray,
+                  measure: str) -> dict:
+    """One control at one start point: rolled / still are the rollouts under the control and
+    under no action; true / true_still the world's frames for each."""
+    result = {"visible": mean_abs(true, true_still) >= VISIBLE,
+              "closer": psnr(rolled, true) > psnr(still, true),
+              "distinct": mean_abs(rolled, still) >= VISIBLE,
+              "moving_frames": 0, "matched_frames": 0, "frozen_frames": 0}
+    threshold = MOTION[measure]
+    for k in range(1, len(true)):
+        true_move = motion(true[k - 1], true[k], measure)
+        if abs(true_move) < threshold:
+            continue
+        result["moving_frames"] += 1
+        made = motion(rolled[k - 1], rolled[k], measure)
+        result["matched_frames"] += int(np.sign(made) == np.sign(true_move)
+                                        and abs(made) >= threshold / 2)
+        result["frozen_frames"] += int(mean_abs(rolled[k - 1], rolled[k]) < FROZEN)
+    return result
+
+
+def measure_controls(model, tokenizer, count: int = 24, context_frames: int = 4, sampling=None,
+                     schedule: str = "diagonal", strip_path: Path | None = None) -> dict:
+    """Per control: the start points where it visibly moves the true view (``cases``), the
+    share of those it is followed in, and over the frames where the true view moves, the share
+    the generated picture moves like it and the share that froze. ``strip_path``: a picture of
+    the first start point, per control its truth above its rollout."""
+    from mineworld.train import rollout
+
+    tallies = {name: [] for name in CONTROLS}
+    strip_rows = []
+    for index, start in enumerate(tqdm(starts(count, context_frames), desc="controls")):
+        def roll(held, start=start):
+            return rollout(model, tokenizer, start.context, start.context_actions,
+                           [held] * ROLLOUT, schedule, sampling=sampling, seed=start.seed)[0]
+
+        still, true_still = roll(NO_ACTION), truth(start, NO_ACTION)
+        for name, (held, measure) in CONTROLS.items():
+            rolled, true = roll(held), truth(start, held)
+            tallies[name].append(score_control(rolled, still, true, true_still, measure))
+            if index == 0:
+                strip_rows.append((name, np.concatenate(list(true), 1),
+                                   np.concatenate(list(rolled), 1)))
+    if strip_path:
+        write_strip(strip_rows, strip_path)
+    return {name: summarise(scores) for name, scores in tallies.items()}
+
+
+def summarise(scores: list[dict]) -> dict:
+    cases = [s for s in scores if s["visible"]]
+    moving = sum(s["moving_frames"] for s in scores)
+    return {
+        "starts": len(scores),
+        "cases": len(cases),
+        "followed": float(np.mean([s["closer"] and s["distinct"] for s in cases]))
+        if cases else float("nan"),
+        "moving_frames": moving,
+        "moves_like_truth": sum(s["matched_frames"] for s in scores) / moving
+        if moving else float("nan"),
+        "frozen": sum(s["frozen_frames"] for s in scores) / moving if moving else float("nan"),
+    }
+
+
+def write_strip(rows: list[tuple[str, np.ndarray, np.ndarray]], path: Path, scale: int = 2):
+    """Per control a label, its true frames, and the generated ones below them."""
+    import cv2
+
+    label_width = 120
+    blocks = []
+    for name, true, made in rows:
+        pair = cv2.resize(np.concatenate([true, made], 0), None, fx=scale, fy=scale,
+                          interpolation=cv2.INTER_NEAREST)
+        label = np.full((pair.shape[0], label_width, 3), 255, np.uint8)
+        for line, text in enumerate((name, "truth / model")):
+            cv2.putText(label, text, (6, 24 + 22 * line), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+                        (0, 0, 0), 1, cv2.LINE_AA)
+        blocks.append(np.concatenate([label, pair], 1))
+        blocks.append(np.full((4, blocks[-1].shape[1], 3), 255, np.uint8))
+    cv2.imwrite(str(path), np.concatenate(blocks[:-1], 0)[..., ::-1])
+
+
+def table(results: dict) -> str:
+    """Markdown rows: control, cases, followed, moves like the truth, frozen."""
+    lines = ["| control | cases | followed | frames moving like the truth | frozen frames |",
+             "|---|---|---|---|---|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | {r['cases']} of {r['starts']} | {r['followed']:.0%} | "
+                     f"{r['moves_like_truth']:.0%} of {r['moving_frames']} | {r['frozen']:.0%} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mineworld.controls", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, help="embedded model folder (default: shipped)")
+    parser.add_argument("--starts", type=int, default=24, help="start points (held-out worlds)")
+    parser.add_argument("--temperature", type=float, nargs="+", default=[0.0],
+                        help="sampling temperatures to measure (0: greedy)")
+    parser.add_argument("--top-k", type=int, help="top-k of the sampled runs")
+    parser.add_argument("--strip", type=Path, help="write the first start point's strips here")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    import torch
+
+    from mineworld.decoding import Sampling
+    from mineworld.embedded import MODEL_DIR, load_embedded
+
+    torch.set_num_threads(args.threads)
+    model, tokenizer = load_embedded(model_dir=args.model_dir or MODEL_DIR)
+    everything = {}
+    for temperature in args.temperature:
+        sampling = Sampling(temperature, top_k=args.top_k if temperature else None)
+        results = measure_controls(model, tokenizer, args.starts, sampling=sampling,
+                                   strip_path=args.strip if temperature == args.temperature[0]
+                                   else None)
+        name = "greedy" if temperature == 0 else f"temperature {temperature:g}" + (
+            f", top-k {args.top_k}" if args.top_k else "")
+        print(f"\n{name}\n{table(results)}")
+        everything[name] = results
+    if args.json:
+        args.json.write_text(json.dumps(everything, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Control measures (mineworld.controls), the long-rollout contrast and self-fed training."""
+
+import numpy as np
+import pytest
+import torch
+
+from mineworld.controls import FROZEN, VISIBLE, score_control, summarise
+from mineworld.metrics import contrast_ratio
+from mineworld.model import Transformer
+from mineworld.train import feed_own_predictions, make_batch, model_config
+from tests.test_metrics import textured
+
+FRAMES = 6
+
+
+def panning(shift_per_frame: int, seed: int = 0) -> np.ndarray:
+    """Frames of a picture sliding right by ``shift_per_frame`` pixels a frame (the inner part
+    of a wider picture, so nothing wraps in)."""
+    wide = textured(seed, (48, 64 + 2 * FRAMES * abs(shift_per_frame) + 16))
+    start = 8 + FRAMES * abs(shift_per_frame)
+    return np.stack([wide[:, start - k * shift_per_frame:][:, :64] for k in range(FRAMES)])
+
+
+def test_a_rollout_that_moves_as_the_truth_is_followed_and_never_frozen():
+    true, true_still = panning(2), np.repeat(panning(2)[:1], FRAMES, 0)
+    result = score_control(true.copy(), true_still.copy(), true, true_still, "dx")
+    assert result["visible"] and result["closer"] and result["distinct"]
+    assert result["moving_frames"] == FRAMES - 1
+    assert result["matched_frames"] == FRAMES - 1 and result["frozen_frames"] == 0
+
+
+def test_a_frozen_rollout_is_neither_followed_nor_moving():
+    true, true_still = panning(2), np.repeat(panning(2)[:1], FRAMES, 0)
+    frozen = np.repeat(true[:1], FRAMES, 0)
+    result = score_control(frozen, frozen.copy(), true, true_still, "dx")
+    assert result["visible"] and not result["distinct"]
+    assert result["matched_frames"] == 0 and result["frozen_frames"] == FRAMES - 1
+    summary = summarise([result])
+    assert summary == {"starts": 1, "cases": 1, "followed": 0.0, "moving_frames": FRAMES - 1,
+                       "moves_like_truth": 0.0, "frozen": 1.0}
+
+
+def test_motion_the_wrong_way_does_not_count():
+    true, true_still = panning(2), np.repeat(panning(2)[:1], FRAMES, 0)
+    result = score_control(panning(-2), true_still, true, true_still, "dx")
+    assert result["moving_frames"] == FRAMES - 1 and result["matched_frames"] == 0
+
+
+def test_a_control_that_does_not_move_the_truth_is_no_case():
+    still = np.repeat(panning(2)[:1], FRAMES, 0)
+    summary = summarise([score_control(still, still, still, still, "zoom")])
+    assert summary["cases"] == 0 and summary["moving_frames"] == 0
+    assert np.isnan(summary["followed"]) and np.isnan(summary["frozen"])
+
+
+def test_thresholds_are_levels_a_player_sees():
+    assert 0 < FROZEN < VISIBLE <= 4
+
+
+def test_contrast_ratio_is_one_for_the_truth_and_zero_for_flat_colour():
+    true = panning(1)
+    assert contrast_ratio(true, true) == pytest.approx(np.ones(FRAMES))
+    flat = np.full_like(true, 128)
+    assert contrast_ratio(flat, true) == pytest.approx(np.zeros(FRAMES))
+
+
+def test_self_feeding_replaces_image_tokens_with_the_models_own_greedy_predictions():
+    config = model_config(16, (2, 3), smoke=True)
+    torch.manual_seed(0)
+    model = Transformer(config).eval()
+    episodes = [(torch.randint(0, 16, (10, 6)), torch.randint(16, 80, (10, 11))) for _ in range(2)]
+    rng = np.random.default_rng(0)
+    tokens, targets = make_batch(episodes, 4, 3, rng)
+    assert torch.equal(feed_own_predictions(model, tokens, targets, 0.0, rng), tokens)
+
+    fed = feed_own_predictions(model, tokens, targets, 1.0, rng)
+    with torch.no_grad():
+        predicted = model(tokens)[..., :config.codebook_size].argmax(-1)
+    image = targets[:, :-1] != -100  # input position j + 1 holds an image token
+    image[:, :config.tokens_per_frame - 1] = False  # the first frame stays real
+    assert torch.equal(fed[:, 1:][image], predicted[:, :-1][image])
+    assert torch.equal(fed[:, 1:][~image], tokens[:, 1:][~image])  # actions, first frame
+    assert torch.equal(fed[:, 0], tokens[:, 0])
