@@ -60,6 +60,9 @@ BUTTON_SLOTS: dict[int, tuple[str, ...]] = {
 }
 
 # Camera quantisation of the published model: mu-law, 21 bins of 9 degrees over [-90, 90].
+# Recorded action lines (VPT, MineRL) are under 1 KB; a longer one is refused before parsing,
+# since parsing a Python literal takes hundreds of bytes of memory per byte of line.
+MAX_LINE_CHARS = 16_384
 CAMERA_MAX_DEG = 90.0
 CAMERA_BIN_DEG = 9.0
 CAMERA_MU = 11.4887
@@ -339,6 +342,9 @@ def _parse_line(text: str) -> tuple[str, dict[str, Any]]:
     try:
         if not text.strip():
             raise ValueError("blank line")
+        if len(text) > MAX_LINE_CHARS:
+            raise ValueError(f"a line of {len(text):,} characters; action lines are at most "
+                             f"{MAX_LINE_CHARS:,}")
         obj = _load(text)
         if not isinstance(obj, dict):
             raise ValueError(f"expected an object / dict, got {type(obj).__name__}")

@@ -375,6 +375,9 @@ def test_errors_name_file_and_line(tmp_path):
         "MineRL action dict in a file of VPT record": (good, MINERL_LINE),
         "neither JSON nor a Python literal": (good, "{'a': 1"),
         "unsupported syntax at column 1 \\(Name\\)": (good, "garbage"),
+        # Refused before parsing: ast.parse of this would take gigabytes.
+        "a line of 4,000,009 characters; action lines are at most 16,384": (
+            good, "{'a': [" + "0," * 2_000_000 + "]}"),
     }
     for message, lines in cases.items():
         with pytest.raises(ActionFileError, match=f"line 2: .*{message}"):
