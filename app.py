@@ -46,15 +46,71 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
-import gradio as gr
-import numpy as np
+from cache import STRATEGIES  # torch, for the strategy names; gradio loads after the flags
 
-from cache import STRATEGIES
-from mineworld.actions import make_action
-from mineworld.decoding import Sampling
-from mineworld.embedded import SCENE, demo_scene
-from mineworld.loading import USER_ERRORS, load_model, one_line, strategy_params
-from mineworld.play import (
+PROG = "app.py"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line (exit status 2), like every other error of the app."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = OneLineParser(
+        prog=PROG,
+        description="Play a MineWorld model in the browser; by default the embedded model and "
+        "scene, offline, at http://127.0.0.1:7860.",
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument("--model_ckpt", help="checkpoint (.ckpt/.pt or .safetensors); "
+                       "default: the embedded model")
+    model.add_argument("--config", help="model YAML, or a shipped preset name such as 300M_16f")
+    model.add_argument("--vae_config", help="VQGAN config.json (default: the model config's)")
+    model.add_argument("--vae_ckpt", help="VQGAN weights (default: in --model_ckpt or the "
+                       "model config's)")
+    model.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    play = parser.add_argument_group("play")
+    play.add_argument("--scene", help="mp4 with its .jsonl beside it (a .json world sidecar "
+                      "enables true-frame scores); default: the embedded scene")
+    play.add_argument("--reference_frame", type=int,
+                      help="frames prefilled (default: half the context, at most 8)")
+    play.add_argument("--diagd", action=argparse.BooleanOptionalAction, default=True,
+                      help="diagonal decoding, several tokens a forward pass (default; "
+                      "--no-diagd: one token a pass, in raster order)")
+    play.add_argument("--window_size", type=int,
+                      help="diagonal decoding: tokens a row runs ahead (default: the model's, "
+                      "1 for the embedded model, 2 for the published configs)")
+    play.add_argument("--temperature", type=float, default=0.0,
+                      help="sampling temperature (default: 0, greedy)")
+    play.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    cache = parser.add_argument_group("KV cache", "the default strategy; users may change it")
+    cache.add_argument("--cache-strategy", choices=sorted(STRATEGIES), default="none")
+    cache.add_argument("--hh-ratio", type=float, help="h2o, hybrid: heavy hitters per token")
+    cache.add_argument("--start-size", type=int, help="streaming, hybrid: sink tokens")
+    cache.add_argument("--recent-size", type=int, help="streaming, h2o, hybrid: recent tokens")
+    cache.add_argument("--sink-frames", type=int, help="frames: sink frames")
+    cache.add_argument("--recent-frames", type=int, help="frames: recent frames")
+    server = parser.add_argument_group("server")
+    on_spaces = os.environ.get("SYSTEM") == "spaces"  # Spaces serves from a container
+    server.add_argument("--host", default="0.0.0.0" if on_spaces else "127.0.0.1")
+    server.add_argument("--port", type=int, default=7860)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and bad flags answer here, before gradio and the model load
+
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mineworld.actions import make_action  # noqa: E402
+from mineworld.decoding import Sampling  # noqa: E402
+from mineworld.embedded import SCENE, demo_scene  # noqa: E402
+from mineworld.loading import USER_ERRORS, load_model, one_line, strategy_params  # noqa: E402
+from mineworld.play import (  # noqa: E402
     KEPT_FRAMES,
     MAX_SCENE_FRAMES,
     PLOTS,
@@ -64,12 +120,11 @@ from mineworld.play import (
     Scene,
     read_scene,
 )
-from mineworld.session import default_reference_frames, pick_device
-from mineworld.stream import MAX_QUEUED, FrameScheduler, Seat
-from mineworld.tokenizers.base import resize_frames
-from mineworld.world import read_recording
+from mineworld.session import default_reference_frames, pick_device  # noqa: E402
+from mineworld.stream import MAX_QUEUED, FrameScheduler, Seat  # noqa: E402
+from mineworld.tokenizers.base import resize_frames  # noqa: E402
+from mineworld.world import read_recording  # noqa: E402
 
-PROG = "app.py"
 # What a handler turns into a message in the page (the session goes on): bad values raise
 # ValueError; int() of an infinite one raises OverflowError.
 PLAY_ERRORS = (ValueError, OverflowError)
@@ -223,56 +278,7 @@ def strategy_parameters() -> dict[str, dict[str, object]]:
     }
 
 
-# -- command line and resources --------------------------------------------------------------
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Usage errors as one line (exit status 2), like every other error of the app."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = OneLineParser(
-        prog=PROG,
-        description="Play a MineWorld model in the browser; by default the embedded model and "
-        "scene, offline, at http://127.0.0.1:7860.",
-    )
-    model = parser.add_argument_group("model")
-    model.add_argument("--model_ckpt", help="checkpoint (.ckpt/.pt or .safetensors); "
-                       "default: the embedded model")
-    model.add_argument("--config", help="model YAML, or a shipped preset name such as 300M_16f")
-    model.add_argument("--vae_config", help="VQGAN config.json (default: the model config's)")
-    model.add_argument("--vae_ckpt", help="VQGAN weights (default: in --model_ckpt or the "
-                       "model config's)")
-    model.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
-    play = parser.add_argument_group("play")
-    play.add_argument("--scene", help="mp4 with its .jsonl beside it (a .json world sidecar "
-                      "enables true-frame scores); default: the embedded scene")
-    play.add_argument("--reference_frame", type=int,
-                      help="frames prefilled (default: half the context, at most 8)")
-    play.add_argument("--diagd", action=argparse.BooleanOptionalAction, default=True,
-                      help="diagonal decoding, several tokens a forward pass (default; "
-                      "--no-diagd: one token a pass, in raster order)")
-    play.add_argument("--window_size", type=int,
-                      help="diagonal decoding: tokens a row runs ahead (default: the model's, "
-                      "1 for the embedded model, 2 for the published configs)")
-    play.add_argument("--temperature", type=float, default=0.0,
-                      help="sampling temperature (default: 0, greedy)")
-    play.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    cache = parser.add_argument_group("KV cache", "the default strategy; users may change it")
-    cache.add_argument("--cache-strategy", choices=sorted(STRATEGIES), default="none")
-    cache.add_argument("--hh-ratio", type=float, help="h2o, hybrid: heavy hitters per token")
-    cache.add_argument("--start-size", type=int, help="streaming, hybrid: sink tokens")
-    cache.add_argument("--recent-size", type=int, help="streaming, h2o, hybrid: recent tokens")
-    cache.add_argument("--sink-frames", type=int, help="frames: sink frames")
-    cache.add_argument("--recent-frames", type=int, help="frames: recent frames")
-    server = parser.add_argument_group("server")
-    on_spaces = os.environ.get("SYSTEM") == "spaces"  # Spaces serves from a container
-    server.add_argument("--host", default="0.0.0.0" if on_spaces else "127.0.0.1")
-    server.add_argument("--port", type=int, default=7860)
-    return parser.parse_args(argv)
+# -- resources ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

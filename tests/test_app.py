@@ -9,6 +9,8 @@ import gc
 import json
 import re
 import socket
+import subprocess
+import sys
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -487,6 +489,18 @@ def test_no_flags_load_the_embedded_model_and_scene():
     # Real-time play by default: diagonal decoding with the model's own window.
     assert (resources.options.schedule, resources.options.window) == ("diagonal", 1)
     assert not app.parse_args(["--no-diagd"]).diagd
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--port", "http"]])
+def test_help_and_bad_flags_answer_before_gradio_loads(args):
+    env = {"PYTHONPROFILEIMPORTTIME": "1", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, app.__file__, *args], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == (0 if args == ["--help"] else 2)
+    assert "--cache-strategy" in done.stdout or "invalid int value" in done.stderr
+    imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()
+                if line.startswith("import time:")]
+    assert "torch" in imported and not any(name.startswith("gradio") for name in imported)
 
 
 def test_importing_app_builds_no_demo():
