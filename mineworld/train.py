@@ -610,139 +610,6 @@ def write_clips(folder: Path, smoke: bool) -> None:
     record_episode(seed, scripted_actions(seed, 16 if smoke else 300), folder / "scene" / "scene")
 
 
-def meets_goals(r: dict) -> bool:
-    baseline = max(r["copy_last_frame_psnr_db"], r["rollout_other_actions_psnr_db"])
-    return (r["tokenizer_psnr_db"] >= 27 and r["rollout_psnr_db"] >= baseline + 2
-            and min(r["action_following_per_probe"].values()) >= 0.8
-            and r["fps_diagonal"] >= 20
-            and r["single_colour_frames"] == 0)
-
-
-def model_card(results: dict, log: dict, config, tokenizer) -> str:
-    from mineworld.controls import ROLLOUT as ROLLOUT_CONTROLS
-    from mineworld.controls import table as controls_table
-
-    r = results
-    size = f"{tokenizer.frame_size[0]}x{tokenizer.frame_size[1]}"
-    probes = ", ".join(f"{k} {v:.0%}" for k, v in r["action_following_per_probe"].items())
-    decoder = (f" and {log['decoder_steps']} more of its decoder alone on all of them, encoder "
-               "frozen" if log.get("decoder_steps") else "")
-    refine = tokenizer.config.refine_channels
-    refinement = (f", then a full-size refinement ({refine} wide, "
-                  f"{tokenizer.config.refine_blocks} residual blocks)" if refine else "")
-    runs = [f"{run['steps']} at peak LR {run['peak_lr']:g}"
-            + (f", {run['self_feed']:.0%} of the frames self-fed" if run.get("self_feed") else "")
-            for run in log.get("resumed", [])]
-    cached = log.get("cached_episodes", 0)
-    cache_note = (f"; {cached} of the worlds were read from an earlier run's cache and their "
-                  "rendering is not in that time" if cached else "")
-    resumed = f" (resumed runs: {'; '.join(runs)})" if runs else ""
-    confusion = "\n".join(f"| {p} | " + " | ".join(str(n) for n in row.values()) + " |"
-                          for p, row in r["action_following_closest"].items())
-    controls = "\n\n".join(f"{sampling}:\n\n{controls_table(r['controls'][name])}"
-                           for name, sampling in decodings(config).items())
-    clips = next(iter(r["structure"].values()))
-    structure = "\n".join(
-        f"| {clip} | " + " | ".join(f"{r['structure'][name][clip]['min']:.2f} / "
-                                   f"{r['structure'][name][clip]['mean']:.2f}"
-                                   for name in r["structure"]) + " |" for clip in clips)
-    sampled_row = (f"| same, sampled as shipped ({r['sampling']}) | "
-                   f"{r['rollout_sampled_psnr_db']:.2f} dB |\n"
-                   if "rollout_sampled_psnr_db" in r else "")
-    verdict = "meets them" if meets_goals(r) else (
-        "does not meet them all (see the table): treat it as a\nworking placeholder, "
-        "not a faithful world model")
-    return f"""# Embedded MineWorld model
-
-A small world model of this project's own procedural Minecraft-like world
-(`mineworld.world`), so the engine runs offline on a CPU; it is not the published MineWorld.
-Reproduce with `python -m mineworld.train`; re-measure with
-`python -m mineworld.train --evaluate-only`. All numbers are on worlds never trained on.
-
-## Files
-- `model/config.yaml`, `model/model.safetensors`: the Transformer ({config.hidden_size} wide,
-  {config.num_hidden_layers} layers, {config.num_attention_heads} heads /
-  {config.num_key_value_heads} kv heads, MLP {config.intermediate_size}, vocab
-  {config.vocab_size}, context {config.context_frames} frames of
-  {config.tokens_per_frame} tokens).
-- `model/tokenizer.safetensors`, `model/tokenizer.json`: FSQ autoencoder, levels
-  {list(tokenizer.config.levels)} ({tokenizer.codebook_size} codes), frames
-  {tokenizer.frame_size[0]}x{tokenizer.frame_size[1]}, grid {tokenizer.grid[0]}x{tokenizer.grid[1]}
-  = {tokenizer.tokens_per_frame} tokens per frame{refinement}.
-- `scene/`: the demo scene; `validation/`: held-out clips (VPT mp4 + jsonl + sidecar json).
-
-## Training
-- data: {log.get("train_frames", "?")} frames of scripted play in {log.get("train_episodes", "?")}
-  worlds, rendered in {log.get("data_minutes", float("nan")):.0f} minutes (the renderer alone:
-  {r["render_ms_per_frame"]:.1f} ms per {size} frame, {SUPERSAMPLE}x{SUPERSAMPLE} rays a pixel,
-  on one core){cache_note}.
-- {log.get("tokenizer_steps", "?")} tokenizer steps, batch 32, on
-  {log.get("tokenizer_frames", log.get("train_frames", "?"))} of those frames{decoder};
-  {log.get("world_model_steps", "?")} world-model steps of 4 windows{resumed} at
-  {log.get("world_model_tokens_per_s", 0):.0f} tokens/s ({log.get("precision", "fp32")}, \
-{log.get("threads", 1)} thread(s) of a
-  2-core CPU; the losses are in `training_log.json`).
-
-## Evaluation
-The goals were: tokenizer >= 27 dB; rollouts >= 2 dB above both the copy-last-frame and the
-other-actions rollouts; action following >= 80% for each script; 20 fps with diagonal
-decoding. This model {verdict}.
-
-| measure | value |
-|---|---|
-| tokenizer reconstruction PSNR | {r["tokenizer_psnr_db"]:.2f} dB |
-| same, first 16 frames of the demo scene | {r["scene_tokenizer_psnr_db"]:.2f} dB |
-| teacher-forced next-frame token accuracy | {r["teacher_forced_accuracy"]:.1%} |
-| copy-previous-frame token accuracy | {r["copy_previous_accuracy"]:.1%} |
-| {ROLLOUT}-frame greedy rollout PSNR ({r["rollout_schedule"]}) | {r["rollout_psnr_db"]:.2f} dB |
-{sampled_row}| same, greedy, driven by another episode's actions | \
-{r["rollout_other_actions_psnr_db"]:.2f} dB |
-| copy-last-frame baseline (the true frame) | {r["copy_last_frame_psnr_db"]:.2f} dB |
-| copy-last-frame baseline (its tokens, decoded) | {r["copy_last_frame_tokens_psnr_db"]:.2f} dB |
-| action following (closest to its own script) | {r["action_following"]:.0%} ({probes}) |
-| single-colour frames in a {r["long_rollout_frames"]}-frame rollout | {r["single_colour_frames"]} |
-| decoding speed, naive / diagonal (window {r["diagonal_window"]}), {r["threads"]} thread(s) | \
-{r["fps_naive"]:.1f} / {r["fps_diagonal"]:.1f} fps (median frame \
-{r["fps_naive_median_frame"]:.1f} / {r["fps_diagonal_median_frame"]:.1f}) |
-| same, diagonal with window 2 (MineWorld's batch default), in the same rounds | \
-{r["fps_diagonal_window_2"]:.1f} fps (median frame {r["fps_diagonal_window_2_median_frame"]:.1f}) |
-| tokenizer decode, one frame | {r["tokenizer_decode_ms"]:.1f} ms |
-| one step ahead, greedy (the tokenizer's own reconstruction of those frames) | \
-{r["one_step_psnr_db"]:.2f} dB ({r["one_step_tokenizer_psnr_db"]:.2f} dB) |
-
-PSNRs are of the mean squared error over all frames compared ({r["cases"]} held-out worlds for the
-rollouts). Rollouts start from {CONTEXT} real frames; action following runs five scripts
-(turn left/right, look up/down by {SCRIPT_STEP} degrees a frame, walk forward) from each
-context and counts a hit when a script's rollout is closest to its own true frames. Which
-script's true frames each script's rollouts were closest to, in {r["cases"]} worlds:
-
-| rollout under \\ closest to | {" | ".join(PROBES)} |
-|---|{"---|" * len(PROBES)}
-{confusion}
-
-Decoding speed: from the mean time of a frame after a {CONTEXT}-frame context (the first of
-each run aside), re-prefills included, over {SPEED_ROUNDS} alternating runs of each decoding.
-`strip.png`: rows alternate truth / prediction for three held-out rollouts.
-
-## Controls
-Each control held for {ROLLOUT_CONTROLS} frames from \
-{r["controls"]["greedy"]["forward"]["starts"]} start points in held-out worlds, against no
-action from the same context (`python -m mineworld.controls`, whose help defines each measure;
-`controls.png`: the first start point, truth above the greedy rollout). Cases: start points
-where the control visibly moves the true view.
-
-{controls}
-
-Long rollouts ({STRUCTURE_FRAMES} frames under each validation clip's actions, after {CONTEXT}
-real frames): the generated frames' contrast over the true ones' (1: as much structure as the
-world shows, 0: flat colour), lowest frame / mean.
-
-| clip | {" | ".join(r["structure"])} |
-|---|{"---|" * len(r["structure"])}
-{structure}
-"""
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mineworld.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -884,6 +751,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def evaluate_and_write(out: Path, log: dict, smoke: bool, schedule: str = "diagonal") -> None:
     """Evaluate the model in ``out``, print the results, write the card, strip and log."""
+    from mineworld.card import model_card
     from mineworld.embedded import demo_scene, load_embedded, validation_clips
 
     model, tokenizer = load_embedded(model_dir=out / "model")
