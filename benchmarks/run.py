@@ -54,6 +54,7 @@ from benchmarks.common import machine_line, percentile
 from benchmarks.plot import Panel, line_charts
 from cache import STRATEGIES
 from mineworld.config import ACTION_TOKENS
+from mineworld.decoding import Sampling
 from mineworld.embedded import MODEL_DIR, load_embedded
 from mineworld.metrics import (
     frame_scores,
@@ -182,8 +183,11 @@ def make_runs(model, tokenizer, case: Case, schedule: str, strategies: list[str]
              for b in budgets for name in strategies if name != "none"]
     runs = []
     for name, budget, params in plan:
+        # Greedy whatever the model's default: the same play decodes the same way under
+        # every strategy, so their differences are the caches' own.
         session = Session(model, tokenizer, strategy=name, strategy_params=params,
-                          reference_frames=reference_frames, schedule=schedule)
+                          reference_frames=reference_frames, schedule=schedule,
+                          sampling=Sampling())
         try:
             session.start(case.context, case.context_actions)
         except ValueError as error:
