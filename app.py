@@ -401,26 +401,26 @@ class PlayView:
     name: str
     labels: list[str]
     state: gr.State
-    status: gr.Textbox
     images: list[gr.Image]
     queue: gr.Markdown
     keys: gr.HTML
     stop: gr.Button
+    status: gr.Textbox | None = None
     strips: list[gr.Gallery] = dataclasses.field(default_factory=list)
     plots: list[dict[str, gr.LinePlot]] = dataclasses.field(default_factory=list)
     quality: dict[str, gr.LinePlot] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def build(cls, name: str, labels: list[str], close_seat) -> PlayView:
-        """The status, each side's frame, the key queue and Stop; ``add_plots`` renders the
-        strips and plots."""
+    def build(cls, name: str, labels: list[str], close_seat, height: int) -> PlayView:
+        """Each side's frame (``height`` pixels high), the key queue and Stop; ``add_plots``
+        renders the status, strips and plots."""
         state = gr.State(Seat(), time_to_live=IDLE_SECONDS, delete_callback=close_seat)
         images = []
         with gr.Row(equal_height=True):
             for label in labels:
                 images.append(gr.Image(label=frame_label(label, 0), format="png",
                                        interactive=False, elem_id=f"frame-{side_tag(label)}",
-                                       elem_classes="mineworld-frame", height=300,
+                                       elem_classes="mineworld-frame", height=height,
                                        buttons=[]))
         with gr.Row(equal_height=True):
             controls = {key: name for name, (_label, key) in CONTROLS.items() if key}
@@ -431,13 +431,13 @@ class PlayView:
             queue = gr.Markdown(queue_text(None), elem_id=f"queue-{name}")
             stop = gr.Button("Stop (Esc)", variant="stop", size="sm", scale=0, min_width=100,
                              elem_id=f"stop-{name}")
-        status = gr.Textbox(label="Status", interactive=False, elem_id=f"status-{name}",
-                            lines=1, max_lines=3)
-        return cls(name, labels, state, status, images, queue, keys, stop)
+        return cls(name, labels, state, images, queue, keys, stop)
 
     def add_plots(self, labels: list[str]) -> None:
-        """Each side's strip and plots, two a row, then the quality plots shared by the
-        sides."""
+        """The status, each side's strip and plots, two a row, then the quality plots shared
+        by the sides."""
+        self.status = gr.Textbox(label="Status", interactive=False, lines=1, max_lines=3,
+                                 elem_id=f"status-{self.name}")
         with gr.Row():
             for label in labels:
                 tag = side_tag(label)
@@ -894,7 +894,7 @@ def build_demo(resources: Resources) -> gr.Blocks:
         with gr.Tab("Play"):
             with gr.Row():
                 with gr.Column(scale=2, min_width=320):
-                    view = PlayView.build("play", ["Play"], demo.close_seat)
+                    view = PlayView.build("play", ["Play"], demo.close_seat, height=300)
                 with gr.Column(scale=3):
                     picker = StrategyPicker.build("Cache strategy", resources.strategy,
                                                   resources.params)
@@ -932,7 +932,8 @@ def build_demo(resources: Resources) -> gr.Blocks:
                 compare_download = gr.Button("Download both as mp4", size="sm")
             compare_video = gr.File(label="Both sessions, side by side", interactive=False,
                                     height=60, visible=False)
-            compare_view = PlayView.build("compare", ["A", "B"], demo.close_seat)
+            compare_view = PlayView.build("compare", ["A", "B"], demo.close_seat,
+                                          height=220)
             compare_pad = ActionPad.build()
             compare_view.add_plots(["A", "B"])
             wire_play(demo, compare_view, compare_pad, "compare")
