@@ -13,7 +13,8 @@ Frames stream to the page from a generator handler: holding a key plays until it
 each yield is the new frame as a small PNG (the page scales it up with crisp pixels) with the
 status and the key queue. Measured in Chromium against the alternatives, it paints as fast as
 the model makes frames; see the README's demo section. The strip, plots and scores follow at
-``PLOT_SECONDS`` from a ``gr.Timer``, off the frame's path.
+``PLOT_SECONDS`` from a ``gr.Timer`` (``PLOT_PLAYING_SECONDS`` while frames stream), off the
+frame's path.
 
 Limits (a page for strangers): uploads of at most ``MAX_UPLOAD_MB`` each, of the types the
 Scene panel names; the first ``mineworld.play.MAX_SCENE_FRAMES`` frames of a video; at most
@@ -130,7 +131,10 @@ from mineworld.world import read_recording  # noqa: E402
 PLAY_ERRORS = (ValueError, OverflowError)
 STRIP_FRAMES = 8
 MAX_REPEAT = 32  # at most MAX_QUEUED: a repeat is that many queued presses
-PLOT_SECONDS = 0.5  # the strip, plots and scores refresh this often while frames come
+# How often the strip, plots and scores refresh: while frames stream, seldom, because redrawing
+# the plots costs Chromium a few hundred ms of CPU, which a 2-core host takes from the frames.
+PLOT_SECONDS = 0.5
+PLOT_PLAYING_SECONDS = 5.0
 MAX_UPLOAD_MB = 64  # per file; Gradio refuses a bigger upload before it is stored
 SCENE_FILE_TYPES = [".mp4", ".jsonl", ".json"]
 MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds
@@ -494,13 +498,16 @@ class PlayView:
 
     def plot_values(self, seat: Seat) -> list:
         """Values for ``plot_outputs``; every one skipped when nothing changed since the last
-        call, so that an idle tab's timer costs nothing."""
+        call (an idle tab's timer costs nothing), or while frames stream and the last refresh
+        is younger than ``PLOT_PLAYING_SECONDS``."""
         play = seat.play
         shown = None if play is None or play.closed else (id(play), play.frames_played,
                                                           play.describe_sides())
-        if shown is None or shown == seat.shown:
+        now = time.monotonic()
+        if (shown is None or shown == seat.shown
+                or seat.controls.driving and now - seat.shown_at < PLOT_PLAYING_SECONDS):
             return [gr.skip()] * len(self.plot_outputs)
-        seat.shown = shown
+        seat.shown, seat.shown_at = shown, now
         strips = [side.newest(STRIP_FRAMES) for side in play.sides]
         tables = [table for side in play.sides for table in side.plot_tables().values()]
         quality = [play.quality_table(measure) for measure in self.quality]

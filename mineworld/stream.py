@@ -124,6 +124,12 @@ class Controls:
             self._driving = False
 
     @property
+    def driving(self) -> bool:
+        """Whether a driver is playing frames now."""
+        with self._lock:
+            return self._driving
+
+    @property
     def queued(self) -> list[str]:
         with self._lock:
             return [control for control, _action in self._queued]
@@ -157,7 +163,7 @@ class Seat:
     def __init__(self):
         self.play = None
         self.controls = Controls()
-        self.shown = None  # what the page's plots show now (the UI's business)
+        self.shown, self.shown_at = None, 0.0  # what the page's plots show, since when
 
     def __deepcopy__(self, memo) -> Seat:
         """A fresh seat: Gradio's State copies its first value for every user."""

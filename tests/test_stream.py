@@ -59,8 +59,9 @@ def test_presses_queue_in_order_up_to_the_limit_and_stop_empties_everything():
 
 def test_one_driver_at_a_time():
     controls = Controls()
-    assert controls.claim() and not controls.claim()
-    assert controls.next_action() is None  # ends the turn
+    assert not controls.driving
+    assert controls.claim() and not controls.claim() and controls.driving
+    assert controls.next_action() is None and not controls.driving  # ends the turn
     assert controls.claim()
     controls.resign()
     assert controls.claim()
