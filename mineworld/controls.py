@@ -16,6 +16,7 @@ change from a real context frame to the first generated one does not count as mo
 
     python -m mineworld.controls                # the shipped model, greedy and sampled
     python -m mineworld.controls --starts 8     # quicker
+    python -m mineworld.controls --temperature 0.7 --tour tour.gif   # a picture of play
 """
 
 from __future__ import annotations
@@ -179,6 +180,42 @@ def write_strip(rows: list[tuple[str, np.ndarray, np.ndarray]], path: Path, scal
     cv2.imwrite(str(path), np.concatenate(blocks[:-1], 0)[..., ::-1])
 
 
+# A short play for the README's picture: each control held for a while, in turn.
+TOUR = [("forward", 12), ("turn_left", 8), ("back", 8), ("strafe_right", 8), ("jump", 8),
+        ("look_up", 6), ("look_down", 6)]
+
+
+def write_tour(model, tokenizer, path: Path, sampling=None, seed: int | None = None,
+               scale: int = 3, context_frames: int = 4) -> None:
+    """An animated GIF of ``TOUR`` from a held-out start point: the world's frames on the left,
+    the model's on the right, the key held written below."""
+    import cv2
+    from PIL import Image
+
+    from mineworld.train import FRAME_SIZE, rollout
+
+    start = starts(1, context_frames)[0]
+    held = [CONTROLS[name][0] for name, count in TOUR for _ in range(count)]
+    names = [name for name, count in TOUR for _ in range(count)]
+    true = replay(start.seed, start.lead + held + [NO_ACTION], FRAME_SIZE)[len(start.lead) + 1:]
+    made, _ = rollout(model, tokenizer, start.context, start.context_actions, held, "diagonal",
+                      sampling=sampling, seed=start.seed if seed is None else seed)
+    pictures = []
+    for name, world, dream in zip(names, true, made, strict=True):
+        pair = cv2.resize(np.concatenate([world, dream], 1), None, fx=scale, fy=scale,
+                          interpolation=cv2.INTER_NEAREST)
+        caption = np.full((22, pair.shape[1], 3), 255, np.uint8)
+        key = "held: " + name.replace("_", " ")
+        key_width = cv2.getTextSize(key, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)[0][0]
+        for x, text, colour in ((6, "world", (0, 0, 0)), (pair.shape[1] // 2 + 6, "model",
+                                (0, 0, 0)), (pair.shape[1] - key_width - 6, key, (200, 0, 0))):
+            cv2.putText(caption, text, (x, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1,
+                        cv2.LINE_AA)
+        pictures.append(Image.fromarray(np.concatenate([pair, caption], 0)))
+    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=100, loop=0,
+                     optimize=True)
+
+
 def table(results: dict) -> str:
     """Markdown rows: control, cases, followed, moves like the truth, frozen."""
     lines = ["| control | cases | followed | frames moving like the truth | frozen frames |",
@@ -199,6 +236,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top-k", type=int, help="top-k of the sampled runs")
     parser.add_argument("--strip", type=Path, help="write the first start point's strips here")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--tour", type=Path, help="write an animated GIF of a short play (each "
+                        "control held in turn, the world beside the model) here, with the "
+                        "first --temperature, and measure nothing")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     import torch
@@ -208,6 +248,11 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     model, tokenizer = load_embedded(model_dir=args.model_dir or MODEL_DIR)
+    if args.tour:
+        temperature = args.temperature[0]
+        write_tour(model, tokenizer, args.tour,
+                   Sampling(temperature, top_k=args.top_k if temperature else None))
+        return
     everything = {}
     for temperature in args.temperature:
         sampling = Sampling(temperature, top_k=args.top_k if temperature else None)
