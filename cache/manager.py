@@ -354,8 +354,12 @@ class KVCacheManager:
     # -- statistics -----------------------------------------------------------
 
     def record_reprefill(self, seconds: float) -> None:
+        """Count a re-prefill: the caller started over from a shorter context."""
         self.stats.reprefills += 1
         self.stats.reprefill_seconds += seconds
+        if self.debug:
+            debug_log(f"reprefill strategy={self.strategy.name} {self.storage.num_live} tokens "
+                      f"prefilled again in {1000 * seconds:.0f} ms")
 
     def _update_stats(self) -> None:
         storage, stats = self.storage, self.stats

@@ -413,6 +413,12 @@ def test_debug_cache_logs_each_eviction(monkeypatch, capsys):
     assert log.count("evict strategy=streaming layer=all count=1") == 80 - 6
     assert "rebase strategy=streaming" in log
 
+    manager, rope = bound_manager("none")
+    manager.reset(prompt_length=3, step_tokens=1)
+    feed(manager, rope, raw, 0, 3)
+    manager.record_reprefill(0.25)
+    assert "reprefill strategy=none 3 tokens prefilled again in 250 ms" in capsys.readouterr().err
+
 
 # -- the custom (K, V) protocol --------------------------------------------------
 
