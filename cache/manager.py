@@ -95,11 +95,29 @@ class ContextFull(RuntimeError):
 
 
 class KVCacheManager:
-    def __init__(self, strategy: str | Strategy = "none", **params):
+    """``prompt_len``: the prompt length to size budgets by (H2O's ``hh_ratio`` x prompt) when
+    ``reset`` is not told one, as the published KV integration passed it."""
+
+    def __init__(self, strategy: str | Strategy = "none", prompt_len: int | None = None,
+                 **params):
         self.strategy = make_strategy(strategy, **params)
+        if prompt_len is not None and (isinstance(prompt_len, bool) or
+                                       not isinstance(prompt_len, int) or prompt_len < 0):
+            raise ValueError(f"prompt_len must be a whole number >= 0, got {prompt_len!r}")
+        self.prompt_len = prompt_len
         self.storage: KVStorage | None = None
         self.stats = CacheStats()
         self.debug = debug_enabled()
+        # Set by bind (the model's shapes) and reset (a sequence); None until then.
+        self.shape: tuple[int, int, int] | None = None
+        self.max_positions: int | None = None
+        self.rotate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+        self.dtype: torch.dtype | None = None
+        self.device: torch.device | None = None
+        self.heap: ScoreHeap | None = None
+        self.step_tokens = 0
+        self.next_position = 0
+        self.newest_position = -1
 
     # -- set-up ---------------------------------------------------------------
 
@@ -122,13 +140,18 @@ class KVCacheManager:
         self.rotate = rotate
         self.dtype, self.device = dtype, torch.device(device)
 
-    def reset(self, prompt_length: int, step_tokens: int) -> None:
+    def reset(self, prompt_length: int | None = None, step_tokens: int = 1) -> None:
         """Empty the cache for a new sequence.
 
-        ``prompt_length``: tokens that will be prefilled (sets H2O's budget);
-        ``step_tokens``: the most tokens one forward pass or one ``reserve``
-        will add. Storage is allocated on the first call and reused after.
+        ``prompt_length``: tokens that will be prefilled (sets H2O's budget; default: the
+        manager's ``prompt_len``, else 0); ``step_tokens``: the most tokens one forward pass
+        or one ``reserve`` will add. Storage is allocated on the first call and reused after.
         """
+        if self.shape is None:
+            raise RuntimeError("reset before bind: attach the manager to a model first "
+                               "(model.setup_cache_manager(...) or model.new_cache(...))")
+        if prompt_length is None:
+            prompt_length = self.prompt_len or 0
         budget = self.strategy.budget(prompt_length)
         capacity = self.max_positions if budget is None else budget
         self._check_budget(budget, capacity, step_tokens)

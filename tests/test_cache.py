@@ -402,6 +402,21 @@ def test_h2o_counts_queries_only_when_it_normalizes(normalize):
     assert manager.stats.bytes_allocated == expected
 
 
+def test_the_manager_is_whole_from_construction_and_takes_the_seeds_prompt_len():
+    manager = KVCacheManager("streaming")
+    with pytest.raises(RuntimeError, match="reset before bind: attach the manager to a model"):
+        manager.reset(10, 1)
+    assert manager.storage is None and manager.stats.live_tokens == 0
+    manager, _ = bound_manager("h2o", max_positions=1000, hh_ratio=0.1, recent_size=8,
+                               prompt_len=200)
+    manager.reset()  # the budget comes from prompt_len: 10 % of 200 heavy hitters + 8 recent
+    assert manager.storage.capacity == 28
+    manager.reset(prompt_length=100, step_tokens=1)  # a caller that knows says so
+    assert manager.storage.capacity == 18
+    with pytest.raises(ValueError, match="prompt_len must be a whole number >= 0, got -1"):
+        KVCacheManager("h2o", prompt_len=-1)
+
+
 def test_debug_cache_logs_each_eviction(monkeypatch, capsys):
     monkeypatch.setenv("DEBUG_CACHE", "1")
     manager, rope = bound_manager("streaming", start_size=2, recent_size=4)
