@@ -55,14 +55,19 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-def start_server(port: int, temp: str, log: Path) -> subprocess.Popen:
-    """app.py with the embedded model and a frames cache; returns once it serves."""
+APP_ARGS = ["--cache-strategy", "frames", "--sink-frames", "1", "--recent-frames", "6"]
+
+
+def start_server(port: int, temp: str, log: Path, command: list[str] | None = None,
+                 ) -> subprocess.Popen:
+    """app.py with the embedded model and a frames cache (or ``command``, which takes
+    ``--port`` and prints "serving on" like app.py); returns once it serves."""
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": temp,
            "NO_PROXY": "127.0.0.1,localhost", "OMP_WAIT_POLICY": "PASSIVE"}
     with log.open("w") as out:  # a file, not a pipe: a full pipe would stall the server
         server = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--cache-strategy",
-             "frames", "--sink-frames", "1", "--recent-frames", "6"],
+            [*(command or [sys.executable, str(ROOT / "app.py"), *APP_ARGS]), "--port",
+             str(port)],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )
     while "serving on" not in log.read_text():

@@ -3,22 +3,29 @@ painted per second while a key is held.
 
     python -m benchmarks.page_latency                     # 20 taps, a 5 s hold
     python -m benchmarks.page_latency --taps 10 --hold 3 --url http://127.0.0.1:7860/
+    python -m benchmarks.page_latency --stand-in-ms 26     # the page's own cost, see below
 
 Starts ``python app.py`` (the embedded model, a bounded cache; or drives ``--url``) and opens it
 in Debian's Chromium (Playwright, headless). A frame counts as painted at the animation frame
 after its caption shows its number and its image has loaded (the page's own counter, the one it
 shows as "painted N fps"). Taps are of the right arrow, each once the page is idle; the hold is
 of W. Prints the machine, the percentiles, the painted rate and the model's own rate.
+
+``--stand-in-ms MS`` serves app.py with each frame a sleep of MS ms instead of the model's work
+(the first frame is made by the model, then shifted by a pixel a frame): the model's time
+without its CPU, so that what the page itself costs shows apart from a busy host's slower
+model.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.app_load import free_port, start_server
+from benchmarks.app_load import APP_ARGS, free_port, start_server
 from benchmarks.common import percentile, print_machine
 
 CHROMIUM = "/usr/bin/chromium"
@@ -36,12 +43,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--hold", type=float, default=5.0,
                         help="seconds W is held (default: 5)")
     parser.add_argument("--url", help="a page already served (default: start app.py)")
+    parser.add_argument("--stand-in-ms", type=float,
+                        help="frames made by a sleep of this many ms instead of the model")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
+def serve_stand_in(port: int, ms: float) -> int:
+    """app.py (``APP_ARGS``) with every frame a sleep of ``ms`` ms instead of the model's
+    work."""
+    import numpy as np
+
+    import app
+    from mineworld.session import Session
+
+    model_step = Session.step
+
+    def step(self, action):
+        if not hasattr(self, "stand_in"):
+            self.stand_in = model_step(self, action)
+        time.sleep(ms / 1000)
+        frame, stats = self.stand_in
+        self.frames_generated += 1
+        return np.roll(frame, self.frames_generated, axis=1), {**stats, "ms_per_frame": ms}
+
+    Session.step = step
+    return app.main([*APP_ARGS, "--port", str(port)])
+
+
 def newest_painted(page) -> int:
-    return page.evaluate("() => { const log = window.mineworldTabs.play.log;"
-                         " return log.length ? log[log.length - 1][1] : -1; }")
+    """The highest frame number painted (an image that loads late is logged late)."""
+    return page.evaluate("() => Math.max(-1, ...window.mineworldTabs.play.log.map(e => e[1]))")
 
 
 def wait_idle(page, settle_ms: int = 300) -> None:
@@ -68,8 +101,8 @@ def tap_latencies(page, taps: int) -> list[float]:
             "n => window.mineworldTabs.play.log.some(([, number]) => number > n)", arg=shown,
             timeout=60_000)
         latencies.append(page.evaluate(
-            "n => window.mineworldTabs.play.log.find(([, number]) => number > n)[0]"
-            " - window.benchKeyDown", shown))
+            "n => Math.min(...window.mineworldTabs.play.log.filter(([, number]) => number > n)"
+            ".map(([when]) => when)) - window.benchKeyDown", shown))
     return latencies
 
 
@@ -114,6 +147,8 @@ def measure(url: str, taps: int, hold: float) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.serve:
+        return serve_stand_in(args.port, args.stand_in_ms)
     print_machine("demo page latency: tap -> painted, painted fps while a key is held")
     server = None
     with tempfile.TemporaryDirectory(prefix="mineworld-page-") as temp:
@@ -121,7 +156,12 @@ def main(argv=None) -> int:
         if url is None:
             port = free_port()
             started = time.perf_counter()
-            server = start_server(port, temp, Path(temp) / "app.log")
+            command = None
+            if args.stand_in_ms is not None:
+                command = [sys.executable, "-m", "benchmarks.page_latency", "--serve",
+                           "--stand-in-ms", str(args.stand_in_ms)]
+                print(f"frames: a {args.stand_in_ms:g} ms sleep each, not the model")
+            server = start_server(port, temp, Path(temp) / "app.log", command)
             url = f"http://127.0.0.1:{port}/"
             print(f"app.py served in {time.perf_counter() - started:.1f} s")
         try:
