@@ -119,7 +119,9 @@ def replay(results: dict[int, tuple]) -> int:
 
     model, tokenizer = load_embedded()
     scene = embedded_scene(tokenizer.frame_size)
-    reference = default_reference_frames(model.config)  # the app's defaults: greedy, naive
+    reference = default_reference_frames(model.config)
+    # The app's defaults: greedy, diagonal decoding with the model's own window.
+    options = {"schedule": "diagonal", "window": model.config.diagonal_window}
     wrong = 0
     for index, (start, control, frames) in results.items():
         name = control.replace("_", " ")
@@ -127,7 +129,7 @@ def replay(results: dict[int, tuple]) -> int:
             [name])
         play = PlaySession(model, tokenizer, scene, start,
                            [("frames", {"sink_frames": 1, "recent_frames": 6})],
-                           Options(reference, seed=index))
+                           Options(reference, seed=index, **options))
         for frame in frames:
             play.step(action)
             wrong += not np.array_equal(frame, play.sides[0].frames[-1])
