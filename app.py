@@ -739,11 +739,13 @@ class Demo:
         return stop
 
     @staticmethod
-    def refresh(view: PlayView):
-        """Handler of the tab's timer: the strip, plots and scores, when frames came."""
+    def refresh(views: list[PlayView]):
+        """Handler of the page's timer: each tab's strip, plots and scores, when frames came
+        (one timer for the tabs: one request a tick, not one a tab)."""
 
-        def refresh(seat: Seat):
-            return view.plot_values(seat)
+        def refresh(*seats: Seat):
+            return [value for view, seat in zip(views, seats, strict=True)
+                    for value in view.plot_values(seat)]
 
         return refresh
 
@@ -878,7 +880,7 @@ class ActionPad:
 
 
 def wire_play(demo: Demo, view: PlayView, pad: ActionPad, prefix: str) -> None:
-    """The tab's buttons, keys, Stop and plot timer."""
+    """The tab's buttons, keys and Stop."""
     pad.wire(demo, view, prefix)
     sides = len(view.images)
     view.keys.control(demo.control(view, sides), view.state, view.frame_outputs,
@@ -886,9 +888,6 @@ def wire_play(demo: Demo, view: PlayView, pad: ActionPad, prefix: str) -> None:
                       trigger_mode="multiple", show_progress="hidden")
     view.stop.click(demo.stop(view), view.state, view.frame_outputs, api_name=f"{prefix}_stop",
                     concurrency_limit=None, trigger_mode="multiple", show_progress="hidden")
-    gr.Timer(PLOT_SECONDS).tick(demo.refresh(view), view.state, view.plot_outputs,
-                                api_visibility="private", concurrency_limit=None,
-                                show_progress="hidden")
 
 
 def build_demo(resources: Resources) -> gr.Blocks:
@@ -964,6 +963,11 @@ def build_demo(resources: Resources) -> gr.Blocks:
         )
         compare_download.click(demo.export, compare_view.state, compare_video,
                                api_name="compare_download")
+        views = [view, compare_view]
+        gr.Timer(PLOT_SECONDS).tick(
+            demo.refresh(views), [v.state for v in views],
+            [output for v in views for output in v.plot_outputs],
+            api_visibility="private", concurrency_limit=None, show_progress="hidden")
         blocks.unload(demo.forget)
         blocks.load(demo.keep_open, None, None, concurrency_limit=None,
                     show_progress="hidden", api_visibility="private")
