@@ -533,6 +533,8 @@ def line_plot(title: str, unit: str, elem_id: str | None = None) -> gr.LinePlot:
 
 def frame_label(label: str, number: int) -> str:
     """The caption of a side's frame; the page counts painted frames by its number."""
+    if number == 0:  # sharper than what follows: say why
+        return f"{label}: frame 0, the scene's own (real, not generated)"
     return f"{label}: frame {number}"
 
 
