@@ -491,8 +491,11 @@ class PlayView:
         return [seat, gr.skip(), *[gr.skip()] * len(self.images), queue_text(seat)]
 
     def frame_values(self, seat: Seat, note: str = "") -> list:
-        """Values for ``frame_outputs``: the newest frames as they are (small), the status."""
+        """Values for ``frame_outputs``: the newest frames as they are (small), the status;
+        only the queue once the play has closed (its tab went)."""
         play = seat.play
+        if play is None or play.closed:
+            return self.queue_values(seat)
         images = [gr.update(value=frame, label=frame_label(label, play.frames_played))
                   for label, frame in zip(self.labels, play.newest_frames(), strict=True)]
         return [seat, status_line(play, note), *images, queue_text(seat)]
@@ -672,10 +675,7 @@ class Demo:
         async for _count in seat.frames(self.scheduler):
             made = True
             yield view.frame_values(seat, note)
-        if made and seat.play is not None and not seat.play.closed:
-            yield view.frame_values(seat, note)
-        else:
-            yield view.queue_values(seat)
+        yield view.frame_values(seat, note) if made else view.queue_values(seat)
 
     def step(self, view: PlayView, control: str, sides: int):
         """Handler of a control's button: queue ``repeat`` presses, and stream every frame

@@ -271,6 +271,20 @@ def test_an_uploaded_scene_is_played(served, tmp_path):
     assert "1 frames played" in status
 
 
+def test_a_closed_play_shows_only_the_queue(served):
+    demo = app.Demo(served[1])
+    with app.gr.Blocks():
+        view = app.PlayView.build("t", ["Play"], demo.close_seat, height=100)
+    seat = app.Seat()
+    seat.play = demo.new_play(None, None, None, [("none", {})], None)
+    assert len(view.frame_values(seat)) == len(view.frame_outputs)
+    demo.scheduler.call(seat.play.close)  # the tab went while a frame was on its way
+    values = view.frame_values(seat)
+    demo.scheduler.shutdown()
+    assert values[-1] == "Held: none · Queued: none"
+    assert all(isinstance(v, dict) and v.get("__type__") == "update" for v in values[1:-1])
+
+
 def test_closing_the_tab_frees_its_plays(served):
     demo = app.Demo(served[1])
     request = SimpleNamespace(session_hash="closed-tab")
