@@ -84,8 +84,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     play.add_argument("--window_size", type=int,
                       help="diagonal decoding: tokens a row runs ahead (default: the model's, "
                       "1 for the embedded model, 2 for the published configs)")
-    play.add_argument("--temperature", type=float, default=0.0,
-                      help="sampling temperature (default: 0, greedy)")
+    play.add_argument("--temperature", type=float,
+                      help="sampling temperature, 0 for greedy (default: the model's own, from "
+                      "its config's decoding section; greedy for the published configs)")
+    play.add_argument("--top_k", type=int, help="sample among the k likeliest codes (default: "
+                      "the model's own when neither flag is given, else every code)")
     play.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     cache = parser.add_argument_group("KV cache", "the default strategy; users may change it")
     cache.add_argument("--cache-strategy", choices=sorted(STRATEGIES), default="none")
@@ -331,9 +334,14 @@ def load_resources(args: argparse.Namespace) -> Resources:
     if reference is None:
         reference = default_reference_frames(model.config)
     window = model.config.diagonal_window if args.window_size is None else args.window_size
+    sampling = Sampling.model_default(model.config)
+    if args.temperature is not None or args.top_k is not None:
+        temperature = args.temperature
+        if temperature is None:  # --top_k alone samples, at the model's temperature or 1
+            temperature = sampling.temperature or 1.0
+        sampling = Sampling(temperature, top_k=args.top_k if temperature else None)
     options = Options(
-        reference, "diagonal" if args.diagd else "naive", window,
-        Sampling(temperature=args.temperature), args.seed,
+        reference, "diagonal" if args.diagd else "naive", window, sampling, args.seed,
     )
     resources = Resources(model, tokenizer, scene, args.cache_strategy, params, options)
     PlaySession(  # bad settings fail here, before the server starts

@@ -503,6 +503,12 @@ def test_no_flags_load_the_embedded_model_and_scene():
     # Real-time play by default: diagonal decoding with the model's own window.
     assert (resources.options.schedule, resources.options.window) == ("diagonal", 1)
     assert not app.parse_args(["--no-diagd"]).diagd
+    # ... and the model's own sampling, unless the flags name another.
+    assert resources.options.sampling == Sampling.model_default(resources.model.config)
+    greedy = app.load_resources(app.parse_args(["--temperature", "0"]))
+    assert greedy.options.sampling == Sampling()
+    top_k = app.load_resources(app.parse_args(["--top_k", "5"]))
+    assert top_k.options.sampling.top_k == 5 and top_k.options.sampling.temperature > 0
 
 
 @pytest.mark.parametrize("args", [["--help"], ["--port", "http"]])
