@@ -163,8 +163,8 @@ def train_tokenizer(frames: np.ndarray, config, minutes: float, steps: int, seed
         loss = F.mse_loss(reconstruction.float(), x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        # Clipped, at a peak LR of 1e-3: at 2e-3 unclipped a 30-minute run blew up after 4k
-        # steps and never came back (its FSQ bounds saturated, 11 dB).
+        # Clipped, at a peak LR of 1e-3: at 2e-3 unclipped, long runs diverge (the FSQ bounds
+        # saturate and never recover; docs/embedded-model.md).
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
         losses.append(loss.item())
@@ -378,27 +378,11 @@ def long_rollout_structure(model, tokenizer, clips: list[Path], sampling, schedu
     return found
 
 
-def evaluate(model, tokenizer, cases: int = EVAL_WORLDS, speed_frames: int = 40, strip_path=None,
-             long_frames: int = 64, schedule: str = "diagonal", clips: list[Path] = (),
-             control_starts: int = CONTROL_STARTS, controls_strip: Path | None = None) -> dict:
-    """The model card's numbers, against frames rendered by the world (held-out seeds).
-
-    Rollouts decode with ``schedule``: diagonal by default, as the app plays, and because naive
-    decoding of every rollout takes several times longer on a CPU."""
+def teacher_forcing(model, tokenizer, data) -> dict:
+    """Whole windows of real frames, argmax at every image position, against copying the
+    previous frame's tokens."""
     from mineworld.actions import ActionCodec
-    from mineworld.controls import measure_controls
-    from mineworld.decoding import Sampling
 
-    window = model.config.diagonal_window  # the Session's default, as the app plays
-    shown = f"{schedule}, window {window}" if schedule == "diagonal" else schedule
-    results = {"rollout_schedule": shown, "diagonal_window": window, "cases": cases,
-               "sampling": str(Sampling.model_default(model.config))}
-    data = eval_cases(cases)
-    truth_all = np.concatenate([f for *_, f in data])
-    recon = tokenizer.decode(tokenizer.encode(truth_all))
-    results["tokenizer_psnr_db"] = psnr(recon, truth_all)
-
-    # Teacher forcing: whole windows of real frames, argmax at every image position.
     codec = ActionCodec(offset=tokenizer.codebook_size)
     rows_cols = tokenizer.tokens_per_frame
     correct = copy_correct = total = 0
@@ -416,10 +400,16 @@ def evaluate(model, tokenizer, cases: int = EVAL_WORLDS, speed_frames: int = 40,
             correct += int((predicted == ids[i]).sum())
             copy_correct += int((ids[i - 1] == ids[i]).sum())
             total += rows_cols
-    results["teacher_forced_accuracy"] = correct / total
-    results["copy_previous_accuracy"] = copy_correct / total
+    return {"teacher_forced_accuracy": correct / total,
+            "copy_previous_accuracy": copy_correct / total}
 
-    # Rollouts: own actions vs another episode's actions vs repeating the last real frame.
+
+def rollout_scores(model, tokenizer, data, schedule: str, strip_path=None) -> dict:
+    """Greedy rollouts under each case's own actions against another case's actions, repeating
+    the last real frame, and (when the model samples by default) its sampled rollouts; one
+    step ahead against the tokenizer's own reconstruction."""
+    from mineworld.decoding import Sampling
+
     own, own_sampled, other, copy, copy_tokens, truths = [], [], [], [], [], []
     greedy, sampled = Sampling(), decodings(model.config).get("sampled")
     strip_rows = []
@@ -446,9 +436,11 @@ def evaluate(model, tokenizer, cases: int = EVAL_WORLDS, speed_frames: int = 40,
     # One step ahead: the first generated frame against the truth, and against what the
     # tokenizer itself makes of that frame (the best any frame of codes can be).
     first_truths = np.stack([truth[0] for truth in truths])
-    results["one_step_psnr_db"] = psnr(np.stack([frames[0] for frames in own]), first_truths)
-    results["one_step_tokenizer_psnr_db"] = psnr(
-        tokenizer.decode(tokenizer.encode(first_truths)), first_truths)
+    results = {
+        "one_step_psnr_db": psnr(np.stack([frames[0] for frames in own]), first_truths),
+        "one_step_tokenizer_psnr_db": psnr(tokenizer.decode(tokenizer.encode(first_truths)),
+                                           first_truths),
+    }
     truths = np.concatenate(truths)
     results["rollout_psnr_db"] = psnr(np.concatenate(own), truths)
     if sampled:
@@ -462,8 +454,14 @@ def evaluate(model, tokenizer, cases: int = EVAL_WORLDS, speed_frames: int = 40,
         strip = np.concatenate(strip_rows, 0)
         cv2.imwrite(str(strip_path), cv2.resize(strip[..., ::-1], None, fx=2, fy=2,
                                                 interpolation=cv2.INTER_NEAREST))
+    return results
 
-    # Action following: the same context under five scripts, each truth rendered by the world.
+
+def action_following(model, tokenizer, data, schedule: str) -> dict:
+    """The same context under five scripts, each truth rendered by the world: which script's
+    truth each greedy rollout is closest to."""
+    from mineworld.decoding import Sampling
+
     closest = {p: {q: 0 for q in PROBES} for p in PROBES}  # script -> whose truth it resembled
     for seed, all_actions, actions, frames in tqdm(data, desc="action probes"):
         context, ctx_actions = frames[:CONTEXT], actions[:CONTEXT - 1]
@@ -474,43 +472,39 @@ def evaluate(model, tokenizer, cases: int = EVAL_WORLDS, speed_frames: int = 40,
             # One more action, so the last frame shows the last scripted action's effect.
             truths.append(replay(seed, lead + script * 2, FRAME_SIZE)[len(lead) + 1:][:ROLLOUT])
             preds.append(rollout(model, tokenizer, context, ctx_actions, script, schedule,
-                                 sampling=greedy)[0])
+                                 sampling=Sampling())[0])
         for probe, pred in zip(PROBES, preds, strict=True):
             errors = [np.mean((pred.astype(float) - t.astype(float)) ** 2) for t in truths]
             closest[probe][PROBES[int(np.argmin(errors))]] += 1
     per_probe = {p: closest[p][p] / len(data) for p in PROBES}
-    results["action_following"] = float(np.mean(list(per_probe.values())))
-    results["action_following_per_probe"] = per_probe
-    results["action_following_closest"] = closest
+    return {"action_following": float(np.mean(list(per_probe.values()))),
+            "action_following_per_probe": per_probe, "action_following_closest": closest}
 
-    # Each control against no action, from many start points, greedy and sampled as shipped.
-    results["controls"] = {
-        name: measure_controls(model, tokenizer, control_starts, CONTEXT, sampling, schedule,
-                               strip_path=controls_strip if name == "greedy" else None)
-        for name, sampling in decodings(model.config).items()}
-    results["structure"] = {name: long_rollout_structure(model, tokenizer, clips, sampling,
-                                                         schedule)
-                            for name, sampling in decodings(model.config).items()}
 
-    # No collapse: long rollouts under held-out play, no frame of a single colour.
+def single_colour_frames(model, tokenizer, schedule: str, long_frames: int) -> dict:
+    """No collapse: a long greedy rollout under held-out play, no frame of a single colour."""
+    from mineworld.decoding import Sampling
+
     seed = HELD_OUT_SEED_BASE + 100
     play = scripted_actions(seed, CONTEXT + long_frames)
     frames = replay(seed, play[:CONTEXT], FRAME_SIZE)
     long, _ = rollout(model, tokenizer, frames, play[:CONTEXT - 1], play[CONTEXT - 1:-1],
-                      schedule, sampling=greedy)
+                      schedule, sampling=Sampling())
     spread = long.reshape(len(long), -1, 3).max(1) - long.reshape(len(long), -1, 3).min(1)
-    results["long_rollout_frames"] = long_frames
-    results["single_colour_frames"] = int((spread.max(1) == 0).sum())
-    results["long_rollout_min_pixel_std"] = float(long.reshape(len(long), -1).std(1).min())
+    return {"long_rollout_frames": long_frames,
+            "single_colour_frames": int((spread.max(1) == 0).sum()),
+            "long_rollout_min_pixel_std": float(long.reshape(len(long), -1).std(1).min())}
 
-    # Speed on this machine: the world's renderer, then frames per second after prefill,
-    # tokenizer decode included: naive, diagonal with the model's window, and diagonal with
-    # MineWorld's window 2 for comparison, in alternating rounds so that the host's drift
-    # hits each alike.
-    seed, all_actions, actions, frames = data[0]
+
+def speed(model, tokenizer, case, speed_frames: int) -> dict:
+    """Speed on this machine: the world's renderer, then frames per second after prefill,
+    tokenizer decode included: naive, diagonal with the model's window, and diagonal with
+    MineWorld's window 2 for comparison, in alternating rounds so that the host's drift hits
+    each alike."""
+    seed, all_actions, actions, frames = case
     started = time.perf_counter()
     replay(seed, all_actions, FRAME_SIZE)
-    results["render_ms_per_frame"] = (time.perf_counter() - started) / len(all_actions) * 1000
+    results = {"render_ms_per_frame": (time.perf_counter() - started) / len(all_actions) * 1000}
     timed = {"naive": ("naive", None), "diagonal": ("diagonal", None),
              "diagonal_window_2": ("diagonal", 2)}
     ms = {name: [] for name in timed}
@@ -533,12 +527,47 @@ def evaluate(model, tokenizer, cases: int = EVAL_WORLDS, speed_frames: int = 40,
     return results
 
 
+def evaluate(model, tokenizer, cases: int = EVAL_WORLDS, speed_frames: int = 40, strip_path=None,
+             long_frames: int = 64, schedule: str = "diagonal", clips: list[Path] = (),
+             control_starts: int = CONTROL_STARTS, controls_strip: Path | None = None) -> dict:
+    """The model card's numbers, against frames rendered by the world (held-out seeds).
+
+    Rollouts decode with ``schedule``: diagonal by default, as the app plays, and because naive
+    decoding of every rollout takes several times longer on a CPU."""
+    from mineworld.controls import measure_controls
+    from mineworld.decoding import Sampling
+
+    window = model.config.diagonal_window  # the Session's default, as the app plays
+    shown = f"{schedule}, window {window}" if schedule == "diagonal" else schedule
+    results = {"rollout_schedule": shown, "diagonal_window": window, "cases": cases,
+               "sampling": str(Sampling.model_default(model.config))}
+    data = eval_cases(cases)
+    truth_all = np.concatenate([f for *_, f in data])
+    results["tokenizer_psnr_db"] = psnr(tokenizer.decode(tokenizer.encode(truth_all)), truth_all)
+    results |= teacher_forcing(model, tokenizer, data)
+    results |= rollout_scores(model, tokenizer, data, schedule, strip_path)
+    results |= action_following(model, tokenizer, data, schedule)
+    # Each control against no action, from many start points, greedy and sampled as shipped.
+    results["controls"] = {
+        name: measure_controls(model, tokenizer, control_starts, CONTEXT, sampling, schedule,
+                               strip_path=controls_strip if name == "greedy" else None)
+        for name, sampling in decodings(model.config).items()}
+    results["structure"] = {name: long_rollout_structure(model, tokenizer, clips, sampling,
+                                                         schedule)
+                            for name, sampling in decodings(model.config).items()}
+    results |= single_colour_frames(model, tokenizer, schedule, long_frames)
+    return results | speed(model, tokenizer, data[0], speed_frames)
+
+
 # -- assets ------------------------------------------------------------------------------------
 
 
-# Diagonal decoding with each row one token behind the row above: 21 forward passes a frame
-# instead of 26 (window 2), for 0.2 dB of rollout PSNR on the card's held-out worlds.
-DIAGONAL_WINDOW = 1
+# How the embedded model decodes by default (its config's decoding section). Window 1: each
+# row one token behind the row above, 21 forward passes a frame instead of 26 (window 2), for
+# 0.2 dB of rollout PSNR. Sampling at temperature 0.7 among the 20 likeliest codes: greedy
+# rollouts froze in half the frames where walking moves the view, temperature 0.5 in 14 %, and
+# 1.0 drifted from the truth (python -m mineworld.controls --temperature ..., docs/).
+DECODING = {"diagonal_window": 1, "temperature": 0.7, "top_k": 20}
 
 
 def model_config(codebook_size: int, grid: tuple[int, int], smoke: bool = False):
@@ -554,8 +583,7 @@ def model_config(codebook_size: int, grid: tuple[int, int], smoke: bool = False)
         num_attention_heads=2 if smoke else 6,
         num_key_value_heads=1 if smoke else 2,
         max_position_embeddings=(CONTEXT + 1 if smoke else 8) * frame_tokens,
-        image_rows=grid[0], image_cols=grid[1], codebook_size=codebook_size,
-        diagonal_window=DIAGONAL_WINDOW,
+        image_rows=grid[0], image_cols=grid[1], codebook_size=codebook_size, **DECODING,
     )
 
 
@@ -649,7 +677,7 @@ def main(argv: list[str] | None = None) -> None:
                         "CPUs with AMX or AVX512-BF16, slow on others)")
     parser.add_argument("--tokenizer-threads", type=int, default=1,
                         help="torch threads while the tokenizer trains: its small convolutions "
-                        "ran 1.5x faster on one thread than on two here")
+                        "ran 1.5x faster on one thread than on two on a 2-core Xeon")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for the world model and the evaluation (the shipped "
                         "model: 2, on an idle 2-core machine; 1 when it is shared)")
@@ -728,8 +756,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     codec = ActionCodec(offset=tokenizer.codebook_size)
     tokens = tokenize_episodes(tokenizer, stems, codec)
-    config = model.config if model else model_config(tokenizer.codebook_size, tokenizer.grid,
-                                                      args.smoke)
+    config = dataclasses.replace(model.config, **DECODING) if model else model_config(
+        tokenizer.codebook_size, tokenizer.grid, args.smoke)
     holdout = None if args.smoke else tokenize_episodes(
         tokenizer, generate_data([HELD_OUT_SEED_BASE + 300], length, cache, 5)[0], codec)
     steps_before = log.get("world_model_steps", 0)
