@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from cache import STRATEGIES
 from mineworld.actions import ActionFileError, read_actions
+from mineworld.cli import positive_int
 from mineworld.decoding import Sampling
 from mineworld.embedded import VALIDATION_DIR
 from mineworld.loading import USER_ERRORS, load_model, one_line, strategy_params, uses_embedded
@@ -66,13 +67,6 @@ CLIP_ERRORS = (ClipError, ActionFileError, VideoFileError)
 
 
 # -- command line ----------------------------------------------------------------------------
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -103,10 +97,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="folder of clip_N.mp4 + clip_N.jsonl (one action line per frame); "
                       "default with the embedded model: its validation clips")
     data.add_argument("--output_dir", required=True)
-    data.add_argument("--demo_num", type=_positive_int,
+    data.add_argument("--demo_num", type=positive_int,
                       help="context frames prefilled from each clip (default: half the model's "
                       "context, at most 8)")
-    data.add_argument("--frames", type=_positive_int, default=8,
+    data.add_argument("--frames", type=positive_int, default=8,
                       help="frames to generate per clip (default: 8)")
     data.add_argument("--action-alignment", choices=["same", "next"], default="same",
                       help="same: frame i is followed by action line i (default); next: by "
@@ -116,7 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     decode.add_argument("--accelerate-algo", choices=sorted(SCHEDULES), default="naive",
                         help="naive: one token per pass; image_diagd: diagonal decoding "
                         "(default: naive)")
-    decode.add_argument("--window_size", type=_positive_int,
+    decode.add_argument("--window_size", type=positive_int,
                         help="image_diagd: tokens a row is ahead of the next (default: the "
                         "model's, 1 for the embedded model, 2 for the published configs)")
     decode.add_argument("--temperature", type=float,
