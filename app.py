@@ -344,12 +344,7 @@ def load_resources(args: argparse.Namespace) -> Resources:
     if reference is None:
         reference = default_reference_frames(model.config)
     window = model.config.diagonal_window if args.window_size is None else args.window_size
-    sampling = Sampling.model_default(model.config)
-    if args.temperature is not None or args.top_k is not None:
-        temperature = args.temperature
-        if temperature is None:  # --top_k alone samples, at the model's temperature or 1
-            temperature = sampling.temperature or 1.0
-        sampling = Sampling(temperature, top_k=args.top_k if temperature else None)
+    sampling = Sampling.from_flags(model.config, args.temperature, args.top_k)
     options = Options(
         reference, "diagonal" if args.diagd else "naive", window, sampling, args.seed,
     )

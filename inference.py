@@ -20,8 +20,8 @@ batch script did. A clip needs ``demo_num`` frames and ``demo_num - 1 + frames``
 
 Sampling: the model's own default (its config's ``decoding`` section: the embedded model samples,
 since its greedy rollouts freeze; the published configs name none, so greedy) unless a flag is
-given; ``--top_k`` or ``--top_p`` alone sample at temperature 1.0; ``--temperature`` always wins
-(0 is greedy).
+given; ``--top_k`` or ``--top_p`` alone sample at the model's temperature (1.0 for a greedy
+model); ``--temperature`` always wins (0 is greedy).
 
 Exit status: 0 when every clip was written, 1 when some clip could not be used (it is skipped
 with a warning, the others are still written), 2 for a usage, model or configuration error
@@ -114,7 +114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="image_diagd: tokens a row is ahead of the next (default: the "
                         "model's, 1 for the embedded model, 2 for the published configs)")
     decode.add_argument("--temperature", type=float,
-                        help="default: 1.0 with --top_k/--top_p, else the model's (0: greedy)")
+                        help="default: the model's (0: greedy; 1.0 with --top_k/--top_p for a "
+                        "greedy model)")
     decode.add_argument("--top_k", type=int)
     decode.add_argument("--top_p", type=float)
     decode.add_argument("--seed", type=int, default=0, help="default: 0")
@@ -130,17 +131,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cache.add_argument("--sink-frames", type=int, help="frames: sink frames")
     cache.add_argument("--recent-frames", type=int, help="frames: recent frames")
     return parser.parse_args(argv)
-
-
-def sampling_from(args: argparse.Namespace) -> Sampling | None:
-    """The sampling the flags ask for (at temperature 1 once top_k or top_p asks for it), or
-    None, for the model's default, when they name none."""
-    temperature = args.temperature
-    if temperature is None:
-        if args.top_k is None and args.top_p is None:
-            return None
-        temperature = 1.0
-    return Sampling(temperature=temperature, top_k=args.top_k, top_p=args.top_p)
 
 
 # -- model -----------------------------------------------------------------------------------
@@ -271,7 +261,6 @@ def summary(record: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """The whole batch; user errors propagate to ``main`` as exceptions."""
-    sampling = sampling_from(args)
     params = strategy_params(args)
     if args.data_root is None and not uses_embedded(args):
         raise ValueError("--data_root is required with --model_ckpt and --config")
@@ -287,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
         args.demo_num = default_reference_frames(model.config)
     if args.window_size is None:
         args.window_size = model.config.diagonal_window
-    sampling = sampling or Sampling.model_default(model.config)
+    sampling = Sampling.from_flags(model.config, args.temperature, args.top_k, args.top_p)
     new_session = build_session_factory(model, tokenizer, args, params, sampling)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     settings = {

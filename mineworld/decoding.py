@@ -36,6 +36,19 @@ class Sampling:
         """The sampling ``config`` (a ModelConfig) names under ``decoding``."""
         return cls(config.temperature, top_k=config.top_k or None) if config.temperature else cls()
 
+    @classmethod
+    def from_flags(cls, config, temperature: float | None = None, top_k: int | None = None,
+                   top_p: float | None = None) -> Sampling:
+        """What a command line's flags ask for: the model's default when they name none;
+        ``top_k`` or ``top_p`` alone sample at the model's temperature, or at 1 for a model
+        that decodes greedily."""
+        default = cls.model_default(config)
+        if temperature is None and top_k is None and top_p is None:
+            return default
+        if temperature is None:
+            temperature = default.temperature or 1.0
+        return cls(temperature, top_k=top_k, top_p=top_p)
+
     def __str__(self) -> str:
         if self.temperature == 0:
             return "greedy"

@@ -194,6 +194,12 @@ def test_a_model_may_name_its_default_sampling(tmp_path):
     document["model"]["params"]["decoding"] = {"temperature": 0.7}
     path.write_text(yaml.safe_dump(document))
     assert Sampling.model_default(check(path)) == Sampling(0.7)  # top_k 0: every code
+    # Command-line flags: nothing named keeps the model's; top-k alone keeps its temperature.
+    sampler = check(path)
+    assert Sampling.from_flags(sampler) == Sampling(0.7)
+    assert Sampling.from_flags(sampler, top_k=5) == Sampling(0.7, top_k=5)
+    assert Sampling.from_flags(sampler, temperature=0) == Sampling()
+    assert Sampling.from_flags(published, top_p=0.8) == Sampling(1.0, top_p=0.8)
     document["model"]["params"]["decoding"] = {"temperature": -1}
     path.write_text(yaml.safe_dump(document))
     assert "temperature must be in [0, 100], got -1" in check(path)
