@@ -185,9 +185,9 @@ def load_config(path: str | Path) -> ModelConfig:
     return config
 
 
-# YAML 1.1 (PyYAML) reads a float only with a dot and a signed exponent: "1e-05", "1E+5" and
-# ".5" stay strings there, while OmegaConf, which the published code reads configs with, takes
-# them as numbers.
+# YAML 1.1 (PyYAML) reads an exponent float only with a dot and a signed exponent: "1e-05",
+# "1E+5" stay strings there, while OmegaConf, which the published code reads configs with,
+# takes them as numbers.
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mineworld.metrics import image_shift, psnr, zoom
-from mineworld.world import replay, scripted_actions
+from mineworld.world import Player, generate_world, replay, scripted_actions
 from mineworld.world.policy import action
 
 STEP_DEGREES = 5.146  # one of the action codec's exact camera bins
@@ -73,7 +73,7 @@ def mean_abs(a: np.ndarray, b: np.ndarray) -> float:
 @dataclass
 class Start:
     seed: int
-    lead: list[dict]  # every action up to the last context frame
+    state: dict  # the player at the last context frame (Player.state), truths start from it
     context: np.ndarray
     context_actions: list[dict]
 
@@ -86,8 +86,13 @@ def starts(count: int, context_frames: int) -> list[Start]:
         seed = HELD_OUT_SEED_BASE + START_SEED_BASE + i
         play = scripted_actions(seed, START_PLAY + context_frames)
         frames = replay(seed, play, FRAME_SIZE)[START_PLAY:]
-        lead = play[: START_PLAY + context_frames - 1]
-        found.append(Start(seed, lead, frames, play[START_PLAY : START_PLAY + context_frames - 1]))
+        # Physics alone up to the last context frame: each truth then renders its own frames
+        # only, the same to the bit as replaying the whole play.
+        player = Player.spawn(generate_world(seed))
+        for taken in play[: START_PLAY + context_frames - 1]:
+            player.step(taken)
+        found.append(Start(seed, player.state(), frames,
+                           play[START_PLAY : START_PLAY + context_frames - 1]))
     return found
 
 
@@ -95,8 +100,7 @@ def truth(start: Start, held: dict) -> np.ndarray:
     """The world's frames after the context while ``held`` is held."""
     from mineworld.train import FRAME_SIZE
 
-    frames = replay(start.seed, start.lead + [held] * (ROLLOUT + 1), FRAME_SIZE)
-    return frames[len(start.lead) + 1 :][:ROLLOUT]
+    return replay(start.seed, [held] * (ROLLOUT + 1), FRAME_SIZE, start=start.state)[1:]
 
 
 def score_control(rolled: np.ndarray, still: np.ndarray, true: np.ndarray, true_still: np.ndarray,
@@ -197,7 +201,7 @@ def write_tour(model, tokenizer, path: Path, sampling=None, seed: int | None = N
     start = starts(1, context_frames)[0]
     held = [CONTROLS[name][0] for name, count in TOUR for _ in range(count)]
     names = [name for name, count in TOUR for _ in range(count)]
-    true = replay(start.seed, start.lead + held + [NO_ACTION], FRAME_SIZE)[len(start.lead) + 1:]
+    true = replay(start.seed, held + [NO_ACTION], FRAME_SIZE, start=start.state)[1:]
     made, _ = rollout(model, tokenizer, start.context, start.context_actions, held, "diagonal",
                       sampling=sampling, seed=start.seed if seed is None else seed)
     pictures = []

@@ -81,3 +81,15 @@ def test_self_feeding_replaces_image_tokens_with_the_models_own_greedy_predictio
     assert torch.equal(fed[:, 1:][image], predicted[:, :-1][image])
     assert torch.equal(fed[:, 1:][~image], tokens[:, 1:][~image])  # actions, first frame
     assert torch.equal(fed[:, 0], tokens[:, 0])
+
+
+def test_a_truth_starts_from_the_context_and_equals_replaying_the_whole_play():
+    from mineworld.controls import CONTROLS, ROLLOUT, START_PLAY, starts, truth
+    from mineworld.train import FRAME_SIZE
+    from mineworld.world import replay, scripted_actions
+
+    start = starts(1, 2)[0]
+    lead = scripted_actions(start.seed, START_PLAY + 2)[: START_PLAY + 1]
+    held = CONTROLS["forward"][0]
+    whole = replay(start.seed, lead + [held] * (ROLLOUT + 1), FRAME_SIZE)[len(lead) + 1 :]
+    assert np.array_equal(truth(start, held), whole)
