@@ -252,21 +252,16 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     model, tokenizer = load_embedded(model_dir=args.model_dir or MODEL_DIR)
+    samplings = [Sampling(t, top_k=args.top_k if t else None) for t in args.temperature]
     if args.tour:
-        temperature = args.temperature[0]
-        write_tour(model, tokenizer, args.tour,
-                   Sampling(temperature, top_k=args.top_k if temperature else None))
+        write_tour(model, tokenizer, args.tour, samplings[0])
         return
     everything = {}
-    for temperature in args.temperature:
-        sampling = Sampling(temperature, top_k=args.top_k if temperature else None)
+    for sampling in samplings:
         results = measure_controls(model, tokenizer, args.starts, sampling=sampling,
-                                   strip_path=args.strip if temperature == args.temperature[0]
-                                   else None)
-        name = "greedy" if temperature == 0 else f"temperature {temperature:g}" + (
-            f", top-k {args.top_k}" if args.top_k else "")
-        print(f"\n{name}\n{table(results)}")
-        everything[name] = results
+                                   strip_path=args.strip if sampling is samplings[0] else None)
+        print(f"\n{sampling}\n{table(results)}")
+        everything[str(sampling)] = results
     if args.json:
         args.json.write_text(json.dumps(everything, indent=1))
 
