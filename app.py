@@ -495,9 +495,15 @@ class PlayView:
     def outputs(self) -> list:
         return self.frame_outputs + self.plot_outputs
 
-    def status_only(self, message: str) -> list:
-        """Values that change nothing but the status line."""
-        return [gr.skip(), message, *[gr.skip()] * (len(self.outputs) - 2)]
+    def status_only(self, message: str, outputs: list | None = None) -> list:
+        """Values for ``outputs`` (all of the view's by default) that change nothing but the
+        status line, the second of both lists."""
+        count = len(self.outputs if outputs is None else outputs)
+        return [gr.skip(), message, *[gr.skip()] * (count - 2)]
+
+    def unchanged(self) -> list:
+        """Values for ``frame_outputs`` that change nothing."""
+        return [gr.skip()] * len(self.frame_outputs)
 
     def queue_values(self, seat: Seat) -> list:
         """Values for ``frame_outputs`` that show only the keys held and queued."""
@@ -682,13 +688,20 @@ class Demo:
         return ""
 
     async def drive(self, view: PlayView, seat: Seat, note: str = ""):
-        """Frame values while the seat's controls ask for frames (if no other event drives
-        them), then the queue as it is left."""
+        """Frame values while the seat's controls ask for frames, then the queue as it is
+        left. While another event drives, nothing: its next frame shows this input, and a
+        queue shown from here could reach the page after that driver's last values (a
+        generator's values are sent again when it completes) and stay there, stale."""
         made = False
         async for _count in seat.frames(self.scheduler):
             made = True
             yield view.frame_values(seat, note)
-        yield view.frame_values(seat, note) if made else view.queue_values(seat)
+        if made:
+            yield view.frame_values(seat, note)
+        elif seat.controls.driving:
+            yield view.unchanged()
+        else:
+            yield view.queue_values(seat)
 
     def step(self, view: PlayView, control: str, sides: int):
         """Handler of a control's button: queue ``repeat`` presses, and stream every frame
@@ -701,10 +714,10 @@ class Demo:
                 why_not = await self.seated(seat, sides, request)
             except PLAY_ERRORS as error:
                 gr.Warning(str(error))
-                yield view.status_only(f"Not played: {error}")
+                yield view.status_only(f"Not played: {error}", view.frame_outputs)
                 return
             if why_not:
-                yield view.status_only(why_not)
+                yield view.status_only(why_not, view.frame_outputs)
                 return
             refused = seat.controls.press(control, action, times)
             if refused:
@@ -735,7 +748,7 @@ class Demo:
                 except PLAY_ERRORS as error:
                     why_not = f"Not played: {error}"
                 if why_not:
-                    yield view.status_only(why_not)
+                    yield view.status_only(why_not, view.frame_outputs)
                     return
                 if seat.controls.hold(name, control_action(name, 0.0, 0.0), order):
                     note = f"{CONTROLS[name][0]} not queued: the queue holds {MAX_QUEUED}"
