@@ -28,6 +28,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -39,10 +40,11 @@ from mineworld.actions import BUTTONS, ActionFileError, read_actions
 from mineworld.decoding import Sampling
 from mineworld.metrics import frame_scores
 from mineworld.session import Session
-from mineworld.video import read_video, write_video
-from mineworld.world import Game, read_recording
+from mineworld.video import read_video, video_rate, write_video
+from mineworld.world import FPS, Game, read_recording
 
-EXPORT_FPS = 6  # the rate the scenes are recorded at
+EXPORT_MIN_WIDTH = 512  # an exported side is scaled up by a whole factor to at least this
+CAPTION_HEIGHT = 28  # pixels of the band above each exported side that names its strategy
 PSNR_IDENTICAL_DB = 100.0  # plotted for identical frames: PSNR is infinite, plots need a number
 MIB = 2**20
 # Limits that keep one user's play bounded in memory, however long it runs or whatever it loads.
@@ -74,7 +76,8 @@ class Scene:
     ``world`` is the ``mineworld.world`` recording (its sidecar and the actions as the world
     replays them) when the true frames can be rendered, else None. It is read eagerly so that
     the scene's files may go away (uploads are temporary). ``notes`` say what was cut or
-    ignored (a long video, an unusable world sidecar).
+    ignored (a long video, an unusable world sidecar). ``fps``: the rate it was recorded at,
+    which exports keep.
     """
 
     name: str
@@ -82,6 +85,7 @@ class Scene:
     actions: list[dict]
     world: tuple[dict, list[dict]] | None = None
     notes: tuple[str, ...] = ()
+    fps: float = FPS
 
 
 def read_scene(mp4: str | Path, frame_size: tuple[int, int], name: str | None = None,
@@ -94,9 +98,8 @@ def read_scene(mp4: str | Path, frame_size: tuple[int, int], name: str | None = 
     the true frames.
     """
     stem = Path(mp4).with_suffix("")
-    jsonl = stem.with_name(stem.name + ".jsonl")
-    frames = read_video(stem.with_name(stem.name + ".mp4"), size=frame_size,
-                        max_frames=max_frames + 1)
+    jsonl, video = stem.with_name(stem.name + ".jsonl"), stem.with_name(stem.name + ".mp4")
+    frames = read_video(video, size=frame_size, max_frames=max_frames + 1)
     notes = []
     if len(frames) > max_frames:
         frames = frames[:max_frames]
@@ -105,7 +108,8 @@ def read_scene(mp4: str | Path, frame_size: tuple[int, int], name: str | None = 
     if len(actions) < len(frames):
         raise ActionFileError(f"{len(actions)} action lines for {len(frames)} video frames", jsonl)
     world, note = _world_recording(stem, frame_size)
-    return Scene(name or stem.name, frames, actions, world, (*notes, *filter(None, [note])))
+    return Scene(name or stem.name, frames, actions, world, (*notes, *filter(None, [note])),
+                 float(video_rate(video) or FPS))
 
 
 def _world_recording(stem: Path, frame_size) -> tuple[tuple[dict, list[dict]] | None, str]:
@@ -208,6 +212,26 @@ class Options:
     window: int | None = None  # the model's
     sampling: Sampling = field(default_factory=Sampling)
     seed: int = 0
+
+
+def upscaled(frames: np.ndarray, min_width: int) -> np.ndarray:
+    """Frames [T, H, W, 3] repeated pixel by pixel, by the smallest whole factor that makes
+    them at least ``min_width`` wide (nearest neighbour: the model's pixels stay sharp)."""
+    factor = max(1, math.ceil(min_width / frames.shape[2]))
+    return frames.repeat(factor, axis=1).repeat(factor, axis=2)
+
+
+def captioned(frames: np.ndarray, label: str) -> np.ndarray:
+    """Frames [T, H, W, 3] under a dark band with ``label`` in white, shrunk to fit."""
+    width = frames.shape[2]
+    band = np.full((CAPTION_HEIGHT, width, 3), 24, np.uint8)
+    font, scale, thickness = cv2.FONT_HERSHEY_SIMPLEX, 0.55, 1
+    text_width = cv2.getTextSize(label, font, scale, thickness)[0][0]
+    scale *= min(1.0, (width - 12) / max(text_width, 1))
+    cv2.putText(band, label, (6, CAPTION_HEIGHT - 9), font, scale, (255, 255, 255), thickness,
+                cv2.LINE_AA)
+    bands = np.broadcast_to(band, (len(frames), *band.shape))
+    return np.concatenate([bands, frames], axis=1)
 
 
 def _kept() -> deque:
@@ -421,13 +445,26 @@ class PlaySession:
 
     def export(self) -> Path:
         """An H.264 mp4 of the play so far (its newest KEPT_FRAMES frames, after the start frame
-        while it is kept); sides side by side."""
+        while it is kept) at the scene's frame rate: sides side by side, each scaled up by a
+        whole factor (crisp pixels) to at least EXPORT_MIN_WIDTH, under a band naming its
+        strategy ("A: streaming {...}" in a comparison)."""
         first = [] if self.truncated else self.context_frames[-1:]
         with self._lock:
             rows = [first + list(side.frames) for side in self.sides]
-        video = np.concatenate([np.stack(frames) for frames in rows], axis=2)
+        labels = self.side_labels()
+        video = np.concatenate([
+            captioned(upscaled(np.stack(frames), EXPORT_MIN_WIDTH), label)
+            for frames, label in zip(rows, labels, strict=True)
+        ], axis=2)
         path = Path(self._export_dir) / f"mineworld-{self.scene.name}-{int(time.time())}.mp4"
-        return write_video(path, video, EXPORT_FPS)
+        return write_video(path, video, Fraction(self.scene.fps).limit_denominator(1001))
+
+    def side_labels(self) -> list[str]:
+        """Each side's strategy and parameters, lettered A, B when there are two."""
+        names = self.describe_sides().split(" | ")
+        if len(names) == 1:
+            return names
+        return [f"{letter}: {name}" for letter, name in zip("AB", names, strict=True)]
 
     def describe_sides(self) -> str:
         return " | ".join(

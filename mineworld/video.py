@@ -101,6 +101,17 @@ def read_video(
     return np.stack(frames)
 
 
+def video_rate(path: str | Path) -> Fraction | None:
+    """The frames per second a video's header announces, or None when it announces none."""
+    try:
+        with av.open(str(path)) as container:
+            streams = container.streams.video
+            rate = streams[0].average_rate if streams else None
+    except av.FFmpegError as e:
+        raise VideoFileError(f"cannot decode: {getattr(e, 'strerror', None) or e}", path) from None
+    return rate if rate and rate > 0 else None
+
+
 def write_video(
     path: str | Path, frames: np.ndarray | Sequence[np.ndarray], fps: int | Fraction = 6
 ) -> Path:

@@ -7,6 +7,7 @@ here (PatchTokenizer, tiny_model, record_scene) serve test_browser.py too."""
 import dataclasses
 import gc
 import json
+import math
 import re
 import socket
 import subprocess
@@ -29,7 +30,7 @@ from mineworld.actions import make_action
 from mineworld.config import preset_path
 from mineworld.decoding import Sampling
 from mineworld.play import Options, PlaySession, process_memory_mb, read_scene
-from mineworld.video import read_video
+from mineworld.video import read_video, video_rate
 from mineworld.world import record_episode
 from tests.stand_ins import (
     HEIGHT,
@@ -134,8 +135,18 @@ def test_play_session_compares_two_strategies_against_the_true_world(scene_mp4):
                                                               "B vs truth"}
     assert play.quality_table("ssim")["value"].between(-1, 1).all()
     assert "A vs B" in play.latest_quality() and "SSIM" in play.latest_quality()
-    video = read_video(play.export())
-    assert video.shape == (7, HEIGHT, 2 * WIDTH, 3)  # start frame + 6, the sides side by side
+    exported = play.export()
+    video = read_video(exported)
+    scale = math.ceil(play_module.EXPORT_MIN_WIDTH / WIDTH)  # whole factor, >= 512 px a side
+    band = play_module.CAPTION_HEIGHT
+    # start frame + 6, each side scaled up under a band naming it, the sides side by side
+    assert video.shape == (7, band + HEIGHT * scale, 2 * WIDTH * scale, 3)
+    newest = np.concatenate([side.frames[-1] for side in play.sides], axis=1)
+    pixels = video[-1, band + scale // 2 :: scale, scale // 2 :: scale].astype(int)
+    assert np.abs(pixels - newest).mean() < 3  # the frames, pixel for pixel (H.264 aside)
+    assert play.side_labels() == ["A: none", 'B: streaming {"start_size": 2, "recent_size": 20}']
+    assert (video[0, :band] > 200).any()  # the labels are written in the band
+    assert video_rate(exported) == resources.scene.fps
     play.close()
     assert play.closed
 

@@ -1,6 +1,6 @@
 """app.py in Debian's Chromium (Playwright): held keys play until released, taps and clicks made
-during a frame are queued and all played, Stop ends a repeat, plots grow, nothing leaves
-127.0.0.1. The tiny random model of test_app keeps it to seconds; each frame is made to take
+during a frame are queued and all played, Stop ends a repeat, plots grow, one click downloads
+the video (and says so when nothing was played), nothing leaves 127.0.0.1. The tiny random model of test_app keeps it to seconds; each frame is made to take
 at least ``FRAME_SECONDS`` so that a key is held, and a queue waits, over several frames.
 
 Screenshots of both tabs are saved to $TEST_ARTIFACTS (default: a pytest tmp folder)."""
@@ -16,7 +16,8 @@ import pytest
 from test_app import free_port, record_scene, tiny_resources
 
 import app
-from mineworld.play import PlaySession
+from mineworld.play import EXPORT_MIN_WIDTH, PlaySession
+from mineworld.video import read_video
 
 CHROMIUM = Path("/usr/bin/chromium")
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -146,6 +147,10 @@ def wait_for_frames(page, more_than, tab="play"):
 def test_keys_step_the_world_and_the_plots_grow_offline(page, artifacts):
     from playwright.sync_api import expect
 
+    download = page.get_by_role("button", name="Download mp4")
+    download.click()  # nothing played yet: the page says so, and offers no file
+    expect(page.get_by_text("Nothing played yet")).to_be_visible()
+    expect(page.locator("#export-play")).to_be_hidden()
     frame = page.locator("#frame-play img")
     first = frame.get_attribute("src")
     page.keyboard.press("w")
@@ -159,6 +164,11 @@ def test_keys_step_the_world_and_the_plots_grow_offline(page, artifacts):
     played = wait_until_idle(page)
     assert int(page.locator("#keys-play .painted").get_attribute("data-painted")) >= 2
     print("painted:", page.locator("#keys-play").inner_text())
+
+    with page.expect_download() as saved:  # one click saves the video
+        download.click()
+    video = read_video(saved.value.path())
+    assert len(video) == played + 1 and video.shape[2] >= EXPORT_MIN_WIDTH  # + the start frame
 
     page.get_by_label("recent_size").first.press("w")  # typing in a field: no step
     page.wait_for_timeout(500)
