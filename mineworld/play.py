@@ -45,7 +45,9 @@ from mineworld.world import FPS, Game, read_recording
 
 EXPORT_MIN_WIDTH = 512  # an exported side is scaled up by a whole factor to at least this
 CAPTION_HEIGHT = 28  # pixels of the band above each exported side that names its strategy
-PSNR_IDENTICAL_DB = 100.0  # plotted for identical frames: PSNR is infinite, plots need a number
+# PSNR is drawn no higher than this: identical frames score infinity, and frames a pixel apart
+# about 88 dB, either of which would squash every other line to the bottom of the plot.
+PSNR_PLOT_CEILING_DB = 50.0
 MIB = 2**20
 # Limits that keep one user's play bounded in memory, however long it runs or whatever it loads.
 MAX_SCENE_FRAMES = 256  # frames read from a scene video; a longer one is cut, and says so
@@ -56,7 +58,8 @@ MAX_SUPERSAMPLE = 4
 PLAYER_STATE = ("x", "y", "z", "yaw", "pitch", "vx", "vy", "vz", "on_ground")
 # Quality measures of the Compare tab (mineworld.metrics.frame_scores): name -> plot title.
 QUALITY = {
-    "psnr": "PSNR (dB): between the sides, and against the true world",
+    "psnr": f"PSNR (dB; {PSNR_PLOT_CEILING_DB:.0f} = identical or nearly): between the sides, "
+            "and against the true world",
     "ssim": "SSIM: between the sides, and against the true world",
 }
 # Plot name -> (title, the series it draws); every series is a column of the stats rows.
@@ -239,10 +242,9 @@ def _kept() -> deque:
 
 
 def _scores(number: int, series: str, a: np.ndarray, b: np.ndarray) -> dict:
-    """PSNR and SSIM (mineworld.metrics, as the benchmarks) of frame ``a`` against ``b``."""
-    scores = frame_scores(a, b)
-    scores["psnr"] = min(scores["psnr"], PSNR_IDENTICAL_DB)
-    return {"frame": number, "series": series, **scores}
+    """PSNR (infinite for identical frames) and SSIM (mineworld.metrics, as the benchmarks) of
+    frame ``a`` against ``b``."""
+    return {"frame": number, "series": series, **frame_scores(a, b)}
 
 
 @dataclass
@@ -415,12 +417,14 @@ class PlaySession:
                 self.quality.extend(rows)
 
     def quality_table(self, measure: str = "psnr") -> pd.DataFrame | None:
-        """Long-format table of one QUALITY measure, for a line plot (every frame scored)."""
+        """Long-format table of one QUALITY measure, for a line plot (every frame scored; PSNR
+        drawn no higher than PSNR_PLOT_CEILING_DB)."""
         self.score_pending()
         with self._lock:
             rows = list(self.quality)
+        ceiling = PSNR_PLOT_CEILING_DB if measure == "psnr" else math.inf
         return plot_table([
-            {"frame": row["frame"], "value": row[measure], "series": row["series"]}
+            {"frame": row["frame"], "value": min(row[measure], ceiling), "series": row["series"]}
             for row in rows
         ])
 
@@ -434,7 +438,9 @@ class PlaySession:
             newest = [row for row in self.quality if row["frame"] == number]
             lagging = number != self.frames_played
         scores = ", ".join(
-            f"{row['series']} {row['psnr']:.1f} dB / SSIM {row['ssim']:.3f}" for row in newest
+            f"{row['series']} identical" if math.isinf(row["psnr"])
+            else f"{row['series']} {row['psnr']:.1f} dB / SSIM {row['ssim']:.3f}"
+            for row in newest
         )
         return f"frame {number}: {scores}" if lagging else scores
 
