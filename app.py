@@ -423,14 +423,17 @@ class PlayView:
     queue: gr.Markdown
     keys: gr.HTML
     stop: gr.Button
+    truth: gr.Image | None = None  # the true world's frame, beside the generated one
     status: gr.Textbox | None = None
     strips: list[gr.Gallery] = dataclasses.field(default_factory=list)
     plots: list[dict[str, gr.LinePlot]] = dataclasses.field(default_factory=list)
     quality: dict[str, gr.LinePlot] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def build(cls, name: str, labels: list[str], close_seat, height: int) -> PlayView:
-        """Each side's frame (``height`` pixels high), the key queue and Stop; ``add_plots``
+    def build(cls, name: str, labels: list[str], close_seat, height: int,
+              truth: bool = False) -> PlayView:
+        """Each side's frame (``height`` pixels high; with ``truth``, the true world's frame
+        beside it, shown when the scene has a world), the key queue and Stop; ``add_plots``
         renders the status, strips and plots."""
         state = gr.State(Seat(), time_to_live=IDLE_SECONDS, delete_callback=close_seat)
         images = []
@@ -440,6 +443,9 @@ class PlayView:
                                        interactive=False, elem_id=f"frame-{side_tag(label)}",
                                        elem_classes="mineworld-frame", height=height,
                                        buttons=[]))
+            true_image = gr.Image(label=TRUTH_LABEL % 0, format="png", interactive=False,
+                                  elem_id=f"truth-{name}", elem_classes="mineworld-frame",
+                                  height=height, buttons=[], visible=False) if truth else None
         with gr.Row(equal_height=True):
             controls = {key: name for name, (_label, key) in CONTROLS.items() if key}
             keys = gr.HTML(PAINTED_HTML, elem_id=f"keys-{name}", min_width=120, scale=0,
@@ -449,7 +455,7 @@ class PlayView:
             queue = gr.Markdown(queue_text(None), elem_id=f"queue-{name}")
             stop = gr.Button("Stop (Esc)", variant="stop", size="sm", scale=0, min_width=100,
                              elem_id=f"stop-{name}")
-        return cls(name, labels, state, images, queue, keys, stop)
+        return cls(name, labels, state, images, queue, keys, stop, true_image)
 
     def add_plots(self, labels: list[str]) -> None:
         """The status, each side's strip and plots, two a row, then the quality plots shared
@@ -484,7 +490,8 @@ class PlayView:
 
     @property
     def frame_outputs(self) -> list:
-        return [self.state, self.status, *self.images, self.queue]
+        truth = [self.truth] if self.truth is not None else []
+        return [self.state, self.status, *self.images, *truth, self.queue]
 
     @property
     def plot_outputs(self) -> list:
@@ -507,7 +514,7 @@ class PlayView:
 
     def queue_values(self, seat: Seat) -> list:
         """Values for ``frame_outputs`` that show only the keys held and queued."""
-        return [seat, gr.skip(), *[gr.skip()] * len(self.images), queue_text(seat)]
+        return [seat, *[gr.skip()] * (len(self.frame_outputs) - 2), queue_text(seat)]
 
     def frame_values(self, seat: Seat, note: str = "") -> list:
         """Values for ``frame_outputs``: the newest frames as they are (small), the status;
@@ -517,7 +524,23 @@ class PlayView:
             return self.queue_values(seat)
         images = [gr.update(value=frame, label=frame_label(label, play.frames_played))
                   for label, frame in zip(self.labels, play.newest_frames(), strict=True)]
+        if self.truth is not None:
+            images.append(self.truth_value(seat))
         return [seat, status_line(play, note), *images, queue_text(seat)]
+
+    def truth_only(self, seat: Seat) -> list:
+        """Values for ``frame_outputs`` that show only the true world's newest frame."""
+        values = self.unchanged()
+        values[2 + len(self.images)] = self.truth_value(seat)  # frame_outputs' order
+        return values
+
+    def truth_value(self, seat: Seat):
+        """The true world's newest frame, when the play has a world and the seat shows it."""
+        truth = seat.play.newest_truth
+        if truth is None or not seat.show_truth:
+            return gr.update(visible=False)
+        number, frame = truth
+        return gr.update(value=frame, label=TRUTH_LABEL % number, visible=True)
 
     def plot_values(self, seat: Seat) -> list:
         """Values for ``plot_outputs``; every one skipped when nothing changed since the last
@@ -551,6 +574,9 @@ def line_plot(title: str, unit: str, elem_id: str | None = None) -> gr.LinePlot:
     """A plot of a long-format table (``mineworld.play.plot_table``), one line per series."""
     return gr.LinePlot(None, x="frame", y="value", color="series", title=title, height=200,
                        x_title="frame", y_title=unit, x_axis_format="d", elem_id=elem_id)
+
+
+TRUTH_LABEL = "The true world: frame %d"
 
 
 def frame_label(label: str, number: int) -> str:
@@ -692,10 +718,12 @@ class Demo:
         left. While another event drives, nothing: its next frame shows this input, and a
         queue shown from here could reach the page after that driver's last values (a
         generator's values are sent again when it completes) and stay there, stale."""
-        made = False
-        async for _count in seat.frames(self.scheduler):
+        made, play = False, seat.play
+        follow = (PlaySession.score_pending if view.truth is not None and seat.show_truth
+                  and play is not None and play.truth is not None else None)
+        async for new_frame in seat.frames(self.scheduler, follow):
             made = True
-            yield view.frame_values(seat, note)
+            yield view.frame_values(seat, note) if new_frame else view.truth_only(seat)
         if made:
             yield view.frame_values(seat, note)
         elif seat.controls.driving:
@@ -756,6 +784,21 @@ class Demo:
                 yield values
 
         return control
+
+    def show_truth(self, view: PlayView):
+        """Handler of the true-world toggle: show it (brought up to the newest frame, off the
+        model's thread) or hide it."""
+
+        async def show_truth(seat: Seat, shown: bool):
+            seat.show_truth = bool(shown)
+            play = seat.play
+            if play is None or play.closed:
+                return view.unchanged()
+            if seat.show_truth:
+                await asyncio.to_thread(play.score_pending)
+            return view.truth_only(seat)
+
+        return show_truth
 
     def stop(self, view: PlayView):
         """Handler of Stop: no new frame starts (the one being made finishes)."""
@@ -948,15 +991,18 @@ def build_demo(resources: Resources) -> gr.Blocks:
 
         with gr.Tab("Play"):
             with gr.Row():
-                with gr.Column(scale=2, min_width=320):
-                    view = PlayView.build("play", ["Play"], demo.close_seat, height=300)
-                with gr.Column(scale=3):
+                with gr.Column(scale=1, min_width=320):
+                    view = PlayView.build("play", ["Play"], demo.close_seat, height=250,
+                                          truth=True)
+                with gr.Column(scale=1):
                     picker = StrategyPicker.build("Cache strategy", resources.strategy,
                                                   resources.params)
                     with gr.Row():
                         apply = gr.Button("Apply strategy (continue from here)", size="sm")
                         reset = gr.Button("Reset to the start frame", size="sm")
                         download = gr.Button("Download mp4", size="sm")
+                        truth = gr.Checkbox(True, label="Show the true world",
+                                            elem_id="show-truth")
                     video = gr.File(label="Session video", interactive=False, height=60,
                                     visible=False, elem_id="export-play")
                     pad = ActionPad.build()
@@ -968,6 +1014,8 @@ def build_demo(resources: Resources) -> gr.Blocks:
                     concurrency_id=MODEL_QUEUE)
         apply.click(demo.switch(view, picker), [view.state, *picker.components], view.outputs,
                     api_name="apply_strategy", concurrency_id=MODEL_QUEUE)
+        truth.change(demo.show_truth(view), [view.state, truth], view.frame_outputs,
+                     api_name="show_truth", show_progress="hidden")
         download.click(demo.export, view.state, video, api_name="download").success(
             None, js=save_file_js("export-play"))
         blocks.load(restart, restart_inputs, view.outputs, concurrency_id=MODEL_QUEUE,

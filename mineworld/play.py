@@ -339,6 +339,8 @@ class PlaySession:
         self.truth = (
             TrueWorld(scene.world, start, tokenizer.frame_size) if scene.world else None
         )
+        # The true world's newest frame and its number (0: the start frame, as rendered).
+        self.newest_truth = (0, self.context_frames[-1]) if self.truth is not None else None
         # Per frame and pair compared: frame, series, and a value per QUALITY measure.
         self.quality: deque[dict] = deque(maxlen=3 * KEPT_FRAMES)
         self.actions: deque[dict] = _kept()  # the newest, as the sides' frames
@@ -404,17 +406,18 @@ class PlaySession:
         with self._truth_lock:
             with self._lock:
                 pending, self._unscored = self._unscored, []
-            rows = []
+            rows, truth = [], None
             for number, action, frames in pending:
                 labels = "AB" if len(frames) == 2 else [""] * len(frames)
                 if len(frames) == 2:
                     rows.append(_scores(number, "A vs B", frames[0], frames[1]))
                 if self.truth is not None:
-                    truth = self.truth.step(action)
-                    rows.extend(_scores(number, f"{label} vs truth".strip(), frame, truth)
+                    truth = (number, self.truth.step(action))
+                    rows.extend(_scores(number, f"{label} vs truth".strip(), frame, truth[1])
                                 for label, frame in zip(labels, frames, strict=True))
             with self._lock:
                 self.quality.extend(rows)
+                self.newest_truth = truth or self.newest_truth
 
     def quality_table(self, measure: str = "psnr") -> pd.DataFrame | None:
         """Long-format table of one QUALITY measure, for a line plot (every frame scored; PSNR
@@ -493,5 +496,6 @@ class PlaySession:
             self.actions.clear()
             self._unscored = []
             self.context_frames, self.context_actions, self.truth = [], [], None
+            self.newest_truth = None
         shutil.rmtree(self._export_dir, ignore_errors=True)
 

@@ -164,25 +164,40 @@ class Seat:
         self.play = None
         self.controls = Controls()
         self.shown, self.shown_at = None, 0.0  # what the page's plots show, since when
+        self.show_truth = True  # the true world's frame beside the generated one
 
     def __deepcopy__(self, memo) -> Seat:
         """A fresh seat: Gradio's State copies its first value for every user."""
         return Seat()
 
-    async def frames(self, scheduler: FrameScheduler) -> AsyncIterator[int]:
+    async def frames(self, scheduler: FrameScheduler,
+                     follow: Callable | None = None) -> AsyncIterator[bool]:
         """Drive the play: step it with each action the controls give, on ``scheduler``, and
-        yield after each frame (the number of frames made so far), until nothing is held or
-        queued. Yields nothing when another caller drives; it plays what was asked."""
+        yield True after each frame, until nothing is held or queued. Yields nothing when
+        another caller drives; it plays what was asked.
+
+        ``follow(play)``, when given, is work that each frame asks for off the model's thread
+        (the true world's frame): it runs while the next frame is being made, and False is
+        yielded when it ends, so that the model never waits for it."""
         if not self.controls.claim():
             return
-        made, finished = 0, False
+        finished, following = False, None
         try:
             while (action := self.controls.next_action()) is not None:
-                if await asyncio.wrap_future(scheduler.submit(_step_open, self.play, action)):
-                    made += 1
-                    yield made
+                made = asyncio.wrap_future(scheduler.submit(_step_open, self.play, action))
+                if following is not None:
+                    await following
+                    following = None
+                    yield False
+                if await made:
+                    yield True
+                    if follow is not None:
+                        following = asyncio.ensure_future(asyncio.to_thread(follow, self.play))
                 elif self.play is None or self.play.closed:
                     self.controls.stop()  # the tab closed: nothing to play on
+            if following is not None:
+                await following
+                yield False
             finished = True
         finally:
             if not finished:  # cancelled: let the next input drive

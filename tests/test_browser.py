@@ -1,7 +1,9 @@
 """app.py in Debian's Chromium (Playwright): held keys play until released, taps and clicks made
-during a frame are queued and all played, Stop ends a repeat, plots grow, one click downloads
-the video (and says so when nothing was played), nothing leaves 127.0.0.1. The tiny random model of test_app keeps it to seconds; each frame is made to take
-at least ``FRAME_SECONDS`` so that a key is held, and a queue waits, over several frames.
+during a frame are queued and all played, Stop ends a repeat, plots grow, the true world shows
+beside the frame (and hides), one click downloads the video (and the page says so when nothing
+was played), nothing leaves 127.0.0.1. The tiny random model of test_app keeps it to seconds;
+each frame is made to take at least ``FRAME_SECONDS`` so that a key is held, and a queue waits,
+over several frames.
 
 Screenshots of both tabs are saved to $TEST_ARTIFACTS (default: a pytest tmp folder)."""
 
@@ -164,6 +166,13 @@ def test_keys_step_the_world_and_the_plots_grow_offline(page, artifacts):
     played = wait_until_idle(page)
     assert int(page.locator("#keys-play .painted").get_attribute("data-painted")) >= 2
     print("painted:", page.locator("#keys-play").inner_text())
+
+    truth = page.locator("#truth-play")  # the scene was recorded in the world: its truth
+    expect(truth).to_contain_text(f"The true world: frame {played}")
+    page.get_by_label("Show the true world").uncheck()
+    expect(truth).to_be_hidden()
+    page.get_by_label("Show the true world").check()
+    expect(truth.locator("img")).to_be_visible()
 
     with page.expect_download() as saved:  # one click saves the video
         download.click()

@@ -87,13 +87,34 @@ def test_a_seat_plays_its_queue_on_the_scheduler_thread_and_stops_on_a_closed_pl
     async def drive():
         return [count async for count in seat.frames(scheduler)]
 
-    assert asyncio.run(drive()) == [1, 2, 3]
+    assert asyncio.run(drive()) == [True] * 3
     assert len(seat.play.actions) == 3 and len(seat.play.threads) == 1
     assert seat.play.threads != {threading.current_thread().name}
     seat.play.closed = True
     seat.controls.hold("forward", FORWARD)
     assert asyncio.run(drive()) == []  # nothing to play on: the held key is dropped
     assert seat.controls.held == []
+    scheduler.shutdown()
+
+
+def test_each_frame_s_follow_up_runs_off_the_model_thread_and_is_yielded_after_it():
+    scheduler = FrameScheduler()
+    seat = Seat()
+    seat.play = CountingPlay()
+    seat.controls.press("forward", FORWARD, 3)
+    followed = []  # (frames made when it ran, its thread)
+
+    def follow(play):
+        followed.append((len(play.actions), threading.current_thread().name))
+
+    async def drive():
+        return [made async for made in seat.frames(scheduler, follow)]
+
+    assert asyncio.run(drive()) == [True, False, True, False, True, False]
+    assert len(followed) == 3
+    assert all(made >= number for number, (made, _thread) in enumerate(followed, 1))  # after
+    assert not {thread for _made, thread in followed} & (seat.play.threads | {
+        threading.current_thread().name})  # neither the model's thread nor the event loop's
     scheduler.shutdown()
 
 
