@@ -683,6 +683,18 @@ class Demo:
 
         return restart
 
+    def start_once(self, view: PlayView, pickers: list[StrategyPicker]):
+        """Handler of opening a tab: its play starts (as ``restart``) unless it has one, so the
+        tab shows frames and takes keys at once."""
+        restart = self.restart(view, pickers)
+
+        def start_once(request: gr.Request, seat: Seat, *inputs):
+            if seat.play is not None and not seat.play.closed:
+                return [gr.skip()] * len(view.outputs)
+            return restart(request, seat, *inputs)
+
+        return start_once
+
     def switch(self, view: PlayView, picker: StrategyPicker):
         """Handler: continue from the current state with another strategy."""
 
@@ -707,7 +719,7 @@ class Demo:
         if seat.play is not None and not seat.play.closed:
             return ""
         if sides > 1:
-            return "Press “Start comparison” first"
+            return "No comparison yet: open the Compare tab (or call /compare) first"
         defaults = [(self.resources.strategy, self.resources.params)]
         play = await asyncio.to_thread(self.new_play, None, None, None, defaults, request)
         self.replace_play(seat, play)
@@ -1024,14 +1036,14 @@ def build_demo(resources: Resources) -> gr.Blocks:
                      api_name="load_scene").success(
             restart, restart_inputs, view.outputs, concurrency_id=MODEL_QUEUE)
 
-        with gr.Tab("Compare"):
+        with gr.Tab("Compare") as compare_tab:
             with gr.Row():
                 pickers = [
                     StrategyPicker.build("Strategy A", resources.strategy, resources.params),
                     StrategyPicker.build("Strategy B", *resources.comparison()),
                 ]
             with gr.Row():
-                compare = gr.Button("Start comparison from the start frame", variant="primary",
+                compare = gr.Button("Reset both to the start frame", variant="primary",
                                     size="sm")
                 compare_download = gr.Button("Download both as mp4", size="sm")
             compare_video = gr.File(label="Both sessions, side by side", interactive=False,
@@ -1041,12 +1053,13 @@ def build_demo(resources: Resources) -> gr.Blocks:
             compare_pad = ActionPad.build()
             compare_view.add_plots(["A", "B"])
             wire_play(demo, compare_view, compare_pad, "compare")
-        compare.click(
-            demo.restart(compare_view, pickers),
-            [compare_view.state, scene_state, start, seed,
-             *[c for p in pickers for c in p.components]],
-            compare_view.outputs, api_name="compare", concurrency_id=MODEL_QUEUE,
-        )
+        compare_inputs = [compare_view.state, scene_state, start, seed,
+                          *[c for p in pickers for c in p.components]]
+        compare.click(demo.restart(compare_view, pickers), compare_inputs,
+                      compare_view.outputs, api_name="compare", concurrency_id=MODEL_QUEUE)
+        compare_tab.select(demo.start_once(compare_view, pickers), compare_inputs,
+                           compare_view.outputs, api_visibility="private",
+                           concurrency_id=MODEL_QUEUE)
         compare_download.click(demo.export, compare_view.state, compare_video,
                                api_name="compare_download").success(
             None, js=save_file_js("export-compare"))
