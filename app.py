@@ -683,17 +683,18 @@ class Demo:
 
         return restart
 
-    def start_once(self, view: PlayView, pickers: list[StrategyPicker]):
-        """Handler of opening a tab: its play starts (as ``restart``) unless it has one, so the
-        tab shows frames and takes keys at once."""
+    def restart_if(self, view: PlayView, pickers: list[StrategyPicker], playing: bool):
+        """``restart`` only when the seat has an open play (``playing``: the start frame or
+        the seed changed under it) or only when it has none (``not playing``: a tab opened,
+        so that it shows frames and takes keys at once); else nothing changes."""
         restart = self.restart(view, pickers)
 
-        def start_once(request: gr.Request, seat: Seat, *inputs):
-            if seat.play is not None and not seat.play.closed:
+        def restart_if(request: gr.Request, seat: Seat, *inputs):
+            if (seat.play is not None and not seat.play.closed) != playing:
                 return [gr.skip()] * len(view.outputs)
             return restart(request, seat, *inputs)
 
-        return start_once
+        return restart_if
 
     def switch(self, view: PlayView, picker: StrategyPicker):
         """Handler: continue from the current state with another strategy."""
@@ -998,8 +999,10 @@ def build_demo(resources: Resources) -> gr.Blocks:
                                 label="Your scene: an mp4, its jsonl (and world json)")
                 start = gr.Slider(0, len(resources.scene.frames) - 1, step=1,
                                   value=resources.default_start(resources.scene),
-                                  label="Start frame (play starts after it)")
-                seed = gr.Number(resources.options.seed, precision=0, label="Seed (sampling)")
+                                  label="Start frame (play restarts after it)",
+                                  elem_id="start-frame")
+                seed = gr.Number(resources.options.seed, precision=0,
+                                 label="Seed (sampling; Enter restarts)")
 
         with gr.Tab("Play"):
             with gr.Row():
@@ -1057,9 +1060,14 @@ def build_demo(resources: Resources) -> gr.Blocks:
                           *[c for p in pickers for c in p.components]]
         compare.click(demo.restart(compare_view, pickers), compare_inputs,
                       compare_view.outputs, api_name="compare", concurrency_id=MODEL_QUEUE)
-        compare_tab.select(demo.start_once(compare_view, pickers), compare_inputs,
-                           compare_view.outputs, api_visibility="private",
+        compare_tab.select(demo.restart_if(compare_view, pickers, playing=False),
+                           compare_inputs, compare_view.outputs, api_visibility="private",
                            concurrency_id=MODEL_QUEUE)
+        for tab_view, tab_pickers, inputs in ((view, [picker], restart_inputs),
+                                              (compare_view, pickers, compare_inputs)):
+            for changed in (start.release, seed.submit):  # both tabs play from the new start
+                changed(demo.restart_if(tab_view, tab_pickers, playing=True), inputs,
+                        tab_view.outputs, api_visibility="private", concurrency_id=MODEL_QUEUE)
         compare_download.click(demo.export, compare_view.state, compare_video,
                                api_name="compare_download").success(
             None, js=save_file_js("export-compare"))

@@ -233,3 +233,16 @@ def test_taps_and_clicks_during_frames_are_queued_and_stop_ends_a_repeat(page):
 
     page.locator("button.control-jump").click()  # after Stop, play goes on
     wait_for_frames(page, stopped)
+
+
+def test_moving_the_start_frame_restarts_play_from_it(page):
+    from playwright.sync_api import expect
+
+    page.keyboard.press("w")
+    wait_for_frames(page, 0)
+    page.get_by_text("Scene", exact=True).click()
+    slider = page.locator("#start-frame input[type=range]")
+    box = slider.bounding_box()
+    slider.click(position={"x": 2, "y": box["height"] / 2})  # dragged to the far left
+    expect(page.locator("#status-play textarea")).to_have_value(
+        re.compile(r"from frame 0 · 0 frames played"))
