@@ -133,7 +133,7 @@ from mineworld.play import (  # noqa: E402
     read_scene,
 )
 from mineworld.session import default_reference_frames, pick_device  # noqa: E402
-from mineworld.stream import MAX_QUEUED, FrameScheduler, Seat  # noqa: E402
+from mineworld.stream import MAX_QUEUED, Frame, FrameScheduler, Seat  # noqa: E402
 from mineworld.tokenizers.base import resize_frames  # noqa: E402
 from mineworld.world import read_recording  # noqa: E402
 
@@ -516,17 +516,18 @@ class PlayView:
         """Values for ``frame_outputs`` that show only the keys held and queued."""
         return [seat, *[gr.skip()] * (len(self.frame_outputs) - 2), queue_text(seat)]
 
-    def frame_values(self, seat: Seat, note: str = "") -> list:
-        """Values for ``frame_outputs``: the newest frames as they are (small), the status;
-        only the queue once the play has closed (its tab went)."""
+    def frame_values(self, seat: Seat, note: str = "", frame: Frame | None = None) -> list:
+        """Values for ``frame_outputs``: ``frame`` (by default the newest) as it is (small),
+        the status; only the queue once the play has closed (its tab went)."""
         play = seat.play
         if play is None or play.closed:
             return self.queue_values(seat)
-        images = [gr.update(value=frame, label=frame_label(label, play.frames_played))
-                  for label, frame in zip(self.labels, play.newest_frames(), strict=True)]
+        number, frames = frame or (play.frames_played, play.newest_frames())
+        images = [gr.update(value=image, label=frame_label(label, number))
+                  for label, image in zip(self.labels, frames, strict=True)]
         if self.truth is not None:
             images.append(self.truth_value(seat))
-        return [seat, status_line(play, note), *images, queue_text(seat)]
+        return [seat, status_line(play, note, number), *images, queue_text(seat)]
 
     def truth_only(self, seat: Seat) -> list:
         """Values for ``frame_outputs`` that show only the true world's newest frame."""
@@ -590,11 +591,11 @@ def side_tag(label: str) -> str:
     return label.lower().replace(" ", "-")
 
 
-def status_line(play: PlaySession, note: str = "") -> str:
-    """Where play stands: frames, strategies, the speed of the newest frame per side, its
-    quality scores, and ``note`` (a limit that applied)."""
+def status_line(play: PlaySession, note: str = "", played: int | None = None) -> str:
+    """Where play stands: frames (``played``, by default all made), strategies, the speed of
+    the newest frame per side, its quality scores, and ``note`` (a limit that applied)."""
     speeds = [f"{side.rows[-1]['fps']:.1f} fps" for side in play.sides if side.rows]
-    played = f"{play.frames_played} frames played"
+    played = f"{play.frames_played if played is None else played} frames played"
     if play.truncated:
         played += f" (the newest {len(play.sides[0].frames)} kept)"
     parts = [f"{play.scene.name}.mp4 from frame {play.start}", played,
@@ -734,9 +735,9 @@ class Demo:
         made, play = False, seat.play
         follow = (PlaySession.score_pending if view.truth is not None and seat.show_truth
                   and play is not None and play.truth is not None else None)
-        async for new_frame in seat.frames(self.scheduler, follow):
+        async for frame in seat.frames(self.scheduler, follow):
             made = True
-            yield view.frame_values(seat, note) if new_frame else view.truth_only(seat)
+            yield view.frame_values(seat, note, frame)
         if made:
             yield view.frame_values(seat, note)
         elif seat.controls.driving:

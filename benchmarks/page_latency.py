@@ -4,6 +4,7 @@ painted per second while a key is held.
     python -m benchmarks.page_latency                     # 20 taps, a 5 s hold
     python -m benchmarks.page_latency --taps 10 --hold 3 --url http://127.0.0.1:7860/
     python -m benchmarks.page_latency --stand-in-ms 26     # the page's own cost, see below
+    python -m benchmarks.page_latency --hide-truth         # without the true world beside
 
 Starts ``python app.py`` (the embedded model, a bounded cache; or drives ``--url``) and opens it
 in Debian's Chromium (Playwright, headless). A frame counts as painted at the animation frame
@@ -43,6 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--hold", type=float, default=5.0,
                         help="seconds W is held (default: 5)")
     parser.add_argument("--url", help="a page already served (default: start app.py)")
+    parser.add_argument("--hide-truth", action="store_true",
+                        help="untick 'Show the true world' first (it is shown by default)")
     parser.add_argument("--stand-in-ms", type=float,
                         help="frames made by a sleep of this many ms instead of the model")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
@@ -121,7 +124,7 @@ def held_rate(page, seconds: float) -> tuple[float, int]:
     return (len(times) - 1) / ((times[-1] - times[0]) / 1000), len(times)
 
 
-def measure(url: str, taps: int, hold: float) -> dict:
+def measure(url: str, taps: int, hold: float, hide_truth: bool) -> dict:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -133,6 +136,9 @@ def measure(url: str, taps: int, hold: float) -> dict:
         page.goto(url)
         page.locator("#frame-play img").wait_for(timeout=120_000)
         page.wait_for_function("() => window.mineworldTabs && window.mineworldTabs.play")
+        if hide_truth:
+            page.get_by_label("Show the true world").uncheck()
+            page.locator("#truth-play").wait_for(state="hidden")
         page.locator("h2").click()  # keys go to the page
         page.evaluate(MARK_KEYS)
         page.keyboard.press("w")  # warm-up: the first frame also starts the session's work
@@ -165,7 +171,7 @@ def main(argv=None) -> int:
             url = f"http://127.0.0.1:{port}/"
             print(f"app.py served in {time.perf_counter() - started:.1f} s")
         try:
-            result = measure(url, args.taps, args.hold)
+            result = measure(url, args.taps, args.hold, args.hide_truth)
         finally:
             if server is not None:
                 server.terminate()
@@ -174,6 +180,7 @@ def main(argv=None) -> int:
     print(f"tap -> first new frame painted, {len(latencies)} taps: "
           f"p50 {percentile(latencies, 50):.0f} ms, p95 {percentile(latencies, 95):.0f} ms, "
           f"min {min(latencies):.0f}, max {max(latencies):.0f}")
+    print(f"the true world: {'hidden' if args.hide_truth else 'shown beside the frame'}")
     print(f"W held {args.hold:g} s: {result['painted']} frames painted, "
           f"{result['fps']:.1f} painted fps")
     print(f"page status after: {result['status']}")

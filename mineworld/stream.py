@@ -22,6 +22,7 @@ import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import NamedTuple
 
 from mineworld.actions import CAMERA_MAX_DEG
 
@@ -171,42 +172,53 @@ class Seat:
         return Seat()
 
     async def frames(self, scheduler: FrameScheduler,
-                     follow: Callable | None = None) -> AsyncIterator[bool]:
+                     follow: Callable | None = None) -> AsyncIterator[Frame]:
         """Drive the play: step it with each action the controls give, on ``scheduler``, and
-        yield True after each frame, until nothing is held or queued. Yields nothing when
-        another caller drives; it plays what was asked.
+        yield each frame, until nothing is held or queued. Yields nothing when another caller
+        drives; it plays what was asked.
 
-        ``follow(play)``, when given, is work that each frame asks for off the model's thread
-        (the true world's frame): it runs while the next frame is being made, and False is
-        yielded when it ends, so that the model never waits for it."""
+        The next frame is being made while the caller shows this one (sending a frame to a
+        page costs about as much as making it), so frames come at the slower of the two
+        rates, not at their sum. ``follow(play)``, when given, is work that each frame asks
+        for before it is shown (the true world's frame), off the model's thread."""
         if not self.controls.claim():
             return
-        finished, following = False, None
+        finished = False
+        making = self._next_frame(scheduler)
         try:
-            while (action := self.controls.next_action()) is not None:
-                made = asyncio.wrap_future(scheduler.submit(_step_open, self.play, action))
-                if following is not None:
-                    await following
-                    following = None
-                    yield False
-                if await made:
-                    yield True
-                    if follow is not None:
-                        following = asyncio.ensure_future(asyncio.to_thread(follow, self.play))
+            while making is not None:
+                made = await making
+                if made is not None and follow is not None:
+                    await asyncio.to_thread(follow, self.play)
+                making = self._next_frame(scheduler)
+                if made is not None:
+                    yield made
                 elif self.play is None or self.play.closed:
                     self.controls.stop()  # the tab closed: nothing to play on
-            if following is not None:
-                await following
-                yield False
             finished = True
         finally:
             if not finished:  # cancelled: let the next input drive
                 self.controls.resign()
 
+    def _next_frame(self, scheduler: FrameScheduler) -> asyncio.Future | None:
+        """The next frame asked of ``scheduler`` (None once made if the play had closed), or
+        None when nothing is held or queued (the driver's turn then ends)."""
+        action = self.controls.next_action()
+        if action is None:
+            return None
+        return asyncio.wrap_future(scheduler.submit(_step_open, self.play, action))
 
-def _step_open(play, action: dict) -> bool:
+
+class Frame(NamedTuple):
+    """A frame just made: its number in the play and each side's image."""
+
+    number: int
+    images: list
+
+
+def _step_open(play, action: dict) -> Frame | None:
     """Step ``play`` unless it has been closed (a restart or a closed tab came first)."""
     if play is None or play.closed:
-        return False
-    play.step(action)
-    return True
+        return None
+    images = play.step(action)
+    return Frame(play.frames_played, images)

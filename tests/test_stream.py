@@ -76,6 +76,11 @@ class CountingPlay:
     def step(self, action):
         self.actions.append(action)
         self.threads.add(threading.current_thread().name)
+        return [f"image {len(self.actions)}"]
+
+    @property
+    def frames_played(self):
+        return len(self.actions)
 
 
 def test_a_seat_plays_its_queue_on_the_scheduler_thread_and_stops_on_a_closed_play():
@@ -87,7 +92,7 @@ def test_a_seat_plays_its_queue_on_the_scheduler_thread_and_stops_on_a_closed_pl
     async def drive():
         return [count async for count in seat.frames(scheduler)]
 
-    assert asyncio.run(drive()) == [True] * 3
+    assert asyncio.run(drive()) == [(number, [f"image {number}"]) for number in (1, 2, 3)]
     assert len(seat.play.actions) == 3 and len(seat.play.threads) == 1
     assert seat.play.threads != {threading.current_thread().name}
     seat.play.closed = True
@@ -97,7 +102,7 @@ def test_a_seat_plays_its_queue_on_the_scheduler_thread_and_stops_on_a_closed_pl
     scheduler.shutdown()
 
 
-def test_each_frame_s_follow_up_runs_off_the_model_thread_and_is_yielded_after_it():
+def test_the_next_frame_is_made_while_a_frame_is_shown_and_its_follow_up_runs_off_thread():
     scheduler = FrameScheduler()
     seat = Seat()
     seat.play = CountingPlay()
@@ -108,11 +113,14 @@ def test_each_frame_s_follow_up_runs_off_the_model_thread_and_is_yielded_after_i
         followed.append((len(play.actions), threading.current_thread().name))
 
     async def drive():
-        return [made async for made in seat.frames(scheduler, follow)]
+        shown = []  # (the frame shown, the frames made after showing it)
+        async for frame in seat.frames(scheduler, follow):
+            await asyncio.sleep(0.05)  # showing the frame: the next one is made meanwhile
+            shown.append((frame.number, len(seat.play.actions)))
+        return shown
 
-    assert asyncio.run(drive()) == [True, False, True, False, True, False]
-    assert len(followed) == 3
-    assert all(made >= number for number, (made, _thread) in enumerate(followed, 1))  # after
+    assert asyncio.run(drive()) == [(1, 2), (2, 3), (3, 3)]  # one frame ahead, never more
+    assert [made for made, _thread in followed] == [1, 2, 3]  # each before the next is asked
     assert not {thread for _made, thread in followed} & (seat.play.threads | {
         threading.current_thread().name})  # neither the model's thread nor the event loop's
     scheduler.shutdown()
