@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .strategy import CacheView, Strategy, check_int
+from .strategy import CacheView, Layout, Param, Strategy
 
 
 def fingerprint(keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -32,10 +32,15 @@ def fingerprint(keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
 
 
 class CustomStrategy(Strategy):
+    """The adapter: ``policy`` is an object of the protocol; ``budget`` the most tokens it
+    keeps (default: its ``cache_size``, as StreamingLLM's class has)."""
+
     name = "custom"
+    params = (Param("budget", int, low=1, help="the most tokens a package.module:Class of the "
+                    "(K, V) protocol keeps (default: its cache_size)"),)
     per_head = True
 
-    def __init__(self, policy, budget: int):
+    def __init__(self, policy, **values):
         methods = ("__call__", "evict_for_space")
         missing = [m for m in methods if not callable(getattr(policy, m, None))]
         if missing:
@@ -44,8 +49,23 @@ class CustomStrategy(Strategy):
                 f"evict_for_space(past_key_values, num_coming); {type(policy).__name__} "
                 f"lacks {', '.join(missing)}"
             )
+        if values.get("budget") is None:
+            values["budget"] = getattr(policy, "cache_size", None)
+        if values["budget"] is None:
+            raise ValueError(
+                f"custom strategy {type(policy).__name__}: how many tokens does it keep? Pass "
+                f"budget=N (--budget N), or give it a cache_size attribute"
+            )
+        self.budget_tokens = self.checked(values)["budget"]  # budget() is the method
         self.policy = policy
-        self.budget_tokens = check_int("budget", budget, 1)
+
+    @classmethod
+    def defaults(cls, layout: Layout) -> dict:
+        return {}  # the budget is the policy's own cache_size unless one is given
+
+    @classmethod
+    def for_budget(cls, tokens: int, layout: Layout, prompt_length: int | None = None) -> dict:
+        return {"budget": tokens}
 
     def budget(self, prompt_length: int) -> int:
         return self.budget_tokens

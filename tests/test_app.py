@@ -24,6 +24,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 import app
+from cache import STRATEGIES, declared
 from mineworld import play as play_module
 from mineworld.actions import make_action
 from mineworld.config import preset_path
@@ -107,10 +108,57 @@ def expected_frames(resources, start, action, steps, seed=0):
 
 
 def picker_values(strategy, **params):
-    """A strategy picker's API arguments: the strategy, then every parameter input (the API
-    names them param_N, so they go by position)."""
-    inputs = {p: v for taken in app.strategy_parameters().values() for p, v in taken.items()}
-    return [strategy, *{**inputs, **params}.values()]
+    """A strategy picker's API arguments: the strategy, then every strategy's parameter inputs
+    (the API names them param_N, so they go by position); the ones not in ``params`` empty."""
+    shown = app.input_group(strategy)
+    inputs = [(group, param.name) for group, declaration in declared().items()
+              for param in declaration.settable() if param.default is not None]
+    return [strategy, *[params.get(name) if group == shown else None for group, name in inputs]]
+
+
+# -- the strategy pickers ----------------------------------------------------------------------
+
+
+def build_picker(resources, strategy="streaming", params=None):
+    with app.gr.Blocks():
+        return app.StrategyPicker.build("Strategy", strategy, params or {}, resources)
+
+
+def test_pickers_show_each_strategys_own_defaults_for_the_model(scene_mp4):
+    resources = tiny_resources(scene_mp4)
+    picker = build_picker(resources, params={"recent_size": 30})
+    layout = app.cache_layout(resources.model.config)
+    for name, cls in STRATEGIES.items():
+        defaults = {**cls.defaults(layout), **({"recent_size": 30} if name == "streaming" else {})}
+        for param in cls.settable():
+            component = picker.inputs[name, param.name]
+            assert component.value == defaults[param.name], (name, param.name)
+            assert component.visible == (name == "streaming")
+            assert param.range_text in component.info
+    values = [component.value for component in picker.inputs.values()]
+    # The tiny model holds 4 frames: the frame window's defaults are 1 + 2 frames.
+    assert picker.chosen("frames", *values) == ("frames", {"sink_frames": 1, "recent_frames": 2})
+    empty = [None] * len(values)
+    assert picker.chosen("frames", *empty) == ("frames", {})  # its defaults for the model
+
+
+def test_a_class_path_is_taken_where_the_page_allows_it(scene_mp4):
+    resources = tiny_resources(scene_mp4)
+    spec = "tests.stand_ins:StartRecentKVCache"
+    values = [None] * len(build_picker(resources).inputs)
+    with pytest.raises(ValueError, match="package.module:Class only when it is served on"):
+        build_picker(resources).chosen(spec, *values)
+    local = dataclasses.replace(resources, any_class_path=True)
+    picker = build_picker(local)
+    assert picker.chosen(spec, *values) == (spec, {})  # it keeps its own cache_size
+    assert not any(update["visible"] for update in picker.show_parameters(spec))
+    play = PlaySession(local.model, local.tokenizer, local.scene, 2, [(spec, {})], local.options)
+    play.step(make_action(["forward"]))
+    assert play.describe_sides() == f'{spec} {{"policy": "StartRecentKVCache", "budget": 32}}'
+    play.close()
+    started = dataclasses.replace(resources, strategy=spec, params={})
+    assert spec in started.strategy_choices
+    assert build_picker(started, spec).chosen(spec, *[None] * len(values)) == (spec, {})
 
 
 # -- play logic ------------------------------------------------------------------------------
