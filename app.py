@@ -420,16 +420,11 @@ class StrategyPicker:
     def chosen(self, strategy: str, *values) -> tuple[str, dict]:
         """(strategy, its parameters) from the picker's component values: the chosen
         strategy's inputs that are filled (an empty one keeps its default for the model);
-        ValueError for a strategy the page does not take or a value that is not a finite
-        number (the strategy itself checks ranges)."""
+        ValueError for a strategy the page does not take (the strategy checks the values)."""
         group = input_group(self.checked_spec(strategy))
         given = dict(zip(self.inputs, values, strict=True))
-        params = {param: value for (owner, param), value in given.items()
-                  if owner == group and value is not None}
-        for param, value in params.items():
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{param} must be a finite number, got {value!r}")
-        return strategy, params
+        return strategy, {param: value for (owner, param), value in given.items()
+                          if owner == group and value is not None}
 
 
 def input_group(strategy: str) -> str:

@@ -58,4 +58,5 @@ class FrameWindow(Strategy):
 
     def size_text(self, tokens: int) -> str:
         frames, rest = divmod(tokens, self.frame_tokens)
-        return f"{frames} frames" if rest == 0 else f"{frames} whole frames ({tokens} tokens)"
+        unit = "frame" if frames == 1 else "frames"
+        return f"{frames} {unit}" if rest == 0 else f"{frames} whole {unit} ({tokens} tokens)"

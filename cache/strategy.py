@@ -89,12 +89,14 @@ class Param:
 
     @property
     def range_text(self) -> str:
-        """The valid values, as messages and help say them: ">= 1", "in [0, 1]"."""
+        """The valid values, as messages and help say them: ">= 1", "in [0, 1]", "<= 8"."""
         if self.type is bool:
             return "true or false"
         if self.low is not None and self.high is not None:
             return f"in [{self.low}, {self.high}]"
-        return f">= {self.low}" if self.low is not None else "any number"
+        if self.low is not None:
+            return f">= {self.low}"
+        return f"<= {self.high}" if self.high is not None else "finite"
 
     def check(self, value):
         """``value`` as this parameter's type, else a ValueError naming it, the value and
@@ -107,8 +109,10 @@ class Param:
         low = -math.inf if self.low is None else self.low
         high = math.inf if self.high is None else self.high
         if self.type is float:
-            if not number or not low <= value <= high:
-                raise ValueError(f"{self.name} must be a number {self.range_text}, got {value!r}")
+            if not number or not math.isfinite(value) or not low <= value <= high:
+                bounded = self.low is not None or self.high is not None
+                what = f"a number {self.range_text}" if bounded else "a finite number"
+                raise ValueError(f"{self.name} must be {what}, got {value!r}")
             return float(value)
         if not number or not math.isfinite(value) or value != int(value):
             raise ValueError(f"{self.name} must be an integer, got {value!r}")
