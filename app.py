@@ -676,7 +676,9 @@ class Demo:
         return restart
 
     def switch(self, view: PlayView, picker: StrategyPicker):
-        """Handler: continue from the current state with another strategy."""
+        """Handler: continue from the current state with another strategy. Outputs: the
+        view's, then the picker's dropdown, which a refusal sets back to the strategy that
+        plays on."""
 
         def switch(request: gr.Request, seat: Seat, *picker_values):
             try:
@@ -688,8 +690,10 @@ class Demo:
                     self.scheduler.call(seat.play.switch_strategy, 0, strategy, params)
             except PLAY_ERRORS as error:
                 gr.Warning(str(error))
-                return view.status_only(f"Strategy not changed: {error}")
-            return view.values(seat)
+                playing = (self.resources.strategy if seat.play is None or seat.play.closed
+                           else seat.play.sides[0].strategy)
+                return [*view.status_only(f"Strategy not changed: {error}"), playing]
+            return [*view.values(seat), gr.skip()]
 
         return switch
 
@@ -968,8 +972,9 @@ def build_demo(resources: Resources) -> gr.Blocks:
         restart_inputs = [view.state, scene_state, start, seed, *picker.components]
         reset.click(restart, restart_inputs, view.outputs, api_name="reset",
                     concurrency_id=MODEL_QUEUE)
-        apply.click(demo.switch(view, picker), [view.state, *picker.components], view.outputs,
-                    api_name="apply_strategy", concurrency_id=MODEL_QUEUE)
+        apply.click(demo.switch(view, picker), [view.state, *picker.components],
+                    [*view.outputs, picker.dropdown], api_name="apply_strategy",
+                    concurrency_id=MODEL_QUEUE)
         download.click(demo.export, view.state, video, api_name="download")
         blocks.load(restart, restart_inputs, view.outputs, concurrency_id=MODEL_QUEUE,
                     api_visibility="private")

@@ -8,7 +8,9 @@ the sequence in position order, and the answer is such a list holding a selectio
 of those tokens.
 
 Before every step the adapter hands the policy the live tokens in position order
-and keeps the slots whose key and value come back; the rest are evicted. It is
+and keeps the slots whose key and value come back; the rest are evicted. The budget is
+the policy's ``cache_size`` unless one is given, and a step feeds at most its
+``recent_size`` tokens when it has one (StreamingLLM's class makes room for no more). It is
 slower than a native strategy (each step gathers the whole cache into position
 order), and the policy must select tokens, not alter them. Positions are packed
 like ``h2o``'s when the trained range would be left.
@@ -58,6 +60,9 @@ class CustomStrategy(Strategy):
             )
         self.budget_tokens = self.checked(values)["budget"]  # budget() is the method
         self.policy = policy
+        # StreamingLLM's class makes room for at most its recent window in one call.
+        recent = getattr(policy, "recent_size", None)
+        self.step_tokens = recent if isinstance(recent, int) and recent > 0 else None
 
     @classmethod
     def defaults(cls, layout: Layout) -> dict:
@@ -69,6 +74,9 @@ class CustomStrategy(Strategy):
 
     def budget(self, prompt_length: int) -> int:
         return self.budget_tokens
+
+    def step_room(self, budget: int) -> int:
+        return budget if self.step_tokens is None else min(budget, self.step_tokens)
 
     def describe(self) -> dict:
         return {"policy": type(self.policy).__name__, "budget": self.budget_tokens}

@@ -304,8 +304,8 @@ class KVCacheManager:
         if victims is None or victims.shape[-1] == 0:
             return
         count = victims.shape[-1]
-        if storage.num_live - count + incoming > storage.capacity:
-            raise RuntimeError(
+        if storage.num_live - count + incoming > storage.capacity:  # a custom policy's doing
+            raise ValueError(
                 f"{self.strategy.name}: kept {storage.num_live - count} tokens, no room for "
                 f"{incoming} more in a budget of {storage.capacity}"
             )

@@ -344,9 +344,11 @@ def test_closing_the_tab_frees_its_plays(served):
 
 def test_a_bad_parameter_returns_the_validation_message(served):
     client = Client(served[0], verbose=False)
-    status = client.predict(*picker_values("h2o", hh_ratio=2.0), api_name="/apply_strategy")[0]
+    outputs = client.predict(*picker_values("h2o", hh_ratio=2.0), api_name="/apply_strategy")
+    status = outputs[0]
     assert status.startswith("Strategy not changed:") and "hh_ratio" in status
     assert "Traceback" not in status
+    assert outputs[-1] == served[1].strategy  # the picker shows the strategy that plays on
 
 
 def test_two_clients_stepping_at_once_get_their_own_frames(served):
@@ -542,6 +544,20 @@ def test_a_bad_config_exits_2_with_one_line_naming_it(capsys, tmp_path, text, wo
     assert line.startswith(f"app.py: error: {config}:")
     for word in words:
         assert word in line
+
+
+@pytest.mark.parametrize("strategy", ["frames", "tests.stand_ins:StartRecentKVCache"])
+def test_a_strategy_with_no_flags_starts_on_the_embedded_model(strategy):
+    """The frame window's own defaults would fill the embedded model's 8-frame context; a
+    class of the (K, V) protocol is named by its path."""
+    resources = app.load_resources(app.parse_args(["--cache-strategy", strategy]))
+    assert resources.strategy == strategy and resources.params == {}
+    assert resources.strategy_choices[-1] == strategy and resources.any_class_path
+    play = PlaySession(resources.model, resources.tokenizer, resources.scene, 3,
+                       [(strategy, {})], resources.options)
+    play.step(make_action(["forward"]))
+    assert play.describe_sides().startswith(strategy)
+    play.close()
 
 
 def test_no_flags_load_the_embedded_model_and_scene():
