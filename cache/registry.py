@@ -46,8 +46,9 @@ def import_class_path(spec: str):
         raise ValueError(f"a custom strategy is named package.module:Class, got {spec!r}")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValueError(f"strategy {spec!r}: cannot import {module_name} ({error})") from None
+    except Exception as error:  # the user's module, whatever it raises: said in one line
+        raise ValueError(f"strategy {spec!r}: cannot import {module_name} "
+                         f"({type(error).__name__}: {error})") from None
     found = module
     for part in attribute.split("."):
         found = getattr(found, part, None)
