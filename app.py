@@ -36,7 +36,6 @@ import argparse
 import asyncio
 import dataclasses
 import functools
-import inspect
 import json
 import math
 import shutil
@@ -47,7 +46,7 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
-from cache import STRATEGIES  # torch, for the strategy names; gradio loads after the flags
+from mineworld.cache_flags import add_cache_flags  # torch; gradio loads after the flags
 from mineworld.cli import positive_int
 
 PROG = "app.py"
@@ -91,13 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     play.add_argument("--top_k", type=int, help="sample among the k likeliest codes (default: "
                       "the model's own when neither flag is given, else every code)")
     play.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    cache = parser.add_argument_group("KV cache", "the default strategy; users may change it")
-    cache.add_argument("--cache-strategy", choices=sorted(STRATEGIES), default="none")
-    cache.add_argument("--hh-ratio", type=float, help="h2o, hybrid: heavy hitters per token")
-    cache.add_argument("--start-size", type=int, help="streaming, hybrid: sink tokens")
-    cache.add_argument("--recent-size", type=int, help="streaming, h2o, hybrid: recent tokens")
-    cache.add_argument("--sink-frames", type=int, help="frames: sink frames")
-    cache.add_argument("--recent-frames", type=int, help="frames: recent frames")
+    add_cache_flags(parser, "the page's first strategy; users may change it")
     server = parser.add_argument_group("server")
     on_spaces = os.environ.get("SYSTEM") == "spaces"  # Spaces serves from a container
     server.add_argument("--host", default="0.0.0.0" if on_spaces else "127.0.0.1")
@@ -118,10 +111,13 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from cache import STRATEGIES, declared, is_class_path, names, strategy_class  # noqa: E402
 from mineworld.actions import make_action  # noqa: E402
+from mineworld.cache_flags import strategy_params  # noqa: E402
 from mineworld.decoding import Sampling  # noqa: E402
 from mineworld.embedded import SCENE, demo_scene  # noqa: E402
-from mineworld.loading import USER_ERRORS, load_model, one_line, strategy_params  # noqa: E402
+from mineworld.loading import USER_ERRORS, load_model, one_line  # noqa: E402
+from mineworld.model import cache_layout  # noqa: E402
 from mineworld.play import (  # noqa: E402
     KEPT_FRAMES,
     MAX_SCENE_FRAMES,
@@ -154,8 +150,6 @@ CAMERA_KEY_DEG = 15.0  # how far one arrow key turns the camera
 IDLE_SECONDS = 20 * 60  # a session untouched this long is freed
 QUEUE_SIZE = 64
 MODEL_QUEUE = "model"  # the concurrency id of the events that prefill (frames do not wait)
-# The parameter Session fills in itself, so users never set it.
-FILLED_BY_SESSION = {"frame_tokens"}
 
 # Controls: name -> (button label, keyboard key as KeyboardEvent.key, lower-cased when one
 # character). A name is a MineWorld button, or a camera move in CAMERA_MOVES.
@@ -282,18 +276,6 @@ def control_action(name: str, pitch: float, yaw: float) -> dict:
     return make_action([name])
 
 
-def strategy_parameters() -> dict[str, dict[str, object]]:
-    """Each registered strategy's user-settable parameters and their defaults."""
-    return {
-        name: {
-            param.name: param.default
-            for param in inspect.signature(cls).parameters.values()
-            if param.name not in FILLED_BY_SESSION
-        }
-        for name, cls in sorted(STRATEGIES.items())
-    }
-
-
 # -- resources ---------------------------------------------------------------------------------
 
 
@@ -307,14 +289,22 @@ class Resources:
     strategy: str
     params: dict
     options: Options
+    # The pickers take any package.module:Class typed in, not only the listed strategies:
+    # importing a module runs its code, so only where the page is served to this machine.
+    any_class_path: bool = False
 
     def comparison(self) -> tuple[str, dict]:
-        """Strategy B of the Compare tab at first: the full context when A manages the cache,
-        else a window of frames that fits the model's context."""
-        if self.strategy != "none":
-            return "none", {}
-        recent = max(1, self.model.config.context_frames - 2)  # + 1 sink + the frame being made
-        return "frames", {"sink_frames": 1, "recent_frames": recent}
+        """Strategy B of the Compare tab at first, with its defaults for the model: when A
+        keeps a budget, the first registered strategy that keeps the whole context; else
+        the last registered one that keeps a budget."""
+        bounded = strategy_class(self.strategy).bounded
+        others = [name for name, cls in STRATEGIES.items() if cls.bounded != bounded]
+        return (others[-1] if not bounded else others[0]), {}
+
+    @property
+    def strategy_choices(self) -> list[str]:
+        """The pickers' list: every registered strategy, and the command line's class."""
+        return names() + ([self.strategy] if is_class_path(self.strategy) else [])
 
     def default_start(self, scene: Scene) -> int:
         """The frame play starts after: enough frames before it to fill the reference."""
@@ -348,7 +338,9 @@ def load_resources(args: argparse.Namespace) -> Resources:
     options = Options(
         reference, "diagonal" if args.diagd else "naive", window, sampling, args.seed,
     )
-    resources = Resources(model, tokenizer, scene, args.cache_strategy, params, options)
+    loopback = args.host in ("127.0.0.1", "localhost", "::1")
+    resources = Resources(model, tokenizer, scene, args.cache_strategy, params, options,
+                          any_class_path=loopback)
     PlaySession(  # bad settings fail here, before the server starts
         model, tokenizer, scene, resources.default_start(scene), [(args.cache_strategy, params)],
         options,
@@ -361,27 +353,44 @@ def load_resources(args: argparse.Namespace) -> Resources:
 
 @dataclass
 class StrategyPicker:
-    """A strategy dropdown and an input per parameter; only the chosen one's are visible."""
+    """A strategy dropdown and, for every declared strategy, an input per parameter that has a
+    default for the loaded model, holding it (a flag's value for the command line's strategy);
+    only the chosen strategy's inputs are visible. A ``package.module:Class`` of the (K, V)
+    protocol shows the ``custom`` adapter's, none: it keeps its own ``cache_size`` (an input
+    without a value would be a required argument of the page's API)."""
 
     dropdown: gr.Dropdown
-    inputs: dict[str, gr.components.Component]
+    inputs: dict[tuple[str, str], gr.components.Component]  # (strategy, parameter) -> input
+    choices: list[str]
+    any_class_path: bool
 
     @classmethod
-    def build(cls, label: str, strategy: str, params: dict) -> StrategyPicker:
-        choices = strategy_parameters()
-        defaults = {p: v for taken in choices.values() for p, v in taken.items()}
+    def build(cls, label: str, strategy: str, params: dict, resources: Resources
+              ) -> StrategyPicker:
+        layout = cache_layout(resources.model.config)
+        shown = input_group(strategy)
         inputs = {}
         with gr.Column(), gr.Row():
-            dropdown = gr.Dropdown(sorted(choices), value=strategy, label=label)
-            for param, default in defaults.items():
-                value, visible = params.get(param, default), param in choices[strategy]
-                if isinstance(default, bool):
-                    inputs[param] = gr.Checkbox(value=value, label=param, visible=visible)
-                else:
-                    precision = 0 if isinstance(default, int) else None
-                    inputs[param] = gr.Number(value=value, label=param, precision=precision,
+            dropdown = gr.Dropdown(resources.strategy_choices, value=strategy, label=label,
+                                   allow_custom_value=resources.any_class_path)
+            for group, declaration in declared().items():
+                defaults = declaration.defaults(layout)
+                if group == shown:
+                    defaults = {**defaults, **params}
+                for param in declaration.settable():
+                    value, visible = defaults.get(param.name), group == shown
+                    if value is None:
+                        continue
+                    tip = f"{param.help} ({param.range_text})"
+                    if param.type is bool:
+                        component = gr.Checkbox(value=bool(value), label=param.name, info=tip,
+                                                visible=visible)
+                    else:  # no minimum / maximum: the strategy's message names the range
+                        component = gr.Number(value=value, label=param.name, info=tip,
+                                              precision=0 if param.type is int else None,
                                               visible=visible, min_width=100)
-        picker = cls(dropdown, inputs)
+                    inputs[group, param.name] = component
+        picker = cls(dropdown, inputs, resources.strategy_choices, resources.any_class_path)
         dropdown.change(picker.show_parameters, dropdown, list(inputs.values()),
                         api_visibility="private")
         return picker
@@ -391,22 +400,37 @@ class StrategyPicker:
         return [self.dropdown, *self.inputs.values()]
 
     def show_parameters(self, strategy: str) -> list:
-        taken = strategy_parameters()[strategy]
-        return [gr.update(visible=param in taken) for param in self.inputs]
+        try:
+            shown = input_group(self.checked_spec(strategy))
+        except ValueError:
+            shown = None
+        return [gr.update(visible=group == shown) for group, _param in self.inputs]
+
+    def checked_spec(self, strategy: str) -> str:
+        """``strategy`` if this page takes it: a registered name, or a class path the page
+        was started with or (``any_class_path``) any class path; else ValueError."""
+        if not isinstance(strategy, str) or not strategy:
+            raise ValueError(f"strategy must be one of {', '.join(names())}, got {strategy!r}")
+        if (is_class_path(strategy) and not self.any_class_path
+                and strategy not in self.choices):
+            raise ValueError(f"this page takes the strategies listed ({', '.join(names())}); a "
+                             "package.module:Class only when it is served on 127.0.0.1")
+        return strategy
 
     def chosen(self, strategy: str, *values) -> tuple[str, dict]:
-        """(strategy, its parameters) from the picker's component values; ValueError for a
-        strategy that does not exist or a value that is not a finite number (the strategy
-        itself checks ranges)."""
-        choices = strategy_parameters()
-        if strategy not in choices:
-            raise ValueError(f"strategy must be one of {', '.join(choices)}, got {strategy!r}")
+        """(strategy, its parameters) from the picker's component values: the chosen
+        strategy's inputs that are filled (an empty one keeps its default for the model);
+        ValueError for a strategy the page does not take (the strategy checks the values)."""
+        group = input_group(self.checked_spec(strategy))
         given = dict(zip(self.inputs, values, strict=True))
-        params = {param: given[param] for param in choices[strategy] if given[param] is not None}
-        for param, value in params.items():
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{param} must be a finite number, got {value!r}")
-        return strategy, params
+        return strategy, {param: value for (owner, param), value in given.items()
+                          if owner == group and value is not None}
+
+
+def input_group(strategy: str) -> str:
+    """Whose inputs a strategy shows: its own declaration's (a class path of the (K, V)
+    protocol: the custom adapter's)."""
+    return strategy_class(strategy).name
 
 
 @dataclass
@@ -698,7 +722,9 @@ class Demo:
         return restart_if
 
     def switch(self, view: PlayView, picker: StrategyPicker):
-        """Handler: continue from the current state with another strategy."""
+        """Handler: continue from the current state with another strategy. Outputs: the
+        view's, then the picker's dropdown, which a refusal sets back to the strategy that
+        plays on."""
 
         def switch(request: gr.Request, seat: Seat, *picker_values):
             try:
@@ -710,8 +736,10 @@ class Demo:
                     self.scheduler.call(seat.play.switch_strategy, 0, strategy, params)
             except PLAY_ERRORS as error:
                 gr.Warning(str(error))
-                return view.status_only(f"Strategy not changed: {error}")
-            return view.values(seat)
+                playing = (self.resources.strategy if seat.play is None or seat.play.closed
+                           else seat.play.sides[0].strategy)
+                return [*view.status_only(f"Strategy not changed: {error}"), playing]
+            return [*view.values(seat), gr.skip()]
 
         return switch
 
@@ -1012,7 +1040,7 @@ def build_demo(resources: Resources) -> gr.Blocks:
                                           truth=True)
                 with gr.Column(scale=1):
                     picker = StrategyPicker.build("Cache strategy", resources.strategy,
-                                                  resources.params)
+                                                  resources.params, resources)
                     with gr.Row():
                         apply = gr.Button("Apply strategy (continue from here)", size="sm")
                         reset = gr.Button("Reset to the start frame", size="sm")
@@ -1028,8 +1056,9 @@ def build_demo(resources: Resources) -> gr.Blocks:
         restart_inputs = [view.state, scene_state, start, seed, *picker.components]
         reset.click(restart, restart_inputs, view.outputs, api_name="reset",
                     concurrency_id=MODEL_QUEUE)
-        apply.click(demo.switch(view, picker), [view.state, *picker.components], view.outputs,
-                    api_name="apply_strategy", concurrency_id=MODEL_QUEUE)
+        apply.click(demo.switch(view, picker), [view.state, *picker.components],
+                    [*view.outputs, picker.dropdown], api_name="apply_strategy",
+                    concurrency_id=MODEL_QUEUE)
         truth.change(demo.show_truth(view), [view.state, truth], view.frame_outputs,
                      api_name="show_truth", show_progress="hidden")
         download.click(demo.export, view.state, video, api_name="download").success(
@@ -1043,8 +1072,9 @@ def build_demo(resources: Resources) -> gr.Blocks:
         with gr.Tab("Compare") as compare_tab:
             with gr.Row():
                 pickers = [
-                    StrategyPicker.build("Strategy A", resources.strategy, resources.params),
-                    StrategyPicker.build("Strategy B", *resources.comparison()),
+                    StrategyPicker.build("Strategy A", resources.strategy, resources.params,
+                                         resources),
+                    StrategyPicker.build("Strategy B", *resources.comparison(), resources),
                 ]
             with gr.Row():
                 compare = gr.Button("Reset both to the start frame", variant="primary",

@@ -42,12 +42,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cache import STRATEGIES
 from mineworld.actions import ActionFileError, read_actions
+from mineworld.cache_flags import add_cache_flags, strategy_params
 from mineworld.cli import positive_int
 from mineworld.decoding import Sampling
 from mineworld.embedded import VALIDATION_DIR
-from mineworld.loading import USER_ERRORS, load_model, one_line, strategy_params, uses_embedded
+from mineworld.loading import USER_ERRORS, load_model, one_line, uses_embedded
 from mineworld.metrics import sequence_scores
 from mineworld.session import Session, default_reference_frames, pick_device
 from mineworld.video import VideoFileError, list_clips, read_video, write_video
@@ -120,16 +120,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     decode.add_argument("--top_p", type=float)
     decode.add_argument("--seed", type=int, default=0, help="default: 0")
 
-    cache = parser.add_argument_group(
-        "KV cache", "only the flags given are passed to the strategy; the others keep its defaults"
-    )
-    cache.add_argument("--cache-strategy", choices=sorted(STRATEGIES), default="none",
-                       help="default: none (full context, re-prefill when it is used up)")
-    cache.add_argument("--hh-ratio", type=float, help="h2o, hybrid: heavy hitters per prompt token")
-    cache.add_argument("--start-size", type=int, help="streaming, hybrid: sink tokens")
-    cache.add_argument("--recent-size", type=int, help="streaming, h2o, hybrid: recent tokens")
-    cache.add_argument("--sink-frames", type=int, help="frames: sink frames")
-    cache.add_argument("--recent-frames", type=int, help="frames: recent frames")
+    add_cache_flags(parser, "only the flags given are passed to the strategy; the others keep "
+                    "its defaults for the model")
     return parser.parse_args(argv)
 
 

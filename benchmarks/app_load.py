@@ -55,7 +55,8 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-APP_ARGS = ["--cache-strategy", "frames", "--sink-frames", "1", "--recent-frames", "6"]
+STRATEGY = "frames"  # served with its defaults for the model, and replayed so
+APP_ARGS = ["--cache-strategy", STRATEGY]
 
 
 def start_server(port: int, temp: str, log: Path, command: list[str] | None = None,
@@ -127,8 +128,7 @@ def replay(results: dict[int, tuple]) -> int:
         name = control.replace("_", " ")
         action = make_action((), *CAMERA_MOVES[name]) if name in CAMERA_MOVES else make_action(
             [name])
-        play = PlaySession(model, tokenizer, scene, start,
-                           [("frames", {"sink_frames": 1, "recent_frames": 6})],
+        play = PlaySession(model, tokenizer, scene, start, [(STRATEGY, {})],
                            Options(reference, seed=index, **options))
         for frame in frames:
             play.step(action)

@@ -13,7 +13,9 @@ tokens: 347 tokens per frame; vocab 8262; 5552 positions = 16 frames) but a smal
 it runs on a few CPU cores (``--width/--layers/--heads/--kv-heads/--mlp``), with random weights.
 The tokenizer is a cheap stand-in (mean red level of 4 x 4 patches -> ids, ids -> flat patches).
 Each strategy gets its own ``Session`` (8 reference frames, diagonal schedule, window 2 by
-default) and plays ``--frames`` frames of the same seeded action script.
+default), keeps ``BUDGET_FRAMES`` frames when it keeps a budget (the parameters its own
+``for_budget`` gives; ``--set`` overrides them) and plays ``--frames`` frames of the same seeded
+action script.
 
 Baseline: for each strategy, a ``none`` session prefilled with as many whole frames as the
 strategy keeps live in steady state (its budget / 347, rounded; the frame's prefix of the last
@@ -49,23 +51,17 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.common import percentile, print_machine
-from cache import KVCacheManager
+from cache import STRATEGIES, KVCacheManager, Layout
 from mineworld.actions import make_action
-from mineworld.config import ModelConfig
-from mineworld.model import RotaryEmbedding, Transformer
+from mineworld.config import ACTION_TOKENS, ModelConfig
+from mineworld.model import RotaryEmbedding, Transformer, cache_layout
 from mineworld.session import Session
 from mineworld.tokenizers.base import ImageTokenizer
 
 ROWS, COLS, CODES, VOCAB, POSITIONS = 14, 24, 8192, 8262, 5552
 PATCH = 4  # stand-in frames are (4 * 14) x (4 * 24) pixels
 
-DEFAULT_PARAMS: dict[str, dict] = {  # budgets of about 8 frames (8 * 347 = 2776 tokens)
-    "none": {},
-    "streaming": {"start_size": 4, "recent_size": 2776},
-    "h2o": {"hh_ratio": 0.1, "recent_size": 2496},
-    "hybrid": {"start_size": 4, "hh_ratio": 0.1, "recent_size": 2492},
-    "frames": {"sink_frames": 1, "recent_frames": 7},
-}
+BUDGET_FRAMES = 8  # what each bounded strategy keeps by default: 8 * 347 = 2776 tokens
 COUNTERS = ("evicted_tokens", "eviction_events", "rebases", "reprefills", "reprefill_seconds")
 
 
@@ -123,8 +119,16 @@ def parse_value(raw: str):
         return float(raw)
 
 
-def parse_overrides(items: list[str], strategies: list[str]) -> dict[str, dict]:
-    params = {name: dict(DEFAULT_PARAMS[name]) for name in strategies}
+def budget_params(strategies: list[str], layout: Layout, prompt_length: int) -> dict[str, dict]:
+    """Each strategy's parameters for ``BUDGET_FRAMES`` frames (its own ``for_budget``)."""
+    tokens = BUDGET_FRAMES * layout.frame_tokens
+    return {name: STRATEGIES[name].for_budget(tokens, layout, prompt_length)
+            for name in strategies}
+
+
+def parse_overrides(items: list[str], params: dict[str, dict]) -> dict[str, dict]:
+    """``params`` with the ``--set STRATEGY.PARAM=VALUE`` overrides applied."""
+    params = {name: dict(values) for name, values in params.items()}
     for item in items:
         key, _, raw = item.partition("=")
         name, _, field = key.partition(".")
@@ -143,15 +147,14 @@ def bookkeeping(steps: int = 2000) -> None:
     layers, kv_heads, head_dim, block = 4, 1, 64, 64
     print("| strategy | capacity | us/step p50 | us/step mean (re-bases included) |")
     print("|---|---:|---:|---:|")
-    for name in ("streaming", "frames", "h2o"):
+    for name, strategy in STRATEGIES.items():
+        if not strategy.bounded:
+            continue
         for capacity in (1024, 4096, 16384):
-            params = {
-                "streaming": {"start_size": 4, "recent_size": capacity - 4},
-                "frames": {"frame_tokens": block, "recent_frames": capacity // block - 1},
-                "h2o": {"hh_ratio": 0.5, "recent_size": capacity // 2},
-            }[name]
             positions = 2 * capacity  # a re-base every `capacity` tokens
-            manager = KVCacheManager(name, **params)
+            layout = Layout(block, positions)
+            params = strategy.for_budget(capacity, layout, prompt_length=capacity)
+            manager = KVCacheManager(name, layout=layout, **params)
             manager.bind(num_layers=layers, num_kv_heads=kv_heads, head_dim=head_dim,
                          max_positions=positions, rotate=RotaryEmbedding(head_dim, positions, 1e4),
                          dtype=torch.float32, device="cpu")
@@ -205,8 +208,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=200, help="timed frames per strategy")
     parser.add_argument("--warmup", type=int, default=1, help="untimed frames first")
-    parser.add_argument("--strategies", default=",".join(DEFAULT_PARAMS),
-                        help="comma-separated (default: all five)")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES),
+                        help="comma-separated (default: every registered one)")
     parser.add_argument("--set", action="append", default=[], metavar="STRATEGY.PARAM=VALUE",
                         help="override a strategy parameter, e.g. h2o.recent_size=2000")
     parser.add_argument("--schedule", default="diagonal", choices=["diagonal", "naive"])
@@ -239,14 +242,15 @@ def main() -> None:
         bookkeeping()
         return
     names = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    unknown = [n for n in names if n not in DEFAULT_PARAMS]
+    unknown = [n for n in names if n not in STRATEGIES]
     if unknown:
-        parser.error(f"unknown strategies {unknown}; choose from {list(DEFAULT_PARAMS)}")
-    params = parse_overrides(args.set, names)
+        parser.error(f"unknown strategies {unknown}; choose from {list(STRATEGIES)}")
 
     model, tokenizer = build_model(args), PatchTokenizer()
     config = model.config
     frame_tokens = config.tokens_per_frame
+    prompt_length = args.reference_frames * frame_tokens - ACTION_TOKENS - 1  # as Session's
+    params = parse_overrides(args.set, budget_params(names, cache_layout(config), prompt_length))
     print_machine("cache_strategies")
     print(f"model: {config.num_hidden_layers} layers, hidden {config.hidden_size}, MLP "
           f"{config.intermediate_size}, {config.num_attention_heads} heads / "

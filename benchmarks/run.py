@@ -13,10 +13,11 @@ the model card's evaluation), the world's scripted player plays ``WARMUP`` frame
 prefilled with the next ``reference_frames`` true frames (half the context, as MineWorld) and then
 generates ``--frames`` frames, one per action: the scripted play, ending in a revisit (stand still
 for ``STILL_FRAMES``, turn ``TURN_FRAMES`` x ``TURN_STEP`` degrees one way, as many back). Every
-strategy at every budget (see ``budget_params``), plus ``none`` (the full context, re-prefilled
-from the newest reference frames when it is used up: the baseline), gets its own ``Session`` with
-greedy decoding; all of them step through the same actions in turn, the order rotating every frame
-so that a loaded machine slows them alike. The world renders the true frame for every action.
+strategy at every budget (its own ``for_budget``: see ``budget_params``), plus ``none`` (the full
+context, re-prefilled from the newest reference frames when it is used up: the baseline), gets
+its own ``Session`` with greedy decoding; all of them step through the same actions in turn, the
+order rotating every frame so that a loaded machine slows them alike. The world renders the
+true frame for every action.
 
 Written to ``--out`` (default ``results/``):
 
@@ -52,7 +53,7 @@ from tqdm import tqdm
 
 from benchmarks.common import machine_line, percentile
 from benchmarks.plot import Panel, line_charts
-from cache import STRATEGIES
+from cache import STRATEGIES, Layout
 from mineworld.config import ACTION_TOKENS
 from mineworld.decoding import Sampling
 from mineworld.embedded import MODEL_DIR, load_embedded
@@ -65,6 +66,7 @@ from mineworld.metrics import (
     revisit_scores,
     zoom,
 )
+from mineworld.model import cache_layout
 from mineworld.play import process_memory_mb
 from mineworld.session import Session, default_reference_frames
 from mineworld.train import HELD_OUT_SEED_BASE
@@ -75,42 +77,24 @@ SEED_BASE = HELD_OUT_SEED_BASE + 700  # held-out worlds of this benchmark alone
 WARMUP = 20  # frames of play before the reference frames, so they are not the spawn view
 STILL_FRAMES, TURN_FRAMES, TURN_STEP = 3, 4, CAMERA_STEPS[-1]  # the revisit: 55 degrees away
 MIN_SHIFT_PX, MIN_ZOOM_PX = 0.5, 0.25  # motion that counts as a visible move
-SINK_TOKENS, HH_RATIO = 4, 0.1  # the strategies' defaults
-COLOURS = {"none": (0, 0, 0), "streaming": (31, 119, 180), "h2o": (255, 127, 14),
-           "hybrid": (44, 160, 44), "frames": (214, 39, 40)}  # fmt: skip
+# Line colours in registration order: black for the first (the full-context baseline), then
+# matplotlib's tab10.
+PALETTE = [(0, 0, 0), (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40),
+           (148, 103, 189), (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34),
+           (23, 190, 207)]  # fmt: skip
 MIB = 2**20
 PLOT_PSNR_CAP = 60.0  # dB plotted for frames identical to the reference (PSNR is infinite)
 
 
-def budget_params(strategy: str, budget_frames: int, frame_tokens: int,
-                  prompt_length: int) -> dict:
-    """Parameters that make ``strategy`` keep ``budget_frames * frame_tokens`` tokens.
+def colours() -> dict[str, tuple[int, int, int]]:
+    return {name: PALETTE[index % len(PALETTE)] for index, name in enumerate(STRATEGIES)}
 
-    ========= ==================================================================================
-    streaming ``SINK_TOKENS`` (4) sinks + the rest recent
-    h2o       ``round(HH_RATIO * prompt_length)`` heavy hitters (its default ratio, 0.1) + the
-              rest recent
-    hybrid    4 sinks + the same heavy hitters + the rest recent
-    frames    1 sink frame + the rest as recent frames; no sink frame under 3 frames, since the
-              frame being written and the one before it must both fit in the recent window
-    ========= ==================================================================================
 
-    ``prompt_length``: the tokens prefilled (H2O sizes its heavy hitters by it). ``none`` takes
-    no budget (it keeps the full context); an unmapped strategy is a ValueError.
-    """
-    tokens = budget_frames * frame_tokens
-    heavy = round(HH_RATIO * prompt_length)
-    if strategy == "streaming":
-        return {"start_size": SINK_TOKENS, "recent_size": tokens - SINK_TOKENS}
-    if strategy == "h2o":
-        return {"hh_ratio": HH_RATIO, "recent_size": tokens - heavy}
-    if strategy == "hybrid":
-        return {"start_size": SINK_TOKENS, "hh_ratio": HH_RATIO,
-                "recent_size": tokens - SINK_TOKENS - heavy}
-    if strategy == "frames":
-        sinks = 1 if budget_frames >= 3 else 0
-        return {"sink_frames": sinks, "recent_frames": budget_frames - sinks}
-    raise ValueError(f"no budget mapping for strategy {strategy!r}: add it to budget_params")
+def budget_params(strategy: str, budget_frames: int, layout: Layout, prompt_length: int) -> dict:
+    """Parameters that make ``strategy`` keep ``budget_frames`` whole frames of ``layout``
+    after a prompt of ``prompt_length`` tokens (the strategy's own ``for_budget``)."""
+    return STRATEGIES[strategy].for_budget(budget_frames * layout.frame_tokens, layout,
+                                           prompt_length)
 
 
 # -- the play --------------------------------------------------------------------------------
@@ -178,9 +162,10 @@ def make_runs(model, tokenizer, case: Case, schedule: str, strategies: list[str]
     # What Session prefills: the reference frames and the actions between them, less the
     # newest frame's last token (it is fed with the first action).
     prompt_length = reference_frames * config.tokens_per_frame - ACTION_TOKENS - 1
-    plan = [("none", None, {})] if "none" in strategies else []
-    plan += [(name, b, budget_params(name, b, config.tokens_per_frame, prompt_length))
-             for b in budgets for name in strategies if name != "none"]
+    layout = cache_layout(config)
+    plan = [(name, None, {}) for name in strategies if not STRATEGIES[name].bounded]
+    plan += [(name, b, budget_params(name, b, layout, prompt_length))
+             for b in budgets for name in strategies if STRATEGIES[name].bounded]
     runs = []
     for name, budget, params in plan:
         # Greedy whatever the model's default: the same play decodes the same way under
@@ -233,7 +218,7 @@ def motion_rows(frames: list[np.ndarray], case: Case) -> list[dict]:
 
 def score(runs: list[Run], case: Case, reference_frames: int) -> list[dict]:
     """The CSV rows of one case and schedule: statistics, quality, motion, revisit."""
-    baseline = next((r for r in runs if r.strategy == "none"), None)
+    baseline = next((r for r in runs if r.budget_frames is None), None)  # the full context
     before, back = case.revisit
     rows = []
     for run in runs:
@@ -465,9 +450,9 @@ def write_plots(folder: Path, rows: list[dict], frame_tokens: int) -> list[Path]
                                          [first[i]["rss_mib"] for _, i in order])},
                         xlabel="frame step"))
     return [
-        line_charts(quality, folder / "quality.png", COLOURS, columns=2),
-        line_charts(speed, folder / "ms_per_frame.png", COLOURS, columns=len(budgets)),
-        line_charts(memory, folder / "kv_memory.png", COLOURS, columns=2),
+        line_charts(quality, folder / "quality.png", colours(), columns=2),
+        line_charts(speed, folder / "ms_per_frame.png", colours(), columns=len(budgets)),
+        line_charts(memory, folder / "kv_memory.png", colours(), columns=2),
     ]
 
 
@@ -539,8 +524,9 @@ def main(argv: list[str] | None = None) -> Path:
                  f"{', '.join(fmt(c.true_revisit_psnr, 1) for c in cases)} dB (- : identical).")
     print(machine_line())
     print(settings)
-    bounded = len([s for s in args.strategies if s != "none"])
-    per_case = (("none" in args.strategies) + bounded * len(args.budgets)) * args.frames
+    bounded = len([s for s in args.strategies if STRATEGIES[s].bounded])
+    unbounded = len(args.strategies) - bounded
+    per_case = (unbounded + bounded * len(args.budgets)) * args.frames
     total = per_case * len(cases) * len(args.schedules)
     print(f"{total} frames to generate ({len(cases)} worlds x {len(args.schedules)} schedules x "
           f"{per_case // args.frames} runs x {args.frames} frames); the bar shows the time left")

@@ -59,9 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="frames before the start figures (default: KEPT_FRAMES, once the "
                         "app's history is full)")
     parser.add_argument("--strategy", default="frames")
-    parser.add_argument("--params", type=json.loads, default=None,
-                        help='strategy parameters as JSON (default for frames: 1 sink frame, '
-                        'the context less two recent frames)')
+    parser.add_argument("--params", type=json.loads, default={},
+                        help="strategy parameters as JSON (default: the strategy's defaults for "
+                        "the model)")
     parser.add_argument("--schedule", choices=["diagonal", "naive"], default="diagonal")
     parser.add_argument("--window", type=int, help="diagonal window (default: the model's)")
     parser.add_argument("--no-truth", action="store_true",
@@ -83,15 +83,11 @@ def main(argv=None) -> int:
     frames, actions = demo_scene(SCENE)
     world = None if args.no_truth else read_recording(SCENE)
     scene = Scene(SCENE.name, resize_frames(frames, tokenizer.frame_size), actions, world)
-    params = args.params
-    if params is None:
-        params = ({"sink_frames": 1, "recent_frames": model.config.context_frames - 2}
-                  if args.strategy == "frames" else {})
     reference = default_reference_frames(model.config)
     options = Options(reference, args.schedule, args.window, Sampling(), args.seed)
-    play = PlaySession(model, tokenizer, scene, reference - 1, [(args.strategy, params)],
+    play = PlaySession(model, tokenizer, scene, reference - 1, [(args.strategy, args.params)],
                        options)
-    print(f"strategy {args.strategy} {json.dumps(params)}, {args.schedule} decoding, "
+    print(f"strategy {play.describe_sides()}, {args.schedule} decoding, "
           f"{args.frames} frames, true world {'off' if args.no_truth else 'on'}, "
           f"history kept: {KEPT_FRAMES} frames")
     ms, cpu_ms, rss = [], [], []

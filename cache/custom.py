@@ -8,7 +8,9 @@ the sequence in position order, and the answer is such a list holding a selectio
 of those tokens.
 
 Before every step the adapter hands the policy the live tokens in position order
-and keeps the slots whose key and value come back; the rest are evicted. It is
+and keeps the slots whose key and value come back; the rest are evicted. The budget is
+the policy's ``cache_size`` unless one is given, and a step feeds at most its
+``recent_size`` tokens when it has one (StreamingLLM's class makes room for no more). It is
 slower than a native strategy (each step gathers the whole cache into position
 order), and the policy must select tokens, not alter them. Positions are packed
 like ``h2o``'s when the trained range would be left.
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .strategy import CacheView, Strategy, check_int
+from .strategy import CacheView, Layout, Param, Strategy
 
 
 def fingerprint(keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -32,10 +34,15 @@ def fingerprint(keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
 
 
 class CustomStrategy(Strategy):
+    """The adapter: ``policy`` is an object of the protocol; ``budget`` the most tokens it
+    keeps (default: its ``cache_size``, as StreamingLLM's class has)."""
+
     name = "custom"
+    params = (Param("budget", int, low=1, help="the most tokens a package.module:Class of the "
+                    "(K, V) protocol keeps (default: its cache_size)"),)
     per_head = True
 
-    def __init__(self, policy, budget: int):
+    def __init__(self, policy, **values):
         methods = ("__call__", "evict_for_space")
         missing = [m for m in methods if not callable(getattr(policy, m, None))]
         if missing:
@@ -44,11 +51,32 @@ class CustomStrategy(Strategy):
                 f"evict_for_space(past_key_values, num_coming); {type(policy).__name__} "
                 f"lacks {', '.join(missing)}"
             )
+        if values.get("budget") is None:
+            values["budget"] = getattr(policy, "cache_size", None)
+        if values["budget"] is None:
+            raise ValueError(
+                f"custom strategy {type(policy).__name__}: how many tokens does it keep? Pass "
+                f"budget=N (--budget N), or give it a cache_size attribute"
+            )
+        self.budget_tokens = self.checked(values)["budget"]  # budget() is the method
         self.policy = policy
-        self.budget_tokens = check_int("budget", budget, 1)
+        # StreamingLLM's class makes room for at most its recent window in one call.
+        recent = getattr(policy, "recent_size", None)
+        self.step_tokens = recent if isinstance(recent, int) and recent > 0 else None
+
+    @classmethod
+    def defaults(cls, layout: Layout) -> dict:
+        return {}  # the budget is the policy's own cache_size unless one is given
+
+    @classmethod
+    def for_budget(cls, tokens: int, layout: Layout, prompt_length: int | None = None) -> dict:
+        return {"budget": tokens}
 
     def budget(self, prompt_length: int) -> int:
         return self.budget_tokens
+
+    def step_room(self, budget: int) -> int:
+        return budget if self.step_tokens is None else min(budget, self.step_tokens)
 
     def describe(self) -> dict:
         return {"policy": type(self.policy).__name__, "budget": self.budget_tokens}

@@ -16,18 +16,32 @@ import math
 
 import torch
 
-from .strategy import CacheView, Strategy, check_int, sink_mask
+from .strategy import CacheView, Layout, Param, Strategy, sink_mask
 
 
 class FrameWindow(Strategy):
     name = "frames"
+    params = (
+        Param("frame_tokens", int, low=1, help="tokens per frame block",
+              from_layout="frame_tokens"),
+        Param("sink_frames", int, 1, low=0, help="the first whole frames, kept as an anchor"),
+        Param("recent_frames", int, 7, low=1,
+              help="the newest whole frames kept, the one being written included"),
+    )
     fixed_score = True
 
-    def __init__(self, frame_tokens: int, sink_frames: int = 1, recent_frames: int = 7):
-        self.frame_tokens = check_int("frame_tokens", frame_tokens, 1)
-        self.sink_frames = check_int("sink_frames", sink_frames, 0)
-        self.recent_frames = check_int("recent_frames", recent_frames, 1)
-        self.position_stride = self.frame_tokens
+    @classmethod
+    def for_budget(cls, tokens: int, layout: Layout, prompt_length: int | None = None) -> dict:
+        """As many whole frames as fit: one sink frame and the rest recent; no sink frame
+        under 3 frames, since the frame being written and the one before it must both fit in
+        the recent window."""
+        frames = tokens // layout.frame_tokens
+        sinks = 1 if frames >= 3 else 0
+        return {"sink_frames": sinks, "recent_frames": frames - sinks}
+
+    @property
+    def position_stride(self) -> int:
+        return self.frame_tokens
 
     def budget(self, prompt_length: int) -> int:
         return (self.sink_frames + self.recent_frames) * self.frame_tokens
@@ -41,3 +55,8 @@ class FrameWindow(Strategy):
 
     def evict_count(self, needed: int) -> int:
         return math.ceil(needed / self.frame_tokens) * self.frame_tokens
+
+    def size_text(self, tokens: int) -> str:
+        frames, rest = divmod(tokens, self.frame_tokens)
+        unit = "frame" if frames == 1 else "frames"
+        return f"{frames} {unit}" if rest == 0 else f"{frames} whole {unit} ({tokens} tokens)"

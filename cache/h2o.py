@@ -13,18 +13,30 @@ import math
 
 import torch
 
-from .strategy import CacheView, Strategy, check_fraction, check_int, recent_mask
+from .strategy import CacheView, Layout, Param, Strategy, recent_mask
+from .streaming import RECENT_SIZE
+
+HH_RATIO = Param("hh_ratio", float, 0.1, low=0, high=1,
+                 help="heavy hitters kept per prompt token: the most attended keys")
+NORMALIZE = Param("normalize", bool, False,
+                  help="divide a key's attention by the number of queries that saw it")
 
 
 class HeavyHitters(Strategy):
     name = "h2o"
+    params = (HH_RATIO, RECENT_SIZE, NORMALIZE)
     tracks_attention = True
     per_head = True
 
-    def __init__(self, hh_ratio: float = 0.1, recent_size: int = 512, normalize: bool = False):
-        self.hh_ratio = check_fraction("hh_ratio", hh_ratio)
-        self.recent_size = check_int("recent_size", recent_size, 1)
-        self.normalize = bool(normalize)
+    @classmethod
+    def for_budget(cls, tokens: int, layout: Layout, prompt_length: int | None = None) -> dict:
+        """The default ratio of heavy hitters, the rest recent; at most half the budget heavy
+        hitters (a long prompt and a small budget: the ratio is lowered)."""
+        prompt = layout.room if prompt_length is None else prompt_length
+        ratio = HH_RATIO.default
+        if round(ratio * prompt) > tokens // 2:
+            ratio = tokens // 2 / prompt
+        return {"hh_ratio": ratio, "recent_size": tokens - round(ratio * prompt)}
 
     @property
     def counts_queries(self) -> bool:  # counting costs two ops per layer and step: only if used

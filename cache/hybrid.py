@@ -11,21 +11,19 @@ import math
 import torch
 
 from .h2o import HeavyHitters
-from .strategy import CacheView, check_int, sink_mask
+from .strategy import CacheView, Layout, sink_mask
+from .streaming import START_SIZE
 
 
 class SinksHeavyRecent(HeavyHitters):
     name = "hybrid"
+    params = (START_SIZE, *HeavyHitters.params)
 
-    def __init__(
-        self,
-        start_size: int = 4,
-        hh_ratio: float = 0.1,
-        recent_size: int = 512,
-        normalize: bool = False,
-    ):
-        super().__init__(hh_ratio=hh_ratio, recent_size=recent_size, normalize=normalize)
-        self.start_size = check_int("start_size", start_size, 1)
+    @classmethod
+    def for_budget(cls, tokens: int, layout: Layout, prompt_length: int | None = None) -> dict:
+        """The default sinks, then as ``h2o`` for the rest."""
+        rest = super().for_budget(tokens - START_SIZE.default, layout, prompt_length)
+        return {"start_size": START_SIZE.default, **rest}
 
     def budget(self, prompt_length: int) -> int:
         return self.start_size + super().budget(prompt_length)

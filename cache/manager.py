@@ -1,4 +1,4 @@
-"""KVCacheManager: the one entry point, and the registry of strategies by name.
+"""KVCacheManager: the one entry point.
 
 The manager owns the slots (:class:`cache.storage.KVStorage`), asks its
 strategy which tokens to evict, keeps positions inside the model's trained
@@ -24,44 +24,10 @@ from collections.abc import Callable
 
 import torch
 
-from .custom import CustomStrategy
-from .frames import FrameWindow
-from .h2o import HeavyHitters
-from .hybrid import SinksHeavyRecent
-from .none import FullContext
+from .registry import make_strategy
 from .stats import CacheStats, debug_enabled, debug_log
 from .storage import KVStorage
-from .strategy import CacheView, ScoreHeap, Strategy
-from .streaming import StreamingLLM
-
-STRATEGIES: dict[str, type[Strategy]] = {}
-
-
-def register(cls: type[Strategy]) -> type[Strategy]:
-    """Make a strategy class available by its ``name`` (usable as a decorator)."""
-    STRATEGIES[cls.name] = cls
-    return cls
-
-
-for _cls in (FullContext, StreamingLLM, HeavyHitters, SinksHeavyRecent, FrameWindow):
-    register(_cls)
-
-
-def make_strategy(strategy, **params) -> Strategy:
-    """A strategy from a registered name, a :class:`Strategy`, or an object of the
-    custom ``(K, V)`` protocol (see :mod:`cache.custom`; it needs ``budget=``)."""
-    if not isinstance(strategy, (str, Strategy)):
-        return CustomStrategy(strategy, **params)
-    if isinstance(strategy, Strategy):
-        if params:
-            raise ValueError("pass parameters to the strategy object, not to the manager")
-        return strategy
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {strategy!r}")
-    try:
-        return STRATEGIES[strategy](**params)
-    except TypeError as error:  # unknown or missing parameter
-        raise ValueError(f"strategy {strategy!r}: {error}") from None
+from .strategy import CacheView, Layout, ScoreHeap, Strategy
 
 
 class StepMask:
@@ -95,29 +61,38 @@ class ContextFull(RuntimeError):
 
 
 class KVCacheManager:
-    """``prompt_len``: the prompt length to size budgets by (H2O's ``hh_ratio`` x prompt) when
-    ``reset`` is not told one, as the published KV integration passed it."""
+    """``strategy``: anything :func:`cache.registry.make_strategy` takes; ``layout``: the
+    model's (the parameters not given are then the strategy's defaults for it, else its
+    declared ones); ``prompt_len``: the prompt length to size budgets by (H2O's ``hh_ratio`` x
+    prompt) when ``reset`` is not told one, as the published KV integration passed it."""
 
     def __init__(self, strategy: str | Strategy = "none", prompt_len: int | None = None,
-                 **params):
-        self.strategy = make_strategy(strategy, **params)
+                 layout: Layout | None = None, **params):
+        self.strategy = make_strategy(strategy, layout, **params)
         if prompt_len is not None and (isinstance(prompt_len, bool) or
                                        not isinstance(prompt_len, int) or prompt_len < 0):
             raise ValueError(f"prompt_len must be a whole number >= 0, got {prompt_len!r}")
         self.prompt_len = prompt_len
+        self.layout = layout
         self.storage: KVStorage | None = None
         self.stats = CacheStats()
         self.debug = debug_enabled()
-        # Set by bind (the model's shapes) and reset (a sequence); None until then.
+        # Set by bind (the model's shapes); None until then.
         self.shape: tuple[int, int, int] | None = None
         self.max_positions: int | None = None
         self.rotate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
         self.dtype: torch.dtype | None = None
         self.device: torch.device | None = None
+        # Set by reset (a sequence).
         self.heap: ScoreHeap | None = None
         self.step_tokens = 0
         self.next_position = 0
         self.newest_position = -1
+        # Set by begin_step (one forward pass).
+        self.step_slots: torch.Tensor | None = None
+        self.step_positions: torch.Tensor | None = None
+        self.step_needs_mask = False
+        self._shared_mask: StepMask | None = None
 
     # -- set-up ---------------------------------------------------------------
 
@@ -154,7 +129,7 @@ class KVCacheManager:
             prompt_length = self.prompt_len or 0
         budget = self.strategy.budget(prompt_length)
         capacity = self.max_positions if budget is None else budget
-        self._check_budget(budget, capacity, step_tokens)
+        self._check_budget(budget, capacity, step_tokens, prompt_length)
         storage = self.storage
         if storage is None or storage.capacity != capacity:
             storage = KVStorage(
@@ -177,42 +152,63 @@ class KVCacheManager:
         self.newest_position = -1
         self._update_stats()
 
-    def _check_budget(self, budget: int | None, capacity: int, step_tokens: int) -> None:
-        name = self.strategy.name
+    def _check_budget(self, budget: int | None, capacity: int, step_tokens: int,
+                      prompt_length: int) -> None:
+        """A ValueError, in the unit of the strategy's parameters, when ``budget`` leaves no
+        room for a step of ``step_tokens``; it suggests parameters that fit when the model's
+        layout is known."""
+        strategy = self.strategy
+        size = strategy.size_text
+        settings = ", ".join(f"{k}={v}" for k, v in strategy.describe().items())
+        name = f"{strategy.name} ({settings})" if settings else strategy.name
         if capacity < step_tokens:
             raise ValueError(
-                f"{name}: a budget of {capacity} tokens cannot hold one step of "
-                f"{step_tokens} tokens; raise it to at least {step_tokens}"
+                f"{name}: a budget of {size(capacity)} cannot hold one step of "
+                f"{step_tokens} tokens; raise it to at least {step_tokens} tokens"
             )
-        if budget is not None and budget + step_tokens > self.max_positions:
+        limit = self.max_positions - step_tokens
+        if budget is not None and budget > limit:
+            fitting = ""
+            if self.layout is not None:
+                params = type(strategy).for_budget(limit, self.layout, prompt_length)
+                settable = {param.name for param in type(strategy).settable()}
+                fitting = "; e.g. " + ", ".join(
+                    f"{k}={v}" for k, v in params.items() if k in settable)
             raise ValueError(
-                f"{name}: a budget of {budget} tokens plus a step of {step_tokens} exceeds the "
-                f"model's {self.max_positions} positions; use a budget <= "
-                f"{self.max_positions - step_tokens}"
+                f"{name}: a budget of {size(budget)} plus a step of {step_tokens} tokens "
+                f"exceeds the model's context of {size(self.max_positions)}; use at most "
+                f"{size(limit)}{fitting}"
             )
-        if self.strategy.step_room(capacity) < step_tokens:
+        room = strategy.step_room(capacity)
+        if room < step_tokens:
             raise ValueError(
-                f"{name}: its recent window ({self.strategy.describe()}) holds "
-                f"{self.strategy.step_room(capacity)} tokens, fewer than one step of "
-                f"{step_tokens}; enlarge it to at least {step_tokens} tokens"
+                f"{name}: its recent window holds {size(room)}, fewer than one step of "
+                f"{step_tokens} tokens; enlarge it to at least {step_tokens} tokens"
             )
 
     # -- positions ------------------------------------------------------------
 
+    def _reset_storage(self) -> KVStorage:
+        """The storage of the sequence under way; a RuntimeError before the first ``reset``."""
+        if self.storage is None:
+            raise RuntimeError("no sequence yet: call reset(prompt_length, step_tokens) first")
+        return self.storage
+
     @property
     def step_room(self) -> int:
         """Most tokens one forward pass may add (prefill chunks are cut to this)."""
-        return self.strategy.step_room(self.storage.capacity)
+        return self.strategy.step_room(self._reset_storage().capacity)
 
     def can_reserve(self, count: int) -> bool:
         """Whether ``count`` more positions fit (always, for evicting strategies)."""
-        evicting = self.storage.capacity < self.max_positions
+        evicting = self._reset_storage().capacity < self.max_positions
         return evicting or self.next_position + count <= self.max_positions
 
     def reserve(self, count: int) -> int:
         """First position of the next ``count`` tokens; re-bases positions if needed."""
+        storage = self._reset_storage()
         if self.next_position + count > self.max_positions:
-            if self.storage.capacity >= self.max_positions:
+            if storage.capacity >= self.max_positions:
                 raise ContextFull(
                     f"the full context of {self.max_positions} positions is used up"
                 )
@@ -262,7 +258,7 @@ class KVCacheManager:
 
     def begin_step(self, positions: torch.Tensor) -> None:
         """Make room for the tokens at ``positions`` (``[n]``) and pick their slots."""
-        storage = self.storage
+        storage = self._reset_storage()
         count = positions.numel()
         self._evict(storage.num_live + count - storage.capacity, count)
         slots = storage.claim(positions)  # the evicted slots first: no data moves
@@ -308,8 +304,8 @@ class KVCacheManager:
         if victims is None or victims.shape[-1] == 0:
             return
         count = victims.shape[-1]
-        if storage.num_live - count + incoming > storage.capacity:
-            raise RuntimeError(
+        if storage.num_live - count + incoming > storage.capacity:  # a custom policy's doing
+            raise ValueError(
                 f"{self.strategy.name}: kept {storage.num_live - count} tokens, no room for "
                 f"{incoming} more in a budget of {storage.capacity}"
             )

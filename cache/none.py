@@ -9,11 +9,16 @@ cache never holds more than the context.
 
 import torch
 
-from .strategy import CacheView, Strategy
+from .strategy import CacheView, Layout, Strategy
 
 
 class FullContext(Strategy):
     name = "none"
+    bounded = False
+
+    @classmethod
+    def for_budget(cls, tokens: int, layout: Layout, prompt_length: int | None = None) -> dict:
+        return {}  # it keeps the whole context: no budget to set
 
     def budget(self, prompt_length: int) -> None:
         return None

@@ -20,6 +20,12 @@ way (see :mod:`cache.custom`) overrides ``victims`` instead.
 
 Everything else (slots, eviction, positions, statistics) lives once in
 :class:`cache.manager.KVCacheManager`.
+
+A strategy also declares itself, once, on its class: its parameters (:class:`Param`: type,
+default, valid range, help), what defaults fit a model of a given :class:`Layout`
+(``defaults``), and which parameters keep a given number of tokens (``for_budget``). The
+command lines' flags, the demo's pickers, validation, the benchmarks and the tests read these
+declarations from the registry (:mod:`cache.registry`); none of them names a strategy.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -48,14 +54,139 @@ class CacheView:
     incoming: int  # tokens about to be written this step
 
 
+@dataclass(frozen=True)
+class Layout:
+    """What a strategy may know of the model it serves: a sequence made of fixed-size blocks
+    ("frames": a frame's tokens and whatever follows each one), and the positions it was
+    trained on."""
+
+    frame_tokens: int
+    context_tokens: int
+
+    @property
+    def context_frames(self) -> int:
+        return self.context_tokens // self.frame_tokens
+
+    @property
+    def room(self) -> int:
+        """The largest budget that leaves one frame of the context free for the step being
+        written: what a default must fit in."""
+        return self.context_tokens - self.frame_tokens
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a strategy, as people meet it: a flag of both command lines, an input
+    of the demo's picker, and the validation message when a value is out of range."""
+
+    name: str
+    type: type  # int, float or bool
+    default: Any = None  # None: none of its own (it comes from the layout, or must be given)
+    low: float | None = None
+    high: float | None = None
+    help: str = ""  # one line
+    from_layout: str | None = None  # a Layout field that fixes it: not the user's to set
+
+    @property
+    def range_text(self) -> str:
+        """The valid values, as messages and help say them: ">= 1", "in [0, 1]", "<= 8"."""
+        if self.type is bool:
+            return "true or false"
+        if self.low is not None and self.high is not None:
+            return f"in [{self.low}, {self.high}]"
+        if self.low is not None:
+            return f">= {self.low}"
+        return f"<= {self.high}" if self.high is not None else "finite"
+
+    def check(self, value):
+        """``value`` as this parameter's type, else a ValueError naming it, the value and
+        the valid range."""
+        if self.type is bool:
+            if not isinstance(value, bool):
+                raise ValueError(f"{self.name} must be true or false, got {value!r}")
+            return value
+        number = not isinstance(value, bool) and isinstance(value, (int, float))
+        low = -math.inf if self.low is None else self.low
+        high = math.inf if self.high is None else self.high
+        if self.type is float:
+            if not number or not math.isfinite(value) or not low <= value <= high:
+                bounded = self.low is not None or self.high is not None
+                what = f"a number {self.range_text}" if bounded else "a finite number"
+                raise ValueError(f"{self.name} must be {what}, got {value!r}")
+            return float(value)
+        if not number or not math.isfinite(value) or value != int(value):
+            raise ValueError(f"{self.name} must be an integer, got {value!r}")
+        if not low <= value <= high:
+            raise ValueError(f"{self.name} must be {self.range_text}, got {value!r}")
+        return int(value)
+
+
 class Strategy:
+    """A cache policy; subclasses declare ``name`` and ``params`` and answer the questions of
+    the module doc. Construction checks every value against its declaration."""
+
     name: ClassVar[str]
+    params: ClassVar[tuple[Param, ...]] = ()
+    bounded: ClassVar[bool] = True  # keeps a budget; else the whole context, never evicting
     tracks_attention: ClassVar[bool] = False  # needs attention weights of every query
     counts_queries: ClassVar[bool] = False  # keep_score reads ``view.seen`` too
     per_head: ClassVar[bool] = False  # evicts per (layer, kv head) rather than per token
     # keep_score depends on positions only, and re-basing keeps its order (module doc).
     fixed_score: ClassVar[bool] = False
     position_stride: int = 1  # re-base positions only by multiples of this
+
+    def __init__(self, **values):
+        for name, value in self.checked(values).items():
+            setattr(self, name, value)
+
+    @classmethod
+    def checked(cls, values: dict) -> dict:
+        """Every declared parameter's value (``values``, else its default), checked; a
+        ValueError names an unknown, missing or bad one (``None`` counts as not given)."""
+        declared = {param.name: param for param in cls.params}
+        unknown = [name for name in values if name not in declared]
+        if unknown:
+            takes = ", ".join(declared) or "no parameters"
+            raise ValueError(f"strategy {cls.name!r} takes no parameter {', '.join(unknown)} "
+                             f"(it takes: {takes})")
+        checked = {}
+        for param in cls.params:
+            value = values.get(param.name)
+            value = param.default if value is None else value
+            if value is None:
+                raise ValueError(f"strategy {cls.name!r} needs {param.name} ({param.help})")
+            checked[param.name] = param.check(value)
+        return checked
+
+    # -- the declaration, read by everything outside cache/ ---------------------------------
+
+    @classmethod
+    def settable(cls) -> tuple[Param, ...]:
+        """The parameters a user sets (the others come from the model's layout)."""
+        return tuple(param for param in cls.params if param.from_layout is None)
+
+    @classmethod
+    def defaults(cls, layout: Layout) -> dict:
+        """Every parameter for a model of ``layout``: the declared defaults when the budget
+        they give leaves a frame of the context free (for the longest prompt such a model
+        takes), else ``for_budget`` of that room."""
+        values = {
+            param.name: getattr(layout, param.from_layout) if param.from_layout else param.default
+            for param in cls.params
+        }
+        budget = cls(**values).budget(layout.room)
+        if budget is None or budget <= layout.room:
+            return values
+        return {**values, **cls.for_budget(layout.room, layout)}
+
+    @classmethod
+    def for_budget(cls, tokens: int, layout: Layout, prompt_length: int | None = None) -> dict:
+        """Parameters that make it keep exactly ``tokens`` tokens on a model of ``layout``
+        after a prompt of ``prompt_length`` tokens (default: the longest such a model takes,
+        ``layout.room``). An unbounded strategy answers ``{}``: it takes no budget."""
+        raise ValueError(f"strategy {cls.name!r} declares no budget mapping (for_budget)")
+
+    # -- what the manager asks -------------------------------------------------------------
 
     def budget(self, prompt_length: int) -> int | None:
         raise NotImplementedError
@@ -86,7 +217,11 @@ class Strategy:
 
     def describe(self) -> dict:
         """Parameters, for statistics and logs."""
-        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        return {param.name: getattr(self, param.name) for param in self.params}
+
+    def size_text(self, tokens: int) -> str:
+        """``tokens`` in the unit its parameters speak, for messages."""
+        return f"{tokens} tokens"
 
 
 class ScoreHeap:
@@ -111,22 +246,6 @@ class ScoreHeap:
         """The ``count`` lowest-scored slots, ``[1, 1, count]``, removed from the heap."""
         slots = [heapq.heappop(self.entries)[1] for _ in range(count)]
         return torch.tensor(slots, device=device).view(1, 1, -1)
-
-
-def check_int(name: str, value, low: int, high: float = math.inf) -> int:
-    """``value`` as an int in ``[low, high]``, else a ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if not low <= value <= high:
-        bound = f"[{low}, {high}]" if high != math.inf else f">= {low}"
-        raise ValueError(f"{name} must be {bound}, got {value!r}")
-    return int(value)
-
-
-def check_fraction(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-    return float(value)
 
 
 def recent_mask(view: CacheView, recent_size: int) -> torch.Tensor:

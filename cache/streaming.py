@@ -14,16 +14,21 @@ import math
 
 import torch
 
-from .strategy import CacheView, Strategy, check_int, sink_mask
+from .strategy import CacheView, Layout, Param, Strategy, sink_mask
+
+START_SIZE = Param("start_size", int, 4, low=1, help="sink tokens: the first ones, never evicted")
+RECENT_SIZE = Param("recent_size", int, 512, low=1, help="the newest tokens kept")
 
 
 class StreamingLLM(Strategy):
     name = "streaming"
+    params = (START_SIZE, RECENT_SIZE)
     fixed_score = True
 
-    def __init__(self, start_size: int = 4, recent_size: int = 512):
-        self.start_size = check_int("start_size", start_size, 1)
-        self.recent_size = check_int("recent_size", recent_size, 1)
+    @classmethod
+    def for_budget(cls, tokens: int, layout: Layout, prompt_length: int | None = None) -> dict:
+        """The default sinks, the rest recent."""
+        return {"start_size": START_SIZE.default, "recent_size": tokens - START_SIZE.default}
 
     def budget(self, prompt_length: int) -> int:
         return self.start_size + self.recent_size

@@ -8,27 +8,17 @@ user can fix raises ValueError (or OSError for files) with a message that names 
 from __future__ import annotations
 
 import argparse
-import inspect
 from pathlib import Path
 
 import yaml
 from safetensors import SafetensorError
 
-from cache import STRATEGIES, make_strategy
+from cache import make_strategy
 from mineworld.checkpoint import load_transformer, read_state_dict, split_prefix
 from mineworld.config import load_config, preset_path
 from mineworld.embedded import MODEL_DIR, load_embedded
+from mineworld.model import cache_layout
 from mineworld.tokenizers.vqgan import VQGANTokenizer, load_vqgan_state_dict
-
-# Cache flags -> the strategy parameter each one sets (argparse's dest is the parameter name).
-CACHE_FLAGS = {
-    "hh_ratio": "--hh-ratio",
-    "start_size": "--start-size",
-    "recent_size": "--recent-size",
-    "sink_frames": "--sink-frames",
-    "recent_frames": "--recent-frames",
-}
-
 
 # What a CLI reports as one line and exit status 2, rather than a stack trace.
 USER_ERRORS = (ValueError, OSError, SafetensorError)
@@ -38,26 +28,6 @@ def one_line(error: BaseException) -> str:
     """An error message on one line (weight mismatches list their problems on several)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return " ".join(lines[:1] + ["; ".join(lines[1:])]).strip() or type(error).__name__
-
-
-def strategy_params(args: argparse.Namespace) -> dict:
-    """The cache flags the user set, as parameters of the chosen strategy.
-
-    The strategy class's signature says what it takes, so a new strategy needs no change here.
-    """
-    name = args.cache_strategy
-    takes = [p for p in inspect.signature(STRATEGIES[name]).parameters if p in CACHE_FLAGS]
-    params = {}
-    for param, flag in CACHE_FLAGS.items():
-        value = getattr(args, param)
-        if value is None:
-            continue
-        if param not in takes:
-            listing = f"it takes: {', '.join(takes)}" if takes else "it takes no parameters"
-            raise ValueError(f"{flag} is not a parameter of strategy {name!r} ({listing})")
-        params[param] = value
-    return params
-
 
 
 def model_files(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -112,10 +82,9 @@ def load_tokenizer(vae_config: Path, weights: dict, source: str, model_config, d
     return tokenizer
 
 
-def check_strategy(name: str, params: dict, config) -> None:
+def check_strategy(spec: str, params: dict, config) -> None:
     """Raise the strategy's own ValueError for bad ``params`` before any weights are read."""
-    extra = {"frame_tokens": config.tokens_per_frame} if name == "frames" else {}
-    make_strategy(name, **params, **extra)
+    make_strategy(spec, cache_layout(config), **params)
 
 
 def load_model(args: argparse.Namespace, params: dict, device, dtype):

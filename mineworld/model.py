@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cache import KVCacheManager, StepMask
+from cache import KVCacheManager, Layout, StepMask
 
 from .config import ModelConfig
 
@@ -220,6 +220,12 @@ class DecoderStack(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
+def cache_layout(config: ModelConfig) -> Layout:
+    """What a cache strategy knows of a model: a frame and its action tokens make one block,
+    and the context is its trained positions."""
+    return Layout(config.tokens_per_frame, config.max_position_embeddings)
+
+
 class Transformer(nn.Module):
     """``model.*`` and ``lm_head`` as in ``LlamaForCausalLM``; one sequence at a time
     when a cache is set up (a world model session is one player)."""
@@ -264,8 +270,9 @@ class Transformer(nn.Module):
         return self.lm_head(self.model.norm(x))
 
     def new_cache(self, strategy="none", **params) -> KVCacheManager:
-        """A KV cache with the given strategy (see :mod:`cache`), bound to this model."""
-        manager = KVCacheManager(strategy, **params)
+        """A KV cache with the given strategy (see :mod:`cache`), bound to this model; the
+        parameters not given are the strategy's defaults for this model's layout."""
+        manager = KVCacheManager(strategy, layout=cache_layout(self.config), **params)
         weight = self.lm_head.weight
         config = self.config
         manager.bind(

@@ -476,10 +476,13 @@ class PlaySession:
         return [f"{letter}: {name}" for letter, name in zip("AB", names, strict=True)]
 
     def describe_sides(self) -> str:
-        return " | ".join(
-            f"{side.strategy} {json.dumps(side.params)}" if side.params else side.strategy
-            for side in self.sides
-        )
+        """Each side's strategy and the parameters in use (its defaults for the model
+        included)."""
+        described = []
+        for side in self.sides:
+            params = side.session.cache.strategy.describe()
+            described.append(f"{side.strategy} {json.dumps(params)}" if params else side.strategy)
+        return " | ".join(described)
 
     @property
     def closed(self) -> bool:

@@ -60,7 +60,7 @@ class Session:
         model: Transformer,
         tokenizer,
         *,
-        strategy: str = "none",
+        strategy="none",
         strategy_params: dict | None = None,
         reference_frames: int = 8,
         schedule: str = "naive",
@@ -79,10 +79,7 @@ class Session:
         self.decoder = FrameDecoder(model, sampling, schedule, window)
         self.reference_frames = reference_frames
         self.frame_tokens = config.tokens_per_frame
-        params = dict(strategy_params or {})
-        if strategy == "frames":
-            params.setdefault("frame_tokens", self.frame_tokens)
-        self.cache = model.new_cache(strategy, **params)
+        self.cache = model.new_cache(strategy, **(strategy_params or {}))
         self.device = model.lm_head.weight.device
         self.seed = seed
         self.history: deque[FrameRecord] = deque(maxlen=config.context_frames)

@@ -37,3 +37,40 @@ def tiny_model() -> Transformer:
         image_rows=ROWS, image_cols=COLS, codebook_size=CODES,
     )
     return Transformer(config).eval()
+
+
+class StartRecentKVCache:
+    """StreamingLLM's reference policy, written against the (K, V) protocol (its defaults fit
+    the tiny model's 68 positions, so that a command line can name it as a class path)."""
+
+    def __init__(self, start_size=2, recent_size=30):
+        self.start_size, self.recent_size = start_size, recent_size
+        self.cache_size = start_size + recent_size
+
+    def __call__(self, past_key_values):
+        return self.evict_for_space(past_key_values, 0)
+
+    def evict_for_space(self, past_key_values, num_coming):
+        seq_len = past_key_values[0][0].size(2)
+        if seq_len + num_coming <= self.start_size + self.recent_size:
+            return past_key_values
+        keep_from = seq_len - self.recent_size + num_coming
+        return [
+            [torch.cat([t[:, :, : self.start_size], t[:, :, keep_from:]], dim=2) for t in kv]
+            for kv in past_key_values
+        ]
+
+
+class UnsizedStartRecent(StartRecentKVCache):
+    """The same policy with no ``cache_size``: its budget must be given."""
+
+    def __init__(self):
+        super().__init__()
+        del self.cache_size
+
+
+class NeedsArguments(StartRecentKVCache):
+    """A policy that cannot be made without arguments."""
+
+    def __init__(self, start_size, recent_size):
+        super().__init__(start_size, recent_size)

@@ -25,6 +25,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 import app
+from cache import STRATEGIES, declared
 from mineworld import play as play_module
 from mineworld.actions import make_action
 from mineworld.config import preset_path
@@ -108,10 +109,57 @@ def expected_frames(resources, start, action, steps, seed=0):
 
 
 def picker_values(strategy, **params):
-    """A strategy picker's API arguments: the strategy, then every parameter input (the API
-    names them param_N, so they go by position)."""
-    inputs = {p: v for taken in app.strategy_parameters().values() for p, v in taken.items()}
-    return [strategy, *{**inputs, **params}.values()]
+    """A strategy picker's API arguments: the strategy, then every strategy's parameter inputs
+    (the API names them param_N, so they go by position); the ones not in ``params`` empty."""
+    shown = app.input_group(strategy)
+    inputs = [(group, param.name) for group, declaration in declared().items()
+              for param in declaration.settable() if param.default is not None]
+    return [strategy, *[params.get(name) if group == shown else None for group, name in inputs]]
+
+
+# -- the strategy pickers ----------------------------------------------------------------------
+
+
+def build_picker(resources, strategy="streaming", params=None):
+    with app.gr.Blocks():
+        return app.StrategyPicker.build("Strategy", strategy, params or {}, resources)
+
+
+def test_pickers_show_each_strategys_own_defaults_for_the_model(scene_mp4):
+    resources = tiny_resources(scene_mp4)
+    picker = build_picker(resources, params={"recent_size": 30})
+    layout = app.cache_layout(resources.model.config)
+    for name, cls in STRATEGIES.items():
+        defaults = {**cls.defaults(layout), **({"recent_size": 30} if name == "streaming" else {})}
+        for param in cls.settable():
+            component = picker.inputs[name, param.name]
+            assert component.value == defaults[param.name], (name, param.name)
+            assert component.visible == (name == "streaming")
+            assert param.range_text in component.info
+    values = [component.value for component in picker.inputs.values()]
+    # The tiny model holds 4 frames: the frame window's defaults are 1 + 2 frames.
+    assert picker.chosen("frames", *values) == ("frames", {"sink_frames": 1, "recent_frames": 2})
+    empty = [None] * len(values)
+    assert picker.chosen("frames", *empty) == ("frames", {})  # its defaults for the model
+
+
+def test_a_class_path_is_taken_where_the_page_allows_it(scene_mp4):
+    resources = tiny_resources(scene_mp4)
+    spec = "tests.stand_ins:StartRecentKVCache"
+    values = [None] * len(build_picker(resources).inputs)
+    with pytest.raises(ValueError, match="package.module:Class only when it is served on"):
+        build_picker(resources).chosen(spec, *values)
+    local = dataclasses.replace(resources, any_class_path=True)
+    picker = build_picker(local)
+    assert picker.chosen(spec, *values) == (spec, {})  # it keeps its own cache_size
+    assert not any(update["visible"] for update in picker.show_parameters(spec))
+    play = PlaySession(local.model, local.tokenizer, local.scene, 2, [(spec, {})], local.options)
+    play.step(make_action(["forward"]))
+    assert play.describe_sides() == f'{spec} {{"policy": "StartRecentKVCache", "budget": 32}}'
+    play.close()
+    started = dataclasses.replace(resources, strategy=spec, params={})
+    assert spec in started.strategy_choices
+    assert build_picker(started, spec).chosen(spec, *[None] * len(values)) == (spec, {})
 
 
 # -- play logic ------------------------------------------------------------------------------
@@ -323,9 +371,11 @@ def test_closing_the_tab_frees_its_plays(served):
 
 def test_a_bad_parameter_returns_the_validation_message(served):
     client = Client(served[0], verbose=False)
-    status = client.predict(*picker_values("h2o", hh_ratio=2.0), api_name="/apply_strategy")[0]
+    outputs = client.predict(*picker_values("h2o", hh_ratio=2.0), api_name="/apply_strategy")
+    status = outputs[0]
     assert status.startswith("Strategy not changed:") and "hh_ratio" in status
     assert "Traceback" not in status
+    assert outputs[-1] == served[1].strategy  # the picker shows the strategy that plays on
 
 
 def test_two_clients_stepping_at_once_get_their_own_frames(served):
@@ -521,6 +571,20 @@ def test_a_bad_config_exits_2_with_one_line_naming_it(capsys, tmp_path, text, wo
     assert line.startswith(f"app.py: error: {config}:")
     for word in words:
         assert word in line
+
+
+@pytest.mark.parametrize("strategy", ["frames", "tests.stand_ins:StartRecentKVCache"])
+def test_a_strategy_with_no_flags_starts_on_the_embedded_model(strategy):
+    """The frame window's own defaults would fill the embedded model's 8-frame context; a
+    class of the (K, V) protocol is named by its path."""
+    resources = app.load_resources(app.parse_args(["--cache-strategy", strategy]))
+    assert resources.strategy == strategy and resources.params == {}
+    assert resources.strategy_choices[-1] == strategy and resources.any_class_path
+    play = PlaySession(resources.model, resources.tokenizer, resources.scene, 3,
+                       [(strategy, {})], resources.options)
+    play.step(make_action(["forward"]))
+    assert play.describe_sides().startswith(strategy)
+    play.close()
 
 
 def test_no_flags_load_the_embedded_model_and_scene():

@@ -8,10 +8,12 @@ import pytest
 from PIL import Image
 
 from benchmarks import run
-from cache import STRATEGIES
+from cache import STRATEGIES, Layout, Strategy
 from mineworld.embedded import load_embedded
 
 FRAMES, BUDGET = 11, 2  # the shortest play that holds the revisit; 4 + 11 frames > the context
+BOUNDED = [name for name, cls in STRATEGIES.items() if cls.bounded]
+UNBOUNDED = [name for name, cls in STRATEGIES.items() if not cls.bounded]
 
 
 @pytest.fixture(scope="module")
@@ -38,20 +40,30 @@ def test_every_strategy_keeps_exactly_the_budget(embedded, schedule):
     case = run.make_case(run.SEED_BASE, refs, FRAMES, tokenizer.frame_size)
     budgets = list(range(2, config.context_frames))
     runs = run.make_runs(model, tokenizer, case, schedule, list(STRATEGIES), budgets, refs)
-    assert [r.strategy for r in runs[:1]] == ["none"]
-    assert {(r.strategy, r.budget_frames) for r in runs[1:]} == {
-        (name, b) for name in STRATEGIES if name != "none" for b in budgets}
-    for r in runs[1:]:
+    full = [r for r in runs if r.budget_frames is None]
+    assert [r.strategy for r in full] == UNBOUNDED
+    assert {(r.strategy, r.budget_frames) for r in runs if r not in full} == {
+        (name, b) for name in BOUNDED for b in budgets}
+    for r in runs:
         capacity = r.session.cache.storage.capacity
-        assert capacity == r.budget_frames * config.tokens_per_frame, (r.strategy, r.params)
-    assert runs[0].session.cache.storage.capacity == config.max_position_embeddings
+        if r in full:
+            assert capacity == config.max_position_embeddings
+        else:
+            assert capacity == r.budget_frames * config.tokens_per_frame, (r.strategy, r.params)
 
 
-def test_budget_params_names_an_unmapped_strategy():
-    with pytest.raises(ValueError, match="no budget mapping for strategy 'mine'"):
-        run.budget_params("mine", 2, 107, 416)
-    assert run.budget_params("frames", 2, 107, 416) == {"sink_frames": 0, "recent_frames": 2}
-    assert run.budget_params("frames", 4, 107, 416) == {"sink_frames": 1, "recent_frames": 3}
+def test_budget_params_are_the_strategys_own_mapping():
+    layout = Layout(107, 856)
+    assert run.budget_params("frames", 2, layout, 416) == {"sink_frames": 0, "recent_frames": 2}
+    assert run.budget_params("frames", 4, layout, 416) == {"sink_frames": 1, "recent_frames": 3}
+    assert run.budget_params("h2o", 4, layout, 416) == {"hh_ratio": 0.1, "recent_size": 386}
+    assert set(run.colours()) == set(STRATEGIES)
+
+    class Unmapped(Strategy):
+        name = "unmapped"
+
+    with pytest.raises(ValueError, match="strategy 'unmapped' declares no budget mapping"):
+        Unmapped.for_budget(428, layout)
 
 
 def test_the_revisit_comes_back_to_the_same_true_view(embedded):
@@ -76,12 +88,12 @@ def test_csv_has_a_sane_row_per_strategy_and_frame(bench):
         assert -1 <= float(r["ssim_truth"]) <= 1
         assert r["schedule"] == "diagonal"
     last = {r["strategy"]: r for r in rows if int(r["frame"]) == FRAMES}
-    assert int(last["none"]["reprefills"]) > 0  # the horizon is longer than the context
-    for name in STRATEGIES:
-        if name != "none":
-            assert int(last[name]["reprefills"]) == 0 and int(last[name]["evicted_tokens"]) > 0
-            assert last[name]["psnr_none"] != "" and last[name]["budget_frames"] == str(BUDGET)
-            assert int(last[name]["live_tokens"]) <= int(last[name]["budget_tokens"])
+    for name in UNBOUNDED:
+        assert int(last[name]["reprefills"]) > 0  # the horizon is longer than the context
+    for name in BOUNDED:
+        assert int(last[name]["reprefills"]) == 0 and int(last[name]["evicted_tokens"]) > 0
+        assert last[name]["psnr_none"] != "" and last[name]["budget_frames"] == str(BUDGET)
+        assert int(last[name]["live_tokens"]) <= int(last[name]["budget_tokens"])
     assert all(last[name]["revisit_psnr_self"] != "" for name in STRATEGIES)
 
 

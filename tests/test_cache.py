@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
-from cache import STRATEGIES, KVCacheManager
+from cache import STRATEGIES, KVCacheManager, Layout
 from mineworld.config import ModelConfig
 from mineworld.model import RotaryEmbedding, Transformer
+from tests.stand_ins import StartRecentKVCache
 
 LAYERS, HEADS, DIM = 2, 2, 16
 
@@ -373,8 +374,21 @@ def test_budget_smaller_than_a_step_is_refused():
     with pytest.raises(ValueError, match="frames"):
         manager.reset(prompt_length=0, step_tokens=12)
     manager, _ = bound_manager("streaming", start_size=4, recent_size=100)
-    with pytest.raises(ValueError, match="exceeds the model's 64 positions"):
+    with pytest.raises(ValueError, match="exceeds the model's context of 64 tokens; use at most "
+                                         "60 tokens"):
         manager.reset(prompt_length=0, step_tokens=4)
+
+
+def test_a_budget_over_the_context_is_refused_in_the_unit_of_the_fields():
+    """Frames's own defaults (8 frames) on the shipped model's layout (8 frames of 107 tokens):
+    the message speaks frames and says what fits."""
+    manager, _ = bound_manager("frames", max_positions=856, layout=Layout(107, 856),
+                               sink_frames=1, recent_frames=7)
+    message = (r"a budget of 8 frames plus a step of 12 tokens exceeds the model's context of "
+               r"8 frames; use at most 7 whole frames \(844 tokens\); e.g. sink_frames=1, "
+               r"recent_frames=6")
+    with pytest.raises(ValueError, match=message):
+        manager.reset(prompt_length=416, step_tokens=12)
 
 
 def test_memory_is_allocated_once_per_budget():
@@ -407,6 +421,16 @@ def test_the_manager_is_whole_from_construction_and_takes_the_seeds_prompt_len()
     with pytest.raises(RuntimeError, match="reset before bind: attach the manager to a model"):
         manager.reset(10, 1)
     assert manager.storage is None and manager.stats.live_tokens == 0
+    born_with = set(vars(manager))
+    manager, rope = bound_manager("streaming", start_size=2, recent_size=4)
+    with pytest.raises(RuntimeError, match="call reset"):
+        manager.reserve(1)
+    manager.reset(prompt_length=0, step_tokens=1)
+    raw = torch.randn(80, HEADS, DIM)
+    for token in range(80):  # evicts and re-bases
+        feed(manager, rope, raw, token, 1)
+    assert manager.stats.rebases > 0
+    assert set(vars(manager)) == born_with  # nothing appeared after construction
     manager, _ = bound_manager("h2o", max_positions=1000, hh_ratio=0.1, recent_size=8,
                                prompt_len=200)
     manager.reset()  # the budget comes from prompt_len: 10 % of 200 heavy hitters + 8 recent
@@ -436,27 +460,6 @@ def test_debug_cache_logs_each_eviction(monkeypatch, capsys):
 
 
 # -- the custom (K, V) protocol --------------------------------------------------
-
-
-class StartRecentKVCache:
-    """StreamingLLM's reference policy, written against the (K, V) protocol."""
-
-    def __init__(self, start_size, recent_size):
-        self.start_size, self.recent_size = start_size, recent_size
-        self.cache_size = start_size + recent_size
-
-    def __call__(self, past_key_values):
-        return self.evict_for_space(past_key_values, 0)
-
-    def evict_for_space(self, past_key_values, num_coming):
-        seq_len = past_key_values[0][0].size(2)
-        if seq_len + num_coming <= self.cache_size:
-            return past_key_values
-        keep_from = seq_len - self.recent_size + num_coming
-        return [
-            [torch.cat([t[:, :, : self.start_size], t[:, :, keep_from:]], dim=2) for t in kv]
-            for kv in past_key_values
-        ]
 
 
 def test_custom_protocol_policy_keeps_what_the_native_strategy_keeps():

@@ -7,6 +7,8 @@ and three generated ones already use the context up and make the strategies evic
 """
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -202,6 +204,33 @@ def test_bad_strategy_value(model_files, data_root, tmp_path, capsys):
     assert line.startswith("inference.py: error:") and "hh_ratio" in line and "[0, 1]" in line
 
 
+@pytest.mark.parametrize("extra, budget", [
+    (["--cache-strategy", "tests.stand_ins:StartRecentKVCache"], 32),  # its own cache_size
+    (["--cache-strategy", "tests.stand_ins:UnsizedStartRecent", "--budget", "40"], 40),
+], ids=["its-size", "--budget"])
+def test_a_protocol_class_by_its_path(model_files, data_root, tmp_path, extra, budget):
+    output = tmp_path / "out"
+    assert run(model_files, data_root, output, *extra) == 0
+    record = strict_json((output / "clip_0.json").read_text())
+    assert record["cache"] == {"policy": extra[1].split(":")[1], "budget": budget}
+    assert record["stats"][-1]["evicted_tokens"] > 0
+    assert record["stats"][-1]["live_tokens"] <= budget
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--cache-strategy", "tests.stand_ins:UnsizedStartRecent"],
+     r"how many tokens does it keep\? Pass budget=N \(--budget N\)"),
+    (["--cache-strategy", "tests.stand_ins:NeedsArguments"], "cannot be made without arguments"),
+    (["--cache-strategy", "tests.stand_ins:StartRecentKVCache", "--start-size", "2"],
+     "--start-size is not a parameter of strategy 'tests.stand_ins:StartRecentKVCache'"),
+], ids=["no-size", "needs-arguments", "flag-it-does-not-take"])
+def test_a_bad_protocol_class_is_one_line(model_files, data_root, tmp_path, capsys, extra,
+                                          message):
+    assert run(model_files, data_root, tmp_path / "out", *extra) == 2
+    [line] = error_lines(capsys)
+    assert line.startswith("inference.py: error:") and re.search(message, line), line
+
+
 def test_missing_data_root(model_files, tmp_path, capsys):
     assert run(model_files, tmp_path / "nowhere", tmp_path / "out") == 2
     [line] = error_lines(capsys)
@@ -239,6 +268,21 @@ def test_no_model_flags_run_the_embedded_model_on_its_validation_clips(tmp_path)
     quality = record["quality"]  # 64 x 48 frames: PSNR and SSIM of both generated frames
     assert quality["frames"] == 2 and len(quality["ssim"]) == 2
     assert 0 < quality["pooled_psnr"] < 60 and -1 <= quality["mean_ssim"] <= 1
+
+
+def test_a_strategy_with_no_flags_plays_its_defaults_for_the_embedded_model(tmp_path):
+    """The frame window's own 1 + 7 frames would fill the embedded model's 8-frame context:
+    its defaults for that model are 1 + 6."""
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for suffix in (".mp4", ".jsonl"):
+        shutil.copy(ROOT / "assets" / "validation" / f"clip_0{suffix}", clips)
+    output = tmp_path / "out"
+    assert inference.main(["--output_dir", str(output), "--data_root", str(clips),
+                           "--cache-strategy", "frames", "--frames", "6"]) == 0
+    record = strict_json((output / "clip_0.json").read_text())
+    assert record["cache"] == {"frame_tokens": 107, "sink_frames": 1, "recent_frames": 6}
+    assert record["stats"][-1]["evicted_tokens"] > 0
 
 
 def test_data_root_is_required_with_model_flags(model_files, tmp_path, capsys):

@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from cache import STRATEGIES
+from cache import STRATEGIES, CacheView
 from mineworld.actions import make_action
-from mineworld.session import Session, pick_device
+from mineworld.embedded import demo_scene, load_embedded
+from mineworld.model import cache_layout
+from mineworld.session import Session, default_reference_frames, pick_device
 from tests.stand_ins import (
     COLS,
     FRAME_TOKENS,
@@ -15,13 +17,22 @@ from tests.stand_ins import (
     tiny_model,
 )
 
-TIGHT = {
-    "none": {},
-    "streaming": {"start_size": 2, "recent_size": 20},
-    "h2o": {"hh_ratio": 0.2, "recent_size": 20},
-    "hybrid": {"start_size": 2, "hh_ratio": 0.2, "recent_size": 20},
-    "frames": {"sink_frames": 1, "recent_frames": 2},
-}
+TIGHT_FRAMES = 3  # of the tiny model's 4: every strategy evicts (or re-prefills) often
+
+
+def tight(strategy: str, model) -> dict:
+    """The strategy's parameters for a budget of ``TIGHT_FRAMES`` frames (its own mapping)."""
+    layout = cache_layout(model.config)
+    return STRATEGIES[strategy].for_budget(TIGHT_FRAMES * layout.frame_tokens, layout)
+
+
+def protected_positions(strategy, upto: int) -> list[int]:
+    """Positions below ``upto`` the strategy never evicts however old (its sinks): those its
+    score puts at infinity when nothing is recent and no key drew attention."""
+    positions = torch.arange(upto).view(1, 1, -1)
+    view = CacheView(positions, None, None, torch.zeros(1, 1, upto), torch.ones(1, 1, upto),
+                     newest_position=10**9, incoming=0)
+    return positions[torch.isinf(strategy.keep_score(view))].tolist()
 
 
 def scene(frames=3, seed=0):
@@ -35,12 +46,14 @@ def scene(frames=3, seed=0):
 def test_long_run_keeps_every_invariant(strategy, schedule):
     model = tiny_model()
     session = Session(
-        model, PatchTokenizer(), strategy=strategy, strategy_params=TIGHT[strategy],
+        model, PatchTokenizer(), strategy=strategy, strategy_params=tight(strategy, model),
         reference_frames=2, schedule=schedule, window=1,
     )
     session.start(*scene())
     cache = session.cache
     storage = cache.storage
+    bounded = STRATEGIES[strategy].bounded
+    sinks = protected_positions(cache.strategy, FRAME_TOKENS) if bounded else []
     frames = 300 if schedule == "naive" else 60  # 300 frames = 75 x the context
     turn = [make_action(["left"], yaw=5.0), make_action(["jump"], pitch=-3.0)]
     for index in range(frames):
@@ -51,10 +64,9 @@ def test_long_run_keeps_every_invariant(strategy, schedule):
         assert stats["allocations"] == 1 and cache.storage is storage
         live = storage.positions[storage.positions >= 0]
         assert cache.newest_position in live.tolist()  # the newest token is always live
-        sinks = {"streaming": 2, "hybrid": 2, "frames": FRAME_TOKENS}.get(strategy, 0)
-        for position in range(sinks):
+        for position in sinks:
             assert bool((storage.positions == position).any(-1).all())
-    if strategy == "none":
+    if not bounded:
         assert stats["reprefills"] >= frames // 3 and stats["reprefill_seconds"] > 0
         assert stats["evicted_tokens"] == 0
     else:
@@ -93,3 +105,27 @@ def test_pick_device_defaults_and_overrides():
     assert pick_device("cpu", "bfloat16") == (torch.device("cpu"), torch.bfloat16)
     with pytest.raises(ValueError, match="dtype must be one of"):
         pick_device("cpu", "float8")
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_embedded()
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_every_strategys_defaults_play_on_the_shipped_model(shipped, strategy):
+    """No parameters given: the strategy's defaults for the model's 8-frame context, played
+    past that context with diagonal decoding."""
+    model, tokenizer = shipped
+    refs = default_reference_frames(model.config)
+    session = Session(model, tokenizer, strategy=strategy, reference_frames=refs,
+                      schedule="diagonal")
+    frames, actions = demo_scene()
+    session.start(frames[:refs], actions[: refs - 1])
+    for action in actions[refs - 1 : refs + 5]:
+        frame, stats = session.step(action)
+    assert frame.shape == frames[0].shape
+    if STRATEGIES[strategy].bounded:
+        assert stats["evicted_tokens"] > 0 and stats["reprefills"] == 0
+    else:
+        assert stats["reprefills"] > 0
