@@ -640,7 +640,7 @@ def write_clips(folder: Path, smoke: bool) -> None:
     record_episode(seed, scripted_actions(seed, 16 if smoke else 300), folder / "scene" / "scene")
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m mineworld.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true",
@@ -686,6 +686,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not 0 <= args.self_feed <= 1:
         parser.error(f"--self-feed must be in [0, 1], got {args.self_feed}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Render worlds, train the tokenizer, then the world model, and evaluate (see --help)."""
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.smoke:
         out = Path(args.out or tempfile.mkdtemp(prefix="mineworld-smoke-"))
@@ -699,13 +705,11 @@ def main(argv: list[str] | None = None) -> None:
         evaluate_and_write(out, log, args.smoke, args.schedule)
         return
 
-    from mineworld.actions import ActionCodec
     from mineworld.checkpoint import save_transformer
     from mineworld.embedded import load_embedded
-    from mineworld.tokenizers.embedded import FSQAutoencoder, TokenizerConfig
 
     model_dir = out / "model"
-    model = None
+    model = tokenizer = None
     if args.resume:
         model, tokenizer = load_embedded(model_dir=model_dir)
         log = json.loads((out / "training_log.json").read_text())
@@ -716,46 +720,77 @@ def main(argv: list[str] | None = None) -> None:
         seed = args.seed
     length = 24 if args.smoke else EPISODE_FRAMES
     seeds = [TRAIN_SEED_BASE + seed * 1000 + i for i in range(episodes)]
+    stems = world_stage(seeds, length, cache, args.minutes[0], log)
+    torch.set_num_threads(args.tokenizer_threads)
+    tokenizer = tokenizer_stage(args, stems, tokenizer, seed, log, model_dir)
+    torch.set_num_threads(args.threads)
+    if args.resume and args.minutes[2] <= 0:  # no world-model stage: nothing to tokenize
+        evaluate_and_write(out, log, args.smoke, args.schedule)
+        return
+    model, config = world_model_stage(args, stems, length, cache, tokenizer, model, log)
+    write_config(config, model_dir / "config.yaml")
+    save_transformer(model, model_dir / "model.safetensors")
+    if not args.resume:
+        write_clips(out, args.smoke)
+    evaluate_and_write(out, log, args.smoke, args.schedule)
+
+
+def world_stage(seeds: list[int], length: int, cache: Path, minutes: float,
+                log: dict) -> list[Path]:
+    """The training worlds (rendered, or read from ``cache``); ``log`` notes what they cost.
+    A resumed run's worlds were rendered before, unless the scripted play has changed."""
     started = time.time()
-    stems, rendered = generate_data(seeds, length, cache, args.minutes[0])
-    # A resumed run's worlds, rendered before, unless the scripted play has changed since.
+    stems, rendered = generate_data(seeds, length, cache, minutes)
     same_play = log.get("play") == play_digest()
     known = log.get("train_episodes", 0) if same_play else 0
     if len(stems) != known:  # a resumed run's minutes add to the first's
         before = (log.get("data_minutes", 0), log.get("cached_episodes", 0)) if same_play else (
             0, 0)
-        minutes = before[0] + (time.time() - started) / 60
         # Worlds another run left in the cache cost this run nothing: the card says so.
-        cached = before[1] + len(stems) - known - rendered
         log.update(play=play_digest(), train_frames=len(stems) * length,
-                   train_episodes=len(stems), data_minutes=minutes, cached_episodes=cached)
-    tokenizer_steps = 3 if args.smoke else args.tokenizer_steps
+                   train_episodes=len(stems),
+                   data_minutes=before[0] + (time.time() - started) / 60,
+                   cached_episodes=before[1] + len(stems) - known - rendered)
+    return stems
+
+
+def tokenizer_stage(args: argparse.Namespace, stems: list[Path], tokenizer, seed: int,
+                    log: dict, model_dir: Path):
+    """A new tokenizer, or with --resume the given one's decoder trained further (the codes
+    the world model knows stay); saved in ``model_dir`` when trained. 0 minutes on a resumed
+    run keeps ``tokenizer`` as it is."""
+    from mineworld.tokenizers.embedded import FSQAutoencoder, TokenizerConfig
+
+    steps = 3 if args.smoke else args.tokenizer_steps
     refine = (dict(refine_channels=args.refine[0], refine_blocks=args.refine[1])
               if args.refine else {})
-    torch.set_num_threads(args.tokenizer_threads)
     if not args.resume:
         frames = load_frames(stems)
         log.update(tokenizer_frames=len(frames))
-        tok_config = TokenizerConfig(channels=8, levels=(4, 4), **refine) if args.smoke else (
+        config = TokenizerConfig(channels=8, levels=(4, 4), **refine) if args.smoke else (
             TokenizerConfig(channels=64, **refine))
-        tokenizer = train_tokenizer(frames, tok_config, args.minutes[1], tokenizer_steps,
-                                    args.seed, log, bf16=args.bf16)
-        tokenizer.save(model_dir)
-    elif args.minutes[1] > 0:  # the decoder alone: the codes the world model knows stay
-        tok_config, autoencoder = tokenizer.config, tokenizer.model
+        tokenizer = train_tokenizer(frames, config, args.minutes[1], steps, args.seed, log,
+                                    bf16=args.bf16)
+    elif args.minutes[1] > 0:
+        config, autoencoder = tokenizer.config, tokenizer.model
         if refine:  # the trained weights, and a refinement that starts as the identity
-            tok_config = dataclasses.replace(tok_config, **refine)
-            autoencoder = FSQAutoencoder(tok_config)
+            config = dataclasses.replace(config, **refine)
+            autoencoder = FSQAutoencoder(config)
             autoencoder.load_state_dict(tokenizer.model.state_dict(), strict=False)
-        tokenizer = train_tokenizer(load_frames(stems), tok_config, args.minutes[1],
-                                    tokenizer_steps, seed, log, model=autoencoder,
-                                    lr=args.decoder_lr, bf16=args.bf16)
-        tokenizer.save(model_dir)
+        tokenizer = train_tokenizer(load_frames(stems), config, args.minutes[1], steps, seed,
+                                    log, model=autoencoder, lr=args.decoder_lr, bf16=args.bf16)
+    else:
+        return tokenizer
+    tokenizer.save(model_dir)
+    return tokenizer
 
-    torch.set_num_threads(args.threads)
-    if args.resume and args.minutes[2] <= 0:  # no world-model stage: nothing to tokenize
-        evaluate_and_write(out, log, args.smoke, args.schedule)
-        return
+
+def world_model_stage(args: argparse.Namespace, stems: list[Path], length: int, cache: Path,
+                      tokenizer, model, log: dict):
+    """(the world model trained on ``stems``' tokens, its config): a new one, or ``model``
+    trained further with --resume (the shipped decoding settings written either way)."""
+    from mineworld.actions import ActionCodec
+
     codec = ActionCodec(offset=tokenizer.codebook_size)
     tokens = tokenize_episodes(tokenizer, stems, codec)
     config = dataclasses.replace(model.config, **DECODING) if model else model_config(
@@ -772,11 +807,7 @@ def main(argv: list[str] | None = None) -> None:
         log.setdefault("resumed", []).append(
             {"steps": log["world_model_steps"] - steps_before, "peak_lr": args.lr,
              "self_feed": args.self_feed, "play": play_digest()})
-    write_config(config, model_dir / "config.yaml")
-    save_transformer(model, model_dir / "model.safetensors")
-    if not args.resume:
-        write_clips(out, args.smoke)
-    evaluate_and_write(out, log, args.smoke, args.schedule)
+    return model, config
 
 
 def evaluate_and_write(out: Path, log: dict, smoke: bool, schedule: str = "diagonal") -> None:
