@@ -12,13 +12,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from cache import KVCacheManager
 
-from .model import Transformer
+from .model import Feed, Transformer
 
 SCHEDULES = ("naive", "diagonal")
 
@@ -128,27 +130,30 @@ class FrameDecoder:
         Returns the ids ``[rows, cols]`` and the number of forward passes. The
         frame's last token is not fed: it is the first token of the next prefix.
         """
+        return run_alone(self.model, self.passes(cache, prefix, frame_start, previous_frame,
+                                                 generator))
+
+    def passes(self, cache, prefix, frame_start, previous_frame, generator=None) -> Passes:
+        """``decode`` as the forward passes it needs: yields each pass's ``Feed`` and is sent
+        its logits, so that a caller may run the passes of several players together
+        (``Transformer.forward_feeds``); returns what ``decode`` returns."""
         device = self.model.lm_head.weight.device
         # Python lists, not tensors, for the bookkeeping: indexing a tensor one cell at a
         # time costs more than a small model's forward pass leaves for it.
         ids = [[0] * self.cols for _ in range(self.rows)]
         previous = previous_frame.tolist()
         positions = torch.arange(frame_start - prefix.numel(), frame_start, device=device)
-        first = self._next(cache, prefix.to(device), positions, generator, last_only=True)
-        ids[0][0] = first[0]
+        logits = yield Feed(prefix.to(device), positions, cache, last_only=True)
+        ids[0][0] = self._sample(logits, generator)[0]
         produced = [1] + [0] * (self.rows - 1)
         passes = 1
         while produced[-1] < self.cols:
             cells = self._active_cells(produced)
             inputs = [self._input_for(r, c, ids, produced, previous) for r, c in cells]
             cell_positions = [frame_start + r * self.cols + c - 1 for r, c in cells]
-            tokens = self._next(
-                cache,
-                torch.tensor(inputs, device=device),
-                torch.tensor(cell_positions, device=device),
-                generator,
-            )
-            for (r, c), token in zip(cells, tokens, strict=True):
+            logits = yield Feed(torch.tensor(inputs, device=device),
+                                torch.tensor(cell_positions, device=device), cache)
+            for (r, c), token in zip(cells, self._sample(logits, generator), strict=True):
                 ids[r][c] = token
                 produced[r] += 1
             passes += 1
@@ -175,7 +180,47 @@ class FrameDecoder:
             return ids[row - 1][-1]
         return previous[row - 1][-1]
 
-    def _next(self, cache, tokens, positions, generator, last_only=False) -> list[int]:
-        """Feed ``tokens`` at ``positions``; the image token each one predicts."""
-        logits = self.model(tokens[None], positions, cache=cache, last_only=last_only)[0]
+    def _sample(self, logits: torch.Tensor, generator) -> list[int]:
+        """The image token each row of ``logits`` predicts."""
         return sample(logits[:, : self.codebook_size], self.sampling, generator).tolist()
+
+
+# Forward passes asked for one at a time: yields a Feed, is sent its logits, returns a result.
+Passes = Generator[Feed, torch.Tensor, Any]
+
+
+@torch.inference_mode()
+def run_alone(model: Transformer, passes: Passes):
+    """Run ``passes`` one by one on ``model``; return their result."""
+    try:
+        feed = next(passes)
+        while True:
+            [logits] = model.forward_feeds([feed])
+            feed = passes.send(logits)
+    except StopIteration as done:
+        return done.value
+
+
+@torch.inference_mode()
+def run_together(model: Transformer, players: list[Passes]) -> list:
+    """Run the passes of several players in step: each round, one forward over the feeds of
+    all players still running. Returns each player's result, in order."""
+    results: list = [None] * len(players)
+    feeds = {}
+    for index, passes in enumerate(players):
+        _advance(passes, None, index, feeds, results)
+    while feeds:
+        asked = list(feeds.items())
+        logits = model.forward_feeds([feed for _index, feed in asked])
+        feeds.clear()
+        for (index, _feed), rows in zip(asked, logits, strict=True):
+            _advance(players[index], rows, index, feeds, results)
+    return results
+
+
+def _advance(passes: Passes, logits, index: int, feeds: dict, results: list) -> None:
+    """Send ``logits`` to player ``index``: note its next feed, or its result when done."""
+    try:
+        feeds[index] = next(passes) if logits is None else passes.send(logits)
+    except StopIteration as done:
+        results[index] = done.value

@@ -14,6 +14,7 @@ keys and values into the cache and attends to the live slots the cache hands bac
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,17 @@ from torch import nn
 from cache import KVCacheManager, Layout, StepMask
 
 from .config import ModelConfig
+
+
+@dataclass
+class Feed:
+    """Tokens ``[T]`` to feed at ``positions`` ``[T]`` into ``cache``; ``last_only``: only
+    the last one's logits are wanted."""
+
+    tokens: torch.Tensor
+    positions: torch.Tensor
+    cache: KVCacheManager
+    last_only: bool = False
 
 
 class RMSNorm(nn.Module):
@@ -165,9 +177,10 @@ class Attention(SideBySideLinears):
         self.add_linears("qkv_weight", width, q_proj=width, k_proj=kv_width, v_proj=kv_width)
         self.add_linears("out_weight", width, o_proj=width)
 
-    def forward(self, x, positions, rotary, cache: KVCacheManager | None):
+    def forward(self, x, positions, rotary, feeds: list[Feed] | None):
         """``x``: ``[B, T, hidden]``; ``rotary``: the ``cos``, ``sin`` tables at
-        ``positions``, ``[T, 1, head_dim]``."""
+        ``positions``, ``[T, 1, head_dim]``. Without ``feeds``, causal attention over ``x``;
+        with them (``B`` = 1), each feed's rows attend over its own cache."""
         batch, tokens, width = x.shape
         heads, kv_heads = self.num_heads, self.num_kv_heads
         qkv = (x @ self.qkv_weight).view(batch, tokens, heads + 2 * kv_heads, self.head_dim)
@@ -175,14 +188,21 @@ class Attention(SideBySideLinears):
         # [B, H, T, D] from here on: heads first, as attention and the cache take them.
         q, k = qk.transpose(1, 2).split((heads, kv_heads), 1)
         raw_k, v = qkv[:, :, heads:].transpose(1, 2).split((kv_heads, kv_heads), 1)
-        if cache is None:
+        if feeds is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         else:
-            cache.write(self.layer_index, k[0], v[0], raw_k[0])
-            keys, values, mask = cache.read(self.layer_index, positions)
-            out, weights = grouped_attention(q, keys, values, mask, cache.tracks_attention)
-            if weights is not None:
-                cache.observe(self.layer_index, weights, mask)
+            outs, begin = [], 0
+            for feed in feeds:
+                rows, cache = slice(begin, begin + len(feed.positions)), feed.cache
+                begin = rows.stop
+                cache.write(self.layer_index, k[0, :, rows], v[0, :, rows], raw_k[0, :, rows])
+                keys, values, mask = cache.read(self.layer_index, feed.positions)
+                out, weights = grouped_attention(q[:, :, rows], keys, values, mask,
+                                                 cache.tracks_attention)
+                if weights is not None:
+                    cache.observe(self.layer_index, weights, mask)
+                outs.append(out)
+            out = torch.cat(outs, 2) if len(outs) > 1 else outs[0]
         return out.transpose(1, 2).reshape(batch, tokens, width) @ self.out_weight
 
 
@@ -206,8 +226,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, positions, rotary, cache):
-        x = x + self.self_attn(self.input_layernorm(x), positions, rotary, cache)
+    def forward(self, x, positions, rotary, feeds):
+        x = x + self.self_attn(self.input_layernorm(x), positions, rotary, feeds)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -227,8 +247,9 @@ def cache_layout(config: ModelConfig) -> Layout:
 
 
 class Transformer(nn.Module):
-    """``model.*`` and ``lm_head`` as in ``LlamaForCausalLM``; one sequence at a time
-    when a cache is set up (a world model session is one player)."""
+    """``model.*`` and ``lm_head`` as in ``LlamaForCausalLM``. With caches, one sequence per
+    cache (a world model session is one player); ``forward_feeds`` runs several players'
+    sequences, each with its own cache, in one pass."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -257,17 +278,37 @@ class Transformer(nn.Module):
             positions = torch.arange(tokens.shape[-1], device=tokens.device)
         cache = cache if cache is not None else self.cache
         if cache is not None:
-            cache.begin_step(positions)
+            [logits] = self.forward_feeds([Feed(tokens[0], positions, cache, last_only)])
+            return logits[None]
+        x = self._hidden(tokens, positions, None)
+        return self.lm_head(self.model.norm(x[:, -1:] if last_only else x))
+
+    def forward_feeds(self, feeds: list[Feed]) -> list[torch.Tensor]:
+        """Logits ``[T, vocab]`` (``[1, vocab]`` with ``last_only``) for each of ``feeds``:
+        sequences with caches of their own (players of one model). The linear layers run on
+        the rows of all of them at once, attention on each over its own cache."""
+        for feed in feeds:
+            feed.cache.begin_step(feed.positions)
+        tokens = torch.cat([feed.tokens for feed in feeds])
+        x = self._hidden(tokens[None], torch.cat([feed.positions for feed in feeds]), feeds)[0]
+        for feed in feeds:
+            feed.cache.end_step()
+        rows, end = [], 0  # the rows whose logits are asked for
+        for feed in feeds:
+            end += len(feed.positions)
+            rows.extend([end - 1] if feed.last_only else range(end - len(feed.positions), end))
+        logits = self.lm_head(self.model.norm(x[rows] if len(rows) < len(x) else x))
+        return list(logits.split([1 if feed.last_only else len(feed.positions)
+                                  for feed in feeds]))
+
+    def _hidden(self, tokens, positions, feeds: list[Feed] | None) -> torch.Tensor:
+        """The last layer's output ``[B, T, hidden]`` (see ``Attention.forward``)."""
         x = self.model.embed_tokens(tokens)
         cos, sin = self.rope.tables(positions, x.dtype)
         rotary = cos[:, None], sin[:, None]  # [T, 1, D]: the same for every head
         for layer in self.model.layers:
-            x = layer(x, positions, rotary, cache)
-        if cache is not None:
-            cache.end_step()
-        if last_only:
-            x = x[:, -1:]
-        return self.lm_head(self.model.norm(x))
+            x = layer(x, positions, rotary, feeds)
+        return x
 
     def new_cache(self, strategy="none", **params) -> KVCacheManager:
         """A KV cache with the given strategy (see :mod:`cache`), bound to this model; the

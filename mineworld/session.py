@@ -20,7 +20,7 @@ import torch
 
 from .actions import ActionCodec
 from .config import ACTION_TOKENS
-from .decoding import FrameDecoder, Sampling
+from .decoding import FrameDecoder, Passes, Sampling, run_alone
 from .model import Transformer
 
 
@@ -136,9 +136,14 @@ class Session:
     def _action_tokens(self, action: dict) -> torch.Tensor:
         return torch.tensor(self.codec.encode(action), dtype=torch.long, device=self.device)
 
-    @torch.inference_mode()
     def step(self, action: dict) -> tuple[np.ndarray, dict]:
         """Take ``action`` after the newest frame; return the next frame and statistics."""
+        return run_alone(self.model, self.step_passes(action))
+
+    @torch.inference_mode()
+    def step_passes(self, action: dict) -> Passes:
+        """``step`` as the forward passes it asks for (see ``mineworld.decoding.Passes``), so
+        that several sessions of one model may step together (``run_together``)."""
         action_tokens = self._action_tokens(action)
         started = time.perf_counter()
         reprefill_seconds = 0.0
@@ -149,7 +154,7 @@ class Session:
         previous = self.history[-1]
         previous.action = action_tokens
         prefix = torch.cat([self.pending, action_tokens])
-        ids, passes = self.decoder.decode(
+        ids, passes = yield from self.decoder.passes(
             self.cache, prefix, block_start + ACTION_TOKENS, previous.ids, self.generator
         )
         self.history.append(FrameRecord(ids))

@@ -39,13 +39,17 @@ class OneTokenAtATime(torch.nn.Module):
         self.inner, self.config, self.lm_head = model, model.config, model.lm_head
         self.forward_calls = 0
 
-    def forward(self, tokens, positions, *, cache, last_only=False):
-        order = positions.argsort()
-        logits = torch.empty(1, tokens.shape[1], self.config.vocab_size)
-        for i in order.tolist():
-            logits[:, i] = self.inner(tokens[:, i : i + 1], positions[i : i + 1], cache=cache)[:, 0]
+    def forward_feeds(self, feeds):
+        return [self.one_by_one(feed) for feed in feeds]
+
+    def one_by_one(self, feed):
+        tokens, positions = feed.tokens[None], feed.positions
+        logits = torch.empty(len(positions), self.config.vocab_size)
+        for i in positions.argsort().tolist():
+            one = self.inner(tokens[:, i : i + 1], positions[i : i + 1], cache=feed.cache)
+            logits[i] = one[0, 0]
             self.forward_calls += 1
-        return logits[:, -1:] if last_only else logits
+        return logits[-1:] if feed.last_only else logits
 
 
 def decode_frame(model, schedule, window, seed=0):

@@ -129,3 +129,32 @@ def test_every_strategys_defaults_play_on_the_shipped_model(shipped, strategy):
         assert stats["evicted_tokens"] > 0 and stats["reprefills"] == 0
     else:
         assert stats["reprefills"] > 0
+
+
+def test_sessions_stepping_together_make_the_frames_each_makes_alone(shipped):
+    """One forward pass for the players of every strategy at once (each its own cache,
+    positions, evictions, re-prefills; sampled, each with its seed): the same tokens and
+    frames as each playing alone, past the context."""
+    from mineworld.decoding import run_together
+
+    model, tokenizer = shipped
+    refs = default_reference_frames(model.config)
+    frames, actions = demo_scene()
+
+    def players():
+        sessions = []
+        for index, strategy in enumerate(STRATEGIES):
+            session = Session(model, tokenizer, strategy=strategy, reference_frames=refs,
+                              schedule="diagonal", seed=index)
+            session.start(frames[index : index + refs], actions[index : index + refs - 1])
+            sessions.append(session)
+        return sessions
+
+    alone, together = players(), players()
+    for step in range(refs + 2):
+        moves = [actions[index + refs - 1 + step] for index in range(len(alone))]
+        expected = [session.step(move)[0] for session, move in zip(alone, moves, strict=True)]
+        made = run_together(model, [session.step_passes(move)
+                                    for session, move in zip(together, moves, strict=True)])
+        for (frame, _stats), want, a, b in zip(made, expected, alone, together, strict=True):
+            assert torch.equal(a.newest_ids, b.newest_ids) and np.array_equal(frame, want)

@@ -1,0 +1,95 @@
+"""Many players on one model: frames per second per player when N players step at once, each
+frame made alone in turn (one frame at a time for everyone, the page's scheduler today)
+against all players' forward passes run together (``mineworld.decoding.run_together``).
+
+    python -m benchmarks.players                          # 1, 2, 4, 8, 16 players
+    python -m benchmarks.players --players 1 8 --frames 20 --threads 2
+
+Every player has its own session (the embedded model, diagonal decoding, the ``frames``
+strategy's defaults, its own start frame and seed) and steps ``--frames`` times past a warm-up
+frame; both ways run in the same process, alternately, and make the same frames (checked).
+Prints the machine, then per N: frames per second per player each way, and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from benchmarks.common import print_machine
+from mineworld.decoding import run_together
+from mineworld.embedded import demo_scene, load_embedded
+from mineworld.session import Session, default_reference_frames
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--players", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--frames", type=int, default=12, help="frames timed per player")
+    parser.add_argument("--strategy", default="frames", help="every player's cache strategy")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    return parser.parse_args(argv)
+
+
+def new_players(model, tokenizer, count: int, strategy: str) -> tuple[list[Session], list]:
+    """``count`` started sessions, each from its own frame of the demo scene, and the actions
+    that follow each one's start."""
+    refs = default_reference_frames(model.config)
+    frames, actions = demo_scene()
+    sessions, moves = [], []
+    for index in range(count):
+        first = (7 * index) % (len(frames) - refs - 64)
+        session = Session(model, tokenizer, strategy=strategy, reference_frames=refs,
+                          schedule="diagonal", seed=index)
+        session.start(frames[first : first + refs], actions[first : first + refs - 1])
+        sessions.append(session)
+        moves.append(actions[first + refs - 1 :])
+    return sessions, moves
+
+
+def timed(model, sessions, moves, frames: int, together: bool) -> tuple[float, list]:
+    """(seconds for ``frames`` frames of every player after a warm-up frame, the last
+    frames)."""
+    made = []
+    for step in range(frames + 1):
+        if step == 1:
+            started = time.perf_counter()
+        actions = [player_moves[step] for player_moves in moves]
+        if together:
+            made = run_together(model, [session.step_passes(action)
+                                        for session, action in zip(sessions, actions, strict=True)])
+        else:
+            made = [session.step(action) for session, action in zip(sessions, actions, strict=True)]
+    return time.perf_counter() - started, [frame for frame, _stats in made]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print_machine("players on one model: frames per second per player, alone in turn vs "
+                  "together")
+    model, tokenizer = load_embedded()
+    print(f"the embedded model, diagonal decoding, {args.strategy}, {args.frames} frames each")
+    print("| players | alone in turn: fps per player | together: fps per player | ratio |")
+    print("|---|---|---|---|")
+    for count in args.players:
+        seconds = {}
+        frames = {}
+        for together in (False, True):
+            sessions, moves = new_players(model, tokenizer, count, args.strategy)
+            seconds[together], frames[together] = timed(model, sessions, moves, args.frames,
+                                                        together)
+        if not all(np.array_equal(a, b) for a, b in zip(frames[False], frames[True],
+                                                         strict=True)):
+            print(f"error: {count} players made different frames together than alone")
+            return 1
+        alone, both = (args.frames / seconds[way] for way in (False, True))
+        print(f"| {count} | {alone:.1f} | {both:.1f} | {both / alone:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
