@@ -61,17 +61,17 @@ def serve_stand_in(port: int, ms: float) -> int:
     import app
     from mineworld.session import Session
 
-    model_step = Session.step
+    model_passes = Session.step_passes
 
-    def step(self, action):
+    def step_passes(self, action):
         if not hasattr(self, "stand_in"):
-            self.stand_in = model_step(self, action)
+            self.stand_in = yield from model_passes(self, action)
         time.sleep(ms / 1000)
         frame, stats = self.stand_in
         self.frames_generated += 1
         return np.roll(frame, self.frames_generated, axis=1), {**stats, "ms_per_frame": ms}
 
-    Session.step = step
+    Session.step_passes = step_passes
     return app.main([*APP_ARGS, "--port", str(port)])
 
 

@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 
 from mineworld.actions import BUTTONS, ActionFileError, read_actions
-from mineworld.decoding import Sampling
+from mineworld.decoding import Passes, Sampling, run_together
 from mineworld.metrics import frame_scores
 from mineworld.session import Session
 from mineworld.video import read_video, video_rate, write_video
@@ -385,15 +385,24 @@ class PlaySession:
         return [side.frames[-1] if side.frames else self.context_frames[-1] for side in self.sides]
 
     def step(self, action: dict) -> list[np.ndarray]:
-        """Every side takes ``action``; returns their new frames. The true world and the scores
-        wait for ``score_pending``."""
-        made = [(side, *side.session.step(action)) for side in self.sides]
+        """Every side takes ``action`` (their forward passes run together); returns their new
+        frames. The true world and the scores wait for ``score_pending``."""
+        return self.record(action, run_together(self.model, self.side_steps(action)))
+
+    def side_steps(self, action: dict) -> list[Passes]:
+        """Each side's step as its forward passes, for ``run_together`` with other plays'; then
+        ``record`` what they made."""
+        return [side.session.step_passes(action) for side in self.sides]
+
+    def record(self, action: dict, made: list[tuple[np.ndarray, dict]]) -> list[np.ndarray]:
+        """Keep each side's new frame and stats (``made``, in the sides' order); returns the
+        frames."""
         with self._lock:
-            for side, frame, stats in made:
+            for side, (frame, stats) in zip(self.sides, made, strict=True):
                 side.record(action, frame, stats)
             self.actions.append(action)
             self.frames_played += 1
-            frames = [frame for _side, frame, _stats in made]
+            frames = [frame for frame, _stats in made]
             self._unscored.append((self.frames_played, action, frames))
             waiting = len(self._unscored)
         if waiting >= MAX_UNSCORED:
@@ -477,10 +486,13 @@ class PlaySession:
 
     def describe_sides(self) -> str:
         """Each side's strategy and the parameters in use (its defaults for the model
-        included)."""
+        included; those the model's layout fixes, such as ``frame_tokens``, left out)."""
         described = []
         for side in self.sides:
-            params = side.session.cache.strategy.describe()
+            strategy = side.session.cache.strategy
+            fixed = {param.name for param in strategy.params if param.from_layout}
+            params = {name: value for name, value in strategy.describe().items()
+                      if name not in fixed}
             described.append(f"{side.strategy} {json.dumps(params)}" if params else side.strategy)
         return " | ".join(described)
 

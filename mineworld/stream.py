@@ -21,12 +21,13 @@ import asyncio
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import NamedTuple
 
 from mineworld.actions import CAMERA_MAX_DEG
 
 MAX_QUEUED = 64  # presses waiting per play; more are refused, and the refusal says so
+MAX_TOGETHER = 16  # frames of different players made in the same forward passes
 
 
 def combine(actions: list[dict]) -> dict:
@@ -141,21 +142,109 @@ class Controls:
             return list(self._held)
 
 
-class FrameScheduler:
-    """One thread for all model work, first asked first run (see the module docstring)."""
+class Frame(NamedTuple):
+    """A frame just made: its number in the play and each side's image."""
 
-    def __init__(self):
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+    number: int
+    images: list
+
+
+class FrameScheduler:
+    """One thread for all model work, first asked first run (see the module docstring).
+
+    Frames asked for while others wait are made together: when the thread takes a frame, it
+    takes every other frame waiting too (at most ``max_together``), and their forward passes
+    run as one (``mineworld.decoding.run_together``): N players share each pass's fixed cost,
+    and get the frames each would get alone."""
+
+    def __init__(self, max_together: int = MAX_TOGETHER):
+        self.max_together = max_together
+        self._jobs: deque[tuple[Future, Callable | None, tuple]] = deque()
+        self._ready = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="model", daemon=True)
+        self._thread.start()
 
     def submit(self, fn: Callable, *args) -> Future:
-        return self._executor.submit(fn, *args)
+        """Run ``fn(*args)`` on the model's thread; its Future."""
+        return self._put(fn, args)
+
+    def step(self, play, action: dict) -> Future:
+        """Step ``play`` with ``action`` on the model's thread, with any other frames waiting;
+        a Future of the Frame made (None if the play had closed)."""
+        return self._put(None, (play, action))
 
     def call(self, fn: Callable, *args):
         """Run ``fn(*args)`` on the model's thread and wait for its result (or exception)."""
         return self.submit(fn, *args).result()
 
     def shutdown(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._ready:
+            self._closed = True
+            for future, _fn, _args in self._jobs:
+                future.cancel()
+            self._jobs.clear()
+            self._ready.notify()
+
+    def _put(self, fn: Callable | None, args: tuple) -> Future:
+        future: Future = Future()
+        with self._ready:
+            if self._closed:
+                raise RuntimeError("the frame scheduler has shut down")
+            self._jobs.append((future, fn, args))
+            self._ready.notify()
+        return future
+
+    def _next_jobs(self) -> list[tuple[Future, Callable | None, tuple]] | None:
+        """The oldest job, with every other frame waiting when it is a frame; None once shut
+        down."""
+        with self._ready:
+            while not self._jobs and not self._closed:
+                self._ready.wait()
+            if self._closed:
+                return None
+            first = self._jobs.popleft()
+            if first[1] is not None:
+                return [first]
+            frames = [first] + [job for job in self._jobs if job[1] is None][
+                : self.max_together - 1]
+            for job in frames[1:]:
+                self._jobs.remove(job)
+            return frames
+
+    def _run(self) -> None:
+        while (jobs := self._next_jobs()) is not None:
+            jobs = [job for job in jobs if job[0].set_running_or_notify_cancel()]
+            try:
+                if len(jobs) == 1 and jobs[0][1] is not None:
+                    future, fn, args = jobs[0]
+                    future.set_result(fn(*args))
+                else:
+                    frames = step_together([args for _future, _fn, args in jobs])
+                    for (future, _fn, _args), frame in zip(jobs, frames, strict=True):
+                        future.set_result(frame)
+            except Exception as error:  # the callers' to see, not the thread's end
+                for future, _fn, _args in jobs:
+                    if not future.done():
+                        future.set_exception(error)
+
+
+def step_together(steps: list[tuple]) -> list[Frame | None]:
+    """Step each ``(play, action)``, their forward passes as one; each Frame made, or None for
+    a play that has closed (a restart or a closed tab came first)."""
+    from mineworld.decoding import run_together
+
+    open_steps = [(index, play, action) for index, (play, action) in enumerate(steps)
+                  if play is not None and not play.closed]
+    players = [play.side_steps(action) for _index, play, action in open_steps]
+    made = run_together(open_steps[0][1].model, [passes for sides in players
+                                                 for passes in sides]) if players else []
+    frames: list[Frame | None] = [None] * len(steps)
+    for (index, play, action), sides in zip(open_steps, players, strict=True):
+        images = play.record(action, made[: len(sides)])
+        made = made[len(sides):]
+        frames[index] = Frame(play.frames_played, images)
+    return frames
 
 
 class Seat:
@@ -206,19 +295,5 @@ class Seat:
         action = self.controls.next_action()
         if action is None:
             return None
-        return asyncio.wrap_future(scheduler.submit(_step_open, self.play, action))
+        return asyncio.wrap_future(scheduler.step(self.play, action))
 
-
-class Frame(NamedTuple):
-    """A frame just made: its number in the play and each side's image."""
-
-    number: int
-    images: list
-
-
-def _step_open(play, action: dict) -> Frame | None:
-    """Step ``play`` unless it has been closed (a restart or a closed tab came first)."""
-    if play is None or play.closed:
-        return None
-    images = play.step(action)
-    return Frame(play.frames_played, images)

@@ -57,15 +57,15 @@ def outgoing_hosts():
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, outgoing_hosts):
     """The demo on 127.0.0.1, its frames slowed to at least FRAME_SECONDS."""
-    real_step = PlaySession.step
+    real_record = PlaySession.record
 
-    def slow_step(self, action):
+    def slow_record(self, action, made):  # on the model's thread, as each frame is made
         time.sleep(FRAME_SECONDS)
-        return real_step(self, action)
+        return real_record(self, action, made)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
-        patch.setattr(PlaySession, "step", slow_step)
+        patch.setattr(PlaySession, "record", slow_record)
         started = time.perf_counter()
         blocks = app.build_demo(tiny_resources(record_scene(tmp_path_factory.mktemp("scene"))))
         url = app.launch(blocks, "127.0.0.1", free_port(), block=False)

@@ -73,7 +73,12 @@ class CountingPlay:
     def __init__(self):
         self.actions, self.threads, self.closed = [], set(), False
 
-    def step(self, action):
+    model = None  # never called: a play without sides asks for no forward pass
+
+    def side_steps(self, action):
+        return []
+
+    def record(self, action, made):
         self.actions.append(action)
         self.threads.add(threading.current_thread().name)
         return [f"image {len(self.actions)}"]
@@ -133,3 +138,46 @@ def test_a_seat_copied_for_a_new_user_is_fresh():
     seat.controls.press("forward", FORWARD)
     other = copy.deepcopy(seat)
     assert other.controls.queued == [] and other.play is None
+
+
+class OnePassPlay:
+    """A stand-in play of one side whose frame takes one forward pass of ``model``."""
+
+    def __init__(self, model, name):
+        self.model, self.name, self.closed, self.frames_played = model, name, False, 0
+
+    def side_steps(self, action):
+        def passes():
+            logits = yield f"{self.name}'s feed"
+            return f"{self.name} after {logits}", {}
+
+        return [passes()]
+
+    def record(self, action, made):
+        self.frames_played += 1
+        return [frame for frame, _stats in made]
+
+
+class CountingModel:
+    def __init__(self):
+        self.calls = []
+
+    def forward_feeds(self, feeds):
+        self.calls.append(list(feeds))
+        return [f"logits of {feed}" for feed in feeds]
+
+
+def test_frames_waiting_together_are_made_in_the_same_forward_passes():
+    model, gate = CountingModel(), threading.Event()
+    scheduler = FrameScheduler()
+    busy = scheduler.submit(gate.wait)  # the model's thread is making someone's frame
+    plays = [OnePassPlay(model, name) for name in "abc"]
+    plays[1].closed = True  # its tab went while its frame waited
+    asked = [scheduler.step(play, FORWARD) for play in plays]
+    gate.set()
+    busy.result()
+    frames = [future.result(timeout=5) for future in asked]
+    assert model.calls == [["a's feed", "c's feed"]]  # one pass for both open plays
+    assert frames[0] == (1, ["a after logits of a's feed"]) and frames[1] is None
+    assert frames[2] == (1, ["c after logits of c's feed"])
+    scheduler.shutdown()
