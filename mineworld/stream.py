@@ -286,7 +286,8 @@ class Seat:
                     self.controls.stop()  # the tab closed: nothing to play on
             finished = True
         finally:
-            if not finished:  # cancelled: let the next input drive
+            if not finished:  # its page went (a stream stops only then): play nothing more
+                self.controls.stop()
                 self.controls.resign()
 
     def _next_frame(self, scheduler: FrameScheduler) -> asyncio.Future | None:

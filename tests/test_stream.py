@@ -181,3 +181,20 @@ def test_frames_waiting_together_are_made_in_the_same_forward_passes():
     assert frames[0] == (1, ["a after logits of a's feed"]) and frames[1] is None
     assert frames[2] == (1, ["c after logits of c's feed"])
     scheduler.shutdown()
+
+
+def test_a_driver_whose_stream_is_dropped_plays_nothing_more_and_lets_go():
+    scheduler = FrameScheduler()
+    seat = Seat()
+    seat.play = CountingPlay()
+    seat.controls.press("forward", FORWARD, 5)
+
+    async def drop_after_first_frame():
+        frames = seat.frames(scheduler)
+        await anext(frames)
+        await frames.aclose()  # what an abandoned async generator gets
+
+    asyncio.run(drop_after_first_frame())
+    assert seat.controls.queued == [] and not seat.controls.driving
+    assert len(seat.play.actions) <= 2  # the frame shown and at most the one being made
+    scheduler.shutdown()
