@@ -34,11 +34,13 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import inspect
 import json
 import math
+import reprlib
 import shutil
 import sys
 import tempfile
@@ -495,9 +497,10 @@ class PlayView:
     def outputs(self) -> list:
         return self.frame_outputs + self.plot_outputs
 
-    def status_only(self, message: str) -> list:
-        """Values that change nothing but the status line."""
-        return [gr.skip(), message, *[gr.skip()] * (len(self.outputs) - 2)]
+    def status_only(self, message: str, outputs: list) -> list:
+        """Values for ``outputs`` (``frame_outputs`` or ``outputs``) that change nothing but
+        the status line."""
+        return [gr.skip(), message, *[gr.skip()] * (len(outputs) - 2)]
 
     def queue_values(self, seat: Seat) -> list:
         """Values for ``frame_outputs`` that show only the keys held and queued."""
@@ -645,7 +648,7 @@ class Demo:
                 play = self.new_play(scene, start, seed, strategies, request)
             except PLAY_ERRORS as error:
                 gr.Warning(str(error))
-                return view.status_only(f"Not started: {error}")
+                return view.status_only(f"Not started: {error}", view.outputs)
             self.replace_play(seat, play)
             return view.values(seat)
 
@@ -664,7 +667,7 @@ class Demo:
                     self.scheduler.call(seat.play.switch_strategy, 0, strategy, params)
             except PLAY_ERRORS as error:
                 gr.Warning(str(error))
-                return view.status_only(f"Strategy not changed: {error}")
+                return view.status_only(f"Strategy not changed: {error}", view.outputs)
             return view.values(seat)
 
         return switch
@@ -701,10 +704,10 @@ class Demo:
                 why_not = await self.seated(seat, sides, request)
             except PLAY_ERRORS as error:
                 gr.Warning(str(error))
-                yield view.status_only(f"Not played: {error}")
+                yield view.status_only(f"Not played: {error}", view.frame_outputs)
                 return
             if why_not:
-                yield view.status_only(why_not)
+                yield view.status_only(why_not, view.frame_outputs)
                 return
             refused = seat.controls.press(control, action, times)
             if refused:
@@ -735,7 +738,7 @@ class Demo:
                 except PLAY_ERRORS as error:
                     why_not = f"Not played: {error}"
                 if why_not:
-                    yield view.status_only(why_not)
+                    yield view.status_only(why_not, view.frame_outputs)
                     return
                 if seat.controls.hold(name, control_action(name, 0.0, 0.0), order):
                     note = f"{CONTROLS[name][0]} not queued: the queue holds {MAX_QUEUED}"
@@ -790,22 +793,21 @@ class Demo:
     def load_scene(self, files: list[str] | None, request: gr.Request):
         """Handler: an uploaded mp4 + jsonl (and optional world sidecar json) as the scene.
 
-        A scene that cannot be used raises gr.Error: the page shows why, and the chained
-        restart does not run, so the current play goes on untouched."""
-        by_suffix = {Path(path).suffix.lower(): Path(path) for path in files or []}
-        if ".mp4" not in by_suffix or ".jsonl" not in by_suffix:
-            raise gr.Error("Scene not loaded: upload an .mp4 and its .jsonl (and, optionally, "
-                           "its world .json)")
-        folder = Path(tempfile.mkdtemp(prefix="mineworld-scene-"))
-        try:  # one stem for the files, whatever their uploaded names
-            for suffix, path in by_suffix.items():
-                shutil.copy(path, folder / f"scene{suffix}")
-            name = by_suffix[".mp4"].stem
-            scene = read_scene(folder / "scene.mp4", self.resources.tokenizer.frame_size, name)
-        except (ValueError, OSError) as error:
-            raise gr.Error(f"Scene not loaded: {error}") from None
+        A scene that cannot be used is refused (gr.Error naming the user's file by its own
+        name, never a server path): the page shows why, and the chained restart does not run,
+        so the current play goes on untouched. The uploaded files are deleted once read."""
+        uploads = [Path(path) for path in files or []]
+        by_suffix = {path.suffix.lower(): path for path in uploads}
+        try:
+            if ".mp4" not in by_suffix or ".jsonl" not in by_suffix:
+                raise refuse("Scene not loaded: upload an .mp4 and its .jsonl (and, optionally, "
+                             "its world .json)")
+            scene = self.read_upload(by_suffix)
         finally:
-            shutil.rmtree(folder, ignore_errors=True)
+            for path in uploads:  # Gradio keeps uploads for an hour; these are read already
+                path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    path.parent.rmdir()  # Gradio's folder for this upload, if now empty
         for note in scene.notes:
             gr.Warning(f"{scene.name}: {note}")
         if request is not None and request.session_hash:
@@ -813,6 +815,27 @@ class Demo:
         start = self.resources.default_start(scene)
         slider = gr.update(maximum=len(scene.frames) - 1, value=start)
         return scene, slider, describe_scene(scene)
+
+    def read_upload(self, by_suffix: dict[str, Path]) -> Scene:
+        """The scene of uploaded files by suffix, read under one stem (whatever their names);
+        a refusal names the files as their user does."""
+        folder = Path(tempfile.mkdtemp(prefix="mineworld-scene-"))
+        own_names = {}
+        try:
+            for suffix, path in by_suffix.items():
+                own_names[str(path)] = own_names[str(folder / f"scene{suffix}")] = path.name
+                shutil.move(path, folder / f"scene{suffix}")
+            scene = read_scene(folder / "scene.mp4", self.resources.tokenizer.frame_size,
+                               by_suffix[".mp4"].stem)
+        except (ValueError, OSError) as error:
+            message = str(error)
+            for server_path, name in own_names.items():
+                message = message.replace(server_path, name)
+            raise refuse(f"Scene not loaded: {message.replace(str(folder), '')}") from None
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        scene.notes = tuple(note.replace(str(folder), "") for note in scene.notes)
+        return scene
 
     @staticmethod
     def export(seat: Seat):
@@ -849,6 +872,47 @@ def repeat_count(repeat) -> tuple[int, str]:
     if times != wanted:
         return times, f"repeat is a whole number from 1 to {MAX_REPEAT}: stepped {times} times"
     return times, ""
+
+
+def refuse(message: str) -> gr.Error:
+    """The error for a refused request: shown to its user, and one line in the server's log
+    instead of a traceback (a stranger's bad value is not the server's fault)."""
+    print(f"{PROG}: refused: {message}", file=sys.stderr, flush=True)
+    return gr.Error(message, print_exception=False)
+
+
+# The values an API client may send each kind of input, beyond what Gradio checks: it checks
+# ranges and choices, but a string or a list for a number reached its rounding (a traceback
+# and a bare "Error"), and any value passed for a checkbox.
+INPUT_TYPES = {gr.Number: (int, float), gr.Slider: (int, float), gr.Checkbox: (bool,)}
+OPTIONAL_INPUTS = (gr.Number, gr.Checkbox)  # None means "unset" for these
+
+
+def refuse_bad_inputs(blocks: gr.Blocks) -> None:
+    """Every input's preprocessing refuses a wrongly typed value with one line naming the input,
+    and Gradio's own refusals (a range, a choice, a file type) are logged as one line too."""
+    for block in blocks.blocks.values():
+        if isinstance(block, gr.components.Component):
+            block.preprocess = checked_preprocess(block)
+
+
+def checked_preprocess(block):
+    original, types = block.preprocess, INPUT_TYPES.get(type(block))
+
+    @functools.wraps(original)
+    def preprocess(payload):
+        if types and not (
+            isinstance(payload, types) and (bool in types or not isinstance(payload, bool))
+            or payload is None and isinstance(block, OPTIONAL_INPUTS)
+        ):
+            kind = "true or false" if bool in types else "a number"
+            raise refuse(f"{block.label} must be {kind}, got {reprlib.repr(payload)}")
+        try:
+            return original(payload)
+        except gr.Error as error:
+            raise refuse(error.message) from None
+
+    return preprocess
 
 
 @dataclass
@@ -986,6 +1050,7 @@ def build_demo(resources: Resources) -> gr.Blocks:
         blocks.unload(demo.forget)
         blocks.load(demo.keep_open, None, None, concurrency_limit=None,
                     show_progress="hidden", api_visibility="private")
+    refuse_bad_inputs(blocks)
     blocks.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
     return blocks
 

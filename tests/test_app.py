@@ -7,6 +7,7 @@ here (PatchTokenizer, tiny_model, record_scene) serve test_browser.py too."""
 import dataclasses
 import gc
 import json
+import os
 import re
 import socket
 import subprocess
@@ -370,6 +371,49 @@ def test_limits_and_bad_values_leave_the_session_usable(served, tmp_path):
     assert status.startswith("Strategy not changed:") and "budget" in status
     status = client.predict(2, 0, 0, api_name="/play_forward")[0]
     assert "2 frames played" in status  # after every refusal, play goes on
+    client.close()
+
+
+@pytest.mark.parametrize("endpoint, args, message", [
+    ("/play_forward", ("abc", 0, 0), "Repeat a button n times (1-32) must be a number, got 'abc'"),
+    ("/play_forward", ([1], 0, 0), "must be a number, got [1]"),
+    ("/play_look", (1, None, 0), "Look: pitch (°, + looks down) must be a number, got None"),
+    ("/reset", ("abc",), "Start frame (play starts after it) must be a number, got 'abc'"),
+    ("/reset", (1, [1]), "Seed (sampling) must be a number, got [1]"),
+    ("/apply_strategy", picker_values("h2o", normalize="yes"),
+     "normalize must be true or false, got 'yes'"),
+    ("/apply_strategy", picker_values("h2o", hh_ratio="abc"), "hh_ratio must be a number"),
+    ("/apply_strategy", ["nope", *picker_values("h2o")[1:]], "not in the list of choices"),
+    ("/play_forward", (app.MAX_REPEAT + 1, 0, 0), "greater than maximum value"),
+], ids=["string", "list", "none", "start", "seed", "checkbox", "parameter", "choice", "range"])
+def test_a_wrongly_typed_value_is_refused_in_one_line(served, capfd, endpoint, args, message):
+    """Through the API, past the page's widgets: a clear message, one log line, no traceback."""
+    client = Client(served[0], verbose=False)
+    capfd.readouterr()
+    with pytest.raises(AppError) as refused:
+        client.predict(*args, api_name=endpoint)
+    assert message in str(refused.value)
+    log = capfd.readouterr().err.splitlines()
+    assert [line for line in log if "refused" in line] == [f"app.py: refused: {refused.value}"]
+    assert not any("Traceback" in line for line in log)
+    assert "frames played" in client.predict(1, 0, 0, api_name="/play_jump")[0]
+    client.close()
+
+
+def test_a_refused_scene_names_the_users_files_and_is_deleted(served, tmp_path, capfd):
+    client = Client(served[0], verbose=False)
+    mp4 = record_scene(tmp_path, name="my clip")
+    mp4.with_suffix(".jsonl").write_text("{'forward': 1\n")
+    capfd.readouterr()
+    with pytest.raises(AppError) as refused:
+        client.predict([handle_file(mp4), handle_file(mp4.with_suffix(".jsonl"))],
+                       api_name="/load_scene")
+    assert str(refused.value) == ("Scene not loaded: my clip.jsonl, line 1: neither JSON nor a "
+                                  "Python literal: unexpected end of line at column 14; only "
+                                  "literals and array(...) are allowed")
+    assert "Traceback" not in capfd.readouterr().err
+    uploads = app.Path(os.environ["GRADIO_TEMP_DIR"])
+    assert not [path for path in uploads.rglob("my clip*")], "the upload was kept"
     client.close()
 
 
