@@ -44,6 +44,7 @@ import reprlib
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -117,7 +118,6 @@ if __name__ == "__main__":
     parse_args()  # --help and bad flags answer here, before gradio and the model load
 
 import gradio as gr  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from mineworld.actions import make_action  # noqa: E402
@@ -153,7 +153,8 @@ MAX_UPLOAD_MB = 64  # per file; Gradio refuses a bigger upload before it is stor
 SCENE_FILE_TYPES = [".mp4", ".jsonl", ".json"]
 MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds
 CAMERA_KEY_DEG = 15.0  # how far one arrow key turns the camera
-IDLE_SECONDS = 20 * 60  # a session untouched this long is freed
+IDLE_SECONDS = 20 * 60  # a session that asks for nothing this long is freed (API clients too)
+SWEEP_SECONDS = 30.0  # how often idle sessions are looked for
 QUEUE_SIZE = 64
 MODEL_QUEUE = "model"  # the concurrency id of the events that prefill (frames do not wait)
 # The parameter Session fills in itself, so users never set it.
@@ -589,6 +590,14 @@ def queue_text(seat: Seat | None) -> str:
     return f"Held: {held} · Queued: {queued or 'none'}"
 
 
+def free_idle_sessions_forever(demo: weakref.ref) -> None:
+    """Free idle sessions every ``SWEEP_SECONDS`` while the demo exists."""
+    while (alive := demo()) is not None:
+        alive.free_idle_sessions()
+        del alive  # not held while asleep: the demo may go
+        time.sleep(SWEEP_SECONDS)
+
+
 class Demo:
     """The event handlers; they share the read-only resources and the model's scheduler, and
     nothing else."""
@@ -601,6 +610,34 @@ class Demo:
         self.open_plays: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         # Uploaded scenes by session hash, likewise, so that a closed tab's frames go at once.
         self.open_scenes: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        # When each session last asked for something: API clients never close a tab, so their
+        # plays and scenes are freed once idle (IDLE_SECONDS), by a thread of their own.
+        self.last_active: dict[str, float] = {}
+        threading.Thread(target=free_idle_sessions_forever, args=(weakref.ref(self),),
+                         name="idle-sessions", daemon=True).start()
+
+    def touch(self, request) -> None:
+        """Note that ``request``'s session is active now."""
+        if request is not None and request.session_hash:
+            self.last_active[request.session_hash] = time.monotonic()
+
+    def free_idle_sessions(self) -> None:
+        """Free every session that has asked for nothing for ``IDLE_SECONDS``."""
+        now = time.monotonic()
+        for session, last in list(self.last_active.items()):
+            if now - last > IDLE_SECONDS:
+                self.free_session(session)
+
+    def free_session(self, session: str) -> None:
+        """Free a session's plays (both tabs) and uploaded scene now."""
+        self.last_active.pop(session, None)
+        for tab in (1, 2):
+            play = self.open_plays.pop((session, tab), None)
+            if play is not None:
+                self.scheduler.call(play.close)  # after the frame it may be making
+        scene = self.open_scenes.pop(session, None)
+        if scene is not None:
+            scene.free()
 
     def new_play(self, scene: Scene | None, start: int | None, seed: int | None, strategies,
                  request) -> PlaySession:
@@ -619,6 +656,7 @@ class Demo:
                                    start, strategies, options)
         if request is not None and request.session_hash:
             self.open_plays[(request.session_hash, len(strategies))] = play
+        self.touch(request)
         return play
 
     def replace_play(self, seat: Seat, play: PlaySession) -> None:
@@ -698,6 +736,7 @@ class Demo:
         while this event drives."""
 
         async def step(seat: Seat, repeat, pitch, yaw, request: gr.Request):
+            self.touch(request)
             try:
                 action = control_action(control, number(pitch, "pitch"), number(yaw, "yaw"))
                 times, note = repeat_count(repeat)
@@ -724,6 +763,7 @@ class Demo:
         tap shorter than a frame still plays), a key up releases it, Escape stops."""
 
         async def control(seat: Seat, evt: gr.EventData, request: gr.Request):
+            self.touch(request)
             data = evt._data if isinstance(evt._data, dict) else {}
             name, note = data.get("control"), ""
             order = data.get("number")
@@ -781,14 +821,7 @@ class Demo:
     def forget(self, request: gr.Request) -> None:
         """Handler for a closed tab: free its plays and uploaded scene now, not when Gradio
         drops the tab's State (an hour later, or after ``IDLE_SECONDS`` untouched)."""
-        for tab in (1, 2):
-            play = self.open_plays.pop((request.session_hash, tab), None)
-            if play is not None:
-                self.scheduler.call(play.close)
-        scene = self.open_scenes.pop(request.session_hash, None)
-        if scene is not None:
-            scene.frames = np.zeros((0, *scene.frames.shape[1:]), np.uint8)  # not a view
-            scene.actions, scene.world = [], None
+        self.free_session(request.session_hash)
 
     def load_scene(self, files: list[str] | None, request: gr.Request):
         """Handler: an uploaded mp4 + jsonl (and optional world sidecar json) as the scene.
@@ -812,6 +845,7 @@ class Demo:
             gr.Warning(f"{scene.name}: {note}")
         if request is not None and request.session_hash:
             self.open_scenes[request.session_hash] = scene
+        self.touch(request)
         start = self.resources.default_start(scene)
         slider = gr.update(maximum=len(scene.frames) - 1, value=start)
         return scene, slider, describe_scene(scene)

@@ -190,14 +190,20 @@ def test_a_long_video_is_cut_with_a_note(scene_mp4):
 @pytest.mark.parametrize("edit, reason", [
     ({"size": [100000, 100000]}, "size must be"),
     ({"supersample": 1000}, "supersample must be"),
+    # The old documented maxima: 75 s and +4.7 GB a step on the 2-core host.
+    ({"size": [1024, 1024], "supersample": 4}, f"from 8 to {2 * WIDTH} x {2 * HEIGHT} (2 times"),
+    ({"size": [2 * WIDTH + 1, HEIGHT]}, "size must be"),
+    ({"supersample": 3}, "supersample must be in [1, 2]"),
+    ({"padding": " " * 5000}, "over 4,096 bytes"),
     ({"seed": -1}, "seed must be"),
     ({"seed": "7"}, "seed must be"),
     ({"start": {"x": 1}}, "start must hold"),
     ({"start": "nan"}, "start must hold"),
     ({"start_nan": True}, "start.y must be a finite number"),
     (None, "Expecting"),
-], ids=["huge-frames", "supersample", "negative-seed", "text-seed", "start-keys",
-        "start-not-a-dict", "start-nan", "not-json"])
+], ids=["huge-frames", "supersample", "old-maxima", "wider-than-twice-the-model",
+        "more-supersampling-than-recorded", "long-sidecar", "negative-seed", "text-seed",
+        "start-keys", "start-not-a-dict", "start-nan", "not-json"])
 def test_an_unusable_world_sidecar_is_ignored_with_a_note(tmp_path, edit, reason):
     mp4 = record_scene(tmp_path)
     sidecar = mp4.with_suffix(".json")
@@ -218,6 +224,20 @@ def test_an_unusable_world_sidecar_is_ignored_with_a_note(tmp_path, edit, reason
                        resources.options)
     play.step(make_action(["forward"]))  # plays on, without true frames
     assert play.frames_played == 1 and play.quality_table() is None
+
+
+def test_a_scene_keeps_only_its_frames_actions_and_world(tmp_path):
+    """The world sidecar at its limits is used, and a scene cut to its first frames holds the
+    actions of those frames only (the world's too), not the whole file's."""
+    mp4 = record_scene(tmp_path)
+    sidecar = json.loads(mp4.with_suffix(".json").read_text())
+    sidecar.update(size=[2 * WIDTH, 2 * HEIGHT], supersample=2)
+    mp4.with_suffix(".json").write_text(json.dumps(sidecar))
+    scene = read_scene(mp4, (WIDTH, HEIGHT), max_frames=4)
+    assert len(scene.frames) == len(scene.actions) == len(scene.world[1]) == 4
+    play = PlaySession(tiny_model(), PatchTokenizer(), scene, 2, [("none", {})],
+                       Options(reference_frames=2))
+    assert play.truth.step(make_action(["forward"])).shape == (HEIGHT, WIDTH, 3)
 
 
 def test_the_page_states_its_limits():
@@ -293,6 +313,52 @@ def test_closing_the_tab_frees_its_plays(served):
              for strategies in ([("none", {})], [("none", {}), ("none", {})])]
     demo.forget(request)
     assert all(play.closed for play in plays)
+
+
+def test_an_idle_session_is_freed_without_an_unload(served, monkeypatch):
+    """API clients never close a tab: their plays and scene go once they are idle."""
+    demo = app.Demo(served[1])
+    request = SimpleNamespace(session_hash="api-client")
+    play = demo.new_play(None, None, None, [("none", {})], request)
+    scene = dataclasses.replace(served[1].scene)
+    demo.open_scenes[request.session_hash] = scene
+    demo.free_idle_sessions()
+    assert not play.closed  # active a moment ago
+    monkeypatch.setattr(app, "IDLE_SECONDS", 0.0)
+    demo.free_idle_sessions()
+    demo.scheduler.call(lambda: None)  # the play closes on the model's thread, in order
+    assert play.closed and len(scene.frames) == 0 and scene.world is None
+    with pytest.raises(ValueError, match="the uploaded scene was freed .* upload it again"):
+        demo.new_play(scene, None, None, [("none", {})], request)
+    demo.scheduler.shutdown()
+
+
+@pytest.fixture
+def quickly_idle(scene_mp4, tmp_path, monkeypatch):
+    """The url of a demo whose sessions are idle after 1 s, looked for every 0.2 s."""
+    monkeypatch.setattr(app, "IDLE_SECONDS", 1.0)
+    monkeypatch.setattr(app, "SWEEP_SECONDS", 0.2)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    blocks = app.build_demo(tiny_resources(scene_mp4))
+    yield app.launch(blocks, "127.0.0.1", free_port(), block=False)
+    blocks.close()
+
+
+def test_an_idle_api_client_loses_its_uploaded_scene_and_play(quickly_idle, tmp_path):
+    others = live_plays()
+    client = Client(quickly_idle, verbose=False)
+    mp4 = record_scene(tmp_path, seed=WORLD_SEED + 2, name="kept")
+    client.predict([handle_file(mp4), handle_file(mp4.with_suffix(".jsonl"))],
+                   api_name="/load_scene")
+    assert client.predict(2, api_name="/reset")[0].startswith("kept.mp4 from frame 2")
+    mine = live_plays() - others
+    assert mine
+    time.sleep(2.0)  # idle: no request, no unload (the client stays connected)
+    assert not live_plays() & mine
+    status = client.predict(2, api_name="/reset")[0]
+    assert status == ("Not started: the uploaded scene was freed (its tab closed or was idle): "
+                      "upload it again")
+    client.close()
 
 
 def test_a_bad_parameter_returns_the_validation_message(served):
