@@ -119,6 +119,8 @@ if __name__ == "__main__":
 
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
+from starlette.responses import PlainTextResponse  # noqa: E402
 
 from mineworld.actions import make_action  # noqa: E402
 from mineworld.decoding import Sampling  # noqa: E402
@@ -150,7 +152,18 @@ PLOT_SECONDS = 0.5
 PLOT_PLAYING_SECONDS = 5.0
 KEEP_OPEN_SECONDS = 10.0
 MAX_UPLOAD_MB = 64  # per file; Gradio refuses a bigger upload before it is stored
+# Per upload request, all its files together: a scene's mp4 and its jsonl and json (8 x 63 MB
+# in one request stored 504 MB in 1.9 s). And for all of Gradio's files at once (uploads not
+# read yet, the frames it serves, exported videos): an upload that would pass it waits.
+MAX_REQUEST_MB = MAX_UPLOAD_MB + 8
+MAX_STORED_MB = 1024
 SCENE_FILE_TYPES = [".mp4", ".jsonl", ".json"]
+# What the page shows or offers as files: frames (png), videos, and the scene files a user
+# uploaded. No other upload is served back (an .html or .svg one would run in the page).
+SERVED_FILE_TYPES = {".png", *SCENE_FILE_TYPES}
+# Gradio deletes its files older than 30 minutes, every 5 (uploads never read, frames, videos)
+CACHE_SWEEP = (300, 1800)
+MB = 2**20
 MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds
 CAMERA_KEY_DEG = 15.0  # how far one arrow key turns the camera
 IDLE_SECONDS = 20 * 60  # a session that asks for nothing this long is freed (API clients too)
@@ -1006,7 +1019,7 @@ def wire_play(demo: Demo, view: PlayView, pad: ActionPad, prefix: str) -> None:
 def build_demo(resources: Resources) -> gr.Blocks:
     """The whole page for ``resources``; launching it is the caller's business."""
     demo = Demo(resources)
-    with gr.Blocks(title="MineWorld", delete_cache=(600, 3600)) as blocks:
+    with gr.Blocks(title="MineWorld", delete_cache=CACHE_SWEEP) as blocks:
         gr.Markdown("## MineWorld: play the world model\nHold a key to play, release it to "
                     "stop: W A S D move, Space jump, Shift sneak, Ctrl sprint, Q drop, 1-9 "
                     "hotbar, arrows turn the camera, Esc stops.")
@@ -1089,12 +1102,68 @@ def build_demo(resources: Resources) -> gr.Blocks:
     return blocks
 
 
+class FileLimits:
+    """ASGI middleware for the files Gradio takes and serves: an upload request is refused
+    before its body is read when it is over ``MAX_REQUEST_MB`` (413), names no length (411),
+    or would take Gradio's files over ``MAX_STORED_MB`` (507); a file of a type not in
+    ``SERVED_FILE_TYPES`` is not served (403)."""
+
+    def __init__(self, app):
+        self.app = app
+        self.arriving = 0  # bytes of the upload requests being received now
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path.endswith("/gradio_api/upload") and scope["method"] == "POST":
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            refusal = self.upload_refusal(int(length) if length.isdigit() else None)
+            if refusal:
+                await PlainTextResponse(refusal[1], status_code=refusal[0])(scope, receive, send)
+                return
+            self.arriving += int(length)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                self.arriving -= int(length)
+            return
+        if "/file=" in path and Path(path).suffix.lower() not in SERVED_FILE_TYPES:
+            print(f"{PROG}: refused: a file of type {Path(path).suffix!r}", file=sys.stderr)
+            await PlainTextResponse("Not served", status_code=403)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def upload_refusal(self, length: int | None) -> tuple[int, str] | None:
+        """(HTTP status, message) when an upload of ``length`` bytes is refused, else None."""
+        if length is None:
+            refusal = 411, "An upload must state its length (Content-Length)"
+        elif length > MAX_REQUEST_MB * MB:
+            refusal = 413, f"An upload request may hold at most {MAX_REQUEST_MB} MB"
+        elif stored_bytes(gr.utils.get_upload_folder()) + self.arriving + length > (
+                MAX_STORED_MB * MB):
+            refusal = 507, "Uploads are full for now: try again in a few minutes"
+        else:
+            return None
+        print(f"{PROG}: refused: {refusal[1]}", file=sys.stderr, flush=True)
+        return refusal
+
+
+def stored_bytes(folder: str) -> int:
+    """Bytes of the files under ``folder`` (0 when it does not exist yet)."""
+    total = 0
+    for parent, _folders, names in os.walk(folder):
+        for name in names:
+            with contextlib.suppress(OSError):  # Gradio may delete it meanwhile
+                total += os.stat(os.path.join(parent, name)).st_size
+    return total
+
+
 def launch(blocks: gr.Blocks, host: str, port: int, block: bool = True) -> str:
     """Serve offline on ``host:port``; returns the local URL (and blocks when ``block``)."""
     _app, url, _share = blocks.launch(
         server_name=host, server_port=port, share=False, ssr_mode=False, quiet=True,
         footer_links=[], run_history=False, prevent_thread_lock=True,
         max_file_size=f"{MAX_UPLOAD_MB}mb", allowed_paths=[], css=CSS,
+        app_kwargs={"middleware": [Middleware(FileLimits)]},
     )
     print(f"{PROG}: serving on {url}", flush=True)
     if block:

@@ -411,6 +411,44 @@ def test_an_upload_over_the_size_limit_is_refused(served, tmp_path):
         assert httpx.post(f"{served[0]}gradio_api/upload", files={"files": file}).is_success
 
 
+def raw_upload(url, headers):
+    """The status line of a POST to Gradio's upload route with ``headers`` and no body."""
+    host, port = url.split("//")[1].rstrip("/").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        connection.sendall(f"POST /gradio_api/upload HTTP/1.1\r\nHost: {host}\r\n"
+                           f"Content-Type: multipart/form-data; boundary=x\r\n{headers}\r\n"
+                           .encode())
+        return connection.recv(4096).decode().split("\r\n")[0]
+
+
+def test_an_upload_request_over_the_limits_is_refused_before_its_body(served):
+    too_big = f"Content-Length: {app.MAX_REQUEST_MB * 2**20 + 1}\r\n"
+    assert raw_upload(served[0], too_big) == "HTTP/1.1 413 Request Entity Too Large"
+    chunked = "Transfer-Encoding: chunked\r\n"
+    assert raw_upload(served[0], chunked) == "HTTP/1.1 411 Length Required"
+
+
+def test_uploads_stop_when_gradios_files_are_full(served, tmp_path, monkeypatch):
+    scene = tmp_path / "scene.jsonl"
+    scene.write_text("{}\n" * 1000)
+    monkeypatch.setattr(app, "MAX_STORED_MB", 0)
+    with scene.open("rb") as file:
+        response = httpx.post(f"{served[0]}gradio_api/upload", files={"files": file})
+    assert response.status_code == 507 and "Uploads are full" in response.text
+
+
+def test_only_the_pages_own_file_types_are_served_back(served, tmp_path):
+    stored = {}
+    for name in ("page.html", "image.svg", "scene.jsonl"):
+        (tmp_path / name).write_text("<script>alert(1)</script>")
+        with (tmp_path / name).open("rb") as file:
+            [stored[name]] = httpx.post(f"{served[0]}gradio_api/upload",
+                                        files={"files": file}).json()
+    served_back = {name: httpx.get(f"{served[0]}gradio_api/file={path}").status_code
+                   for name, path in stored.items()}
+    assert served_back == {"page.html": 403, "image.svg": 403, "scene.jsonl": 200}
+
+
 def test_limits_and_bad_values_leave_the_session_usable(served, tmp_path):
     client = Client(served[0], verbose=False)
     client.predict(1, api_name="/reset")
