@@ -698,7 +698,7 @@ class Demo:
                     values = values[count:]
                 play = self.new_play(scene, start, seed, strategies, request)
             except PLAY_ERRORS as error:
-                gr.Warning(str(error))
+                warn_refused(str(error))
                 return view.status_only(f"Not started: {error}", view.outputs)
             self.replace_play(seat, play)
             return view.values(seat)
@@ -717,7 +717,7 @@ class Demo:
                 else:
                     self.scheduler.call(seat.play.switch_strategy, 0, strategy, params)
             except PLAY_ERRORS as error:
-                gr.Warning(str(error))
+                warn_refused(str(error))
                 return view.status_only(f"Strategy not changed: {error}", view.outputs)
             return view.values(seat)
 
@@ -755,7 +755,7 @@ class Demo:
                 times, note = repeat_count(repeat)
                 why_not = await self.seated(seat, sides, request)
             except PLAY_ERRORS as error:
-                gr.Warning(str(error))
+                warn_refused(str(error))
                 yield view.status_only(f"Not played: {error}", view.frame_outputs)
                 return
             if why_not:
@@ -921,11 +921,23 @@ def repeat_count(repeat) -> tuple[int, str]:
     return times, ""
 
 
-def refuse(message: str) -> gr.Error:
-    """The error for a refused request: shown to its user, and one line in the server's log
-    instead of a traceback (a stranger's bad value is not the server's fault)."""
+def log_refusal(message: str) -> None:
+    """One line in the server's log for a refused request, instead of a traceback (a
+    stranger's bad value is not the server's fault)."""
     print(f"{PROG}: refused: {message}", file=sys.stderr, flush=True)
+
+
+def refuse(message: str) -> gr.Error:
+    """The error for a refused request: shown to its user, and logged in one line."""
+    log_refusal(message)
     return gr.Error(message, print_exception=False)
+
+
+def warn_refused(message: str) -> None:
+    """A refusal the handler answers itself (in the status line): a warning in the page, and
+    logged in one line."""
+    log_refusal(message)
+    gr.Warning(message)
 
 
 # The values an API client may send each kind of input, beyond what Gradio checks: it checks
@@ -936,30 +948,35 @@ OPTIONAL_INPUTS = (gr.Number, gr.Checkbox)  # None means "unset" for these
 
 
 def refuse_bad_inputs(blocks: gr.Blocks) -> None:
-    """Every input's preprocessing refuses a wrongly typed value with one line naming the input,
-    and Gradio's own refusals (a range, a choice, a file type) are logged as one line too."""
-    for block in blocks.blocks.values():
-        if isinstance(block, gr.components.Component):
-            block.preprocess = checked_preprocess(block)
+    """Every event's inputs are checked before Gradio preprocesses them: a wrongly typed value
+    is refused with one line naming the input, and Gradio's own refusals (a range, a choice, a
+    file type) are logged as one line too. At the Blocks, not per component: Gradio gives a
+    session its own copy of a component once an update changes it."""
+    preprocess_data = blocks.preprocess_data
 
-
-def checked_preprocess(block):
-    original, types = block.preprocess, INPUT_TYPES.get(type(block))
-
-    @functools.wraps(original)
-    def preprocess(payload):
-        if types and not (
-            isinstance(payload, types) and (bool in types or not isinstance(payload, bool))
-            or payload is None and isinstance(block, OPTIONAL_INPUTS)
-        ):
-            kind = "true or false" if bool in types else "a number"
-            raise refuse(f"{block.label} must be {kind}, got {reprlib.repr(payload)}")
+    @functools.wraps(preprocess_data)
+    async def checked(block_fn, inputs, state, explicit_call=False):
+        for index, (block, value) in enumerate(zip(block_fn.inputs, inputs, strict=False)):
+            if index not in block_fn.component_prop_inputs:
+                check_input_type(block, value)
         try:
-            return original(payload)
+            return await preprocess_data(block_fn, inputs, state, explicit_call)
         except gr.Error as error:
+            if not error.print_exception:  # refused already
+                raise
             raise refuse(error.message) from None
 
-    return preprocess
+    blocks.preprocess_data = checked
+
+
+def check_input_type(block, value) -> None:
+    """gr.Error (``refuse``) unless ``value`` has the type ``block`` takes (``INPUT_TYPES``)."""
+    types = INPUT_TYPES.get(type(block))
+    if types is None or value is None and isinstance(block, OPTIONAL_INPUTS):
+        return
+    if not isinstance(value, types) or isinstance(value, bool) and bool not in types:
+        kind = "true or false" if bool in types else "a number"
+        raise refuse(f"{block.label} must be {kind}, got {reprlib.repr(value)}")
 
 
 @dataclass

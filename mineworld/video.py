@@ -72,7 +72,9 @@ def read_video(
     stop = None if max_frames is None else start + max_frames
     frames, seen = [], 0
     try:
-        with av.open(str(path)) as container:
+        # The limit applies while FFmpeg probes the streams too: probing decodes frames.
+        decoder_limits = {"max_pixels": str(MAX_SIDE * MAX_SIDE)}
+        with av.open(str(path), options=decoder_limits) as container:
             if container.format.name in _TEXT_DEMUXERS:
                 raise VideoFileError(f"not a video (text, as {container.format.name})", path)
             if not container.streams.video:
@@ -81,7 +83,7 @@ def read_video(
             if stream.codec_context is None:  # a damaged header names no decodable codec
                 raise VideoFileError("not a video (no decodable video stream)", path)
             _check_side(stream.codec_context.width, stream.codec_context.height, path)
-            stream.codec_context.options = {"max_pixels": str(MAX_SIDE * MAX_SIDE)}
+            stream.codec_context.options = decoder_limits
             started, pixels = time.monotonic(), 0
             for frame in container.decode(stream):
                 _check_side(frame.width, frame.height, path)
@@ -110,7 +112,9 @@ def read_video(
             if seen != stop and seen < stream.frames:
                 raise VideoFileError(f"truncated: {seen} of {stream.frames} frames decode", path)
     except (av.FFmpegError, UnicodeDecodeError) as e:  # bad metadata text is a UnicodeError
-        raise VideoFileError(f"cannot decode: {getattr(e, 'strerror', None) or e}", path) from None
+        reason = getattr(e, "strerror", None) or e
+        raise VideoFileError(f"cannot decode (damaged, or frames over {MAX_SIDE}x{MAX_SIDE}): "
+                             f"{reason}", path) from None
     if not frames:
         raise VideoFileError(f"no frames from frame {start} on ({seen} in the file)", path)
     return np.stack(frames)

@@ -504,6 +504,20 @@ def test_a_wrongly_typed_value_is_refused_in_one_line(served, capfd, endpoint, a
     client.close()
 
 
+def test_wrong_types_are_refused_after_an_upload_changed_an_input(served, tmp_path, capfd):
+    """An upload changes the start slider's maximum: Gradio gives the session its own copy of
+    the slider, which is checked all the same."""
+    client = Client(served[0], verbose=False)
+    mp4 = record_scene(tmp_path, name="changes")
+    client.predict([handle_file(mp4), handle_file(mp4.with_suffix(".jsonl"))],
+                   api_name="/load_scene")
+    capfd.readouterr()
+    with pytest.raises(AppError, match="Start frame .* must be a number, got 'x'"):
+        client.predict("x", api_name="/reset")
+    assert "Traceback" not in capfd.readouterr().err
+    client.close()
+
+
 def test_a_refused_scene_names_the_users_files_and_is_deleted(served, tmp_path, capfd):
     client = Client(served[0], verbose=False)
     mp4 = record_scene(tmp_path, name="my clip")
