@@ -16,11 +16,15 @@ the model makes frames; see the README's demo section. The strip, plots and scor
 ``PLOT_SECONDS`` from a ``gr.Timer`` (``PLOT_PLAYING_SECONDS`` while frames stream), off the
 frame's path.
 
-Limits (a page for strangers): uploads of at most ``MAX_UPLOAD_MB`` each, of the types the
-Scene panel names; the first ``mineworld.play.MAX_SCENE_FRAMES`` frames of a video; at most
-``MAX_REPEAT`` repeats a click; the newest ``mineworld.play.KEPT_FRAMES`` frames (plots, video)
-kept per side; no file served but Gradio's own (its cache of this app's outputs and uploads).
-Each says so in the page when it applies, and play goes on.
+Limits (a page for strangers): uploads of at most ``MAX_UPLOAD_MB`` each and
+``MAX_REQUEST_MB`` a request, ``MAX_STORED_MB`` of Gradio's files in all (``FileLimits``), of the
+types the Scene panel names, deleted once read; the first ``mineworld.play.MAX_SCENE_FRAMES``
+frames of a video; at most ``MAX_REPEAT`` repeats a click; the newest
+``mineworld.play.KEPT_FRAMES`` frames (plots, video) kept per side; a session freed when its tab
+closes or after ``IDLE_SECONDS`` without a request; no file served but Gradio's own (its cache
+of this app's outputs and uploads), of the page's own types. Each says so in the page (a
+wrongly typed API value too, in one line naming the input) when it applies, and play goes on.
+docs/serving.md has the whole table.
 
 Exit status: 2 for a usage, model or scene error (one line on stderr), else when stopped.
 """
@@ -139,6 +143,7 @@ from mineworld.play import (  # noqa: E402
 from mineworld.session import default_reference_frames, pick_device  # noqa: E402
 from mineworld.stream import MAX_QUEUED, FrameScheduler, Seat  # noqa: E402
 from mineworld.tokenizers.base import resize_frames  # noqa: E402
+from mineworld.video import MAX_DECODED_PIXELS, MAX_SIDE  # noqa: E402
 from mineworld.world import read_recording  # noqa: E402
 
 # What a handler turns into a message in the page (the session goes on): bad values raise
@@ -278,7 +283,8 @@ CSS = """
 
 LIMITS_TEXT = (
     f"Limits: uploads up to {MAX_UPLOAD_MB} MB a file ({', '.join(SCENE_FILE_TYPES)}); the "
-    f"first {MAX_SCENE_FRAMES} frames of a video are read; a click repeats at most "
+    f"first {MAX_SCENE_FRAMES} frames of a video are read, of at most {MAX_SIDE} px a side and "
+    f"{MAX_DECODED_PIXELS / 1e6:.0f} M pixels in all; a click repeats at most "
     f"{MAX_REPEAT} times; each side keeps its newest {KEPT_FRAMES} frames for the strip, plots "
     "and video. A tab's session is freed when it closes or after "
     f"{IDLE_SECONDS // 60} idle minutes."

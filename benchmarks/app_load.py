@@ -43,6 +43,9 @@ from gradio_client import Client
 from PIL import Image
 
 from benchmarks.common import print_machine
+from mineworld.actions import make_action
+from mineworld.play import MAX_SUPERSAMPLE, MAX_WORLD_SCALE
+from mineworld.world import Game
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTROLS = ["forward", "back", "left", "right", "jump", "look_left", "look_right", "sneak"]
@@ -229,6 +232,18 @@ def black_video(path: Path, sizes: list[tuple[int, int]], frames_each: int) -> P
     return path
 
 
+def true_frame_ms(sidecar: dict, size: list[int], frames: int = 20) -> float:
+    """Milliseconds the world of ``sidecar`` takes to render a frame of ``size`` walking, at
+    the largest supersampling a sidecar may ask for."""
+    game = Game(sidecar["seed"], tuple(size), MAX_SUPERSAMPLE, sidecar["start"])
+    walk = make_action(["forward"], yaw=5.0)
+    game.step(walk)
+    started = time.perf_counter()
+    for _ in range(frames):
+        game.step(walk)
+    return (time.perf_counter() - started) / frames * 1000
+
+
 def attacks(url: str, pid: int, log: Path, folder: Path) -> bool:
     """The attacks of issue 21 through the API; True when each is refused or bounded."""
     from gradio_client import handle_file
@@ -252,11 +267,16 @@ def attacks(url: str, pid: int, log: Path, folder: Path) -> bool:
         return lambda: client.predict([handle_file(path) for path in paths],
                                       api_name="/load_scene")
 
+    sidecar = json.loads(scene[".json"].read_text())
+    frame_size = tuple(sidecar["size"])  # the embedded model's, as the scene was recorded
+    largest = [MAX_WORLD_SCALE * side for side in frame_size]
+    own, limit = (true_frame_ms(sidecar, size) for size in (frame_size, largest))
+    print(f"- a world sidecar at its limits ({largest[0]} x {largest[1]}, supersample "
+          f"{MAX_SUPERSAMPLE}): {limit:.1f} ms a true frame ({own:.1f} at the model's own size)")
     long_line = folder / "long-line.jsonl"
     long_line.write_text("{'a': [" + "0," * 4_000_000 + "]}\n")  # 8 MB; ast took 3.9 GB
     attack("jsonl whose first line is an 8 MB Python literal", upload(scene[".mp4"], long_line),
            "a line over 16,384 bytes")
-    sidecar = json.loads(scene[".json"].read_text())
     sidecar.update(size=[1024, 1024], supersample=4)  # the old maxima: 75.6 s a step
     (folder / "huge-world.json").write_text(json.dumps(sidecar))
     attack("world sidecar of 1024 x 1024, supersample 4",

@@ -242,6 +242,7 @@ def test_a_scene_keeps_only_its_frames_actions_and_world(tmp_path):
 
 def test_the_page_states_its_limits():
     for words in (f"{app.MAX_UPLOAD_MB} MB", f"first {app.MAX_SCENE_FRAMES} frames",
+                  "4096 px a side", "236 M pixels in all", "20 idle minutes",
                   f"at most {app.MAX_REPEAT} times", f"newest {app.KEPT_FRAMES} frames"):
         assert words in app.LIMITS_TEXT
 
