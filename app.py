@@ -133,6 +133,7 @@ from mineworld.loading import USER_ERRORS, load_model, one_line, strategy_params
 from mineworld.play import (  # noqa: E402
     KEPT_FRAMES,
     MAX_SCENE_FRAMES,
+    MIB,
     PLOTS,
     QUALITY,
     Options,
@@ -168,7 +169,6 @@ SCENE_FILE_TYPES = [".mp4", ".jsonl", ".json"]
 SERVED_FILE_TYPES = {".png", *SCENE_FILE_TYPES}
 # Gradio deletes its files older than 30 minutes, every 5 (uploads never read, frames, videos)
 CACHE_SWEEP = (300, 1800)
-MB = 2**20
 MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds
 CAMERA_KEY_DEG = 15.0  # how far one arrow key turns the camera
 IDLE_SECONDS = 20 * 60  # a session that asks for nothing this long is freed (API clients too)
@@ -856,7 +856,7 @@ class Demo:
                              "its world .json)")
             scene = self.read_upload(by_suffix)
         finally:
-            for path in uploads:  # Gradio keeps uploads for an hour; these are read already
+            for path in uploads:  # read already: not left for Gradio's cache sweep
                 path.unlink(missing_ok=True)
                 with contextlib.suppress(OSError):
                     path.parent.rmdir()  # Gradio's folder for this upload, if now empty
@@ -1159,10 +1159,10 @@ class FileLimits:
         """(HTTP status, message) when an upload of ``length`` bytes is refused, else None."""
         if length is None:
             refusal = 411, "An upload must state its length (Content-Length)"
-        elif length > MAX_REQUEST_MB * MB:
+        elif length > MAX_REQUEST_MB * MIB:
             refusal = 413, f"An upload request may hold at most {MAX_REQUEST_MB} MB"
         elif stored_bytes(gr.utils.get_upload_folder()) + self.arriving + length > (
-                MAX_STORED_MB * MB):
+                MAX_STORED_MB * MIB):
             refusal = 507, "Uploads are full for now: try again in a few minutes"
         else:
             return None
