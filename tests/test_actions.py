@@ -400,7 +400,7 @@ def test_python_literal_refuses_everything_else(text, message):
 # bytes and the refusal, if any. VmHWM, not ru_maxrss: a child's ru_maxrss starts at its
 # parent's peak (pytest's, here), which would hide any growth below it.
 MEASURE = """
-import json, resource, sys
+import itertools, json, resource, string, sys
 from pathlib import Path
 from mineworld.actions import python_literal, read_actions
 def status(field):
@@ -408,52 +408,63 @@ def status(field):
                 if line.startswith(field + ":"))
 limit = status("VmSize") + 2**30
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-kind, unit, count, path = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
-text = "{'a': [" + unit * count + "]}"
+kind, expression, path = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+text = eval(expression)  # the test's own expression, building the line
 if kind == "file":
     path.write_text(text + "\\n")
     text = None
-peak, refused = status("VmHWM"), None
+Path("/proc/self/clear_refs").write_text("5")  # the peak restarts from here: building the
+peak, refused = status("VmHWM"), None          # line's text does not count
 try:
     python_literal(text) if kind == "literal" else read_actions(path)
 except ValueError as error:
     refused = str(error)
-print(json.dumps([status("VmHWM") - peak, refused]))
+print(json.dumps([len(text or ""), status("VmHWM") - peak, refused]))
 """
 
 
-def peak_growth(kind, unit, count, path=""):
-    """(bytes the peak RSS of a child grew by while it read "{'a': [unit * count]}", the
-    refusal or None)."""
-    done = subprocess.run([sys.executable, "-c", MEASURE, kind, unit, str(count), str(path)],
+def peak_growth(kind, expression, path=""):
+    """(characters of the line ``expression`` builds, bytes the peak RSS of a child grew by
+    while it read the line, the refusal or None)."""
+    done = subprocess.run([sys.executable, "-c", MEASURE, kind, expression, str(path)],
                           capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout)
 
 
-@pytest.mark.parametrize("unit", ["0,", "1.5,", "'ab',", "1000,"])
-def test_a_multi_megabyte_literal_costs_under_20_bytes_a_byte(unit):
+# Lines of about 4 MB: a list of one repeated form, and a dict of 140,608 distinct keys.
+LONG_LITERALS = {
+    "zeros": "\"{'a': [\" + '0,' * 2_000_000 + ']}'",
+    "floats": "\"{'a': [\" + '1.5,' * 1_000_000 + ']}'",
+    "short strings": "\"{'a': [\" + \"'ab',\" * 800_000 + ']}'",
+    "ints": "\"{'a': [\" + '1000,' * 800_000 + ']}'",
+    "distinct keys": "'{' + ','.join(f\"'{''.join(k)}': 0\" for k in "
+                     "itertools.product(string.ascii_letters, repeat=3)) + '}'",
+}
+
+
+@pytest.mark.parametrize("expression", LONG_LITERALS.values(), ids=LONG_LITERALS)
+def test_a_multi_megabyte_literal_costs_under_20_bytes_a_byte(expression):
     """The literal reader alone, without the line limit: linear, with a small constant (ast
-    took about 480 bytes a byte). Lines of 4 MB."""
-    count = 4_000_000 // len(unit)
-    growth, refused = peak_growth("literal", unit, count)
-    assert refused is None
-    assert 0 < growth < 20 * len(unit) * count
+    took about 480 bytes a byte)."""
+    size, growth, refused = peak_growth("literal", expression)
+    assert refused is None and size > 1_000_000
+    assert 0 < growth < 20 * size
 
 
 def test_many_empty_containers_are_refused_early():
     """An empty list costs 56 bytes for its 3 of line: the 257th container is refused."""
-    growth, refused = peak_growth("literal", "[],", 1_000_000)
+    _size, growth, refused = peak_growth("literal", "'[' + '[],' * 1_000_000 + ']'")
     assert "more than 256 dicts, lists and tuples" in refused
     assert growth < 2**20
 
 
 def test_a_file_with_a_multi_megabyte_line_is_refused_without_reading_it(tmp_path):
-    growth, refused = peak_growth("file", "0,", 4_000_000, tmp_path / "long.jsonl")
+    _size, growth, refused = peak_growth("file", LONG_LITERALS["zeros"], tmp_path / "long.jsonl")
     assert refused.endswith("long.jsonl, line 1: a line over 16,384 bytes (recorded action "
                             "lines are under 1 KB)")
-    assert growth < 2**20  # far below the 8 MB line: only its first 16 KB were read
+    assert growth < 2**20  # far below the 4 MB line: only its first 16 KB were read
 
 
 # --- files -----------------------------------------------------------------------------------
