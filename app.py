@@ -16,11 +16,15 @@ the model makes frames; see the README's demo section. The strip, plots and scor
 ``PLOT_SECONDS`` from a ``gr.Timer`` (``PLOT_PLAYING_SECONDS`` while frames stream), off the
 frame's path.
 
-Limits (a page for strangers): uploads of at most ``MAX_UPLOAD_MB`` each, of the types the
-Scene panel names; the first ``mineworld.play.MAX_SCENE_FRAMES`` frames of a video; at most
-``MAX_REPEAT`` repeats a click; the newest ``mineworld.play.KEPT_FRAMES`` frames (plots, video)
-kept per side; no file served but Gradio's own (its cache of this app's outputs and uploads).
-Each says so in the page when it applies, and play goes on.
+Limits (a page for strangers): uploads of at most ``MAX_UPLOAD_MB`` each and
+``MAX_REQUEST_MB`` a request, ``MAX_STORED_MB`` of Gradio's files in all (``FileLimits``), of the
+types the Scene panel names, deleted once read; the first ``mineworld.play.MAX_SCENE_FRAMES``
+frames of a video; at most ``MAX_REPEAT`` repeats a click; the newest
+``mineworld.play.KEPT_FRAMES`` frames (plots, video) kept per side; a session freed when its tab
+closes or after ``IDLE_SECONDS`` without a request; no file served but Gradio's own (its cache
+of this app's outputs and uploads), of the page's own types. Each says so in the page (a
+wrongly typed API value too, in one line naming the input) when it applies, and play goes on.
+docs/serving.md has the whole table.
 
 Exit status: 2 for a usage, model or scene error (one line on stderr), else when stopped.
 """
@@ -34,13 +38,16 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import json
 import math
+import reprlib
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -108,8 +115,9 @@ if __name__ == "__main__":
     parse_args()  # --help and bad flags answer here, before gradio and the model load
 
 import gradio as gr  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
+from starlette.responses import PlainTextResponse  # noqa: E402
 
 from cache import STRATEGIES, declared, is_class_path, names, strategy_class  # noqa: E402
 from mineworld.actions import make_action  # noqa: E402
@@ -121,6 +129,7 @@ from mineworld.model import cache_layout  # noqa: E402
 from mineworld.play import (  # noqa: E402
     KEPT_FRAMES,
     MAX_SCENE_FRAMES,
+    MIB,
     PLOTS,
     QUALITY,
     Options,
@@ -131,6 +140,7 @@ from mineworld.play import (  # noqa: E402
 from mineworld.session import default_reference_frames, pick_device  # noqa: E402
 from mineworld.stream import MAX_QUEUED, Frame, FrameScheduler, Seat  # noqa: E402
 from mineworld.tokenizers.base import resize_frames  # noqa: E402
+from mineworld.video import MAX_DECODED_PIXELS, MAX_SIDE  # noqa: E402
 from mineworld.world import read_recording  # noqa: E402
 
 # What a handler turns into a message in the page (the session goes on): bad values raise
@@ -144,10 +154,21 @@ PLOT_SECONDS = 0.5
 PLOT_PLAYING_SECONDS = 5.0
 KEEP_OPEN_SECONDS = 10.0
 MAX_UPLOAD_MB = 64  # per file; Gradio refuses a bigger upload before it is stored
+# Per upload request, all its files together: a scene's mp4 and its jsonl and json (8 x 63 MB
+# in one request stored 504 MB in 1.9 s). And for all of Gradio's files at once (uploads not
+# read yet, the frames it serves, exported videos): an upload that would pass it waits.
+MAX_REQUEST_MB = MAX_UPLOAD_MB + 8
+MAX_STORED_MB = 1024
 SCENE_FILE_TYPES = [".mp4", ".jsonl", ".json"]
+# What the page shows or offers as files: frames (png), videos, and the scene files a user
+# uploaded. No other upload is served back (an .html or .svg one would run in the page).
+SERVED_FILE_TYPES = {".png", *SCENE_FILE_TYPES}
+# Gradio deletes its files older than 30 minutes, every 5 (uploads never read, frames, videos)
+CACHE_SWEEP = (300, 1800)
 MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds
 CAMERA_KEY_DEG = 15.0  # how far one arrow key turns the camera
-IDLE_SECONDS = 20 * 60  # a session untouched this long is freed
+IDLE_SECONDS = 20 * 60  # a session that asks for nothing this long is freed (API clients too)
+SWEEP_SECONDS = 30.0  # how often idle sessions are looked for
 QUEUE_SIZE = 64
 MODEL_QUEUE = "model"  # the concurrency id of the events that prefill (frames do not wait)
 
@@ -256,7 +277,8 @@ CSS = """
 
 LIMITS_TEXT = (
     f"Limits: uploads up to {MAX_UPLOAD_MB} MB a file ({', '.join(SCENE_FILE_TYPES)}); the "
-    f"first {MAX_SCENE_FRAMES} frames of a video are read; a click repeats at most "
+    f"first {MAX_SCENE_FRAMES} frames of a video are read, of at most {MAX_SIDE} px a side and "
+    f"{MAX_DECODED_PIXELS / 1e6:.0f} M pixels in all; a click repeats at most "
     f"{MAX_REPEAT} times; each side keeps its newest {KEPT_FRAMES} frames for the strip, plots "
     "and video. A tab's session is freed when it closes or after "
     f"{IDLE_SECONDS // 60} idle minutes."
@@ -643,6 +665,14 @@ def queue_text(seat: Seat | None) -> str:
     return f"Held: {held} · Queued: {queued or 'none'}"
 
 
+def free_idle_sessions_forever(demo: weakref.ref) -> None:
+    """Free idle sessions every ``SWEEP_SECONDS`` while the demo exists."""
+    while (alive := demo()) is not None:
+        alive.free_idle_sessions()
+        del alive  # not held while asleep: the demo may go
+        time.sleep(SWEEP_SECONDS)
+
+
 class Demo:
     """The event handlers; they share the read-only resources and the model's scheduler, and
     nothing else."""
@@ -655,6 +685,34 @@ class Demo:
         self.open_plays: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         # Uploaded scenes by session hash, likewise, so that a closed tab's frames go at once.
         self.open_scenes: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        # When each session last asked for something: API clients never close a tab, so their
+        # plays and scenes are freed once idle (IDLE_SECONDS), by a thread of their own.
+        self.last_active: dict[str, float] = {}
+        threading.Thread(target=free_idle_sessions_forever, args=(weakref.ref(self),),
+                         name="idle-sessions", daemon=True).start()
+
+    def touch(self, request) -> None:
+        """Note that ``request``'s session is active now."""
+        if request is not None and request.session_hash:
+            self.last_active[request.session_hash] = time.monotonic()
+
+    def free_idle_sessions(self) -> None:
+        """Free every session that has asked for nothing for ``IDLE_SECONDS``."""
+        now = time.monotonic()
+        for session, last in list(self.last_active.items()):
+            if now - last > IDLE_SECONDS:
+                self.free_session(session)
+
+    def free_session(self, session: str) -> None:
+        """Free a session's plays (both tabs) and uploaded scene now."""
+        self.last_active.pop(session, None)
+        for tab in (1, 2):
+            play = self.open_plays.pop((session, tab), None)
+            if play is not None:
+                self.scheduler.call(play.close)  # after the frame it may be making
+        scene = self.open_scenes.pop(session, None)
+        if scene is not None:
+            scene.free()
 
     def new_play(self, scene: Scene | None, start: int | None, seed: int | None, strategies,
                  request) -> PlaySession:
@@ -673,6 +731,7 @@ class Demo:
                                    start, strategies, options)
         if request is not None and request.session_hash:
             self.open_plays[(request.session_hash, len(strategies))] = play
+        self.touch(request)
         return play
 
     def replace_play(self, seat: Seat, play: PlaySession) -> None:
@@ -701,8 +760,8 @@ class Demo:
                     values = values[count:]
                 play = self.new_play(scene, start, seed, strategies, request)
             except PLAY_ERRORS as error:
-                gr.Warning(str(error))
-                return view.status_only(f"Not started: {error}")
+                warn_refused(str(error))
+                return view.status_only(f"Not started: {error}", view.outputs)
             self.replace_play(seat, play)
             return view.values(seat)
 
@@ -735,10 +794,11 @@ class Demo:
                 else:
                     self.scheduler.call(seat.play.switch_strategy, 0, strategy, params)
             except PLAY_ERRORS as error:
-                gr.Warning(str(error))
+                warn_refused(str(error))
                 playing = (self.resources.strategy if seat.play is None or seat.play.closed
                            else seat.play.sides[0].strategy)
-                return [*view.status_only(f"Strategy not changed: {error}"), playing]
+                return [*view.status_only(f"Strategy not changed: {error}", view.outputs),
+                        playing]
             return [*view.values(seat), gr.skip()]
 
         return switch
@@ -778,12 +838,13 @@ class Demo:
         while this event drives."""
 
         async def step(seat: Seat, repeat, pitch, yaw, request: gr.Request):
+            self.touch(request)
             try:
                 action = control_action(control, number(pitch, "pitch"), number(yaw, "yaw"))
                 times, note = repeat_count(repeat)
                 why_not = await self.seated(seat, sides, request)
             except PLAY_ERRORS as error:
-                gr.Warning(str(error))
+                warn_refused(str(error))
                 yield view.status_only(f"Not played: {error}", view.frame_outputs)
                 return
             if why_not:
@@ -804,6 +865,7 @@ class Demo:
         tap shorter than a frame still plays), a key up releases it, Escape stops."""
 
         async def control(seat: Seat, evt: gr.EventData, request: gr.Request):
+            self.touch(request)
             data = evt._data if isinstance(evt._data, dict) else {}
             name, note = data.get("control"), ""
             order = data.get("number")
@@ -876,41 +938,55 @@ class Demo:
     def forget(self, request: gr.Request) -> None:
         """Handler for a closed tab: free its plays and uploaded scene now, not when Gradio
         drops the tab's State (an hour later, or after ``IDLE_SECONDS`` untouched)."""
-        for tab in (1, 2):
-            play = self.open_plays.pop((request.session_hash, tab), None)
-            if play is not None:
-                self.scheduler.call(play.close)
-        scene = self.open_scenes.pop(request.session_hash, None)
-        if scene is not None:
-            scene.frames = np.zeros((0, *scene.frames.shape[1:]), np.uint8)  # not a view
-            scene.actions, scene.world = [], None
+        self.free_session(request.session_hash)
 
     def load_scene(self, files: list[str] | None, request: gr.Request):
         """Handler: an uploaded mp4 + jsonl (and optional world sidecar json) as the scene.
 
-        A scene that cannot be used raises gr.Error: the page shows why, and the chained
-        restart does not run, so the current play goes on untouched."""
-        by_suffix = {Path(path).suffix.lower(): Path(path) for path in files or []}
-        if ".mp4" not in by_suffix or ".jsonl" not in by_suffix:
-            raise gr.Error("Scene not loaded: upload an .mp4 and its .jsonl (and, optionally, "
-                           "its world .json)")
-        folder = Path(tempfile.mkdtemp(prefix="mineworld-scene-"))
-        try:  # one stem for the files, whatever their uploaded names
-            for suffix, path in by_suffix.items():
-                shutil.copy(path, folder / f"scene{suffix}")
-            name = by_suffix[".mp4"].stem
-            scene = read_scene(folder / "scene.mp4", self.resources.tokenizer.frame_size, name)
-        except (ValueError, OSError) as error:
-            raise gr.Error(f"Scene not loaded: {error}") from None
+        A scene that cannot be used is refused (gr.Error naming the user's file by its own
+        name, never a server path): the page shows why, and the chained restart does not run,
+        so the current play goes on untouched. The uploaded files are deleted once read."""
+        uploads = [Path(path) for path in files or []]
+        by_suffix = {path.suffix.lower(): path for path in uploads}
+        try:
+            if ".mp4" not in by_suffix or ".jsonl" not in by_suffix:
+                raise refuse("Scene not loaded: upload an .mp4 and its .jsonl (and, optionally, "
+                             "its world .json)")
+            scene = self.read_upload(by_suffix)
         finally:
-            shutil.rmtree(folder, ignore_errors=True)
+            for path in uploads:  # read already: not left for Gradio's cache sweep
+                path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    path.parent.rmdir()  # Gradio's folder for this upload, if now empty
         for note in scene.notes:
             gr.Warning(f"{scene.name}: {note}")
         if request is not None and request.session_hash:
             self.open_scenes[request.session_hash] = scene
+        self.touch(request)
         start = self.resources.default_start(scene)
         slider = gr.update(maximum=len(scene.frames) - 1, value=start)
         return scene, slider, describe_scene(scene)
+
+    def read_upload(self, by_suffix: dict[str, Path]) -> Scene:
+        """The scene of uploaded files by suffix, read under one stem (whatever their names);
+        a refusal names the files as their user does."""
+        folder = Path(tempfile.mkdtemp(prefix="mineworld-scene-"))
+        own_names = {}
+        try:
+            for suffix, path in by_suffix.items():
+                own_names[str(path)] = own_names[str(folder / f"scene{suffix}")] = path.name
+                shutil.move(path, folder / f"scene{suffix}")
+            scene = read_scene(folder / "scene.mp4", self.resources.tokenizer.frame_size,
+                               by_suffix[".mp4"].stem)
+        except (ValueError, OSError) as error:
+            message = str(error)
+            for server_path, name in own_names.items():
+                message = message.replace(server_path, name)
+            raise refuse(f"Scene not loaded: {message.replace(str(folder), '')}") from None
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        scene.notes = tuple(note.replace(str(folder), "") for note in scene.notes)
+        return scene
 
     @staticmethod
     def export(seat: Seat):
@@ -956,6 +1032,64 @@ def repeat_count(repeat) -> tuple[int, str]:
     if times != wanted:
         return times, f"repeat is a whole number from 1 to {MAX_REPEAT}: stepped {times} times"
     return times, ""
+
+
+def log_refusal(message: str) -> None:
+    """One line in the server's log for a refused request, instead of a traceback (a
+    stranger's bad value is not the server's fault)."""
+    print(f"{PROG}: refused: {message}", file=sys.stderr, flush=True)
+
+
+def refuse(message: str) -> gr.Error:
+    """The error for a refused request: shown to its user, and logged in one line."""
+    log_refusal(message)
+    return gr.Error(message, print_exception=False)
+
+
+def warn_refused(message: str) -> None:
+    """A refusal the handler answers itself (in the status line): a warning in the page, and
+    logged in one line."""
+    log_refusal(message)
+    gr.Warning(message)
+
+
+# The values an API client may send each kind of input, beyond what Gradio checks: it checks
+# ranges and choices, but a string or a list for a number reached its rounding (a traceback
+# and a bare "Error"), and any value passed for a checkbox.
+INPUT_TYPES = {gr.Number: (int, float), gr.Slider: (int, float), gr.Checkbox: (bool,)}
+OPTIONAL_INPUTS = (gr.Number, gr.Checkbox)  # None means "unset" for these
+
+
+def refuse_bad_inputs(blocks: gr.Blocks) -> None:
+    """Every event's inputs are checked before Gradio preprocesses them: a wrongly typed value
+    is refused with one line naming the input, and Gradio's own refusals (a range, a choice, a
+    file type) are logged as one line too. At the Blocks, not per component: Gradio gives a
+    session its own copy of a component once an update changes it."""
+    preprocess_data = blocks.preprocess_data
+
+    @functools.wraps(preprocess_data)
+    async def checked(block_fn, inputs, state, explicit_call=False):
+        for index, (block, value) in enumerate(zip(block_fn.inputs, inputs, strict=False)):
+            if index not in block_fn.component_prop_inputs:
+                check_input_type(block, value)
+        try:
+            return await preprocess_data(block_fn, inputs, state, explicit_call)
+        except gr.Error as error:
+            if not error.print_exception:  # refused already
+                raise
+            raise refuse(error.message) from None
+
+    blocks.preprocess_data = checked
+
+
+def check_input_type(block, value) -> None:
+    """gr.Error (``refuse``) unless ``value`` has the type ``block`` takes (``INPUT_TYPES``)."""
+    types = INPUT_TYPES.get(type(block))
+    if types is None or value is None and isinstance(block, OPTIONAL_INPUTS):
+        return
+    if not isinstance(value, types) or isinstance(value, bool) and bool not in types:
+        kind = "true or false" if bool in types else "a number"
+        raise refuse(f"{block.label} must be {kind}, got {reprlib.repr(value)}")
 
 
 @dataclass
@@ -1015,7 +1149,7 @@ def wire_play(demo: Demo, view: PlayView, pad: ActionPad, prefix: str) -> None:
 def build_demo(resources: Resources) -> gr.Blocks:
     """The whole page for ``resources``; launching it is the caller's business."""
     demo = Demo(resources)
-    with gr.Blocks(title="MineWorld", delete_cache=(600, 3600)) as blocks:
+    with gr.Blocks(title="MineWorld", delete_cache=CACHE_SWEEP) as blocks:
         gr.Markdown("## MineWorld: play the world model\nHold a key to play, release it to "
                     "stop: W A S D move, Space jump, Shift sneak, Ctrl sprint, Q drop, 1-9 "
                     "hotbar, arrows turn the camera, Esc stops.")
@@ -1110,8 +1244,64 @@ def build_demo(resources: Resources) -> gr.Blocks:
         blocks.unload(demo.forget)
         blocks.load(demo.keep_open, None, None, concurrency_limit=None,
                     show_progress="hidden", api_visibility="private")
+    refuse_bad_inputs(blocks)
     blocks.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
     return blocks
+
+
+class FileLimits:
+    """ASGI middleware for the files Gradio takes and serves: an upload request is refused
+    before its body is read when it is over ``MAX_REQUEST_MB`` (413), names no length (411),
+    or would take Gradio's files over ``MAX_STORED_MB`` (507); a file of a type not in
+    ``SERVED_FILE_TYPES`` is not served (403)."""
+
+    def __init__(self, app):
+        self.app = app
+        self.arriving = 0  # bytes of the upload requests being received now
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path.endswith("/gradio_api/upload") and scope["method"] == "POST":
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            refusal = self.upload_refusal(int(length) if length.isdigit() else None)
+            if refusal:
+                await PlainTextResponse(refusal[1], status_code=refusal[0])(scope, receive, send)
+                return
+            self.arriving += int(length)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                self.arriving -= int(length)
+            return
+        if "/file=" in path and Path(path).suffix.lower() not in SERVED_FILE_TYPES:
+            print(f"{PROG}: refused: a file of type {Path(path).suffix!r}", file=sys.stderr)
+            await PlainTextResponse("Not served", status_code=403)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def upload_refusal(self, length: int | None) -> tuple[int, str] | None:
+        """(HTTP status, message) when an upload of ``length`` bytes is refused, else None."""
+        if length is None:
+            refusal = 411, "An upload must state its length (Content-Length)"
+        elif length > MAX_REQUEST_MB * MIB:
+            refusal = 413, f"An upload request may hold at most {MAX_REQUEST_MB} MB"
+        elif stored_bytes(gr.utils.get_upload_folder()) + self.arriving + length > (
+                MAX_STORED_MB * MIB):
+            refusal = 507, "Uploads are full for now: try again in a few minutes"
+        else:
+            return None
+        print(f"{PROG}: refused: {refusal[1]}", file=sys.stderr, flush=True)
+        return refusal
+
+
+def stored_bytes(folder: str) -> int:
+    """Bytes of the files under ``folder`` (0 when it does not exist yet)."""
+    total = 0
+    for parent, _folders, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):  # Gradio may delete it meanwhile
+                total += os.stat(os.path.join(parent, name)).st_size
+    return total
 
 
 def launch(blocks: gr.Blocks, host: str, port: int, block: bool = True) -> str:
@@ -1120,6 +1310,7 @@ def launch(blocks: gr.Blocks, host: str, port: int, block: bool = True) -> str:
         server_name=host, server_port=port, share=False, ssr_mode=False, quiet=True,
         footer_links=[], run_history=False, prevent_thread_lock=True,
         max_file_size=f"{MAX_UPLOAD_MB}mb", allowed_paths=[], css=CSS,
+        app_kwargs={"middleware": [Middleware(FileLimits)]},
     )
     print(f"{PROG}: serving on {url}", flush=True)
     if block:

@@ -1,7 +1,8 @@
-"""Load test of the app on 127.0.0.1: concurrent players, then many short sessions.
+"""Load test of the app on 127.0.0.1: concurrent players, many short sessions, and attacks.
 
     python -m benchmarks.app_load                      # 8 clients x 10 steps, 100 cycles
     python -m benchmarks.app_load --clients 4 --steps 3 --cycles 20
+    python -m benchmarks.app_load --part attacks       # only the attacks (about a minute)
 
 Starts ``python app.py`` (the embedded model, a bounded cache) as a child process and drives
 it with ``gradio_client`` (one Client is one browser session):
@@ -13,6 +14,10 @@ it with ``gradio_client`` (one Client is one browser session):
 2. ``--cycles`` open/close cycles (connect, reset, one step, close): the server's RSS after
    them must be within 10 % of where it was before (after a few warm-up cycles), because a
    closed tab's play is freed by the unload handler.
+3. The attacks of issue 21, through the API (``--part attacks`` alone): each must be refused
+   or bounded as the README's limits table says; the server's RSS is sampled every 10 ms
+   while each runs (``ATTACK_RSS_MB`` at most), and the memory of one session holding the
+   largest scene is measured, then freed when it closes.
 
 Prints the figures; exit status 1 if a check fails.
 """
@@ -20,12 +25,15 @@ Prints the figures; exit status 1 if a check fails.
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import os
 import re
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,6 +43,9 @@ from gradio_client import Client
 from PIL import Image
 
 from benchmarks.common import print_machine
+from mineworld.actions import make_action
+from mineworld.play import MAX_SUPERSAMPLE, MAX_WORLD_SCALE
+from mineworld.world import Game
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTROLS = ["forward", "back", "left", "right", "jump", "look_left", "look_right", "sneak"]
@@ -158,6 +169,203 @@ def settle(pid: int, seconds: float) -> float:
     return min(readings)
 
 
+# The most one attack may raise the server's RSS by: decoding frames of 4096 x 4096, the
+# largest taken, costs about 125 MB while they are decoded.
+ATTACK_RSS_MB = 150.0
+WRONG_TYPED_REQUESTS = 200
+SCENE_SESSIONS = 4
+
+
+def sampled(pid: int, action) -> tuple[object, float, float]:
+    """(what ``action()`` returned or raised, the server's RSS growth at its sampled peak in
+    MB, seconds it took); the RSS is read every 10 ms while it runs."""
+    before = rss_mb(pid)
+    peak, done = before, threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, rss_mb(pid))
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    started = time.perf_counter()
+    try:
+        outcome = action()
+    except Exception as error:  # an attack is meant to be refused: the refusal is its outcome
+        outcome = error
+    finally:
+        seconds = time.perf_counter() - started
+        done.set()
+        sampler.join()
+    return outcome, peak - before, seconds
+
+
+def raw_upload(url: str, length: int) -> str:
+    """The status line of a POST to the upload route that announces ``length`` bytes and
+    sends none (the server must answer before the body)."""
+    host, port = url.split("//")[1].rstrip("/").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        connection.sendall(f"POST /gradio_api/upload HTTP/1.1\r\nHost: {host}\r\nContent-Type:"
+                           f" multipart/form-data; boundary=x\r\nContent-Length: {length}\r\n"
+                           "\r\n".encode())
+        return connection.recv(4096).decode().split("\r\n")[0]
+
+
+def black_video(path: Path, sizes: list[tuple[int, int]], frames_each: int) -> Path:
+    """A raw H.264 stream of black frames named .mp4, one run per (width, height): a later run
+    of another size is what a header check alone misses."""
+    import av
+
+    with path.open("wb") as out:
+        for width, height in sizes:
+            run = io.BytesIO()
+            with av.open(run, "w", format="h264") as container:
+                stream = container.add_stream("h264", rate=6)
+                stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+                stream.options = {"preset": "ultrafast"}
+                black = av.VideoFrame.from_ndarray(np.zeros((height, width, 3), np.uint8),
+                                                   format="rgb24")
+                for _ in range(frames_each):
+                    container.mux(stream.encode(black))
+                container.mux(stream.encode(None))
+            out.write(run.getvalue())
+    return path
+
+
+def true_frame_ms(sidecar: dict, size: list[int], frames: int = 20) -> float:
+    """Milliseconds the world of ``sidecar`` takes to render a frame of ``size`` walking, at
+    the largest supersampling a sidecar may ask for."""
+    game = Game(sidecar["seed"], tuple(size), MAX_SUPERSAMPLE, sidecar["start"])
+    walk = make_action(["forward"], yaw=5.0)
+    game.step(walk)
+    started = time.perf_counter()
+    for _ in range(frames):
+        game.step(walk)
+    return (time.perf_counter() - started) / frames * 1000
+
+
+def attacks(url: str, pid: int, log: Path, folder: Path) -> bool:
+    """The attacks of issue 21 through the API; True when each is refused or bounded."""
+    from gradio_client import handle_file
+
+    from mineworld.embedded import SCENE
+
+    scene = {suffix: Path(f"{SCENE}{suffix}") for suffix in (".mp4", ".jsonl", ".json")}
+    client = Client(url, verbose=False)
+    client.predict(3, api_name="/reset")
+    ok = True
+
+    def attack(name: str, action, expected: str) -> None:
+        nonlocal ok
+        outcome, growth, seconds = sampled(pid, action)
+        passed = expected in str(outcome) and growth <= ATTACK_RSS_MB
+        ok &= passed
+        print(f"- {name}: {seconds:.1f} s, server RSS +{growth:.0f} MB at most; "
+              f"{str(outcome)[:120]!r} [{'ok' if passed else 'FAILED'}]")
+
+    def upload(*paths: Path):
+        return lambda: client.predict([handle_file(path) for path in paths],
+                                      api_name="/load_scene")
+
+    sidecar = json.loads(scene[".json"].read_text())
+    frame_size = tuple(sidecar["size"])  # the embedded model's, as the scene was recorded
+    largest = [MAX_WORLD_SCALE * side for side in frame_size]
+    own, limit = (true_frame_ms(sidecar, size) for size in (frame_size, largest))
+    print(f"- a world sidecar at its limits ({largest[0]} x {largest[1]}, supersample "
+          f"{MAX_SUPERSAMPLE}): {limit:.1f} ms a true frame ({own:.1f} at the model's own size)")
+    long_line = folder / "long-line.jsonl"
+    long_line.write_text("{'a': [" + "0," * 4_000_000 + "]}\n")  # 8 MB; ast took 3.9 GB
+    attack("jsonl whose first line is an 8 MB Python literal", upload(scene[".mp4"], long_line),
+           "a line over 16,384 bytes")
+    sidecar.update(size=[1024, 1024], supersample=4)  # the old maxima: 75.6 s a step
+    (folder / "huge-world.json").write_text(json.dumps(sidecar))
+    attack("world sidecar of 1024 x 1024, supersample 4",
+           upload(scene[".mp4"], scene[".jsonl"], folder / "huge-world.json"),
+           "world sidecar ignored (no true frames): size must be")
+    attack("8 x 63 MB announced in one upload request",
+           lambda: raw_upload(url, 8 * 63 * 2**20), "413")
+    big = black_video(folder / "big-frames.mp4", [(4096, 4096)], 64)
+    attack(f"64 frames of 4096 x 4096 ({big.stat().st_size // 1024} KB)",
+           upload(big, scene[".jsonl"]), "pixels to decode")
+    grows = black_video(folder / "grows.mp4", [(64, 48)] * 40 + [(8192, 8192)], 3)
+    attack("raw H.264 whose later frames are 8192 x 8192", upload(grows, scene[".jsonl"]),
+           "frames over 4096x4096")
+
+    lines_before = log.read_text().count("\n")
+    size_before = log.stat().st_size
+    refused = 0
+    for _ in range(WRONG_TYPED_REQUESTS // 4):
+        for args, endpoint in [(("abc", 0, 0), "/play_forward"), ((None, 0, 0), "/play_look"),
+                               (([1], 0, 0), "/play_jump"), (("x",), "/reset")]:
+            outcome, _growth, _seconds = sampled(pid, lambda a=args, e=endpoint:
+                                                 client.predict(*a, api_name=e))
+            refused += "must be a number" in str(outcome)
+    time.sleep(1)  # the server's log is written as it answers
+    text = log.read_text()
+    lines = text.count("\n") - lines_before
+    passed = refused == WRONG_TYPED_REQUESTS and lines == refused and "Traceback" not in text
+    ok &= passed
+    print(f"- {WRONG_TYPED_REQUESTS} wrongly typed values: {refused} refused with a message, "
+          f"{lines} log lines, {(log.stat().st_size - size_before) / lines:.0f} bytes each "
+          f"[{'ok' if passed else 'FAILED'}]")
+    client.close()
+
+    # Sessions one after another, each holding the largest scene (256 frames and its world)
+    # and a play, then closing: what one holds, and that closed ones leave nothing behind.
+    before = settle(pid, 5)
+    grown = []
+    for _ in range(SCENE_SESSIONS):
+        holder = Client(url, verbose=False)
+        holder.predict([handle_file(path) for path in scene.values()], api_name="/load_scene")
+        holder.predict(3, api_name="/reset")
+        holder.predict(1, 0, 0, api_name="/play_forward")
+        held = rss_mb(pid) - before
+        holder.close()
+        grown.append(settle(pid, 10) - before)
+    passed = grown[-1] <= grown[0] + max(held, 1.0) / 2
+    ok &= passed
+    print(f"- one session holding the largest scene (256 frames, its world) and a play: "
+          f"server RSS +{held:.1f} MB; after {SCENE_SESSIONS} such sessions one by one, each "
+          f"closed: {', '.join(f'{mb:+.1f}' for mb in grown)} MB [{'ok' if passed else 'FAILED'}]")
+    return ok
+
+
+def load(url: str, pid: int, args: argparse.Namespace) -> bool:
+    """Concurrent players, then open/close cycles; True when every check passes."""
+    from mineworld.embedded import MODEL_DIR
+    from mineworld.tokenizers.embedded import EmbeddedTokenizer
+
+    ok = True
+    size = EmbeddedTokenizer.load(MODEL_DIR, "cpu").frame_size
+    started = time.perf_counter()
+    results = concurrent_players(url, args.clients, args.steps, size)
+    seconds = time.perf_counter() - started
+    frames = args.clients * args.steps
+    finals = {frames[-1].tobytes() for _, _, frames in results.values()}
+    print(f"{args.clients} clients x {args.steps} steps at once: {frames} frames in "
+          f"{seconds:.1f} s ({frames / seconds:.2f} frames/s served), no errors, every "
+          f"reply with its own client's count; {len(finals)} distinct final frames")
+    if not args.no_verify:
+        wrong = replay(results)
+        print(f"offline replay of each client's actions: {wrong} of {frames} frames "
+              "differ (0: no frame came from another session)")
+        ok &= wrong == 0
+    cycles(url, WARMUP_CYCLES)
+    before = settle(pid, args.settle)
+    started = time.perf_counter()
+    cycles(url, args.cycles)
+    seconds = time.perf_counter() - started
+    after = settle(pid, args.settle)
+    growth = 100 * (after / before - 1)
+    print(f"{args.cycles} open/close cycles in {seconds:.0f} s: server RSS "
+          f"{before:.1f} MB before, {after:.1f} MB after ({growth:+.1f} %, goal "
+          f"within {RSS_GOAL:g} %)")
+    ok &= abs(growth) <= RSS_GOAL
+    return ok
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.app_load", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -168,6 +376,8 @@ def main(argv=None) -> int:
                         help="seconds to wait for closed sessions' unload (default: 30)")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip the offline replay of every client's frames")
+    parser.add_argument("--part", choices=["all", "load", "attacks"], default="all",
+                        help="the load test, the attacks, or both (default)")
     args = parser.parse_args(argv)
     print_machine("app load test: python app.py on 127.0.0.1, driven by gradio_client")
     ok = True
@@ -180,39 +390,20 @@ def main(argv=None) -> int:
         print(f"app.py served in {time.perf_counter() - started:.1f} s; RSS "
               f"{rss_mb(server.pid):.1f} MB")
         try:
-            from mineworld.embedded import MODEL_DIR
-            from mineworld.tokenizers.embedded import EmbeddedTokenizer
-
-            size = EmbeddedTokenizer.load(MODEL_DIR, "cpu").frame_size
-            started = time.perf_counter()
-            results = concurrent_players(url, args.clients, args.steps, size)
-            seconds = time.perf_counter() - started
-            frames = args.clients * args.steps
-            finals = {frames[-1].tobytes() for _, _, frames in results.values()}
-            print(f"{args.clients} clients x {args.steps} steps at once: {frames} frames in "
-                  f"{seconds:.1f} s ({frames / seconds:.2f} frames/s served), no errors, every "
-                  f"reply with its own client's count; {len(finals)} distinct final frames")
-            if not args.no_verify:
-                wrong = replay(results)
-                print(f"offline replay of each client's actions: {wrong} of {frames} frames "
-                      "differ (0: no frame came from another session)")
-                ok &= wrong == 0
-            cycles(url, WARMUP_CYCLES)
-            before = settle(server.pid, args.settle)
-            started = time.perf_counter()
-            cycles(url, args.cycles)
-            seconds = time.perf_counter() - started
-            after = settle(server.pid, args.settle)
-            growth = 100 * (after / before - 1)
-            print(f"{args.cycles} open/close cycles in {seconds:.0f} s: server RSS "
-                  f"{before:.1f} MB before, {after:.1f} MB after ({growth:+.1f} %, goal "
-                  f"within {RSS_GOAL:g} %)")
-            ok &= abs(growth) <= RSS_GOAL
+            if args.part in ("all", "load"):
+                ok &= load(url, server.pid, args)
+            if args.part in ("all", "attacks"):
+                print("attacks of issue 21 through the API:")
+                ok &= attacks(url, server.pid, log, Path(temp))
         finally:
             server.terminate()
             server.wait(timeout=30)
-        errors = re.findall(r"Traceback|Error", log.read_text())
+        text = log.read_text()
+        errors = re.findall(r"Traceback|Error", text)
         print(f"server log: {len(errors)} tracebacks or errors")
+        if errors:
+            first = text.index(errors[0])
+            print(text[max(0, first - 200) : first + 3000])
         ok &= not errors
     print("all checks passed" if ok else "a check failed")
     return 0 if ok else 1

@@ -9,17 +9,19 @@ because a checkpoint only understands the ids it was trained on.
 Actions travel as MineRL-style dicts: every name in ``BUTTONS`` maps to 0/1 and ``"camera"`` to
 ``[pitch_deg, yaw_deg]``. Clips record them one line per video frame, either as VPT contractor
 records (JSON with keyboard keys and mouse deltas) or as MineRL dicts (JSON or Python literals
-with ``array([...])``). Lines are parsed with ``json`` or a whitelist walk over ``ast`` nodes,
-never ``eval``, because clips come from the internet; a bad line raises ``ActionFileError``
-naming the file and 1-based line.
+with ``array([...])``). Lines are parsed with ``json`` or a small reader of Python literals
+(``python_literal``), never ``eval`` nor ``ast``, because clips come from the internet: memory
+stays a few bytes per byte of line, and a line over ``MAX_LINE_BYTES`` is refused before it is
+read whole. A bad line raises ``ActionFileError`` naming the file and 1-based line.
 """
 
 from __future__ import annotations
 
-import ast
+import itertools
 import json
 import math
 import numbers
+import re
 import reprlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -60,9 +62,10 @@ BUTTON_SLOTS: dict[int, tuple[str, ...]] = {
 }
 
 # Camera quantisation of the published model: mu-law, 21 bins of 9 degrees over [-90, 90].
-# Recorded action lines (VPT, MineRL) are under 1 KB; a longer one is refused before parsing,
-# since parsing a Python literal takes hundreds of bytes of memory per byte of line.
-MAX_LINE_CHARS = 16_384
+# Recorded action lines (VPT, MineRL) are under 1 KB; a longer one is refused before it is read
+# whole, so that a file of any size costs at most this much per line to look at.
+MAX_LINE_BYTES = 16_384
+LINE_TOO_LONG = f"a line over {MAX_LINE_BYTES:,} bytes (recorded action lines are under 1 KB)"
 CAMERA_MAX_DEG = 90.0
 CAMERA_BIN_DEG = 9.0
 CAMERA_MU = 11.4887
@@ -277,53 +280,172 @@ def action_to_vpt_line(action: Mapping[str, Any]) -> dict[str, Any]:
 _NUMPY_CALLS = {
     "array", "bool_", "int8", "int16", "int32", "int64", "uint8", "float16", "float32", "float64",
 }  # fmt: skip
+_CALLABLE = {"array", *(f"{module}.{name}" for module in ("np", "numpy") for name in _NUMPY_CALLS)}
+_CONSTANTS = {"True": True, "False": False, "None": None, "nan": math.nan, "inf": math.inf}
+# Recorded lines nest three deep ({"mouse": {"buttons": [...]}}) and hold a few containers;
+# deeper nesting is refused before it costs a deep stack, and more containers before they cost
+# more memory than their bytes (an empty list is 56 bytes for its 3 of line).
+MAX_NESTING = 8
+MAX_CONTAINERS = 256
+_SPACE = re.compile(r"[ \t\f\r\n]*")
+_NUMBER = re.compile(r"(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?")
+# A string's characters up to its closing quote, a backslash or the line's end: one pass of a
+# character class, so a long string costs no backtracking.
+_PLAIN = {quote: re.compile(rf"[^{quote}\\\n]*") for quote in "'\""}
+_ESCAPE = re.compile(r"\\(?:x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|.)", re.DOTALL)
+_ESCAPED = {"\\": "\\", "'": "'", '"': '"', "n": "\n", "t": "\t", "r": "\r", "0": "\0"}
 
 
-def _is_dtype(node: ast.AST) -> bool:
-    """A dtype as numpy prints it: float32, np.float32 or 'float32'."""
-    if isinstance(node, ast.Attribute):
-        node = node.value
-    return isinstance(node, ast.Name) or (
-        isinstance(node, ast.Constant) and isinstance(node.value, str)
-    )
+def _unescape(match: re.Match) -> str:
+    escape = match.group()
+    if escape[1] in _ESCAPED:
+        return _ESCAPED[escape[1]]
+    if escape[1] in "xuU" and len(escape) > 2:
+        return chr(int(escape[2:], 16))  # chr refuses code points beyond U+10FFFF
+    raise ValueError(f"unsupported escape {escape!r} in a string")
 
 
-def _literal(node: ast.AST) -> Any:
-    """Value of a literal expression tree, allowing only the syntax of printed action dicts."""
-    if isinstance(node, ast.Constant) and isinstance(node.value, (str, int, float, type(None))):
-        return node.value
-    if (
-        isinstance(node, ast.UnaryOp)
-        and isinstance(node.op, (ast.USub, ast.UAdd))
-        and isinstance(node.operand, ast.Constant)
-        and type(node.operand.value) in (int, float)
-    ):
-        return -node.operand.value if isinstance(node.op, ast.USub) else node.operand.value
-    if isinstance(node, ast.Dict) and None not in node.keys:
-        keys = [_literal(k) for k in node.keys]
-        if not all(isinstance(k, str) for k in keys):
-            raise ValueError("dict keys must be strings")
-        return dict(zip(keys, map(_literal, node.values), strict=True))
-    if isinstance(node, (ast.List, ast.Tuple)):
-        return [_literal(e) for e in node.elts]
-    if isinstance(node, ast.Name) and node.id in ("nan", "inf"):  # as numpy prints them
-        return float(node.id)
-    if isinstance(node, ast.Call) and len(node.args) == 1:
-        f = node.func
-        bare = isinstance(f, ast.Name) and f.id == "array"
-        dotted = (
-            isinstance(f, ast.Attribute)
-            and f.attr in _NUMPY_CALLS
-            and isinstance(f.value, ast.Name)
-            and f.value.id in ("np", "numpy")
-        )
-        if (bare or dotted) and all(k.arg == "dtype" and _is_dtype(k.value) for k in node.keywords):
-            return _literal(node.args[0])
-    column = getattr(node, "col_offset", 0) + 1
-    raise ValueError(
-        f"unsupported syntax at column {column} ({type(node).__name__}); "
-        "only literals and array(...) are allowed"
-    )
+class _LiteralReader:
+    """One pass over a Python literal as MineRL lines print them: dicts with string keys,
+    lists, tuples, strings, numbers, True / False / None, nan / inf and numpy's ``array(...)``
+    calls, trailing commas allowed. Anything else is refused (ValueError with the column).
+
+    It replaces ``ast.parse``, which takes hundreds of bytes of memory per byte of line: here
+    memory is the values read (5 to 16 bytes per byte of line, measured), time is linear, and
+    nesting and containers are bounded (``MAX_NESTING``, ``MAX_CONTAINERS``), so no input costs
+    a deep stack."""
+
+    def __init__(self, text: str):
+        self.text, self.pos, self.containers = text, 0, 0
+
+    def fail(self, what: str):
+        raise ValueError(f"{what} at column {self.pos + 1}; only literals and array(...) are "
+                         "allowed")
+
+    def peek(self) -> str:
+        """The next character after spaces ("" at the end)."""
+        self.pos = _SPACE.match(self.text, self.pos).end()
+        return self.text[self.pos : self.pos + 1]
+
+    def read(self) -> Any:
+        value = self.value(0)
+        if self.peek():
+            self.fail(f"unexpected {self.peek()!r} after the value")
+        return value
+
+    def value(self, depth: int) -> Any:
+        char = self.peek()
+        if char in ("{", "[", "("):
+            if depth == MAX_NESTING:
+                self.fail(f"nested deeper than {MAX_NESTING}")
+            self.containers += 1
+            if self.containers > MAX_CONTAINERS:
+                self.fail(f"more than {MAX_CONTAINERS} dicts, lists and tuples")
+            if char == "{":
+                mapping: dict[str, Any] = {}
+                self.items("}", lambda: self.pair(depth + 1, mapping))
+                return mapping
+            items: list = []
+            trailing_comma = self.items("]" if char == "[" else ")",
+                                        lambda: items.append(self.value(depth + 1)))
+            # (x) is x in Python; (x,) and [x] are sequences, read as lists like JSON's.
+            return items[0] if char == "(" and len(items) == 1 and not trailing_comma else items
+        if char in ("'", '"'):
+            return self.string()
+        sign = -1 if char == "-" else 1
+        if char in ("-", "+"):
+            self.pos += 1
+        if number := _NUMBER.match(self.text, self.pos):
+            self.pos = number.end()
+            digits = number.group()
+            # int() refuses over 4,300 digits: Python's guard against quadratic conversion.
+            return sign * (float(digits) if any(c in digits for c in ".eE") else int(digits))
+        name = _NAME.match(self.text, self.pos)
+        if name is None:
+            self.fail("unexpected end of line" if not char else f"unexpected {char!r}")
+        self.pos, word = name.end(), name.group()
+        if word in ("nan", "inf"):  # as numpy prints them, signed or not
+            return sign * _CONSTANTS[word]
+        if char not in ("-", "+"):
+            if word in _CONSTANTS:
+                return _CONSTANTS[word]
+            if word in _CALLABLE and self.peek() == "(":
+                return self.call(depth)
+        self.pos = name.start()
+        self.fail(f"unsupported name {word!r}")
+
+    def items(self, close: str, read_item) -> bool:
+        """Read the comma-separated items up to ``close`` (``read_item`` keeps each where it
+        belongs, so that no list of pairs costs more than the dict); whether a comma ended
+        them."""
+        self.pos += 1  # the opening bracket
+        comma = False
+        while self.peek() != close:
+            read_item()
+            comma = self.peek() == ","
+            if comma:
+                self.pos += 1
+            elif self.peek() != close:
+                self.fail(f"expected ',' or {close!r}" if self.peek() else "unexpected end of line")
+        self.pos += 1
+        return comma
+
+    def pair(self, depth: int, mapping: dict[str, Any]) -> None:
+        """Read ``'key': value`` into ``mapping``."""
+        if self.peek() not in ("'", '"'):
+            self.fail("dict keys must be strings")
+        key = self.string()
+        if self.peek() != ":":
+            self.fail("expected ':'")
+        self.pos += 1
+        mapping[key] = self.value(depth)
+
+    def call(self, depth: int) -> Any:
+        """The argument of ``array(value)`` or ``np.float64(value)``; a ``dtype=`` keyword
+        (a name, np.name or a string) is allowed and ignored."""
+        self.pos += 1  # the opening parenthesis
+        value = self.value(depth + 1)
+        while self.peek() == ",":
+            self.pos += 1
+            if self.peek() == ")":
+                break
+            keyword = _NAME.match(self.text, self.pos)
+            if keyword is None or keyword.group() != "dtype":
+                self.fail("only a dtype= keyword may follow the value")
+            self.pos = keyword.end()
+            if self.peek() != "=":
+                self.fail("expected '='")
+            self.pos += 1
+            if self.peek() in ("'", '"'):
+                self.string()
+            elif dtype := _NAME.match(self.text, self.pos):
+                self.pos = dtype.end()
+            else:
+                self.fail("a dtype must be a name or a string")
+        if self.peek() != ")":
+            self.fail("expected ')'")
+        self.pos += 1
+        return value
+
+    def string(self) -> str:
+        quote, start = self.text[self.pos], self.pos + 1
+        end = start
+        while True:
+            end = _PLAIN[quote].match(self.text, end).end()
+            if end >= len(self.text) or self.text[end] == "\n":
+                self.fail("unterminated string")
+            if self.text[end] == quote:
+                break
+            end += 2  # a backslash and the character it escapes
+        body, self.pos = self.text[start:end], end + 1
+        return _ESCAPE.sub(_unescape, body) if "\\" in body else body
+
+
+def python_literal(text: str) -> Any:
+    """The value of a Python literal as MineRL lines print them (see ``_LiteralReader``), never
+    evaluated; ValueError for anything else."""
+    return _LiteralReader(text).read()
 
 
 def _load(text: str) -> Any:
@@ -332,19 +454,23 @@ def _load(text: str) -> Any:
     except (ValueError, RecursionError):
         pass
     try:
-        return _literal(ast.parse(text.strip(), mode="eval").body)
-    except (SyntaxError, RecursionError, MemoryError) as e:
-        raise ValueError(f"neither JSON nor a Python literal ({type(e).__name__})") from None
+        return python_literal(text)
+    except ValueError as e:
+        raise ValueError(f"neither JSON nor a Python literal: {e}") from None
+
+
+def _utf8_size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def _parse_line(text: str) -> tuple[str, dict[str, Any]]:
     """(record kind, action dict) of one line; ActionFileError without a location if bad."""
     try:
+        # len() first: a huge line is refused without encoding it.
+        if len(text) > MAX_LINE_BYTES or _utf8_size(text) > MAX_LINE_BYTES:
+            raise ValueError(LINE_TOO_LONG)
         if not text.strip():
             raise ValueError("blank line")
-        if len(text) > MAX_LINE_CHARS:
-            raise ValueError(f"a line of {len(text):,} characters; action lines are at most "
-                             f"{MAX_LINE_CHARS:,}")
         obj = _load(text)
         if not isinstance(obj, dict):
             raise ValueError(f"expected an object / dict, got {type(obj).__name__}")
@@ -379,26 +505,35 @@ def read_actions(
         raise ValueError(f"alignment must be 'same' or 'next', got {alignment!r}")
     if max_lines is not None and max_lines < 1:
         raise ValueError(f"max_lines must be >= 1, got {max_lines!r}")
+    lines_read = None if max_lines is None else max_lines + (alignment == "next")
+    actions, file_kind, first_blank = [], None, None
     try:
-        lines = Path(path).read_bytes().split(b"\n")
+        with open(path, "rb") as file:  # line by line: the file may be any size
+            numbers = itertools.count(1) if lines_read is None else range(1, lines_read + 1)
+            for number in numbers:
+                raw = file.readline(MAX_LINE_BYTES + 1)
+                if not raw:
+                    break
+                line = raw.removesuffix(b"\n")
+                if len(line) > MAX_LINE_BYTES:
+                    raise ActionFileError(LINE_TOO_LONG, path, number)
+                if not line.strip():  # trailing blank lines are ignored, others refused
+                    first_blank = first_blank or number
+                    continue
+                if first_blank:
+                    raise ActionFileError("blank line", path, first_blank)
+                try:
+                    kind, action = _parse_line(line.decode("utf-8"))
+                except UnicodeDecodeError:
+                    raise ActionFileError("not UTF-8 text", path, number) from None
+                except ActionFileError as e:
+                    raise ActionFileError(e.reason, path, number) from None
+                file_kind = file_kind or kind
+                if kind != file_kind:
+                    raise ActionFileError(f"a {kind} in a file of {file_kind}s", path, number)
+                actions.append(action)
     except OSError as e:
         raise ActionFileError(f"cannot read: {e.strerror or e}", path) from None
-    if max_lines is not None:
-        del lines[max_lines + (alignment == "next") :]
-    while lines and not lines[-1].strip():
-        lines.pop()
-    if not lines:
+    if not actions:
         raise ActionFileError("no action lines", path)
-    actions, file_kind = [], None
-    for number, raw in enumerate(lines, 1):
-        try:
-            kind, action = _parse_line(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise ActionFileError("not UTF-8 text", path, number) from None
-        except ActionFileError as e:
-            raise ActionFileError(e.reason, path, number) from None
-        file_kind = file_kind or kind
-        if kind != file_kind:
-            raise ActionFileError(f"a {kind} in a file of {file_kind}s", path, number)
-        actions.append(action)
     return actions[1:] if alignment == "next" else actions

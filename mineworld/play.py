@@ -42,6 +42,7 @@ from mineworld.metrics import frame_scores
 from mineworld.session import Session
 from mineworld.video import read_video, video_rate, write_video
 from mineworld.world import FPS, Game, read_recording
+from mineworld.world.render import SUPERSAMPLE
 
 EXPORT_MIN_WIDTH = 512  # an exported side is scaled up by a whole factor to at least this
 CAPTION_HEIGHT = 28  # pixels of the band above each exported side that names its strategy
@@ -53,8 +54,13 @@ MIB = 2**20
 MAX_SCENE_FRAMES = 256  # frames read from a scene video; a longer one is cut, and says so
 KEPT_FRAMES = 256  # per side: frames, captions, plot rows and actions kept (the newest)
 MAX_UNSCORED = 32  # frames whose true frame and scores may wait for the next reader
-MAX_WORLD_SIDE = 1024  # a world sidecar's render size, per side (the true frame is resized)
-MAX_SUPERSAMPLE = 4
+MAX_SIDECAR_BYTES = 4096  # a world sidecar holds a seed, a start state, a size and a few words
+# A world sidecar's render size and supersampling, from the model's frame size: the true frame
+# is resized to the model's, so more detail buys nothing but time on every step (1024 x 1024
+# supersampled 4 times took 75 s a step). A side may be at most twice the model's, and the
+# supersampling the world's own recordings use.
+MAX_WORLD_SCALE = 2
+MAX_SUPERSAMPLE = SUPERSAMPLE
 PLAYER_STATE = ("x", "y", "z", "yaw", "pitch", "vx", "vy", "vz", "on_ground")
 # Quality measures of the Compare tab (mineworld.metrics.frame_scores): name -> plot title.
 QUALITY = {
@@ -90,6 +96,13 @@ class Scene:
     notes: tuple[str, ...] = ()
     fps: float = FPS
 
+    def free(self) -> None:
+        """Drop the frames, actions and world now, for every holder of this scene (a closed
+        or idle session's State lingers in Gradio); a play made from it then refuses to
+        start, saying so."""
+        self.frames = np.zeros((0, *self.frames.shape[1:]), np.uint8)  # not a view
+        self.actions, self.world = [], None
+
 
 def read_scene(mp4: str | Path, frame_size: tuple[int, int], name: str | None = None,
                max_frames: int = MAX_SCENE_FRAMES) -> Scene:
@@ -110,21 +123,24 @@ def read_scene(mp4: str | Path, frame_size: tuple[int, int], name: str | None = 
     actions = read_actions(jsonl, max_lines=len(frames))
     if len(actions) < len(frames):
         raise ActionFileError(f"{len(actions)} action lines for {len(frames)} video frames", jsonl)
-    world, note = _world_recording(stem, frame_size)
+    world, note = _world_recording(stem, frame_size, len(frames))
     return Scene(name or stem.name, frames, actions, world, (*notes, *filter(None, [note])),
                  float(video_rate(video) or FPS))
 
 
-def _world_recording(stem: Path, frame_size) -> tuple[tuple[dict, list[dict]] | None, str]:
-    """(the recording's sidecar and actions, "") when ``stem.json`` describes a world that can
-    be rendered, else (None, why not; "" when there is no sidecar)."""
+def _world_recording(stem: Path, frame_size: tuple[int, int], frames: int,
+                     ) -> tuple[tuple[dict, list[dict]] | None, str]:
+    """(the recording's sidecar and the actions of its first ``frames`` frames, "") when
+    ``stem.json`` describes a world that can be rendered, else (None, why not; "" when there is
+    no sidecar)."""
     path = stem.with_name(stem.name + ".json")
     if not path.is_file():
         return None, ""
     try:
-        sidecar = json.loads(path.read_text())
-        _check_sidecar(sidecar)
-        sidecar, actions = read_recording(stem)
+        if path.stat().st_size > MAX_SIDECAR_BYTES:
+            raise ValueError(f"over {MAX_SIDECAR_BYTES:,} bytes; a world sidecar is a few lines")
+        _check_sidecar(json.loads(path.read_text()), frame_size)
+        sidecar, actions = read_recording(stem, max_actions=frames)
         TrueWorld((sidecar, actions), 0, frame_size)  # the start state is usable
     except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError,
             OverflowError, RecursionError) as error:
@@ -133,8 +149,10 @@ def _world_recording(stem: Path, frame_size) -> tuple[tuple[dict, list[dict]] | 
     return (sidecar, actions), ""
 
 
-def _check_sidecar(sidecar) -> None:
-    """ValueError unless ``sidecar`` is a world recording's metadata with sane values."""
+def _check_sidecar(sidecar, frame_size: tuple[int, int]) -> None:
+    """ValueError unless ``sidecar`` is a world recording's metadata with sane values, and a
+    render size and supersampling within ``MAX_WORLD_SCALE`` and ``MAX_SUPERSAMPLE`` of the
+    model's frame size (width, height)."""
     if not isinstance(sidecar, dict) or not {"seed", "start", "size"} <= set(sidecar):
         raise ValueError("not a world recording (needs seed, start and size)")
     seed, size, start = sidecar["seed"], sidecar["size"], sidecar["start"]
@@ -145,9 +163,11 @@ def _check_sidecar(sidecar) -> None:
 
     if not whole(seed, 0, 2**63 - 1):
         raise ValueError(f"seed must be a whole number in [0, 2**63), got {seed!r}")
+    largest = [MAX_WORLD_SCALE * side for side in frame_size]
     if not (isinstance(size, list) and len(size) == 2
-            and all(whole(side, 8, MAX_WORLD_SIDE) for side in size)):
-        raise ValueError(f"size must be [width, height] in [8, {MAX_WORLD_SIDE}], got {size!r}")
+            and all(whole(side, 8, most) for side, most in zip(size, largest, strict=True))):
+        raise ValueError(f"size must be [width, height] from 8 to {largest[0]} x {largest[1]} "
+                         f"({MAX_WORLD_SCALE} times the model's frame), got {size!r}")
     if not whole(supersample, 1, MAX_SUPERSAMPLE):
         raise ValueError(f"supersample must be in [1, {MAX_SUPERSAMPLE}], got {supersample!r}")
     if not (isinstance(start, dict) and set(start) == set(PLAYER_STATE)):
@@ -167,8 +187,8 @@ class TrueWorld:
             sidecar["seed"], tuple(sidecar["size"]), sidecar.get("supersample", 1),
             sidecar["start"],
         )
-        for action in actions[:start]:
-            self.game.step(action)
+        for action in actions[:start]:  # the player's state only: no frame is rendered
+            self.game.player.step(action)
         self.frame_size = frame_size
 
     def step(self, action: dict) -> np.ndarray:
@@ -327,6 +347,9 @@ class PlaySession:
 
     def __init__(self, model, tokenizer, scene: Scene, start: int,
                  strategies: list[tuple[str, dict]], options: Options):
+        if not len(scene.frames):
+            raise ValueError("the uploaded scene was freed (its tab closed or was idle): "
+                             "upload it again")
         if not 0 <= start < len(scene.frames):
             raise ValueError(f"start frame must be in [0, {len(scene.frames) - 1}], got {start}")
         self.model, self.tokenizer, self.options = model, tokenizer, options

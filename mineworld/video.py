@@ -10,6 +10,7 @@ and counted, rather than seeked to, because seeking in H.264 lands on keyframes,
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -26,8 +27,15 @@ from mineworld.actions import ActionFileError, read_actions
 _TEXT_DEMUXERS = {"tty", "bin", "xbin", "adf", "idf"}
 _CRF = 18  # libx264 quality: visually lossless, so recorded clips stay faithful
 # Largest frame side decoded: a tiny file can announce huge frames (each is decoded in full
-# before any resize), so a bigger header is refused before the first frame is decoded.
+# before any resize), so a bigger header is refused before the first frame is decoded, and
+# the decoder itself refuses a later frame of more than MAX_SIDE x MAX_SIDE pixels (a raw
+# H.264 stream may change size mid-way; one of 8192 x 8192 took 30 s and +416 MB).
 MAX_SIDE = 4096
+# What one read may decode in all, frames skipped before ``start`` included: 256 frames of
+# 1280 x 720 (about 3 s on a 2-core host), and a time bound for whatever decodes slowly
+# (256 frames of 4096 x 4096 took 31-67 s).
+MAX_DECODED_PIXELS = 256 * 1280 * 720
+MAX_DECODE_SECONDS = 10.0
 
 
 class VideoFileError(ValueError):
@@ -50,7 +58,8 @@ def read_video(
     longer video is fine. Raises VideoFileError if the path is not a file, is not a video, has
     frames over ``MAX_SIDE`` pixels a side, has no frames from ``start`` on, fails to decode,
     holds fewer frames than its header announces (truncated), or changes frame size mid-stream
-    without ``size``.
+    without ``size``, or needs more than ``MAX_DECODED_PIXELS`` decoded or
+    ``MAX_DECODE_SECONDS`` to reach its last frame.
     """
     if size is not None:
         if len(size) != 2 or min(size) < 1:
@@ -63,7 +72,9 @@ def read_video(
     stop = None if max_frames is None else start + max_frames
     frames, seen = [], 0
     try:
-        with av.open(str(path)) as container:
+        # The limit applies while FFmpeg probes the streams too: probing decodes frames.
+        decoder_limits = {"max_pixels": str(MAX_SIDE * MAX_SIDE)}
+        with av.open(str(path), options=decoder_limits) as container:
             if container.format.name in _TEXT_DEMUXERS:
                 raise VideoFileError(f"not a video (text, as {container.format.name})", path)
             if not container.streams.video:
@@ -71,12 +82,18 @@ def read_video(
             stream = container.streams.video[0]
             if stream.codec_context is None:  # a damaged header names no decodable codec
                 raise VideoFileError("not a video (no decodable video stream)", path)
-            width, height = stream.codec_context.width, stream.codec_context.height
-            if max(width, height) > MAX_SIDE:
-                raise VideoFileError(
-                    f"frames of {width}x{height} are too large (at most {MAX_SIDE} a side)", path
-                )
+            _check_side(stream.codec_context.width, stream.codec_context.height, path)
+            stream.codec_context.options = decoder_limits
+            started, pixels = time.monotonic(), 0
             for frame in container.decode(stream):
+                _check_side(frame.width, frame.height, path)
+                pixels += frame.width * frame.height
+                if pixels > MAX_DECODED_PIXELS:
+                    raise VideoFileError(
+                        f"over {MAX_DECODED_PIXELS:,} pixels to decode: use a shorter or "
+                        "smaller video", path)
+                if time.monotonic() - started > MAX_DECODE_SECONDS:
+                    raise VideoFileError(f"took over {MAX_DECODE_SECONDS:g} s to decode", path)
                 seen += 1
                 if seen <= start:
                     continue
@@ -95,7 +112,9 @@ def read_video(
             if seen != stop and seen < stream.frames:
                 raise VideoFileError(f"truncated: {seen} of {stream.frames} frames decode", path)
     except (av.FFmpegError, UnicodeDecodeError) as e:  # bad metadata text is a UnicodeError
-        raise VideoFileError(f"cannot decode: {getattr(e, 'strerror', None) or e}", path) from None
+        reason = getattr(e, "strerror", None) or e
+        raise VideoFileError(f"cannot decode (damaged, or frames over {MAX_SIDE}x{MAX_SIDE}): "
+                             f"{reason}", path) from None
     if not frames:
         raise VideoFileError(f"no frames from frame {start} on ({seen} in the file)", path)
     return np.stack(frames)
@@ -110,6 +129,12 @@ def video_rate(path: str | Path) -> Fraction | None:
     except av.FFmpegError as e:
         raise VideoFileError(f"cannot decode: {getattr(e, 'strerror', None) or e}", path) from None
     return rate if rate and rate > 0 else None
+
+
+def _check_side(width: int, height: int, path) -> None:
+    if max(width, height) > MAX_SIDE:
+        raise VideoFileError(
+            f"frames of {width}x{height} are too large (at most {MAX_SIDE} a side)", path)
 
 
 def write_video(

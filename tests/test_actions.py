@@ -3,6 +3,10 @@ formats, and that no input line can raise anything but ActionFileError."""
 
 import json
 import math
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +22,7 @@ from mineworld.actions import (
     make_action,
     noop_action,
     parse_action_line,
+    python_literal,
     quantize_camera,
     read_actions,
     vpt_line_to_action,
@@ -339,6 +344,129 @@ def test_bad_lines_raise_action_file_error(line):
         parse_action_line(line)
 
 
+# The Python-literal forms that recorded lines use, read without eval or ast, and what they give.
+ACCEPTED_LITERALS = [
+    ("{'forward': 1, 'camera': array([ 0.5 , -2.25]),}", {"forward": 1, "camera": [0.5, -2.25]}),
+    ("{'a': True, 'b': False, 'c': None}", {"a": True, "b": False, "c": None}),
+    ("[1, 2,]", [1, 2]),
+    ("(1, 2)", [1, 2]),
+    ("(1,)", [1]),
+    ("(1)", 1),
+    ("()", []),
+    ("{'camera': array([0., 0.], dtype=float32)}", {"camera": [0.0, 0.0]}),
+    ("np.array([np.float64(1e-3), -0.])", [0.001, -0.0]),
+    ("numpy.int64(7)", 7),
+    ("array([1], dtype='int64',)", [1]),
+    ("[-inf, inf, +1, -.5, 10e0]", [-math.inf, math.inf, 1, -0.5, 10.0]),
+    (r"""'it\'s \"q\" \\ \x41\u00e9\n'""", "it's \"q\" \\ A\u00e9\n"),
+    ('"caf\u00e9"', "caf\u00e9"),
+    (" \t{ 'a' :\n 1 } ", {"a": 1}),
+]
+REFUSED_LITERALS = [
+    ("garbage", "unsupported name 'garbage' at column 1"),
+    ("{'a': 1", "unexpected end of line"),
+    ("{'a': 1 'b': 2}", "expected ',' or '}' at column 9"),
+    ("{1: 1}", "dict keys must be strings"),
+    ("[1, 2", "unexpected end of line"),
+    ("[,]", "unexpected ','"),
+    ("1j", "unexpected 'j' after the value"),
+    ("b'1'", "unsupported name 'b'"),
+    ("-True", "unsupported name 'True'"),
+    ("'open", "unterminated string"),
+    ("'\\q'", "unsupported escape"),
+    ("array(1, 2)", "only a dtype= keyword may follow the value"),
+    ("os.system('x')", "unsupported name 'os.system'"),
+    ("array", "unsupported name 'array'"),
+    ("{'a': 1} if x else {}", "unexpected 'i' after the value"),
+    ("[" * 9 + "]" * 9, "nested deeper than 8"),
+    ("[" + "[]," * 300 + "]", "more than 256 dicts, lists and tuples"),
+    ("1" * 5000, "Exceeds the limit"),  # int(): Python's guard against quadratic conversion
+]
+
+
+@pytest.mark.parametrize(("text", "value"), ACCEPTED_LITERALS)
+def test_python_literal_forms_of_recorded_lines(text, value):
+    assert python_literal(text) == value
+
+
+@pytest.mark.parametrize(("text", "message"), REFUSED_LITERALS)
+def test_python_literal_refuses_everything_else(text, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        python_literal(text)
+
+
+# A child process measures its own peak memory around one call, under an address space limit,
+# so that a regression fails the test instead of exhausting the host. It prints the growth in
+# bytes and the refusal, if any. VmHWM, not ru_maxrss: a child's ru_maxrss starts at its
+# parent's peak (pytest's, here), which would hide any growth below it.
+MEASURE = """
+import itertools, json, resource, string, sys
+from pathlib import Path
+from mineworld.actions import python_literal, read_actions
+def status(field):
+    return next(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").open()
+                if line.startswith(field + ":"))
+limit = status("VmSize") + 2**30
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+kind, expression, path = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+text = eval(expression)  # the test's own expression, building the line
+if kind == "file":
+    path.write_text(text + "\\n")
+    text = None
+Path("/proc/self/clear_refs").write_text("5")  # the peak restarts from here: building the
+peak, refused = status("VmHWM"), None          # line's text does not count
+try:
+    python_literal(text) if kind == "literal" else read_actions(path)
+except ValueError as error:
+    refused = str(error)
+print(json.dumps([len(text or ""), status("VmHWM") - peak, refused]))
+"""
+
+
+def peak_growth(kind, expression, path=""):
+    """(characters of the line ``expression`` builds, bytes the peak RSS of a child grew by
+    while it read the line, the refusal or None)."""
+    done = subprocess.run([sys.executable, "-c", MEASURE, kind, expression, str(path)],
+                          capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
+
+
+# Lines of about 4 MB: a list of one repeated form, and a dict of 140,608 distinct keys.
+LONG_LITERALS = {
+    "zeros": "\"{'a': [\" + '0,' * 2_000_000 + ']}'",
+    "floats": "\"{'a': [\" + '1.5,' * 1_000_000 + ']}'",
+    "short strings": "\"{'a': [\" + \"'ab',\" * 800_000 + ']}'",
+    "ints": "\"{'a': [\" + '1000,' * 800_000 + ']}'",
+    "distinct keys": "'{' + ','.join(f\"'{''.join(k)}': 0\" for k in "
+                     "itertools.product(string.ascii_letters, repeat=3)) + '}'",
+}
+
+
+@pytest.mark.parametrize("expression", LONG_LITERALS.values(), ids=LONG_LITERALS)
+def test_a_multi_megabyte_literal_costs_under_20_bytes_a_byte(expression):
+    """The literal reader alone, without the line limit: linear, with a small constant (ast
+    took about 480 bytes a byte)."""
+    size, growth, refused = peak_growth("literal", expression)
+    assert refused is None and size > 1_000_000
+    assert 0 < growth < 20 * size
+
+
+def test_many_empty_containers_are_refused_early():
+    """An empty list costs 56 bytes for its 3 of line: the 257th container is refused."""
+    _size, growth, refused = peak_growth("literal", "'[' + '[],' * 1_000_000 + ']'")
+    assert "more than 256 dicts, lists and tuples" in refused
+    assert growth < 2**20
+
+
+def test_a_file_with_a_multi_megabyte_line_is_refused_without_reading_it(tmp_path):
+    _size, growth, refused = peak_growth("file", LONG_LITERALS["zeros"], tmp_path / "long.jsonl")
+    assert refused.endswith("long.jsonl, line 1: a line over 16,384 bytes (recorded action "
+                            "lines are under 1 KB)")
+    assert growth < 2**20  # far below the 4 MB line: only its first 16 KB were read
+
+
 # --- files -----------------------------------------------------------------------------------
 
 
@@ -373,11 +501,12 @@ def test_errors_name_file_and_line(tmp_path):
     cases = {
         "blank line": (good, "", good),
         "MineRL action dict in a file of VPT record": (good, MINERL_LINE),
-        "neither JSON nor a Python literal": (good, "{'a': 1"),
-        "unsupported syntax at column 1 \\(Name\\)": (good, "garbage"),
-        # Refused before parsing: ast.parse of this would take gigabytes.
-        "a line of 4,000,009 characters; action lines are at most 16,384": (
-            good, "{'a': [" + "0," * 2_000_000 + "]}"),
+        "neither JSON nor a Python literal: unexpected end of line at column 8": (
+            good, "{'a': 1"),
+        "neither JSON nor a Python literal: unsupported name 'garbage' at column 1": (
+            good, "garbage"),
+        # Refused before it is read whole: a long line is never a recorded action.
+        "a line over 16,384 bytes": (good, "{'a': [" + "0," * 2_000_000 + "]}"),
     }
     for message, lines in cases.items():
         with pytest.raises(ActionFileError, match=f"line 2: .*{message}"):

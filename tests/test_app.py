@@ -8,6 +8,7 @@ import dataclasses
 import gc
 import json
 import math
+import os
 import re
 import socket
 import subprocess
@@ -260,14 +261,20 @@ def test_a_long_video_is_cut_with_a_note(scene_mp4):
 @pytest.mark.parametrize("edit, reason", [
     ({"size": [100000, 100000]}, "size must be"),
     ({"supersample": 1000}, "supersample must be"),
+    # The old documented maxima: 75 s and +4.7 GB a step on the 2-core host.
+    ({"size": [1024, 1024], "supersample": 4}, f"from 8 to {2 * WIDTH} x {2 * HEIGHT} (2 times"),
+    ({"size": [2 * WIDTH + 1, HEIGHT]}, "size must be"),
+    ({"supersample": 3}, "supersample must be in [1, 2]"),
+    ({"padding": " " * 5000}, "over 4,096 bytes"),
     ({"seed": -1}, "seed must be"),
     ({"seed": "7"}, "seed must be"),
     ({"start": {"x": 1}}, "start must hold"),
     ({"start": "nan"}, "start must hold"),
     ({"start_nan": True}, "start.y must be a finite number"),
     (None, "Expecting"),
-], ids=["huge-frames", "supersample", "negative-seed", "text-seed", "start-keys",
-        "start-not-a-dict", "start-nan", "not-json"])
+], ids=["huge-frames", "supersample", "old-maxima", "wider-than-twice-the-model",
+        "more-supersampling-than-recorded", "long-sidecar", "negative-seed", "text-seed",
+        "start-keys", "start-not-a-dict", "start-nan", "not-json"])
 def test_an_unusable_world_sidecar_is_ignored_with_a_note(tmp_path, edit, reason):
     mp4 = record_scene(tmp_path)
     sidecar = mp4.with_suffix(".json")
@@ -290,8 +297,23 @@ def test_an_unusable_world_sidecar_is_ignored_with_a_note(tmp_path, edit, reason
     assert play.frames_played == 1 and play.quality_table() is None
 
 
+def test_a_scene_keeps_only_its_frames_actions_and_world(tmp_path):
+    """The world sidecar at its limits is used, and a scene cut to its first frames holds the
+    actions of those frames only (the world's too), not the whole file's."""
+    mp4 = record_scene(tmp_path)
+    sidecar = json.loads(mp4.with_suffix(".json").read_text())
+    sidecar.update(size=[2 * WIDTH, 2 * HEIGHT], supersample=2)
+    mp4.with_suffix(".json").write_text(json.dumps(sidecar))
+    scene = read_scene(mp4, (WIDTH, HEIGHT), max_frames=4)
+    assert len(scene.frames) == len(scene.actions) == len(scene.world[1]) == 4
+    play = PlaySession(tiny_model(), PatchTokenizer(), scene, 2, [("none", {})],
+                       Options(reference_frames=2))
+    assert play.truth.step(make_action(["forward"])).shape == (HEIGHT, WIDTH, 3)
+
+
 def test_the_page_states_its_limits():
     for words in (f"{app.MAX_UPLOAD_MB} MB", f"first {app.MAX_SCENE_FRAMES} frames",
+                  "4096 px a side", "236 M pixels in all", "20 idle minutes",
                   f"at most {app.MAX_REPEAT} times", f"newest {app.KEPT_FRAMES} frames"):
         assert words in app.LIMITS_TEXT
 
@@ -369,6 +391,52 @@ def test_closing_the_tab_frees_its_plays(served):
     assert all(play.closed for play in plays)
 
 
+def test_an_idle_session_is_freed_without_an_unload(served, monkeypatch):
+    """API clients never close a tab: their plays and scene go once they are idle."""
+    demo = app.Demo(served[1])
+    request = SimpleNamespace(session_hash="api-client")
+    play = demo.new_play(None, None, None, [("none", {})], request)
+    scene = dataclasses.replace(served[1].scene)
+    demo.open_scenes[request.session_hash] = scene
+    demo.free_idle_sessions()
+    assert not play.closed  # active a moment ago
+    monkeypatch.setattr(app, "IDLE_SECONDS", 0.0)
+    demo.free_idle_sessions()
+    demo.scheduler.call(lambda: None)  # the play closes on the model's thread, in order
+    assert play.closed and len(scene.frames) == 0 and scene.world is None
+    with pytest.raises(ValueError, match="the uploaded scene was freed .* upload it again"):
+        demo.new_play(scene, None, None, [("none", {})], request)
+    demo.scheduler.shutdown()
+
+
+@pytest.fixture
+def quickly_idle(scene_mp4, tmp_path, monkeypatch):
+    """The url of a demo whose sessions are idle after 1 s, looked for every 0.2 s."""
+    monkeypatch.setattr(app, "IDLE_SECONDS", 1.0)
+    monkeypatch.setattr(app, "SWEEP_SECONDS", 0.2)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    blocks = app.build_demo(tiny_resources(scene_mp4))
+    yield app.launch(blocks, "127.0.0.1", free_port(), block=False)
+    blocks.close()
+
+
+def test_an_idle_api_client_loses_its_uploaded_scene_and_play(quickly_idle, tmp_path):
+    others = live_plays()
+    client = Client(quickly_idle, verbose=False)
+    mp4 = record_scene(tmp_path, seed=WORLD_SEED + 2, name="kept")
+    client.predict([handle_file(mp4), handle_file(mp4.with_suffix(".jsonl"))],
+                   api_name="/load_scene")
+    assert client.predict(2, api_name="/reset")[0].startswith("kept.mp4 from frame 2")
+    mine = live_plays() - others
+    assert mine
+    time.sleep(2.0)  # idle: no request, no unload (the client stays connected)
+    assert not live_plays() & mine
+    status = client.predict(2, api_name="/reset")[0]
+    assert status == ("Not started: the uploaded scene was freed (its tab closed or was idle): "
+                      "upload it again")
+    client.close()
+
+
 def test_a_bad_parameter_returns_the_validation_message(served):
     client = Client(served[0], verbose=False)
     outputs = client.predict(*picker_values("h2o", hh_ratio=2.0), api_name="/apply_strategy")
@@ -421,6 +489,44 @@ def test_an_upload_over_the_size_limit_is_refused(served, tmp_path):
         assert httpx.post(f"{served[0]}gradio_api/upload", files={"files": file}).is_success
 
 
+def raw_upload(url, headers):
+    """The status line of a POST to Gradio's upload route with ``headers`` and no body."""
+    host, port = url.split("//")[1].rstrip("/").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        connection.sendall(f"POST /gradio_api/upload HTTP/1.1\r\nHost: {host}\r\n"
+                           f"Content-Type: multipart/form-data; boundary=x\r\n{headers}\r\n"
+                           .encode())
+        return connection.recv(4096).decode().split("\r\n")[0]
+
+
+def test_an_upload_request_over_the_limits_is_refused_before_its_body(served):
+    too_big = f"Content-Length: {app.MAX_REQUEST_MB * 2**20 + 1}\r\n"
+    assert raw_upload(served[0], too_big) == "HTTP/1.1 413 Request Entity Too Large"
+    chunked = "Transfer-Encoding: chunked\r\n"
+    assert raw_upload(served[0], chunked) == "HTTP/1.1 411 Length Required"
+
+
+def test_uploads_stop_when_gradios_files_are_full(served, tmp_path, monkeypatch):
+    scene = tmp_path / "scene.jsonl"
+    scene.write_text("{}\n" * 1000)
+    monkeypatch.setattr(app, "MAX_STORED_MB", 0)
+    with scene.open("rb") as file:
+        response = httpx.post(f"{served[0]}gradio_api/upload", files={"files": file})
+    assert response.status_code == 507 and "Uploads are full" in response.text
+
+
+def test_only_the_pages_own_file_types_are_served_back(served, tmp_path):
+    stored = {}
+    for name in ("page.html", "image.svg", "scene.jsonl"):
+        (tmp_path / name).write_text("<script>alert(1)</script>")
+        with (tmp_path / name).open("rb") as file:
+            [stored[name]] = httpx.post(f"{served[0]}gradio_api/upload",
+                                        files={"files": file}).json()
+    served_back = {name: httpx.get(f"{served[0]}gradio_api/file={path}").status_code
+                   for name, path in stored.items()}
+    assert served_back == {"page.html": 403, "image.svg": 403, "scene.jsonl": 200}
+
+
 def test_limits_and_bad_values_leave_the_session_usable(served, tmp_path):
     client = Client(served[0], verbose=False)
     client.predict(1, api_name="/reset")
@@ -447,6 +553,63 @@ def test_limits_and_bad_values_leave_the_session_usable(served, tmp_path):
     assert status.startswith("Strategy not changed:") and "budget" in status
     status = client.predict(2, 0, 0, api_name="/play_forward")[0]
     assert "2 frames played" in status  # after every refusal, play goes on
+    client.close()
+
+
+@pytest.mark.parametrize("endpoint, args, message", [
+    ("/play_forward", ("abc", 0, 0), "Repeat a button n times (1-32) must be a number, got 'abc'"),
+    ("/play_forward", ([1], 0, 0), "must be a number, got [1]"),
+    ("/play_look", (1, None, 0), "Look: pitch (°, + looks down) must be a number, got None"),
+    ("/reset", ("abc",), "Start frame (play starts after it) must be a number, got 'abc'"),
+    ("/reset", (1, [1]), "Seed (sampling) must be a number, got [1]"),
+    ("/apply_strategy", picker_values("h2o", normalize="yes"),
+     "normalize must be true or false, got 'yes'"),
+    ("/apply_strategy", picker_values("h2o", hh_ratio="abc"), "hh_ratio must be a number"),
+    ("/apply_strategy", ["nope", *picker_values("h2o")[1:]], "not in the list of choices"),
+    ("/play_forward", (app.MAX_REPEAT + 1, 0, 0), "greater than maximum value"),
+], ids=["string", "list", "none", "start", "seed", "checkbox", "parameter", "choice", "range"])
+def test_a_wrongly_typed_value_is_refused_in_one_line(served, capfd, endpoint, args, message):
+    """Through the API, past the page's widgets: a clear message, one log line, no traceback."""
+    client = Client(served[0], verbose=False)
+    capfd.readouterr()
+    with pytest.raises(AppError) as refused:
+        client.predict(*args, api_name=endpoint)
+    assert message in str(refused.value)
+    log = capfd.readouterr().err.splitlines()
+    assert [line for line in log if "refused" in line] == [f"app.py: refused: {refused.value}"]
+    assert not any("Traceback" in line for line in log)
+    assert "frames played" in client.predict(1, 0, 0, api_name="/play_jump")[0]
+    client.close()
+
+
+def test_wrong_types_are_refused_after_an_upload_changed_an_input(served, tmp_path, capfd):
+    """An upload changes the start slider's maximum: Gradio gives the session its own copy of
+    the slider, which is checked all the same."""
+    client = Client(served[0], verbose=False)
+    mp4 = record_scene(tmp_path, name="changes")
+    client.predict([handle_file(mp4), handle_file(mp4.with_suffix(".jsonl"))],
+                   api_name="/load_scene")
+    capfd.readouterr()
+    with pytest.raises(AppError, match="Start frame .* must be a number, got 'x'"):
+        client.predict("x", api_name="/reset")
+    assert "Traceback" not in capfd.readouterr().err
+    client.close()
+
+
+def test_a_refused_scene_names_the_users_files_and_is_deleted(served, tmp_path, capfd):
+    client = Client(served[0], verbose=False)
+    mp4 = record_scene(tmp_path, name="my clip")
+    mp4.with_suffix(".jsonl").write_text("{'forward': 1\n")
+    capfd.readouterr()
+    with pytest.raises(AppError) as refused:
+        client.predict([handle_file(mp4), handle_file(mp4.with_suffix(".jsonl"))],
+                       api_name="/load_scene")
+    assert str(refused.value) == ("Scene not loaded: my clip.jsonl, line 1: neither JSON nor a "
+                                  "Python literal: unexpected end of line at column 14; only "
+                                  "literals and array(...) are allowed")
+    assert "Traceback" not in capfd.readouterr().err
+    uploads = app.Path(os.environ["GRADIO_TEMP_DIR"])
+    assert not [path for path in uploads.rglob("my clip*")], "the upload was kept"
     client.close()
 
 

@@ -1,13 +1,17 @@
 """Tests for mineworld.video: H.264 round trips, every broken-file case raising VideoFileError
 naming the path, natural clip ordering, and frame/action pairing under both alignments."""
 
+import io
 import json
+import re
 
+import av
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mineworld import video
 from mineworld.actions import ActionFileError
 from mineworld.video import VideoFileError, list_clips, read_clip, read_video, write_video
 
@@ -199,3 +203,47 @@ def test_read_clip_needs_a_line_per_frame(stem):
     jsonl.unlink()
     with pytest.raises(ActionFileError, match="cannot read"):
         read_clip(stem)
+
+
+def raw_h264(path, sizes, frames_each=3):
+    """A raw H.264 stream named .mp4 whose frames change size: one run of black frames per
+    (width, height), each run a stream of its own, concatenated."""
+    with open(path, "wb") as out:
+        for width, height in sizes:
+            run = io.BytesIO()
+            with av.open(run, "w", format="h264") as container:
+                stream = container.add_stream("h264", rate=6)
+                stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+                black = np.zeros((height, width, 3), np.uint8)
+                for _ in range(frames_each):
+                    container.mux(stream.encode(av.VideoFrame.from_ndarray(black,
+                                                                           format="rgb24")))
+                container.mux(stream.encode(None))
+            out.write(run.getvalue())
+    return path
+
+
+@pytest.mark.parametrize("later, message", [
+    ((128, 128), "cannot decode"),  # more pixels than 64 x 64: the decoder refuses the frame
+    ((256, 8), "frames of 256x8 are too large (at most 64 a side)"),  # fewer, but too wide
+])
+def test_every_decoded_frame_is_checked_not_just_the_header(tmp_path, monkeypatch, later,
+                                                            message):
+    monkeypatch.setattr(video, "MAX_SIDE", 64)
+    path = raw_h264(tmp_path / "grows.mp4", [(32, 32), later], frames_each=12)
+    assert read_video(path, max_frames=3).shape == (3, 32, 32, 3)  # the small frames alone
+    with pytest.raises(VideoFileError, match=re.escape(message)):
+        read_video(path, size=(16, 16))
+
+
+def test_decoding_is_bounded_in_pixels_and_time(clip, monkeypatch):
+    path, frames = clip
+    monkeypatch.setattr(video, "MAX_DECODED_PIXELS", 3 * H * W)
+    assert len(read_video(path, max_frames=3)) == 3
+    with pytest.raises(VideoFileError, match=f"over {3 * H * W:,} pixels to decode"):
+        read_video(path, max_frames=4)
+    with pytest.raises(VideoFileError, match="pixels to decode"):  # skipped frames count too
+        read_video(path, start=3, max_frames=1)
+    monkeypatch.setattr(video, "MAX_DECODE_SECONDS", 0.0)
+    with pytest.raises(VideoFileError, match="took over 0 s to decode"):
+        read_video(path)

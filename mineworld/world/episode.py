@@ -14,6 +14,7 @@ record_episode(seed, actions, "dir/name") writes three files:
                   the jsonl and this sidecar; they equal the recorded ones (before compression).
 """
 
+import itertools
 import json
 from pathlib import Path
 
@@ -168,11 +169,14 @@ def record_episode(
     return frames
 
 
-def read_recording(path_stem: str | Path) -> tuple[dict, list[dict]]:
-    """The sidecar metadata and the action dicts of a recorded episode."""
+def read_recording(path_stem: str | Path, max_actions: int | None = None,
+                   ) -> tuple[dict, list[dict]]:
+    """The sidecar metadata and the action dicts of a recorded episode (its first
+    ``max_actions`` lines only, when given: the rest of the file is not read)."""
     sidecar = json.loads(with_extension(path_stem, ".json").read_text())
     with open(with_extension(path_stem, ".jsonl")) as f:
-        actions = [vpt_to_action(json.loads(line)) for line in f if line.strip()]
+        lines = itertools.islice(f, max_actions)
+        actions = [vpt_to_action(json.loads(line)) for line in lines if line.strip()]
     return sidecar, actions
 
 
