@@ -7,7 +7,8 @@ compare two cache strategies side by side.
 This file is the UI only: models load in ``mineworld.loading`` (or ``mineworld.embedded``), play
 logic lives in ``mineworld.play`` and real-time play in ``mineworld.stream``. Every tab of every
 user has its own ``Seat`` (its play and its controls) in a ``gr.State``; the model is shared and
-read-only, and one ``FrameScheduler`` thread runs all model work, frame by frame.
+read-only, and one ``FrameScheduler`` thread runs all model work, the frames of every player
+waiting made together.
 
 Frames stream to the page from a generator handler: holding a key plays until it is released,
 each yield is the new frame as a small PNG (the page scales it up with crisp pixels) with the

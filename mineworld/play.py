@@ -350,6 +350,7 @@ class PlaySession:
         if not len(scene.frames):
             raise ValueError("the uploaded scene was freed (its tab closed or was idle): "
                              "upload it again")
+        self.sides: list[Side] = []  # none until every one has prefilled: closed till then
         if not 0 <= start < len(scene.frames):
             raise ValueError(f"start frame must be in [0, {len(scene.frames) - 1}], got {start}")
         self.model, self.tokenizer, self.options = model, tokenizer, options
@@ -521,7 +522,7 @@ class PlaySession:
 
     @property
     def closed(self) -> bool:
-        return self.sides[0].session is None
+        return not self.sides or self.sides[0].session is None
 
     def close(self) -> None:
         """Free what the play holds (Gradio keeps a closed tab's State for an hour): the sides,

@@ -561,7 +561,7 @@ def test_limits_and_bad_values_leave_the_session_usable(served, tmp_path):
     ("/play_forward", ([1], 0, 0), "must be a number, got [1]"),
     ("/play_look", (1, None, 0), "Look: pitch (°, + looks down) must be a number, got None"),
     ("/reset", ("abc",), "Start frame (play restarts after it) must be a number, got 'abc'"),
-    ("/reset", (1, [1]), "Seed (sampling) must be a number, got [1]"),
+    ("/reset", (1, [1]), "Seed (sampling; Enter restarts) must be a number, got [1]"),
     ("/apply_strategy", picker_values("h2o", normalize="yes"),
      "normalize must be true or false, got 'yes'"),
     ("/apply_strategy", picker_values("h2o", hh_ratio="abc"), "hh_ratio must be a number"),
