@@ -259,11 +259,13 @@ def summary(record: dict) -> str:
     if quality is not None:
         ssim = f", SSIM {quality['mean_ssim']:.3f}" if "mean_ssim" in quality else ""
         scores = f", PSNR {quality['pooled_psnr']:.2f} dB{ssim} vs {quality['frames']} true frames"
+    hit_rate = last["attention_hit_rate"]
+    kept = "" if hit_rate is None else f" (attention hit rate {hit_rate:.3f})"
     return (
         f"{record['clip']}: {record['generated_frames']} frames in {totals['seconds']:.2f} s "
         f"({totals['frames_per_second']:.2f} fps), {totals['forward_passes']} forward passes, "
         f"{last['live_tokens']} live tokens ({last['bytes_live'] / 2**20:.2f} MiB KV), "
-        f"{last['evicted_tokens']} evicted, {last['reprefills']} re-prefills{scores} -> "
+        f"{last['evicted_tokens']} evicted{kept}, {last['reprefills']} re-prefills{scores} -> "
         f"{record['video']}"
     )
 

@@ -322,7 +322,9 @@ def test_the_seeds_lines_run_a_prompt_longer_than_the_context(strategy, tmp_path
         "--data_root", str(clips), *SHIPPED_FILES, "--output_dir", str(output),
         "--demo_num", "10", "--frames", "3", *SEED_LINES[strategy],
     ]) == 0
-    notes = error_lines(capsys)
+    captured = capsys.readouterr()
+    notes = [line for line in captured.err.splitlines() if line.startswith("inference")]
+    [summary] = [line for line in captured.out.splitlines() if line.startswith("clip_0:")]
     record = strict_json((output / "clip_0.json").read_text())
     assert (record["context_frames"], record["generated_frames"]) == (10, 3)
     assert record["model"]["tokenizer"].endswith("tokenizer.json")
@@ -337,6 +339,11 @@ def test_the_seeds_lines_run_a_prompt_longer_than_the_context(strategy, tmp_path
         assert notes == []
         assert first["evicted_tokens"] > 0 and first["reprefills"] == 0  # during the prefill
         assert first["live_tokens"] <= first["capacity_tokens"] < 8 * 107
+    hit_rate = record["stats"][-1]["attention_hit_rate"]  # tracked where attention is
+    if strategy == "h2o":
+        assert 0 < hit_rate < 1 and f"(attention hit rate {hit_rate:.3f})" in summary
+    else:
+        assert hit_rate is None and "hit rate" not in summary
 
 
 def test_the_shipped_validation_clips_hold_the_seeds_100_frames_after_10(tmp_path):
