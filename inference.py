@@ -23,9 +23,13 @@ since its greedy rollouts freeze; the published configs name none, so greedy) un
 given; ``--top_k`` or ``--top_p`` alone sample at the model's temperature (1.0 for a greedy
 model); ``--temperature`` always wins (0 is greedy).
 
-Exit status: 0 when every clip was written, 1 when some clip could not be used (it is skipped
-with a warning, the others are still written), 2 for a usage, model or configuration error
-(one line on stderr).
+A ``--demo_num`` longer than the model's context is a prompt longer than the context: a bounded
+strategy prefills it through eviction; ``none`` prefills the newest frames that fit with room
+for the frame being made, and says so on stderr.
+
+Exit status: 0 when some clip was written (a clip that cannot be used, too short for instance,
+is skipped with a warning naming it), 1 when no clip was, 2 for a usage, model or
+configuration error (one line on stderr).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from cache import strategy_class
 from mineworld.actions import ActionFileError, read_actions
 from mineworld.cache_flags import add_cache_flags, strategy_params
 from mineworld.cli import positive_int
@@ -49,7 +54,12 @@ from mineworld.decoding import Sampling
 from mineworld.embedded import VALIDATION_DIR
 from mineworld.loading import USER_ERRORS, load_model, one_line, uses_embedded
 from mineworld.metrics import sequence_scores
-from mineworld.session import Session, default_reference_frames, pick_device
+from mineworld.session import (
+    Session,
+    default_reference_frames,
+    max_reference_frames,
+    pick_device,
+)
 from mineworld.video import VideoFileError, list_clips, read_video, write_video
 
 PROG = "inference.py"
@@ -75,8 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Generate frames for every clip_N.mp4 + clip_N.jsonl in a folder with a "
         "MineWorld model, writing clip_N.mp4 (context then generated frames, 6 fps) and "
         "clip_N.json (tokens, per-frame statistics, settings) to --output_dir.",
-        epilog="Exit status: 0 all clips written; 1 some clip skipped (too short or unreadable); "
-        "2 usage, model or configuration error.",
+        epilog="Exit status: 0 some clip written (the others skipped with a warning: too short "
+        "or unreadable); 1 no clip written; 2 usage, model or configuration error.",
     )
     model = parser.add_argument_group("model")
     model.add_argument("--model_ckpt", help="checkpoint (.ckpt/.pt pickle of tensors or "
@@ -128,9 +138,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # -- model -----------------------------------------------------------------------------------
 
 
-def build_session_factory(model, tokenizer, args: argparse.Namespace, params: dict,
-                          sampling: Sampling):
-    """A function returning a fresh Session per clip (its own cache, statistics and RNG).
+def prefilled_frames(args: argparse.Namespace, config) -> int:
+    """How many of the ``--demo_num`` context frames are prefilled: all of them with a bounded
+    cache (it evicts on the way), the newest that fit with a full one (said on stderr)."""
+    most = max_reference_frames(config)
+    if args.demo_num <= most or strategy_class(args.cache_strategy).bounded:
+        return args.demo_num
+    print(f"{PROG}: note: --demo_num {args.demo_num} is more than strategy "
+          f"{args.cache_strategy}'s {config.context_frames}-frame context holds with a frame "
+          f"to make; the newest {most} context frames are prefilled", file=sys.stderr)
+    return most
+
+
+def build_session_factory(model, tokenizer, args: argparse.Namespace, sampling: Sampling):
+    """A function returning a fresh Session per clip (its own cache, statistics and RNG) on
+    the strategy attached to ``model``.
 
     One session is built here so that bad settings fail before any clip is read.
     """
@@ -138,9 +160,7 @@ def build_session_factory(model, tokenizer, args: argparse.Namespace, params: di
         Session,
         model,
         tokenizer,
-        strategy=args.cache_strategy,
-        strategy_params=params,
-        reference_frames=args.demo_num,
+        reference_frames=prefilled_frames(args, model.config),
         schedule=SCHEDULES[args.accelerate_algo],
         window=args.window_size,
         sampling=sampling,
@@ -239,11 +259,13 @@ def summary(record: dict) -> str:
     if quality is not None:
         ssim = f", SSIM {quality['mean_ssim']:.3f}" if "mean_ssim" in quality else ""
         scores = f", PSNR {quality['pooled_psnr']:.2f} dB{ssim} vs {quality['frames']} true frames"
+    hit_rate = last["attention_hit_rate"]
+    kept = "" if hit_rate is None else f" (attention hit rate {hit_rate:.3f})"
     return (
         f"{record['clip']}: {record['generated_frames']} frames in {totals['seconds']:.2f} s "
         f"({totals['frames_per_second']:.2f} fps), {totals['forward_passes']} forward passes, "
         f"{last['live_tokens']} live tokens ({last['bytes_live'] / 2**20:.2f} MiB KV), "
-        f"{last['evicted_tokens']} evicted, {last['reprefills']} re-prefills{scores} -> "
+        f"{last['evicted_tokens']} evicted{kept}, {last['reprefills']} re-prefills{scores} -> "
         f"{record['video']}"
     )
 
@@ -269,7 +291,8 @@ def run(args: argparse.Namespace) -> int:
     if args.window_size is None:
         args.window_size = model.config.diagonal_window
     sampling = Sampling.from_flags(model.config, args.temperature, args.top_k, args.top_p)
-    new_session = build_session_factory(model, tokenizer, args, params, sampling)
+    model.setup_cache_manager(args.cache_strategy, **params)
+    new_session = build_session_factory(model, tokenizer, args, sampling)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     settings = {
         "strategy": args.cache_strategy,
@@ -298,12 +321,11 @@ def run(args: argparse.Namespace) -> int:
     if failed:
         print(f"{PROG}: {len(failed)} of {len(clips)} clips skipped: {', '.join(failed)}",
               file=sys.stderr)
-        return 1
-    return 0
+    return 1 if len(failed) == len(clips) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the batch; return the exit status (0 all written, 1 some clip skipped, 2 error)."""
+    """Run the batch; return the exit status (0 some clip written, 1 none, 2 error)."""
     args = parse_args(argv)
     try:
         return run(args)

@@ -311,6 +311,11 @@ class KVCacheManager:
             )
         if self.debug:
             self._log_eviction(victims)
+        if storage.attention is not None:
+            attention = storage.attention
+            held = attention.gather(-1, victims.expand(*attention.shape[:2], -1))
+            self.stats.attention_before_evictions += float(attention.sum())
+            self.stats.attention_evicted += float(held.sum())
         storage.kill(victims)
         self.stats.evicted_tokens += count
         self.stats.eviction_events += 1

@@ -21,9 +21,23 @@ class CacheStats:
     allocations: int = 0  # how many times storage was (re)allocated
     highest_position: int = -1  # highest position in use
     next_position: int = 0
+    # Strategies that track attention: the attention the cached tokens had accumulated, summed
+    # over every eviction, and the part of it the evicted tokens held.
+    attention_before_evictions: float = 0.0
+    attention_evicted: float = 0.0
+
+    @property
+    def attention_hit_rate(self) -> float | None:
+        """The share of the cache's accumulated attention kept through its evictions: 1.0 when
+        only tokens nobody attended to were evicted; lower when evicted tokens still drew
+        attention, a sign that the budget is too small. ``None`` before an eviction, or when
+        the strategy does not track attention."""
+        if self.attention_before_evictions == 0:
+            return None
+        return 1 - self.attention_evicted / self.attention_before_evictions
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "attention_hit_rate": self.attention_hit_rate}
 
 
 def debug_enabled() -> bool:

@@ -142,7 +142,9 @@ def load_config(path: str | Path) -> ModelConfig:
     Every problem raises ValueError naming the file, then the field and what is wrong with it
     (missing, wrong type, outside its range in ``LIMITS``, inconsistent with another field):
     not YAML, not a mapping, a file over ``MAX_CONFIG_BYTES``, a context of fewer than two
-    frames. Unknown fields (LlamaConfig has many) are ignored.
+    frames, a ``token_num`` / ``image_num`` / ``frame`` (the published configs' own keys) other
+    than the tokens per frame, image tokens per frame and context frames the rest makes. Other
+    unknown fields (LlamaConfig has many) are ignored.
     """
     path = Path(path)
     try:
@@ -176,6 +178,12 @@ def load_config(path: str | Path) -> ModelConfig:
         config = ModelConfig(**{k: v for k, v in numbers.items() if k in known})
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
+    for key, derived in _RESTATED.items():
+        if key in numbers and numbers[key] != getattr(config, derived):
+            raise ValueError(
+                f"{path}: {key} is {numbers[key]!r}, but the other fields make {derived} "
+                f"{getattr(config, derived)}"
+            )
     if config.context_frames < 2:
         raise ValueError(
             f"{path}: max_position_embeddings ({config.max_position_embeddings}) must hold at "
@@ -206,6 +214,11 @@ def _mapping(value, where: str, path: Path) -> dict:
         raise ValueError(f"{path}: {where} must be a mapping, got {shown}; {expected}")
     return value
 
+
+# Keys the published configs carry beside LlamaConfig's, restating what the other fields say:
+# checked, so that a config whose numbers disagree with them is not read as some other model.
+_RESTATED = {"token_num": "tokens_per_frame", "image_num": "tokens_per_image",
+             "frame": "context_frames"}
 
 _DEFAULTED = {"rms_norm_eps", "rope_theta", "diagonal_window", "temperature", "top_k",
               *_LAYOUT_KEYS}

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from mineworld.checkpoint import load_transformer
-from mineworld.config import load_config
-from mineworld.model import Transformer
+from mineworld.config import ModelConfig, load_config
+from mineworld.lvm import LlamaLVM
 from mineworld.session import pick_device
 from mineworld.tokenizers.embedded import EmbeddedTokenizer
 from mineworld.video import list_clips
@@ -25,9 +25,9 @@ SCENE = ASSETS / "scene" / "scene"
 VALIDATION_DIR = ASSETS / "validation"
 
 
-def load_embedded(device=None, dtype=None, model_dir: str | Path = MODEL_DIR,
-                  ) -> tuple[Transformer, EmbeddedTokenizer]:
-    """(model, tokenizer) of the shipped model; CPU fp32 unless told otherwise."""
+def load_embedded(device=None, dtype=None, model_dir: str | Path = MODEL_DIR) -> LlamaLVM:
+    """The shipped model: ``.transformer`` and ``.tokenizer`` (it unpacks as that pair); CPU
+    fp32 unless told otherwise."""
     model_dir = Path(model_dir)
     config_path = model_dir / "config.yaml"
     if not config_path.is_file():
@@ -35,12 +35,18 @@ def load_embedded(device=None, dtype=None, model_dir: str | Path = MODEL_DIR,
     device, dtype = pick_device(device, dtype)
     config = load_config(config_path)
     model = load_transformer(config, model_dir / "model.safetensors", device, dtype)
-    tokenizer = EmbeddedTokenizer.load(model_dir, device)  # fp32: it is cheap, and exact
+    return LlamaLVM(model, load_embedded_tokenizer(model_dir, config, device))
+
+
+def load_embedded_tokenizer(path: str | Path, config: ModelConfig, device) -> EmbeddedTokenizer:
+    """The embedded tokenizer in ``path`` (its folder or one of its files), checked against the
+    model ``config`` it serves."""
+    tokenizer = EmbeddedTokenizer.load(path, device)  # fp32: it is cheap, and exact
     if (tokenizer.grid, tokenizer.codebook_size) != (
         (config.image_rows, config.image_cols), config.codebook_size
     ):
-        raise ValueError(f"{model_dir}: the tokenizer's grid or codebook is not the model's")
-    return model, tokenizer
+        raise ValueError(f"{path}: the tokenizer's grid or codebook is not the model's")
+    return tokenizer
 
 
 def demo_scene(stem: str | Path = SCENE) -> tuple[np.ndarray, list[dict]]:

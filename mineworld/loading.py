@@ -16,8 +16,9 @@ from safetensors import SafetensorError
 from cache import make_strategy
 from mineworld.checkpoint import load_transformer, read_state_dict, split_prefix
 from mineworld.config import load_config, preset_path
-from mineworld.embedded import MODEL_DIR, load_embedded
+from mineworld.embedded import MODEL_DIR, load_embedded, load_embedded_tokenizer
 from mineworld.model import cache_layout
+from mineworld.tokenizers.embedded import CONFIG_TARGET
 from mineworld.tokenizers.vqgan import VQGANTokenizer, load_vqgan_state_dict
 
 # What a CLI reports as one line and exit status 2, rather than a stack trace.
@@ -43,13 +44,18 @@ def uses_embedded(args: argparse.Namespace) -> bool:
     return args.model_ckpt is None and args.config is None
 
 
+def tokenizer_config(config_path: Path) -> dict:
+    """The model config's ``model.params.tokenizer_config`` (``{}`` when it names none)."""
+    document = yaml.safe_load(config_path.read_text())  # load_config has read it: a mapping
+    named = document["model"]["params"].get("tokenizer_config")
+    return named if isinstance(named, dict) else {}
+
+
 def tokenizer_file(config_path: Path, key: str, flag: str) -> Path:
     """The file the model config names at ``model.params.tokenizer_config.params.<key>``
     (``config_path`` or ``ckpt_path``); a relative path is tried against the working directory
     (where the published scripts run), then the config's folder."""
-    document = yaml.safe_load(config_path.read_text())  # load_config has read it: a mapping
-    named = document["model"]["params"].get("tokenizer_config")
-    params = named.get("params") if isinstance(named, dict) else None
+    params = tokenizer_config(config_path).get("params")
     value = params.get(key) if isinstance(params, dict) else None
     if value is None:
         raise ValueError(f"{config_path} names no tokenizer {key}; pass {flag}")
@@ -101,6 +107,13 @@ def load_model(args: argparse.Namespace, params: dict, device, dtype):
         Path(args.vae_config) if args.vae_config
         else tokenizer_file(config_path, "config_path", "--vae_config")
     )
+    if tokenizer_config(config_path).get("target") == CONFIG_TARGET and not args.vae_ckpt:
+        # The shipped model's own files, named by the flags: its tokenizer is not a VQGAN.
+        model = load_transformer(config, checkpoint, device, dtype)
+        tokenizer = load_embedded_tokenizer(vae_config, config, device)
+        files = {"config": str(config_path), "checkpoint": str(checkpoint),
+                 "tokenizer": str(vae_config)}
+        return model, tokenizer, files
     state = read_state_dict(checkpoint)  # read once: it holds the transformer, maybe the VQGAN
     weights = {} if args.vae_ckpt else split_prefix(state, "tokenizer.model")
     weights_from = f"{checkpoint} (tokenizer.model.*)"

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cache import KVCacheManager, Layout, StepMask
+from cache import DEFAULT_STRATEGY, KVCacheManager, Layout, StepMask
 
 from .config import ModelConfig
 
@@ -270,13 +270,15 @@ class Transformer(nn.Module):
         last_only: bool = False,
     ) -> torch.Tensor:
         """Logits ``[B, T, vocab]`` (``[B, 1, vocab]`` with ``last_only``) for ``tokens``
-        ``[B, T]`` at ``positions`` ``[T]`` (default ``0..T-1``).
+        ``[B, T]`` at ``positions`` ``[T]`` (default: the next ``T`` positions of the cache,
+        so that successive calls continue one sequence; ``0..T-1`` without a cache).
 
         ``cache``: the caller's own cache (sessions share one read-only model);
         defaults to the one attached by :meth:`setup_cache_manager`, if any."""
-        if positions is None:
-            positions = torch.arange(tokens.shape[-1], device=tokens.device)
         cache = cache if cache is not None else self.cache
+        if positions is None:
+            first = 0 if cache is None else cache.reserve(tokens.shape[-1])
+            positions = first + torch.arange(tokens.shape[-1], device=tokens.device)
         if cache is not None:
             [logits] = self.forward_feeds([Feed(tokens[0], positions, cache, last_only)])
             return logits[None]
@@ -310,9 +312,16 @@ class Transformer(nn.Module):
             x = layer(x, positions, rotary, feeds)
         return x
 
-    def new_cache(self, strategy="none", **params) -> KVCacheManager:
+    def new_cache(self, strategy=None, **params) -> KVCacheManager:
         """A KV cache with the given strategy (see :mod:`cache`), bound to this model; the
-        parameters not given are the strategy's defaults for this model's layout."""
+        parameters not given are the strategy's defaults for this model's layout. With no
+        ``strategy``: the attached manager's (:meth:`setup_cache_manager`), with its
+        settings, else ``none``."""
+        if strategy is None and self.cache is not None:
+            if params:
+                raise ValueError("parameters need a strategy: the attached manager's are set")
+            strategy, params = self.cache.strategy, {"prompt_len": self.cache.prompt_len}
+        strategy = DEFAULT_STRATEGY if strategy is None else strategy
         manager = KVCacheManager(strategy, layout=cache_layout(self.config), **params)
         weight = self.lm_head.weight
         config = self.config
@@ -327,10 +336,15 @@ class Transformer(nn.Module):
         )
         return manager
 
-    def setup_cache_manager(self, strategy="none", **params) -> KVCacheManager:
-        """Attach a default cache to the model (the one-user Python API) and return it."""
-        self.cache = self.new_cache(strategy, **params)
-        return self.cache
+    def setup_cache_manager(self, strategy=DEFAULT_STRATEGY, **params) -> KVCacheManager:
+        """Attach a default cache to the model (the one-user Python API) and return it, empty
+        and ready: the next call of the model starts its sequence at position 0 (``reset``
+        starts another). Sessions made on the model with no strategy of their own play this
+        one, each on a cache of its own."""
+        manager = self.new_cache(strategy, **params)
+        manager.reset()
+        self.cache = manager
+        return manager
 
     def disable_cache_manager(self) -> None:
         self.cache = None

@@ -42,6 +42,11 @@ def pick_device(device: str | None = None, dtype: str | torch.dtype | None = Non
     return chosen, dtype
 
 
+def max_reference_frames(config) -> int:
+    """The most reference frames a full-context cache holds with room for one frame more."""
+    return config.context_frames - 1
+
+
 def default_reference_frames(config) -> int:
     """MineWorld's choice, 8 reference frames of a 16-frame context: half the context, at
     most 8 (a full-context cache then re-prefills every ``context - reference`` frames)."""
@@ -60,7 +65,7 @@ class Session:
         model: Transformer,
         tokenizer,
         *,
-        strategy="none",
+        strategy=None,
         strategy_params: dict | None = None,
         reference_frames: int = 8,
         schedule: str = "naive",
@@ -69,20 +74,26 @@ class Session:
         seed: int = 0,
     ):
         config = model.config
-        if not 1 <= reference_frames < config.context_frames:
+        # No strategy: the one attached to the model (setup_cache_manager), else none.
+        self.cache = model.new_cache(strategy, **(strategy_params or {}))
+        # A bounded cache prefills a longer prompt through eviction; a full one must hold it
+        # and still have room for the frame being made.
+        most = None if self.cache.strategy.bounded else max_reference_frames(config)
+        if reference_frames < 1 or (most is not None and reference_frames > most):
+            valid = ">= 1" if most is None else f"in [1, {most}]"
             raise ValueError(
-                f"reference_frames must be in [1, {config.context_frames - 1}] for a model "
-                f"with a {config.context_frames}-frame context, got {reference_frames!r}"
+                f"reference_frames must be {valid} for strategy {self.cache.strategy.name} on "
+                f"a model with a {config.context_frames}-frame context, got {reference_frames!r}"
             )
         self.model, self.tokenizer = model, tokenizer
         self.codec = ActionCodec(offset=config.codebook_size)
         self.decoder = FrameDecoder(model, sampling, schedule, window)
         self.reference_frames = reference_frames
         self.frame_tokens = config.tokens_per_frame
-        self.cache = model.new_cache(strategy, **(strategy_params or {}))
         self.device = model.lm_head.weight.device
         self.seed = seed
-        self.history: deque[FrameRecord] = deque(maxlen=config.context_frames)
+        self.history: deque[FrameRecord] = deque(
+            maxlen=max(config.context_frames, reference_frames))
         self.frames_generated = 0
 
     # -- start ----------------------------------------------------------------
@@ -117,13 +128,20 @@ class Session:
                 parts.append(record.action)
         tokens = torch.cat(parts)[:-1]
         step_tokens = max(self.decoder.max_step_tokens, ACTION_TOKENS + 1)
-        self.cache.reset(prompt_length=tokens.numel(), step_tokens=step_tokens)
-        start = self.cache.reserve(tokens.numel() + 1)
+        # A prompt longer than the context leaves room for a frame: budgets are sized by the
+        # longest that does (strategies' defaults are made to fit it).
+        longest = self.model.config.max_position_embeddings - self.frame_tokens
+        self.cache.reset(prompt_length=min(tokens.numel(), longest), step_tokens=step_tokens)
         chunk = min(self.frame_tokens, self.cache.step_room)  # a frame at a time, or less
+        if tokens.numel() > longest:  # positions re-based on the way: as a step, it must fit
+            chunk = min(chunk, step_tokens)  # beside the budget, which reset checked
         for begin in range(0, tokens.numel(), chunk):
+            # Reserved chunk by chunk: a bounded cache evicts and re-bases on the way.
             piece = tokens[begin : begin + chunk]
-            positions = start + begin + torch.arange(piece.numel(), device=self.device)
+            first = self.cache.reserve(piece.numel())
+            positions = first + torch.arange(piece.numel(), device=self.device)
             self.model(piece[None], positions, cache=self.cache, last_only=True)
+        self.cache.reserve(1)  # the newest frame's last token, fed with the next action
         self.pending = self.history[-1].ids[-1, -1:]
 
     # -- play -----------------------------------------------------------------

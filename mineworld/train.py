@@ -593,6 +593,8 @@ def write_config(config, path: Path) -> None:
     """config.yaml in the published layout; the tokenizer is named by its files beside it."""
     import yaml
 
+    from mineworld.tokenizers.embedded import CONFIG_TARGET
+
     params = {
         "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
         "intermediate_size": config.intermediate_size,
@@ -607,7 +609,7 @@ def write_config(config, path: Path) -> None:
     document = {"model": {"target": "lvm.LlamaLVM", "params": {
         "model_class": "lvm.LlamaForCausalLM",
         "tokenizer_config": {
-            "target": "mineworld.tokenizers.embedded.EmbeddedTokenizer",
+            "target": CONFIG_TARGET,
             "params": {"config_path": "tokenizer.json", "ckpt_path": "tokenizer.safetensors"},
         },
         "transformer_config": {"target": "transformers.LlamaConfig", "params": params},

@@ -496,3 +496,35 @@ def test_custom_policy_that_changes_tokens_is_refused():
 def test_custom_policy_without_the_protocol_is_named():
     with pytest.raises(ValueError, match="lacks __call__, evict_for_space"):
         KVCacheManager(object(), budget=8)
+
+
+@pytest.mark.parametrize("attended, hit_rate", [("first", 1.0), ("newest", 0.5)])
+def test_attention_hit_rate_is_the_attention_kept_through_evictions(attended, hit_rate):
+    """H2O keeping one heavy hitter and the newest token: when every query attends to the
+    first token (kept as the heavy hitter), evictions lose no attention; when every query
+    attends to the token just written, each eviction takes the one of the two cached tokens
+    that drew attention, half of it."""
+    manager, rope = bound_manager("h2o", hh_ratio=0.1, recent_size=1)
+    manager.reset(prompt_length=10, step_tokens=1)  # 1 heavy hitter + 1 recent
+    assert manager.stats.attention_hit_rate is None  # nothing evicted yet
+
+    def attention(layer, end, count):
+        slot = 0 if attended == "first" else manager.step_slots[layer, :, -1]
+        weights = torch.zeros(HEADS, count, end)
+        weights[torch.arange(HEADS), :, slot] = 1.0
+        return weights
+
+    raw = torch.randn(20, HEADS, DIM)
+    for token in range(20):
+        feed(manager, rope, raw, token, 1, attention)
+    assert manager.stats.evicted_tokens == 18
+    assert manager.stats.as_dict()["attention_hit_rate"] == pytest.approx(hit_rate)
+
+
+def test_strategies_that_do_not_track_attention_give_no_hit_rate():
+    manager, rope = bound_manager("streaming", start_size=1, recent_size=2)
+    manager.reset(prompt_length=0, step_tokens=1)
+    raw = torch.randn(10, HEADS, DIM)
+    for token in range(10):
+        feed(manager, rope, raw, token, 1)
+    assert manager.stats.evicted_tokens > 0 and manager.stats.attention_hit_rate is None

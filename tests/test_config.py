@@ -167,10 +167,11 @@ def test_a_model_may_name_its_diagonal_window(tmp_path):
 
 
 @pytest.mark.parametrize("written, value", [("1e-05", 1e-5), ("1E-6", 1e-6), ("5E-1", 0.5),
-                                            ("1e-5", 1e-5)])
+                                            ("1e-5", 1e-5), ("1E-5", 1e-5)])
 def test_float_forms_that_omegaconf_reads_load(tmp_path, written, value):
-    """PyYAML keeps these as strings (YAML 1.1 wants a dot and a signed exponent); the
-    published code reads configs with OmegaConf, which takes them as numbers."""
+    """PyYAML keeps these as strings (YAML 1.1 wants a dot and a signed exponent; ``.5`` it
+    reads as a number already); the published code reads configs with OmegaConf, which takes
+    them as numbers."""
     path = tmp_path / "forms.yaml"
     text = yaml.safe_dump(VALID).replace("rms_norm_eps: 1.0e-05", f"rms_norm_eps: {written}")
     assert f"rms_norm_eps: {written}" in text
@@ -209,3 +210,52 @@ def test_direct_construction_checks_the_same_ranges():
     with pytest.raises(ValueError, match="hidden_size must be in"):
         ModelConfig(vocab_size=200, hidden_size=0, intermediate_size=1, num_hidden_layers=1,
                     num_attention_heads=1, num_key_value_heads=1, max_position_embeddings=10)
+
+
+# As the published repository writes a config: OmegaConf's number forms, its own keys beside
+# LlamaConfig's, and fields this model does not use.
+PUBLISHED_STYLE = """\
+model:
+  target: lvm.LlamaLVM
+  params:
+    model_class: lvm.LlamaForCausalLM
+    tokenizer_config:
+      target: vae.VAE
+      params: {config_path: vae/config.json, ckpt_path: vae/vae.ckpt}
+    transformer_config:
+      target: transformers.LlamaConfig
+      params:
+        vocab_size: 8262
+        hidden_size: 1024
+        intermediate_size: 4096
+        num_hidden_layers: 20
+        num_attention_heads: 16
+        num_key_value_heads: 4
+        max_position_embeddings: 5552
+        rms_norm_eps: 1e-5
+        rope_theta: 1E+4
+        initializer_range: .02
+        torch_dtype: float16
+        hidden_act: silu
+        token_num: 347
+        image_num: 336
+        frame: 16
+"""
+
+
+def test_a_config_as_the_published_code_writes_it_loads(tmp_path):
+    path = tmp_path / "published.yaml"
+    path.write_text(PUBLISHED_STYLE)
+    assert load_config(path) == load_config(preset_path("300M_16f"))
+
+
+@pytest.mark.parametrize("line, words", [
+    ("token_num: 347", "token_num is 340, but the other fields make tokens_per_frame 347"),
+    ("image_num: 336", "image_num is 340, but the other fields make tokens_per_image 336"),
+    ("frame: 16", "frame is 340, but the other fields make context_frames 16"),
+])
+def test_the_published_keys_must_agree_with_the_fields(tmp_path, line, words):
+    path = tmp_path / "published.yaml"
+    key = line.split(":")[0]
+    path.write_text(PUBLISHED_STYLE.replace(line, f"{key}: 340"))
+    assert words in check(path)

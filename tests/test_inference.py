@@ -18,6 +18,7 @@ import yaml
 
 import inference
 from mineworld.config import ModelConfig
+from mineworld.embedded import load_embedded
 from mineworld.metrics import psnr
 from mineworld.model import Transformer
 from mineworld.tokenizers.vqgan import VQGAN, VQGANConfig
@@ -240,7 +241,7 @@ def test_missing_data_root(model_files, tmp_path, capsys):
 def test_short_clip_is_skipped_and_reported(model_files, data_root, tmp_path, capsys):
     write_clip(data_root, "clip_1", lines=DEMO - 1 + FRAMES - 1)
     output = tmp_path / "out"
-    assert run(model_files, data_root, output) == 1
+    assert run(model_files, data_root, output) == 0  # a clip was written
     lines = error_lines(capsys)
     assert any(
         "skipped clip_1" in line and f"needs {DEMO} frames and {DEMO - 1 + FRAMES} action lines"
@@ -252,10 +253,14 @@ def test_short_clip_is_skipped_and_reported(model_files, data_root, tmp_path, ca
 
 
 def test_next_alignment_needs_one_line_more(model_files, data_root, tmp_path, capsys):
-    write_clip(data_root, "clip_0", lines=DEMO - 1 + FRAMES)
+    for name in ("clip_0", "clip_1"):
+        write_clip(data_root, name, lines=DEMO - 1 + FRAMES)
     assert run(model_files, data_root, tmp_path / "out", "--action-alignment", "next") == 1
-    assert any("clip_0" in line and f"needs {DEMO} frames and {DEMO + FRAMES} action lines"
-               in line for line in error_lines(capsys))
+    lines = error_lines(capsys)
+    for name in ("clip_0", "clip_1"):  # each clip says why
+        assert any(f"skipped {name}" in line and f"needs {DEMO} frames and {DEMO + FRAMES} "
+                   "action lines" in line for line in lines), lines
+    assert lines[-1] == "inference.py: 2 of 2 clips skipped: clip_0, clip_1"
 
 
 def test_no_model_flags_run_the_embedded_model_on_its_validation_clips(tmp_path):
@@ -291,3 +296,72 @@ def test_data_root_is_required_with_model_flags(model_files, tmp_path, capsys):
                            "--output_dir", str(tmp_path / "out")])
     assert code == 2
     assert "--data_root is required" in error_lines(capsys)[0]
+
+
+SHIPPED_FILES = ["--model_ckpt", str(ROOT / "assets" / "model" / "model.safetensors"),
+                 "--config", str(ROOT / "assets" / "model" / "config.yaml")]
+# The seed's three lines, with the shipped model's files and flag values that fit its context.
+SEED_LINES = {
+    "none": [],
+    "streaming": ["--cache-strategy", "streaming", "--start-size", "4", "--recent-size", "512"],
+    "h2o": ["--cache-strategy", "h2o", "--hh-ratio", "0.1"],
+}
+
+
+@pytest.mark.parametrize("strategy", SEED_LINES)
+def test_the_seeds_lines_run_a_prompt_longer_than_the_context(strategy, tmp_path, capsys):
+    """``--demo_num 10`` on the shipped 8-frame model (``--frames 100`` is cut to 3 here for
+    time; the clips are long enough for 100, below): bounded strategies prefill all ten frames
+    through eviction, ``none`` the newest seven that fit, and says so in one line."""
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for suffix in (".mp4", ".jsonl"):
+        shutil.copy(ROOT / "assets" / "validation" / f"clip_0{suffix}", clips)
+    output = tmp_path / "out"
+    assert inference.main([
+        "--data_root", str(clips), *SHIPPED_FILES, "--output_dir", str(output),
+        "--demo_num", "10", "--frames", "3", *SEED_LINES[strategy],
+    ]) == 0
+    captured = capsys.readouterr()
+    notes = [line for line in captured.err.splitlines() if line.startswith("inference")]
+    [summary] = [line for line in captured.out.splitlines() if line.startswith("clip_0:")]
+    record = strict_json((output / "clip_0.json").read_text())
+    assert (record["context_frames"], record["generated_frames"]) == (10, 3)
+    assert record["model"]["tokenizer"].endswith("tokenizer.json")
+    first = record["stats"][0]
+    if strategy == "none":
+        assert notes == ["inference.py: note: --demo_num 10 is more than strategy none's 8-frame "
+                         "context holds with a frame to make; the newest 7 context frames are "
+                         "prefilled"]
+        # 7 frames and the actions after them, then the new frame but its last token.
+        assert first["evicted_tokens"] == 0 and first["live_tokens"] == 7 * 107 + 96 - 1
+    else:
+        assert notes == []
+        assert first["evicted_tokens"] > 0 and first["reprefills"] == 0  # during the prefill
+        assert first["live_tokens"] <= first["capacity_tokens"] < 8 * 107
+    hit_rate = record["stats"][-1]["attention_hit_rate"]  # tracked where attention is
+    if strategy == "h2o":
+        assert 0 < hit_rate < 1 and f"(attention hit rate {hit_rate:.3f})" in summary
+    else:
+        assert hit_rate is None and "hit rate" not in summary
+
+
+def test_the_shipped_validation_clips_hold_the_seeds_100_frames_after_10(tmp_path):
+    args = inference.parse_args(["--output_dir", str(tmp_path), "--demo_num", "10",
+                                 "--frames", "100"])
+    for clip in inference.list_clips(ROOT / "assets" / "validation"):
+        frames, actions = inference.read_inputs(clip, args, None)
+        assert (len(frames), len(actions)) == (110, 109)
+
+
+def test_the_shipped_model_loads_by_its_files(tmp_path):
+    """``--model_ckpt`` / ``--config`` naming the shipped files: the same model as no flags."""
+    args = inference.parse_args(["--output_dir", str(tmp_path), *SHIPPED_FILES])
+    model, tokenizer, files = inference.load_model(args, {}, "cpu", torch.float32)
+    shipped, shipped_tokenizer = load_embedded()
+    for (name, ours), theirs in zip(model.state_dict().items(), shipped.state_dict().values(),
+                                    strict=True):
+        assert torch.equal(ours, theirs), name
+    frame = np.zeros((1, 48, 64, 3), np.uint8)
+    assert torch.equal(tokenizer.encode(frame), shipped_tokenizer.encode(frame))
+    assert files["config"] == SHIPPED_FILES[3]

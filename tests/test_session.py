@@ -7,10 +7,13 @@ import torch
 from cache import STRATEGIES, CacheView
 from mineworld.actions import make_action
 from mineworld.embedded import demo_scene, load_embedded
+from mineworld.lvm import LlamaLVM
 from mineworld.model import cache_layout
 from mineworld.session import Session, default_reference_frames, pick_device
 from tests.stand_ins import (
+    CODES,
     COLS,
+    CONTEXT_FRAMES,
     FRAME_TOKENS,
     ROWS,
     PatchTokenizer,
@@ -158,3 +161,55 @@ def test_sessions_stepping_together_make_the_frames_each_makes_alone(shipped):
                                     for session, move in zip(together, moves, strict=True)])
         for (frame, _stats), want, a, b in zip(made, expected, alone, together, strict=True):
             assert torch.equal(a.newest_ids, b.newest_ids) and np.array_equal(frame, want)
+
+
+def test_the_published_call_attaches_a_manager_that_works_at_once_and_sessions_play_it():
+    """As the seed's users write it: ``model.transformer.setup_cache_manager("h2o", ...)`` on
+    the object holding the decoder and tokenizer, then calls of the model continue one
+    sequence (no reset first) and give the logits of a plain causal forward."""
+    lvm = LlamaLVM(tiny_model().requires_grad_(False), PatchTokenizer())  # as loaders give it
+    manager = lvm.transformer.setup_cache_manager("h2o", hh_ratio=0.1)
+    tokens = torch.randint(0, CODES, (1, 2 * FRAME_TOKENS))
+    prompt, step = tokens[:, :-1], tokens[:, -1:]
+    cached = torch.cat([lvm.transformer(prompt), lvm.transformer(step)], 1)
+    assert manager.next_position == tokens.shape[1]
+    torch.testing.assert_close(cached, uncached(lvm.transformer, tokens), atol=1e-5, rtol=1e-5)
+    # A session made with no strategy plays the attached one, on a cache of its own.
+    transformer, tokenizer = lvm
+    session = Session(transformer, tokenizer, reference_frames=2)
+    assert session.cache is not manager and session.cache.describe() == manager.describe()
+    session.start(*scene())
+    for _ in range(2 * CONTEXT_FRAMES):
+        _, stats = session.step(make_action(["forward"]))
+    assert stats["evicted_tokens"] > 0 and stats["reprefills"] == 0
+    assert manager.stats.evicted_tokens == 0  # the attached cache is not the session's
+    transformer.disable_cache_manager()
+    assert Session(transformer, tokenizer, reference_frames=2).cache.strategy.name == "none"
+
+
+def uncached(model, tokens):
+    cache, model.cache = model.cache, None
+    try:
+        return model(tokens)
+    finally:
+        model.cache = cache
+
+
+@pytest.mark.parametrize("strategy", [name for name, cls in STRATEGIES.items() if cls.bounded])
+def test_a_prompt_longer_than_the_context_is_prefilled_through_eviction(strategy):
+    model = tiny_model()
+    frames = CONTEXT_FRAMES + 2
+    session = Session(model, PatchTokenizer(), strategy=strategy,
+                      strategy_params=tight(strategy, model), reference_frames=frames)
+    session.start(*scene(frames))
+    assert session.cache.stats.evicted_tokens > 0
+    assert session.cache.stats.live_tokens <= session.cache.storage.capacity
+    frame, stats = session.step(make_action(["forward"]))
+    assert frame.shape == (4 * ROWS, 4 * COLS, 3) and stats["reprefills"] == 0
+    assert stats["highest_position"] < CONTEXT_FRAMES * FRAME_TOKENS
+
+
+def test_a_full_context_cache_refuses_a_prompt_it_cannot_hold():
+    with pytest.raises(ValueError, match=r"reference_frames must be in \[1, 3\] for strategy "
+                                         r"none on a model with a 4-frame context, got 4"):
+        Session(tiny_model(), PatchTokenizer(), reference_frames=CONTEXT_FRAMES)

@@ -33,6 +33,8 @@ from mineworld.checkpoint import read_state_dict
 from mineworld.tokenizers.base import ImageTokenizer
 
 WEIGHTS_FILE, CONFIG_FILE = "tokenizer.safetensors", "tokenizer.json"
+# The ``target`` a model config names for this tokenizer (compared, never imported).
+CONFIG_TARGET = f"{__name__}.EmbeddedTokenizer"
 
 
 @dataclasses.dataclass(frozen=True)
