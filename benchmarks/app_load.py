@@ -124,6 +124,7 @@ def replay(results: dict[int, tuple]) -> int:
     """Frames that differ from an offline replay of each client's actions (0 expected)."""
     from app import CAMERA_MOVES, embedded_scene
     from mineworld.actions import make_action
+    from mineworld.decoding import Sampling
     from mineworld.embedded import load_embedded
     from mineworld.play import Options, PlaySession
     from mineworld.session import default_reference_frames
@@ -131,8 +132,9 @@ def replay(results: dict[int, tuple]) -> int:
     model, tokenizer = load_embedded()
     scene = embedded_scene(tokenizer.frame_size)
     reference = default_reference_frames(model.config)
-    # The app's defaults: greedy, diagonal decoding with the model's own window.
-    options = {"schedule": "diagonal", "window": model.config.diagonal_window}
+    # The app's defaults: the model's own sampling, diagonal decoding with its own window.
+    options = {"schedule": "diagonal", "window": model.config.diagonal_window,
+               "sampling": Sampling.model_default(model.config)}
     wrong = 0
     for index, (start, control, frames) in results.items():
         name = control.replace("_", " ")
