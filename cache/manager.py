@@ -115,12 +115,15 @@ class KVCacheManager:
         self.rotate = rotate
         self.dtype, self.device = dtype, torch.device(device)
 
-    def reset(self, prompt_length: int | None = None, step_tokens: int = 1) -> None:
+    def reset(self, prompt_length: int | None = None, step_tokens: int = 1,
+              reserve_tokens: int | None = None) -> None:
         """Empty the cache for a new sequence.
 
         ``prompt_length``: tokens that will be prefilled (sets H2O's budget; default: the
         manager's ``prompt_len``, else 0); ``step_tokens``: the most tokens one forward pass
-        or one ``reserve`` will add. Storage is allocated on the first call and reused after.
+        will add; ``reserve_tokens``: the most positions one ``reserve`` takes (default
+        ``step_tokens``), which the budget must leave free in the context, or a re-base could
+        not bring them inside it. Storage is allocated on the first call and reused after.
         """
         if self.shape is None:
             raise RuntimeError("reset before bind: attach the manager to a model first "
@@ -129,7 +132,8 @@ class KVCacheManager:
             prompt_length = self.prompt_len or 0
         budget = self.strategy.budget(prompt_length)
         capacity = self.max_positions if budget is None else budget
-        self._check_budget(budget, capacity, step_tokens, prompt_length)
+        reserved = max(step_tokens, reserve_tokens or 0)
+        self._check_budget(budget, capacity, step_tokens, reserved, prompt_length)
         storage = self.storage
         if storage is None or storage.capacity != capacity:
             storage = KVStorage(
@@ -153,10 +157,10 @@ class KVCacheManager:
         self._update_stats()
 
     def _check_budget(self, budget: int | None, capacity: int, step_tokens: int,
-                      prompt_length: int) -> None:
+                      reserved: int, prompt_length: int) -> None:
         """A ValueError, in the unit of the strategy's parameters, when ``budget`` leaves no
-        room for a step of ``step_tokens``; it suggests parameters that fit when the model's
-        layout is known."""
+        room for a step of ``step_tokens`` or, in the context, for ``reserved`` positions; it
+        suggests parameters that fit when the model's layout is known."""
         strategy = self.strategy
         size = strategy.size_text
         settings = ", ".join(f"{k}={v}" for k, v in strategy.describe().items())
@@ -166,7 +170,7 @@ class KVCacheManager:
                 f"{name}: a budget of {size(capacity)} cannot hold one step of "
                 f"{step_tokens} tokens; raise it to at least {step_tokens} tokens"
             )
-        limit = self.max_positions - step_tokens
+        limit = self.max_positions - reserved
         if budget is not None and budget > limit:
             fitting = ""
             if self.layout is not None:
@@ -175,7 +179,7 @@ class KVCacheManager:
                 fitting = "; e.g. " + ", ".join(
                     f"{k}={v}" for k, v in params.items() if k in settable)
             raise ValueError(
-                f"{name}: a budget of {size(budget)} plus a step of {step_tokens} tokens "
+                f"{name}: a budget of {size(budget)} plus a step of {reserved} tokens "
                 f"exceeds the model's context of {size(self.max_positions)}; use at most "
                 f"{size(limit)}{fitting}"
             )

@@ -342,7 +342,8 @@ class Transformer(nn.Module):
         starts another). Sessions made on the model with no strategy of their own play this
         one, each on a cache of its own."""
         manager = self.new_cache(strategy, **params)
-        manager.reset()
+        # Checked as a session will use it: a frame's positions reserved at a time.
+        manager.reset(reserve_tokens=self.config.tokens_per_frame)
         self.cache = manager
         return manager
 

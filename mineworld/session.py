@@ -131,7 +131,8 @@ class Session:
         # A prompt longer than the context leaves room for a frame: budgets are sized by the
         # longest that does (strategies' defaults are made to fit it).
         longest = self.model.config.max_position_embeddings - self.frame_tokens
-        self.cache.reset(prompt_length=min(tokens.numel(), longest), step_tokens=step_tokens)
+        self.cache.reset(prompt_length=min(tokens.numel(), longest), step_tokens=step_tokens,
+                         reserve_tokens=self.frame_tokens)  # what a step reserves
         chunk = min(self.frame_tokens, self.cache.step_room)  # a frame at a time, or less
         if tokens.numel() > longest:  # positions re-based on the way: as a step, it must fit
             chunk = min(chunk, step_tokens)  # beside the budget, which reset checked

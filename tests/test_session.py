@@ -213,3 +213,27 @@ def test_a_full_context_cache_refuses_a_prompt_it_cannot_hold():
     with pytest.raises(ValueError, match=r"reference_frames must be in \[1, 3\] for strategy "
                                          r"none on a model with a 4-frame context, got 4"):
         Session(tiny_model(), PatchTokenizer(), reference_frames=CONTEXT_FRAMES)
+
+
+def test_a_budget_must_leave_a_frames_positions_free_and_what_is_suggested_runs():
+    """A step reserves a whole frame's positions: a budget that leaves fewer free in the
+    context could not be re-based inside it, so it is refused, and the parameters suggested
+    play on past the context."""
+    model = tiny_model()
+    limit = CONTEXT_FRAMES * FRAME_TOKENS - FRAME_TOKENS
+    with pytest.raises(ValueError, match=rf"plus a step of {FRAME_TOKENS} tokens exceeds the "
+                       rf"model's context of {CONTEXT_FRAMES * FRAME_TOKENS} tokens; use at most "
+                       rf"{limit} tokens; e.g. start_size=4, recent_size={limit - 4}"):
+        model.setup_cache_manager("streaming", start_size=2, recent_size=limit)
+    too_large = Session(model, PatchTokenizer(), strategy="streaming",
+                        strategy_params={"start_size": 2, "recent_size": limit},
+                        reference_frames=2)
+    with pytest.raises(ValueError, match=rf"plus a step of {FRAME_TOKENS} tokens"):
+        too_large.start(*scene())
+    session = Session(model, PatchTokenizer(), strategy="streaming",
+                      strategy_params={"start_size": 4, "recent_size": limit - 4},
+                      reference_frames=2)
+    session.start(*scene())
+    for _ in range(3 * CONTEXT_FRAMES):
+        _, stats = session.step(make_action(["forward"]))
+    assert stats["evicted_tokens"] > 0 and stats["rebases"] > 0
