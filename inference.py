@@ -27,6 +27,13 @@ A ``--demo_num`` longer than the model's context is a prompt longer than the con
 strategy prefills it through eviction; ``none`` prefills the newest frames that fit with room
 for the frame being made, and says so on stderr.
 
+Several clips at once: ``--batch-size B`` decodes B clips together on one device, their forward
+passes as one (``mineworld.decoding.run_together``: the same tokens as one at a time), and
+``torchrun --nproc_per_node N inference.py ...`` shards the clips over N processes (gloo on CPU,
+nccl on CUDA, one GPU a process; several machines through torchrun's own ``--nnodes`` and
+``--rdzv-endpoint``). Every clip is written once, by the process that ran it; the first writes
+``summary.json`` (each clip's speed, cache statistics and quality, and which process ran it).
+
 Exit status: 0 when some clip was written (a clip that cannot be used, too short for instance,
 is skipped with a warning naming it), 1 when no clip was, 2 for a usage, model or
 configuration error (one line on stderr).
@@ -39,18 +46,20 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from cache import strategy_class
 from mineworld.actions import ActionFileError, read_actions
 from mineworld.cache_flags import add_cache_flags, strategy_params
 from mineworld.cli import positive_int
-from mineworld.decoding import Sampling
+from mineworld.decoding import Sampling, run_together
 from mineworld.embedded import VALIDATION_DIR
 from mineworld.loading import USER_ERRORS, load_model, one_line, uses_embedded
 from mineworld.metrics import sequence_scores
@@ -115,6 +124,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--action-alignment", choices=["same", "next"], default="same",
                       help="same: frame i is followed by action line i (default); next: by "
                       "line i + 1, as the published batch script")
+    data.add_argument("--batch-size", type=positive_int, default=1,
+                      help="clips decoded together, their forward passes as one (default: 1); "
+                      "under torchrun, per process")
 
     decode = parser.add_argument_group("decoding")
     decode.add_argument("--accelerate-algo", choices=sorted(SCHEDULES), default="naive",
@@ -199,44 +211,73 @@ def read_inputs(clip: Path, args: argparse.Namespace, frame_size) -> tuple[np.nd
     return frames, actions[:need]
 
 
-def run_clip(new_session, clip: Path, args: argparse.Namespace, header: dict) -> dict:
-    """Generate one clip's frames, write its mp4 and JSON (``header``: the run's settings and
-    model files, then this clip's results), return the JSON record."""
+@dataclasses.dataclass
+class ClipRun:
+    """One clip being generated: its session (prefilled), frames and what it has made."""
+
+    clip: Path
+    session: Session
+    context: np.ndarray
+    truth: np.ndarray
+    actions: list
+    prefill_seconds: float
+    generated: list = dataclasses.field(default_factory=list)
+    tokens: list = dataclasses.field(default_factory=list)
+    steps: list = dataclasses.field(default_factory=list)
+
+
+def start_clip(new_session, clip: Path, args: argparse.Namespace) -> ClipRun:
+    """Read ``clip`` and prefill a new session with its context; ClipError when too short."""
     session = new_session()
     frames, actions = read_inputs(clip, args, session.tokenizer.frame_size)
-    context, truth = frames[: args.demo_num], frames[args.demo_num :]
     started = time.perf_counter()
-    session.start(context, actions[: args.demo_num - 1])
-    prefilled = time.perf_counter()
-    generated, tokens, steps = [], [], []
-    for action in tqdm(actions[args.demo_num - 1 :], desc=clip.name, unit="frame",
-                       leave=False, disable=None):
-        frame, stats = session.step(action)
-        generated.append(frame)
-        tokens.append(session.newest_ids.tolist())
-        steps.append(stats)
-    seconds = time.perf_counter() - prefilled
+    session.start(frames[: args.demo_num], actions[: args.demo_num - 1])
+    return ClipRun(clip, session, frames[: args.demo_num], frames[args.demo_num :],
+                   actions[args.demo_num - 1 :], time.perf_counter() - started)
 
+
+def generate(model, runs: list[ClipRun]) -> float:
+    """Every frame of ``runs``, made together (one forward per pass for all of them); returns
+    the seconds it took."""
+    started = time.perf_counter()
+    names = ", ".join(run.clip.name for run in runs)
+    for index in tqdm(range(len(runs[0].actions)), desc=names, unit="frame", leave=False,
+                      disable=None):
+        made = run_together(model, [run.session.step_passes(run.actions[index])
+                                    for run in runs])
+        for run, (frame, stats) in zip(runs, made, strict=True):
+            run.generated.append(frame)
+            run.tokens.append(run.session.newest_ids.tolist())
+            run.steps.append(stats)
+    return time.perf_counter() - started
+
+
+def write_clip(run: ClipRun, seconds: float, args: argparse.Namespace, header: dict) -> dict:
+    """Write the clip's mp4 and JSON (``header``: the run's settings and model files, then this
+    clip's results; ``seconds``: the time its frames took, beside those made with them);
+    return the JSON record."""
     output = Path(args.output_dir)
-    video = write_video(output / f"{clip.name}.mp4", np.concatenate([context, generated]), FPS)
+    name, generated, steps = run.clip.name, run.generated, run.steps
+    video = write_video(output / f"{name}.mp4", np.concatenate([run.context, generated]), FPS)
     record = {
-        "clip": clip.name,
+        "clip": name,
         "video": str(video),
-        "context_frames": len(context),
+        "context_frames": len(run.context),
         "generated_frames": len(generated),
         **header,
-        "cache": session.cache.strategy.describe(),
-        "tokens": tokens,
+        "cache": run.session.cache.strategy.describe(),
+        "tokens": run.tokens,
         "stats": steps,
         "totals": {
-            "prefill_seconds": prefilled - started,
+            "prefill_seconds": run.prefill_seconds,
             "seconds": seconds,
             "frames_per_second": len(generated) / seconds,
-            "forward_passes": sum(s["forward_passes"] for s in steps),
+            "forward_passes": sum(step["forward_passes"] for step in steps),
         },
-        "quality": sequence_scores(generated[: len(truth)], truth) if len(truth) else None,
+        "quality": (sequence_scores(generated[: len(run.truth)], run.truth)
+                    if len(run.truth) else None),
     }
-    (output / f"{clip.name}.json").write_text(json.dumps(finite_or_null(record), indent=1))
+    (output / f"{name}.json").write_text(json.dumps(finite_or_null(record), indent=1))
     return record
 
 
@@ -284,7 +325,10 @@ def run(args: argparse.Namespace) -> int:
     clips = list_clips(data_root)
     if not clips:
         raise FileNotFoundError(f"--data_root {data_root}: no clip_N.mp4 + clip_N.jsonl pairs")
-    device, dtype = pick_device(args.device, None if args.dtype == "auto" else args.dtype)
+    group = ProcessGroup()
+    device, dtype = pick_device(group.device(args.device),
+                                None if args.dtype == "auto" else args.dtype)
+    group.start(device)
     model, tokenizer, files = load_model(args, params, device, dtype)
     if args.demo_num is None:
         args.demo_num = default_reference_frames(model.config)
@@ -308,20 +352,93 @@ def run(args: argparse.Namespace) -> int:
         "action_alignment": args.action_alignment,
     }
     header = {"args": settings, "model": files}
-    failed = []
-    for clip in tqdm(clips, desc="clips", unit="clip", disable=None):
-        try:
-            record = run_clip(new_session, clip, args, header)
-        except CLIP_ERRORS as error:
-            failed.append(clip.name)
-            tqdm.write(f"{PROG}: warning: skipped {clip.name}: {one_line(error)}",
-                       file=sys.stderr)
+    rank, processes = group.rank, group.size
+    mine = clips[rank::processes]
+    records, failed = [], []
+    for first in tqdm(range(0, len(mine), args.batch_size), desc="clips", unit="batch",
+                      disable=None or rank > 0):
+        runs = []
+        for clip in mine[first : first + args.batch_size]:
+            try:
+                runs.append(start_clip(new_session, clip, args))
+            except CLIP_ERRORS as error:
+                failed.append(clip.name)
+                tqdm.write(f"{PROG}: warning: skipped {clip.name}: {one_line(error)}",
+                           file=sys.stderr)
+        if not runs:
             continue
-        tqdm.write(summary(record))
-    if failed:
-        print(f"{PROG}: {len(failed)} of {len(clips)} clips skipped: {', '.join(failed)}",
-              file=sys.stderr)
-    return 1 if len(failed) == len(clips) else 0
+        names = ", ".join(run.clip.name for run in runs)
+        try:
+            seconds = generate(model, runs)
+            for run in runs:
+                record = write_clip(run, seconds, args, header)
+                records.append(brief(record, rank))
+                tqdm.write(summary(record))
+        except Exception as error:  # a crash names the clips (and process) it was making
+            raise RuntimeError(f"{names}{group.where()}: {one_line(error)}") from error
+    records, failed = group.gathered(records, failed)
+    order = {clip.name: index for index, clip in enumerate(clips)}
+    records.sort(key=lambda record: order[record["clip"]])
+    failed.sort(key=order.__getitem__)
+    if rank == 0:
+        written = {"args": settings, "model": files, "processes": processes,
+                   "batch_size": args.batch_size, "clips": records, "skipped": failed}
+        path = Path(args.output_dir) / "summary.json"
+        path.write_text(json.dumps(finite_or_null(written), indent=1))
+        if failed:
+            print(f"{PROG}: {len(failed)} of {len(clips)} clips skipped: {', '.join(failed)}",
+                  file=sys.stderr)
+        print(f"{len(records)} clips -> {path}")
+    return 1 if not records else 0
+
+
+def brief(record: dict, rank: int) -> dict:
+    """A clip's line of ``summary.json``: its speed, the cache's last state and its quality."""
+    last, quality = record["stats"][-1], record["quality"] or {}
+    return {
+        "clip": record["clip"],
+        "process": rank,
+        "frames": record["generated_frames"],
+        "frames_per_second": record["totals"]["frames_per_second"],
+        "forward_passes": record["totals"]["forward_passes"],
+        **{key: last[key] for key in ("live_tokens", "bytes_live", "evicted_tokens",
+                                      "attention_hit_rate", "reprefills")},
+        "pooled_psnr": quality.get("pooled_psnr"),
+        "mean_ssim": quality.get("mean_ssim"),
+    }
+
+
+class ProcessGroup:
+    """This process's place among those torchrun started (rank 0 of 1 without torchrun)."""
+
+    def __init__(self):
+        self.size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+
+    def device(self, asked: str | None) -> str | None:
+        """The device of this process: with several on CUDA, one GPU each (its local rank)."""
+        if self.size > 1 and asked in (None, "cuda") and torch.cuda.is_available():
+            return f"cuda:{self.local_rank}"
+        return asked
+
+    def start(self, device: torch.device) -> None:
+        if self.size > 1:
+            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    def where(self) -> str:
+        return f" (process {self.rank} of {self.size})" if self.size > 1 else ""
+
+    def gathered(self, records: list, failed: list) -> tuple[list, list]:
+        """Every process's records and skipped clips (all of them wait here for the others)."""
+        if self.size == 1:
+            return records, failed
+        parts: list = [None] * self.size
+        torch.distributed.all_gather_object(parts, (records, failed))
+        torch.distributed.barrier()  # every process has its copy before any leaves the group
+        torch.distributed.destroy_process_group()
+        return ([record for part, _ in parts for record in part],
+                [name for _, part in parts for name in part])
 
 
 def main(argv: list[str] | None = None) -> int:

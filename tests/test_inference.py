@@ -365,3 +365,55 @@ def test_the_shipped_model_loads_by_its_files(tmp_path):
     frame = np.zeros((1, 48, 64, 3), np.uint8)
     assert torch.equal(tokenizer.encode(frame), shipped_tokenizer.encode(frame))
     assert files["config"] == SHIPPED_FILES[3]
+
+
+def tokens_of(output: Path) -> dict:
+    return {path.stem: strict_json(path.read_text())["tokens"]
+            for path in sorted(output.glob("clip_*.json"))}
+
+
+@pytest.fixture(scope="module")
+def one_at_a_time(tmp_path_factory):
+    """The shipped validation clips, 2 frames each, one clip at a time in one process."""
+    output = tmp_path_factory.mktemp("alone")
+    assert inference.main(["--output_dir", str(output), "--frames", "2",
+                           "--cache-strategy", "h2o"]) == 0
+    return output
+
+
+def test_clips_decoded_together_make_the_tokens_each_makes_alone(one_at_a_time, tmp_path):
+    assert inference.main(["--output_dir", str(tmp_path), "--frames", "2",
+                           "--cache-strategy", "h2o", "--batch-size", "3"]) == 0
+    assert tokens_of(tmp_path) == tokens_of(one_at_a_time) and len(tokens_of(tmp_path)) == 4
+    summary = strict_json((tmp_path / "summary.json").read_text())
+    assert summary["batch_size"] == 3 and summary["processes"] == 1
+    assert [clip["clip"] for clip in summary["clips"]] == ["clip_0", "clip_1", "clip_2", "clip_3"]
+    assert all(clip["attention_hit_rate"] is not None for clip in summary["clips"])  # h2o's
+
+
+def test_torchrun_shards_the_clips_and_the_first_process_writes_the_summary(one_at_a_time,
+                                                                            tmp_path):
+    """Two processes on CPU (gloo): every clip written once, by one of them, as alone."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(ROOT / "inference.py"), "--output_dir", str(tmp_path), "--frames", "2",
+         "--cache-strategy", "h2o"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert tokens_of(tmp_path) == tokens_of(one_at_a_time)
+    summary = strict_json((tmp_path / "summary.json").read_text())
+    assert summary["processes"] == 2
+    assert [(clip["clip"], clip["process"]) for clip in summary["clips"]] == [
+        ("clip_0", 0), ("clip_1", 1), ("clip_2", 0), ("clip_3", 1)]
+
+
+def test_a_crash_names_the_clips_it_was_making(tmp_path, monkeypatch):
+    def crash(model, runs):
+        raise MemoryError("out of memory")
+
+    monkeypatch.setattr(inference, "generate", crash)
+    with pytest.raises(RuntimeError, match=r"^clip_0, clip_1: out of memory$"):
+        inference.main(["--output_dir", str(tmp_path), "--frames", "1", "--batch-size", "2"])
