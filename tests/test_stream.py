@@ -88,11 +88,16 @@ class CountingPlay:
         return len(self.actions)
 
 
-def test_a_seat_plays_its_queue_on_the_scheduler_thread_and_stops_on_a_closed_play():
-    scheduler = FrameScheduler()
+def seated_play(presses: int) -> tuple[FrameScheduler, Seat]:
+    """A scheduler and a seat on a stand-in play, ``presses`` of forward queued."""
     seat = Seat()
     seat.play = CountingPlay()
-    seat.controls.press("forward", FORWARD, 3)
+    seat.controls.press("forward", FORWARD, presses)
+    return FrameScheduler(), seat
+
+
+def test_a_seat_plays_its_queue_on_the_scheduler_thread_and_stops_on_a_closed_play():
+    scheduler, seat = seated_play(3)
 
     async def drive():
         return [count async for count in seat.frames(scheduler)]
@@ -108,10 +113,7 @@ def test_a_seat_plays_its_queue_on_the_scheduler_thread_and_stops_on_a_closed_pl
 
 
 def test_the_next_frame_is_made_while_a_frame_is_shown_and_its_follow_up_runs_off_thread():
-    scheduler = FrameScheduler()
-    seat = Seat()
-    seat.play = CountingPlay()
-    seat.controls.press("forward", FORWARD, 3)
+    scheduler, seat = seated_play(3)
     followed = []  # (frames made when it ran, its thread)
 
     def follow(play):
@@ -184,10 +186,7 @@ def test_frames_waiting_together_are_made_in_the_same_forward_passes():
 
 
 def test_a_driver_whose_stream_is_dropped_plays_nothing_more_and_lets_go():
-    scheduler = FrameScheduler()
-    seat = Seat()
-    seat.play = CountingPlay()
-    seat.controls.press("forward", FORWARD, 5)
+    scheduler, seat = seated_play(5)
 
     async def drop_after_first_frame():
         frames = seat.frames(scheduler)
