@@ -350,6 +350,7 @@ def run(args: argparse.Namespace) -> int:
         "demo_num": args.demo_num,
         "frames": args.frames,
         "action_alignment": args.action_alignment,
+        "kv_budget_mb": args.kv_budget_mb,
     }
     header = {"args": settings, "model": files}
     rank, processes = group.rank, group.size

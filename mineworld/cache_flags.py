@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from cache import DEFAULT_STRATEGY, Param, declared, names, strategy_class
+from mineworld.cli import positive_float
 
 
 def flag(param: Param) -> str:
@@ -46,6 +47,10 @@ def add_cache_flags(parser: argparse.ArgumentParser, description: str) -> None:
         help=f"{', '.join(names())}, or package.module:Class (a Strategy, or a class of the "
         f"(K, V) protocol made with no arguments) (default: {DEFAULT_STRATEGY})",
     )
+    group.add_argument(
+        "--kv-budget-mb", type=positive_float, metavar="MB",
+        help="KV memory to keep, in MiB: the strategy's parameters that fit it on the loaded "
+        "model (its own budget mapping; the strategy's flags given win)")
     for name, (param, strategies) in cache_params().items():
         if param.type is bool:
             kind = {"action": argparse.BooleanOptionalAction}

@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
 import yaml
 from safetensors import SafetensorError
 
-from cache import make_strategy
+from cache import make_strategy, strategy_class
 from mineworld.checkpoint import load_transformer, read_state_dict, split_prefix
 from mineworld.config import load_config, preset_path
 from mineworld.embedded import MODEL_DIR, load_embedded, load_embedded_tokenizer
@@ -88,21 +89,52 @@ def load_tokenizer(vae_config: Path, weights: dict, source: str, model_config, d
     return tokenizer
 
 
-def check_strategy(spec: str, params: dict, config) -> None:
-    """Raise the strategy's own ValueError for bad ``params`` before any weights are read."""
-    make_strategy(spec, cache_layout(config), **params)
+def settle_strategy(args: argparse.Namespace, params: dict, config, dtype) -> None:
+    """Complete ``params`` from ``--kv-budget-mb`` when given (the strategy's own flags win),
+    then raise the strategy's own ValueError for bad ones, before any weights are read."""
+    megabytes = getattr(args, "kv_budget_mb", None)
+    if megabytes is None:
+        make_strategy(args.cache_strategy, cache_layout(config), **params)
+        return
+    params.update({**kv_budget_params(args.cache_strategy, megabytes, config, dtype), **params})
+    try:
+        make_strategy(args.cache_strategy, cache_layout(config), **params)
+    except ValueError as error:
+        raise ValueError(f"--kv-budget-mb {megabytes:g}: {error}") from None
+
+
+def kv_budget_params(spec: str, megabytes: float, config, dtype) -> dict:
+    """The parameters of strategy ``spec`` that keep ``megabytes`` MiB of KV cache (keys, the
+    raw keys a bounded cache re-bases from, and values, every layer) on a model of ``config``
+    in ``dtype``: its own budget mapping of the tokens that fit, at most the context."""
+    cls = strategy_class(spec)
+    layout = cache_layout(config)
+    copies = 3 if cls.bounded else 2
+    per_token = (copies * config.num_hidden_layers * config.num_key_value_heads
+                 * config.head_dim * torch.empty(0, dtype=dtype).element_size())
+    if not cls.bounded:
+        whole = per_token * layout.context_tokens / 2**20
+        raise ValueError(f"--kv-budget-mb: strategy {spec} keeps the whole context "
+                         f"({whole:.2f} MiB on this model); choose a bounded strategy")
+    tokens = min(int(megabytes * 2**20 // per_token), layout.room)
+    if tokens < layout.frame_tokens:
+        least = per_token * layout.frame_tokens / 2**20
+        raise ValueError(f"--kv-budget-mb {megabytes:g} holds {tokens} tokens, less than one "
+                         f"frame ({layout.frame_tokens} tokens); give at least {least:.2f}")
+    return cls.for_budget(tokens, layout)
 
 
 def load_model(args: argparse.Namespace, params: dict, device, dtype):
     """(transformer, tokenizer, the files used) for the run; ``params`` are the strategy's,
-    checked against the model's config before the (slow) weights are read."""
+    completed from ``--kv-budget-mb`` and checked against the model's config before the (slow)
+    weights are read."""
     if uses_embedded(args):
-        check_strategy(args.cache_strategy, params, load_config(MODEL_DIR / "config.yaml"))
+        settle_strategy(args, params, load_config(MODEL_DIR / "config.yaml"), dtype)
         model, tokenizer = load_embedded(device, dtype)
         return model, tokenizer, {"config": str(MODEL_DIR / "config.yaml"), "model": str(MODEL_DIR)}
     config_path, checkpoint = model_files(args)
     config = load_config(config_path)
-    check_strategy(args.cache_strategy, params, config)
+    settle_strategy(args, params, config, dtype)
     vae_config = (
         Path(args.vae_config) if args.vae_config
         else tokenizer_file(config_path, "config_path", "--vae_config")

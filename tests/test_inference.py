@@ -417,3 +417,36 @@ def test_a_crash_names_the_clips_it_was_making(tmp_path, monkeypatch):
     monkeypatch.setattr(inference, "generate", crash)
     with pytest.raises(RuntimeError, match=r"^clip_0, clip_1: out of memory$"):
         inference.main(["--output_dir", str(tmp_path), "--frames", "1", "--batch-size", "2"])
+
+
+def test_a_kv_budget_in_megabytes_picks_parameters_that_fit_it(tmp_path):
+    """0.8 MiB on the shipped model: 3 copies (keys, raw keys, values) x 4 layers x 2 kv heads
+    x 32 dims x 4 bytes = 3 KiB a token, so 273 tokens: two whole frames and no sink for
+    ``frames``. The strategy's own flags win over the budget's."""
+    from cache import STRATEGIES
+    from mineworld.model import cache_layout
+
+    model, _tokenizer = load_embedded()
+    budget = STRATEGIES["frames"].for_budget(273, cache_layout(model.config))
+    assert inference.main(["--output_dir", str(tmp_path), "--frames", "2", "--cache-strategy",
+                           "frames", "--kv-budget-mb", "0.8"]) == 0
+    record = strict_json((tmp_path / "clip_0.json").read_text())
+    assert record["cache"] == {"frame_tokens": 107, **budget} and budget["recent_frames"] == 2
+    assert record["args"]["kv_budget_mb"] == 0.8
+    assert max(step["bytes_allocated"] for step in record["stats"]) <= 0.8 * 2**20
+    assert inference.main(["--output_dir", str(tmp_path), "--frames", "1", "--cache-strategy",
+                           "h2o", "--kv-budget-mb", "1", "--normalize"]) == 0
+    assert strict_json((tmp_path / "clip_0.json").read_text())["cache"]["normalize"] is True
+
+
+@pytest.mark.parametrize("strategy, megabytes, message", [
+    ("none", "1", "--kv-budget-mb: strategy none keeps the whole context (1.67 MiB on this "
+                  "model); choose a bounded strategy"),
+    ("h2o", "0.2", "--kv-budget-mb 0.2 holds 68 tokens, less than one frame (107 tokens); "
+                   "give at least 0.31"),
+])
+def test_a_kv_budget_that_cannot_be_kept_is_one_line(tmp_path, capsys, strategy, megabytes,
+                                                      message):
+    assert inference.main(["--output_dir", str(tmp_path), "--cache-strategy", strategy,
+                           "--kv-budget-mb", megabytes]) == 2
+    assert error_lines(capsys) == [f"inference.py: error: {message}"]
