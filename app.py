@@ -1200,9 +1200,11 @@ def build_demo(resources: Resources) -> gr.Blocks:
             None, js=save_file_js("export-play"))
         blocks.load(restart, restart_inputs, view.outputs, concurrency_id=MODEL_QUEUE,
                     api_visibility="private")
-        files.upload(demo.load_scene, files, [scene_state, start, scene_info],
-                     api_name="load_scene").success(
-            restart, restart_inputs, view.outputs, concurrency_id=MODEL_QUEUE)
+        loaded = files.upload(demo.load_scene, files, [scene_state, start, scene_info],
+                              api_name="load_scene", show_progress="hidden")
+        loaded.success(restart, restart_inputs, view.outputs, concurrency_id=MODEL_QUEUE)
+        # A refused scene: the message says why; the files go, the scene and start stay.
+        loaded.failure(lambda: None, None, files, api_visibility="private")
 
         with gr.Tab("Compare") as compare_tab:
             with gr.Row():

@@ -246,3 +246,19 @@ def test_moving_the_start_frame_restarts_play_from_it(page):
     slider.click(position={"x": 2, "y": box["height"] / 2})  # dragged to the far left
     expect(page.locator("#status-play textarea")).to_have_value(
         re.compile(r"from frame 0 · 0 frames played"))
+
+
+def test_a_refused_upload_says_why_and_leaves_the_scene_as_it_was(page, tmp_path):
+    from playwright.sync_api import expect
+
+    page.get_by_text("Scene", exact=True).click()
+    lone = tmp_path / "actions.jsonl"  # a jsonl without its mp4
+    lone.write_text('{"keyboard": {"keys": []}, "mouse": {"dx": 0, "dy": 0, "buttons": []}}\n')
+    page.locator("input[type=file]").set_input_files(str(lone))
+    expect(page.get_by_text("Scene not loaded: upload an .mp4 and its .jsonl")).to_be_visible()
+    expect(page.get_by_text("Drop File Here")).to_be_visible()  # the refused file is gone
+    expect(page.locator("#start-frame input[type=range]")).to_be_visible()  # no error badge
+    drawn_errors = page.evaluate("""() => [...document.querySelectorAll('#start-frame .error')]
+        .filter(el => getComputedStyle(el.closest('.wrap') || el).opacity !== '0').length""")
+    assert drawn_errors == 0  # Gradio draws a failed event's outputs as red "Error" badges
+    expect(page.locator("#status-play textarea")).to_have_value(re.compile("walk.mp4 from"))
