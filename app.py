@@ -615,7 +615,7 @@ class PlayView:
 
 # The y axis of each plot (PLOTS and QUALITY).
 PLOT_UNITS = {"tokens": "tokens", "kv": "MB", "memory": "MB", "ms": "ms", "fps": "frames/s",
-              "psnr": "dB", "ssim": "SSIM"}
+              "hit": "share", "psnr": "dB", "ssim": "SSIM"}
 
 
 def line_plot(title: str, unit: str, elem_id: str | None = None) -> gr.LinePlot:

@@ -75,6 +75,8 @@ PLOTS = {
     "memory": ("Process memory (MB)", ("process RSS", "GPU allocated")),
     "ms": ("ms per frame", ("total", "re-prefill")),
     "fps": ("Frames per second", ("fps",)),
+    # The seed's "cache hit rate" (h2o and hybrid track attention; the others draw nothing).
+    "hit": ("Attention kept through evictions (h2o, hybrid)", ("attention hit rate",)),
 }
 
 
@@ -305,6 +307,7 @@ class Side:
             "total": stats["ms_per_frame"],
             "re-prefill": stats["ms_reprefill"],
             "fps": 1000 / stats["ms_per_frame"],
+            "attention hit rate": stats["attention_hit_rate"],
             "reprefills": stats["reprefills"],
         })
         self.evicted_so_far = stats["evicted_tokens"]

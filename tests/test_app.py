@@ -223,6 +223,8 @@ def test_switching_strategy_continues_from_the_newest_frames(scene_mp4):
     assert side.strategy == "h2o" and len(side.frames) == 2
     assert [row["frame"] for row in side.rows] == [1, 2]
     assert all(row["evicted this frame"] >= 0 for row in side.rows)
+    hit = side.plot_tables()["hit"]  # h2o tracks attention: the seed's "hit rate" is drawn
+    assert list(hit["frame"]) == [2] and hit["value"].between(0, 1).all()
     with pytest.raises(ValueError, match="hh_ratio"):
         play.switch_strategy(0, "h2o", {"hh_ratio": 2.0})
 
