@@ -125,7 +125,12 @@ from mineworld.actions import make_action  # noqa: E402
 from mineworld.cache_flags import strategy_params  # noqa: E402
 from mineworld.decoding import Sampling  # noqa: E402
 from mineworld.embedded import SCENE, demo_scene  # noqa: E402
-from mineworld.loading import USER_ERRORS, load_model, one_line  # noqa: E402
+from mineworld.loading import (  # noqa: E402
+    USER_ERRORS,
+    kv_budget_params,
+    load_model,
+    one_line,
+)
 from mineworld.model import cache_layout  # noqa: E402
 from mineworld.play import (  # noqa: E402
     KEPT_FRAMES,
@@ -386,6 +391,7 @@ class StrategyPicker:
     inputs: dict[tuple[str, str], gr.components.Component]  # (strategy, parameter) -> input
     choices: list[str]
     any_class_path: bool
+    resources: Resources
 
     @classmethod
     def build(cls, label: str, strategy: str, params: dict, resources: Resources
@@ -413,9 +419,14 @@ class StrategyPicker:
                                               precision=0 if param.type is int else None,
                                               visible=visible, min_width=100)
                     inputs[group, param.name] = component
-        picker = cls(dropdown, inputs, resources.strategy_choices, resources.any_class_path)
+            budget = gr.Number(label="KV MiB", info="fill in the values that keep this much",
+                               min_width=90)
+        picker = cls(dropdown, inputs, resources.strategy_choices, resources.any_class_path,
+                     resources)
         dropdown.change(picker.show_parameters, dropdown, list(inputs.values()),
                         api_visibility="private")
+        budget.submit(picker.fit_budget, [dropdown, budget], list(inputs.values()),
+                      api_visibility="private")
         return picker
 
     @property
@@ -428,6 +439,20 @@ class StrategyPicker:
         except ValueError:
             shown = None
         return [gr.update(visible=group == shown) for group, _param in self.inputs]
+
+    def fit_budget(self, strategy: str, megabytes) -> list:
+        """The chosen strategy's inputs set to the values that keep ``megabytes`` MiB of KV
+        cache on the loaded model (as ``--kv-budget-mb``); the others unchanged."""
+        model = self.resources.model
+        try:
+            shown = input_group(self.checked_spec(strategy))
+            fitted = kv_budget_params(strategy, number(megabytes, "KV MiB"), model.config,
+                                      model.lm_head.weight.dtype)
+        except ValueError as error:
+            warn_refused(str(error).replace("--kv-budget-mb", "KV MiB"))
+            return [gr.skip()] * len(self.inputs)
+        return [gr.update(value=fitted[param]) if group == shown and param in fitted
+                else gr.skip() for group, param in self.inputs]
 
     def checked_spec(self, strategy: str) -> str:
         """``strategy`` if this page takes it: a registered name, or a class path the page

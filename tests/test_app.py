@@ -21,6 +21,7 @@ from types import SimpleNamespace
 import httpx
 import numpy as np
 import pytest
+import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
@@ -210,6 +211,26 @@ def test_identical_sides_are_drawn_at_the_ceiling_and_called_identical(scene_mp4
     assert list(same) == [play_module.PSNR_PLOT_CEILING_DB]  # not infinity, not 100 dB
     assert table["value"].max() <= play_module.PSNR_PLOT_CEILING_DB
     assert play.latest_quality().startswith("A vs B identical, A vs truth ")
+
+
+def test_the_kv_budget_field_fills_in_the_chosen_strategys_values(scene_mp4):
+    from mineworld.loading import kv_budget_params
+
+    resources = tiny_resources(scene_mp4)
+    with app.gr.Blocks():
+        picker = app.StrategyPicker.build("Cache strategy", "streaming", {}, resources)
+    config = resources.model.config
+    fitted = kv_budget_params("streaming", 0.05, config, torch.float32)
+    assert fitted["recent_size"] > 0
+    updates = dict(zip(picker.inputs, picker.fit_budget("streaming", 0.05), strict=True))
+    for (group, param), update in updates.items():
+        if group == "streaming":
+            assert update["value"] == fitted[param]
+        else:  # other strategies' fields stay as they are
+            assert update == app.gr.skip()
+    with pytest.warns(UserWarning, match="KV MiB: strategy none keeps the whole context"):
+        refused = picker.fit_budget("none", 0.05)  # a full cache takes no budget
+    assert refused == [app.gr.skip()] * len(picker.inputs)
 
 
 def test_switching_strategy_continues_from_the_newest_frames(scene_mp4):
