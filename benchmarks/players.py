@@ -1,6 +1,6 @@
 """Many players on one model: frames per second per player when N players step at once, each
-frame made alone in turn (one frame at a time for everyone)
-against all players' forward passes run together (``mineworld.decoding.run_together``).
+frame made alone in turn (one frame at a time for everyone) against all players' forward
+passes run together (``mineworld.decoding.run_together``).
 
     python -m benchmarks.players                          # 1, 2, 4, 8, 16 players
     python -m benchmarks.players --players 1 8 --frames 20 --threads 2
