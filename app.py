@@ -165,6 +165,7 @@ MAX_UPLOAD_MB = 64  # per file; Gradio refuses a bigger upload before it is stor
 # read yet, the frames it serves, exported videos): an upload that would pass it waits.
 MAX_REQUEST_MB = MAX_UPLOAD_MB + 8
 MAX_STORED_MB = 1024
+MAX_BODY_KB = 256  # any other request's body: an event's values are a few hundred bytes
 SCENE_FILE_TYPES = [".mp4", ".jsonl", ".json"]
 # What the page shows or offers as files: frames (png), videos, and the scene files a user
 # uploaded. No other upload is served back (an .html or .svg one would run in the page).
@@ -1278,9 +1279,10 @@ def build_demo(resources: Resources) -> gr.Blocks:
 
 
 class FileLimits:
-    """ASGI middleware for the files Gradio takes and serves: an upload request is refused
-    before its body is read when it is over ``MAX_REQUEST_MB`` (413), names no length (411),
-    or would take Gradio's files over ``MAX_STORED_MB`` (507); a file of a type not in
+    """ASGI middleware for what visitors send and fetch: an upload request is refused before its
+    body is read when it is over ``MAX_REQUEST_MB`` (413), names no length (411), or would take
+    Gradio's files over ``MAX_STORED_MB`` (507); any other request body over ``MAX_BODY_KB``
+    is refused (413, or cut off when it names no length); a file of a type not in
     ``SERVED_FILE_TYPES`` is not served (403)."""
 
     def __init__(self, app):
@@ -1301,6 +1303,15 @@ class FileLimits:
             finally:
                 self.arriving -= int(length)
             return
+        if path and scope["method"] in ("POST", "PUT", "PATCH"):
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > MAX_BODY_KB * 1024:
+                message = f"A request may hold at most {MAX_BODY_KB} KB"
+                print(f"{PROG}: refused: {message}", file=sys.stderr, flush=True)
+                await PlainTextResponse(message, status_code=413)(scope, receive, send)
+                return
+            await self.app(scope, bounded(receive, MAX_BODY_KB * 1024), send)
+            return
         if "/file=" in path and Path(path).suffix.lower() not in SERVED_FILE_TYPES:
             print(f"{PROG}: refused: a file of type {Path(path).suffix!r}", file=sys.stderr)
             await PlainTextResponse("Not served", status_code=403)(scope, receive, send)
@@ -1320,6 +1331,23 @@ class FileLimits:
             return None
         print(f"{PROG}: refused: {refusal[1]}", file=sys.stderr, flush=True)
         return refusal
+
+
+def bounded(receive, limit: int):
+    """``receive`` of an ASGI request whose body ends, as if the client had gone, once it has
+    brought more than ``limit`` bytes (a body that names no length is counted as it comes)."""
+    received = 0
+
+    async def receive_bounded():
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                return {"type": "http.disconnect"}
+        return message
+
+    return receive_bounded
 
 
 def stored_bytes(folder: str) -> int:

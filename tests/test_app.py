@@ -529,6 +529,25 @@ def test_an_upload_request_over_the_limits_is_refused_before_its_body(served):
     assert raw_upload(served[0], chunked) == "HTTP/1.1 411 Length Required"
 
 
+def test_any_other_request_body_over_the_limit_is_refused(served):
+    """Issue 21: the queue took a 50 MB JSON body; events carry a few hundred bytes."""
+    url = served[0]
+    body = json.dumps({"data": ["x" * (app.MAX_BODY_KB * 1024)], "fn_index": 0,
+                       "session_hash": "flood"})
+    response = httpx.post(f"{url}gradio_api/queue/join", content=body,
+                          headers={"Content-Type": "application/json"})
+    assert response.status_code == 413 and f"{app.MAX_BODY_KB} KB" in response.text
+
+    def chunks():  # no length named: cut off once over the limit
+        for _ in range(app.MAX_BODY_KB + 8):
+            yield b"x" * 1024
+
+    response = httpx.post(f"{url}gradio_api/queue/join", content=chunks(),
+                          headers={"Content-Type": "application/json"})
+    assert not response.is_success
+    assert Client(url, verbose=False).predict(1, api_name="/reset")  # the page still plays
+
+
 def test_uploads_stop_when_gradios_files_are_full(served, tmp_path, monkeypatch):
     scene = tmp_path / "scene.jsonl"
     scene.write_text("{}\n" * 1000)
