@@ -146,6 +146,7 @@ from mineworld.play import (  # noqa: E402
 from mineworld.session import default_reference_frames, pick_device  # noqa: E402
 from mineworld.stream import MAX_QUEUED, Frame, FrameScheduler, Seat  # noqa: E402
 from mineworld.tokenizers.base import resize_frames  # noqa: E402
+from mineworld.tuning import fit_target_fps  # noqa: E402
 from mineworld.video import MAX_DECODED_PIXELS, MAX_SIDE  # noqa: E402
 from mineworld.world import read_recording  # noqa: E402
 
@@ -364,9 +365,13 @@ def load_resources(args: argparse.Namespace) -> Resources:
         reference = default_reference_frames(model.config)
     window = model.config.diagonal_window if args.window_size is None else args.window_size
     sampling = Sampling.from_flags(model.config, args.temperature, args.top_k)
-    options = Options(
-        reference, "diagonal" if args.diagd else "naive", window, sampling, args.seed,
-    )
+    schedule = "diagonal" if args.diagd else "naive"
+    if args.target_fps is not None:
+        fit = fit_target_fps(model, tokenizer, args.cache_strategy, params, args.target_fps,
+                             schedule, reference, window)
+        print(f"{PROG}: {fit}", flush=True)
+        params, schedule = fit.params, fit.schedule
+    options = Options(reference, schedule, window, sampling, args.seed)
     loopback = args.host in ("127.0.0.1", "localhost", "::1")
     resources = Resources(model, tokenizer, scene, args.cache_strategy, params, options,
                           any_class_path=loopback)

@@ -69,6 +69,7 @@ from mineworld.session import (
     max_reference_frames,
     pick_device,
 )
+from mineworld.tuning import fit_target_fps
 from mineworld.video import VideoFileError, list_clips, read_video, write_video
 
 PROG = "inference.py"
@@ -335,6 +336,15 @@ def run(args: argparse.Namespace) -> int:
     if args.window_size is None:
         args.window_size = model.config.diagonal_window
     sampling = Sampling.from_flags(model.config, args.temperature, args.top_k, args.top_p)
+    fit = None
+    if args.target_fps is not None:
+        fit = fit_target_fps(model, tokenizer, args.cache_strategy, params, args.target_fps,
+                             SCHEDULES[args.accelerate_algo],
+                             min(args.demo_num, max_reference_frames(model.config)),
+                             args.window_size)
+        print(f"{PROG}: {fit}", file=sys.stderr)
+        params = fit.params
+        args.accelerate_algo = {name: flag for flag, name in SCHEDULES.items()}[fit.schedule]
     model.setup_cache_manager(args.cache_strategy, **params)
     new_session = build_session_factory(model, tokenizer, args, sampling)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
@@ -351,6 +361,7 @@ def run(args: argparse.Namespace) -> int:
         "frames": args.frames,
         "action_alignment": args.action_alignment,
         "kv_budget_mb": args.kv_budget_mb,
+        "target_fps": fit.as_dict() if fit else None,
     }
     header = {"args": settings, "model": files}
     rank, processes = group.rank, group.size

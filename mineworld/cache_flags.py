@@ -51,6 +51,11 @@ def add_cache_flags(parser: argparse.ArgumentParser, description: str) -> None:
         "--kv-budget-mb", type=positive_float, metavar="MB",
         help="KV memory to keep, in MiB: the strategy's parameters that fit it on the loaded "
         "model (its own budget mapping; the strategy's flags given win)")
+    group.add_argument(
+        "--target-fps", type=positive_float, metavar="F",
+        help="the largest KV budget (and, if need be, diagonal decoding) that makes F frames a "
+        "second on the loaded model, from a short measurement at start (the strategy's flags "
+        "given win)")
     for name, (param, strategies) in cache_params().items():
         if param.type is bool:
             kind = {"action": argparse.BooleanOptionalAction}

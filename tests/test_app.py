@@ -794,6 +794,15 @@ def test_a_strategy_with_no_flags_starts_on_the_embedded_model(strategy):
     play.close()
 
 
+def test_a_target_rate_sets_the_demos_budget_and_schedule(capsys):
+    resources = app.load_resources(app.parse_args(
+        ["--cache-strategy", "streaming", "--no-diagd", "--target-fps", "0.01"]))
+    assert resources.params == {"start_size": 4, "recent_size": 745}  # the context's room
+    assert resources.options.schedule == "naive"  # met as asked
+    assert "--target-fps 0.01: naive decoding, start_size=4 recent_size=745" in (
+        capsys.readouterr().out)
+
+
 def test_no_flags_load_the_embedded_model_and_scene():
     resources = app.load_resources(app.parse_args([]))
     assert resources.model.config.codebook_size == resources.tokenizer.codebook_size

@@ -450,3 +450,21 @@ def test_a_kv_budget_that_cannot_be_kept_is_one_line(tmp_path, capsys, strategy,
     assert inference.main(["--output_dir", str(tmp_path), "--cache-strategy", strategy,
                            "--kv-budget-mb", megabytes]) == 2
     assert error_lines(capsys) == [f"inference.py: error: {message}"]
+
+
+def test_a_target_rate_picks_the_largest_budget_that_meets_it(tmp_path, capsys):
+    """A rate any candidate meets: the whole context's room (1 + 6 frames on the shipped
+    model), with the schedule asked for; one no candidate meets: the fastest, said so."""
+    assert inference.main(["--output_dir", str(tmp_path), "--frames", "1", "--cache-strategy",
+                           "frames", "--accelerate-algo", "image_diagd",
+                           "--target-fps", "0.01"]) == 0
+    fit = strict_json((tmp_path / "clip_0.json").read_text())["args"]["target_fps"]
+    assert fit["met"] and fit["schedule"] == "diagonal" and fit["fps"] > 0.01
+    assert fit["params"] == {"sink_frames": 1, "recent_frames": 6}
+    assert "--target-fps 0.01: diagonal decoding, sink_frames=1 recent_frames=6" in (
+        capsys.readouterr().err)
+    assert inference.main(["--output_dir", str(tmp_path), "--frames", "1", "--cache-strategy",
+                           "frames", "--recent-frames", "2", "--target-fps", "100000"]) == 0
+    fit = strict_json((tmp_path / "clip_0.json").read_text())["args"]["target_fps"]
+    assert not fit["met"] and fit["params"]["recent_frames"] == 2  # the flag given wins
+    assert "(not met: the fastest candidate is used)" in capsys.readouterr().err
