@@ -235,7 +235,10 @@ class KVCacheManager:
         previous = torch.cat([torch.full_like(ordered[..., :1], -1), ordered[..., :-1]], -1)
         closed = (ordered - previous - 1) % stride + 1  # a gap keeps its phase modulo stride
         moved = closed.cumsum(-1) - 1
-        tail = (self.next_position - ordered[..., -1] - 1) % stride + 1
+        # The positions after the newest live token are reserved for tokens not written yet
+        # (a frame's last token waits for the next action): kept exactly, or the first of
+        # them would land on the position of the token before it.
+        tail = self.next_position - ordered[..., -1]
         next_positions = (moved[..., -1] + tail).unique()
         assert next_positions.numel() == 1, "rows disagree on the next position"
         positions.scatter_(-1, order, moved)

@@ -67,6 +67,12 @@ def test_long_run_keeps_every_invariant(strategy, schedule):
         assert stats["allocations"] == 1 and cache.storage is storage
         live = storage.positions[storage.positions >= 0]
         assert cache.newest_position in live.tolist()  # the newest token is always live
+        for row in storage.positions.flatten(0, -2):  # a layer's kv head
+            held = row[row >= 0]
+            assert held.unique().numel() == held.numel(), "two keys at one position"
+        # The newest frame's last token is fed with the next action, at the position reserved
+        # for it right after the newest live one: re-bases keep it free.
+        assert cache.next_position - 1 == cache.newest_position + 1
         for position in sinks:
             assert bool((storage.positions == position).any(-1).all())
     if not bounded:
