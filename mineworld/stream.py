@@ -11,8 +11,9 @@ A ``Seat`` is one player's place at the model (a tab of the page): the play it i
 replaced when it restarts, and its controls, which outlive a restart. ``Seat.frames`` drives.
 
 ``FrameScheduler`` owns the model's time: one thread runs every piece of model work (a frame, a
-prefill, a close) in the order asked. A driver waits for its frame before asking for the next,
-so sessions that play at once take turns frame by frame and nobody's held key blocks another's.
+prefill, a close) in the order asked, and makes the frames of every player waiting together,
+in the same forward passes. A driver has at most one frame asked for beyond the one being
+shown, so nobody's held key blocks another's.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from concurrent.futures import Future
 from typing import NamedTuple
 
 from mineworld.actions import CAMERA_MAX_DEG
+from mineworld.decoding import run_together
 
 MAX_QUEUED = 64  # presses waiting per play; more are refused, and the refusal says so
 MAX_TOGETHER = 16  # frames of different players made in the same forward passes
@@ -232,8 +234,6 @@ class FrameScheduler:
 def step_together(steps: list[tuple]) -> list[Frame | None]:
     """Step each ``(play, action)``, their forward passes as one; each Frame made, or None for
     a play that has closed (a restart or a closed tab came first)."""
-    from mineworld.decoding import run_together
-
     open_steps = [(index, play, action) for index, (play, action) in enumerate(steps)
                   if play is not None and not play.closed]
     players = [play.side_steps(action) for _index, play, action in open_steps]
