@@ -425,7 +425,8 @@ class StrategyPicker:
                                               precision=0 if param.type is int else None,
                                               visible=visible, min_width=100)
                     inputs[group, param.name] = component
-            budget = gr.Number(label="KV MiB", info="fill in the values that keep this much",
+            budget = gr.Number(None, label="KV MiB", placeholder="e.g. 1",
+                               info="Enter: fill in the values that keep this much",
                                min_width=90)
         picker = cls(dropdown, inputs, resources.strategy_choices, resources.any_class_path,
                      resources)
