@@ -563,8 +563,8 @@ class PlayView:
             for measure, title in QUALITY.items():
                 if len(labels) == 1:
                     title = title.replace("between the sides, and against", "against")
-                self.quality[measure] = line_plot(
-                    title, PLOT_UNITS[measure],
+                self.quality[measure] = line_plot(  # SSIM may be negative: its own range
+                    title, PLOT_UNITS[measure], from_zero=False,
                     elem_id=f"plot-{measure}-{side_tag('-'.join(labels))}")
 
     @property
@@ -650,10 +650,14 @@ PLOT_UNITS = {"tokens": "tokens", "kv": "MB", "memory": "MB", "ms": "ms", "fps":
               "hit": "share", "psnr": "dB", "ssim": "SSIM"}
 
 
-def line_plot(title: str, unit: str, elem_id: str | None = None) -> gr.LinePlot:
-    """A plot of a long-format table (``mineworld.play.plot_table``), one line per series."""
+def line_plot(title: str, unit: str, elem_id: str | None = None,
+              from_zero: bool = True) -> gr.LinePlot:
+    """A plot of a long-format table (``mineworld.play.plot_table``), one line per series;
+    ``from_zero``: its axis starts at 0, so that a flat line (memory that does not move) is
+    drawn flat, not stretched over a range of a thousandth."""
     return gr.LinePlot(None, x="frame", y="value", color="series", title=title, height=200,
-                       x_title="frame", y_title=unit, x_axis_format="d", elem_id=elem_id)
+                       x_title="frame", y_title=unit, x_axis_format="d", elem_id=elem_id,
+                       y_lim=[0, None] if from_zero else None)
 
 
 TRUTH_LABEL = "The true world: frame %d"
