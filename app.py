@@ -395,9 +395,7 @@ class StrategyPicker:
 
     dropdown: gr.Dropdown
     inputs: dict[tuple[str, str], gr.components.Component]  # (strategy, parameter) -> input
-    choices: list[str]
-    any_class_path: bool
-    resources: Resources
+    resources: Resources  # the loaded model, and the strategies the page takes
 
     @classmethod
     def build(cls, label: str, strategy: str, params: dict, resources: Resources
@@ -428,8 +426,7 @@ class StrategyPicker:
             budget = gr.Number(None, label="KV MiB", placeholder="e.g. 1",
                                info="Enter: fill in the values that keep this much",
                                min_width=90)
-        picker = cls(dropdown, inputs, resources.strategy_choices, resources.any_class_path,
-                     resources)
+        picker = cls(dropdown, inputs, resources)
         dropdown.change(picker.show_parameters, dropdown, list(inputs.values()),
                         api_visibility="private")
         budget.submit(picker.fit_budget, [dropdown, budget], list(inputs.values()),
@@ -454,9 +451,9 @@ class StrategyPicker:
         try:
             shown = input_group(self.checked_spec(strategy))
             fitted = kv_budget_params(strategy, number(megabytes, "KV MiB"), model.config,
-                                      model.lm_head.weight.dtype)
+                                      model.lm_head.weight.dtype, "KV MiB")
         except ValueError as error:
-            warn_refused(str(error).replace("--kv-budget-mb", "KV MiB"))
+            warn_refused(str(error))
             return [gr.skip()] * len(self.inputs)
         return [gr.update(value=fitted[param]) if group == shown and param in fitted
                 else gr.skip() for group, param in self.inputs]
@@ -466,8 +463,8 @@ class StrategyPicker:
         was started with or (``any_class_path``) any class path; else ValueError."""
         if not isinstance(strategy, str) or not strategy:
             raise ValueError(f"strategy must be one of {', '.join(names())}, got {strategy!r}")
-        if (is_class_path(strategy) and not self.any_class_path
-                and strategy not in self.choices):
+        if (is_class_path(strategy) and not self.resources.any_class_path
+                and strategy not in self.resources.strategy_choices):
             raise ValueError(f"this page takes the strategies listed ({', '.join(names())}); a "
                              "package.module:Class only when it is served on 127.0.0.1")
         return strategy
@@ -581,11 +578,10 @@ class PlayView:
     def outputs(self) -> list:
         return self.frame_outputs + self.plot_outputs
 
-    def status_only(self, message: str, outputs: list | None = None) -> list:
-        """Values for ``outputs`` (all of the view's by default) that change nothing but the
-        status line, the second of both lists."""
-        count = len(self.outputs if outputs is None else outputs)
-        return [gr.skip(), message, *[gr.skip()] * (count - 2)]
+    def status_only(self, message: str, outputs: list) -> list:
+        """Values for ``outputs`` (``frame_outputs`` or ``outputs``) that change nothing but
+        the status line, the second of both lists."""
+        return [gr.skip(), message, *[gr.skip()] * (len(outputs) - 2)]
 
     def unchanged(self) -> list:
         """Values for ``frame_outputs`` that change nothing."""
@@ -1035,13 +1031,15 @@ class Demo:
         return gr.update(value=str(play.export()), visible=True)
 
 
-def save_file_js(elem_id: str) -> str:
-    """Browser code that saves the file just shown in ``elem_id`` (gr.File): one click on the
-    button downloads, instead of a second click on a link further down."""
-    return f"""() => {{
-        const link = document.querySelector('#{elem_id} a[download]');
+def wire_export(demo: Demo, button: gr.Button, state: gr.State, file: gr.File,
+                api_name: str) -> None:
+    """``button`` makes the play's video, shows it in ``file`` and has the browser save it:
+    one click downloads, instead of a second click on a link further down."""
+    save = f"""() => {{
+        const link = document.querySelector('#{file.elem_id} a[download]');
         if (link) link.click();
     }}"""
+    button.click(demo.export, state, file, api_name=api_name).success(None, js=save)
 
 
 def describe_scene(scene: Scene) -> str:
@@ -1232,8 +1230,7 @@ def build_demo(resources: Resources) -> gr.Blocks:
                     concurrency_id=MODEL_QUEUE)
         truth.change(demo.show_truth(view), [view.state, truth], view.frame_outputs,
                      api_name="show_truth", show_progress="hidden")
-        download.click(demo.export, view.state, video, api_name="download").success(
-            None, js=save_file_js("export-play"))
+        wire_export(demo, download, view.state, video, "download")
         blocks.load(restart, restart_inputs, view.outputs, concurrency_id=MODEL_QUEUE,
                     api_visibility="private")
         loaded = files.upload(demo.load_scene, files, [scene_state, start, scene_info],
@@ -1272,9 +1269,8 @@ def build_demo(resources: Resources) -> gr.Blocks:
             for changed in (start.release, seed.submit):  # both tabs play from the new start
                 changed(demo.restart_if(tab_view, tab_pickers, playing=True), inputs,
                         tab_view.outputs, api_visibility="private", concurrency_id=MODEL_QUEUE)
-        compare_download.click(demo.export, compare_view.state, compare_video,
-                               api_name="compare_download").success(
-            None, js=save_file_js("export-compare"))
+        wire_export(demo, compare_download, compare_view.state, compare_video,
+                    "compare_download")
         views = [view, compare_view]
         gr.Timer(PLOT_SECONDS).tick(
             demo.refresh(views), [v.state for v in views],

@@ -163,9 +163,10 @@ def prefilled_frames(args: argparse.Namespace, config) -> int:
     return most
 
 
-def build_session_factory(model, tokenizer, args: argparse.Namespace, sampling: Sampling):
+def build_session_factory(model, tokenizer, args: argparse.Namespace, sampling: Sampling,
+                          reference_frames: int):
     """A function returning a fresh Session per clip (its own cache, statistics and RNG) on
-    the strategy attached to ``model``.
+    the strategy attached to ``model``, prefilled from ``reference_frames`` context frames.
 
     One session is built here so that bad settings fail before any clip is read.
     """
@@ -173,7 +174,7 @@ def build_session_factory(model, tokenizer, args: argparse.Namespace, sampling: 
         Session,
         model,
         tokenizer,
-        reference_frames=prefilled_frames(args, model.config),
+        reference_frames=reference_frames,
         schedule=SCHEDULES[args.accelerate_algo],
         window=args.window_size,
         sampling=sampling,
@@ -336,17 +337,17 @@ def run(args: argparse.Namespace) -> int:
     if args.window_size is None:
         args.window_size = model.config.diagonal_window
     sampling = Sampling.from_flags(model.config, args.temperature, args.top_k, args.top_p)
+    reference_frames = prefilled_frames(args, model.config)
     fit = None
     if args.target_fps is not None:
         fit = fit_target_fps(model, tokenizer, args.cache_strategy, params, args.target_fps,
-                             SCHEDULES[args.accelerate_algo],
-                             min(args.demo_num, max_reference_frames(model.config)),
+                             SCHEDULES[args.accelerate_algo], reference_frames,
                              args.window_size)
         print(f"{PROG}: {fit}", file=sys.stderr)
         params = fit.params
         args.accelerate_algo = {name: flag for flag, name in SCHEDULES.items()}[fit.schedule]
     model.setup_cache_manager(args.cache_strategy, **params)
-    new_session = build_session_factory(model, tokenizer, args, sampling)
+    new_session = build_session_factory(model, tokenizer, args, sampling, reference_frames)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     settings = {
         "strategy": args.cache_strategy,
@@ -442,7 +443,8 @@ class ProcessGroup:
         return f" (process {self.rank} of {self.size})" if self.size > 1 else ""
 
     def gathered(self, records: list, failed: list) -> tuple[list, list]:
-        """Every process's records and skipped clips (all of them wait here for the others)."""
+        """Every process's records and skipped clips (all of them wait here for the others);
+        the processes then leave their group."""
         if self.size == 1:
             return records, failed
         parts: list = [None] * self.size

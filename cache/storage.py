@@ -22,6 +22,13 @@ import torch
 DEAD = -1
 
 
+def kv_bytes_per_token(layers: int, heads: int, dim: int, element_size: int,
+                       raw_keys: bool) -> int:
+    """Bytes one token takes in a cache: its keys (and, when kept for re-basing, its keys
+    before rotation) and values, in every layer and kv head."""
+    return (3 if raw_keys else 2) * layers * heads * dim * element_size
+
+
 class KVStorage:
     def __init__(
         self,
@@ -71,8 +78,8 @@ class KVStorage:
     def bytes_per_token(self) -> int:
         """Bytes of one token's keys (rotated and raw, when kept) and values, all layers."""
         layers, heads, _, dim = self.keys.shape
-        copies = 2 if self.raw_keys is None else 3
-        return copies * layers * heads * dim * self.keys.element_size()
+        return kv_bytes_per_token(layers, heads, dim, self.keys.element_size(),
+                                  self.raw_keys is not None)
 
     def clear(self) -> None:
         self.positions.fill_(DEAD)

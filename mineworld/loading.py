@@ -15,6 +15,7 @@ import yaml
 from safetensors import SafetensorError
 
 from cache import make_strategy, strategy_class
+from cache.storage import kv_bytes_per_token
 from mineworld.checkpoint import load_transformer, read_state_dict, split_prefix
 from mineworld.config import load_config, preset_path
 from mineworld.embedded import MODEL_DIR, load_embedded, load_embedded_tokenizer
@@ -96,30 +97,32 @@ def settle_strategy(args: argparse.Namespace, params: dict, config, dtype) -> No
     if megabytes is None:
         make_strategy(args.cache_strategy, cache_layout(config), **params)
         return
-    params.update({**kv_budget_params(args.cache_strategy, megabytes, config, dtype), **params})
+    fitted = kv_budget_params(args.cache_strategy, megabytes, config, dtype, "--kv-budget-mb")
+    params.update({**fitted, **params})
     try:
         make_strategy(args.cache_strategy, cache_layout(config), **params)
     except ValueError as error:
         raise ValueError(f"--kv-budget-mb {megabytes:g}: {error}") from None
 
 
-def kv_budget_params(spec: str, megabytes: float, config, dtype) -> dict:
+def kv_budget_params(spec: str, megabytes: float, config, dtype, field: str) -> dict:
     """The parameters of strategy ``spec`` that keep ``megabytes`` MiB of KV cache (keys, the
     raw keys a bounded cache re-bases from, and values, every layer) on a model of ``config``
-    in ``dtype``: its own budget mapping of the tokens that fit, at most the context."""
+    in ``dtype``: its own budget mapping of the tokens that fit, at most the context. A
+    refusal names ``field``, where the user gave the megabytes."""
     cls = strategy_class(spec)
     layout = cache_layout(config)
-    copies = 3 if cls.bounded else 2
-    per_token = (copies * config.num_hidden_layers * config.num_key_value_heads
-                 * config.head_dim * torch.empty(0, dtype=dtype).element_size())
+    per_token = kv_bytes_per_token(config.num_hidden_layers, config.num_key_value_heads,
+                                   config.head_dim, torch.empty(0, dtype=dtype).element_size(),
+                                   raw_keys=cls.bounded)  # a bounded cache re-bases
     if not cls.bounded:
         whole = per_token * layout.context_tokens / 2**20
-        raise ValueError(f"--kv-budget-mb: strategy {spec} keeps the whole context "
+        raise ValueError(f"{field}: strategy {spec} keeps the whole context "
                          f"({whole:.2f} MiB on this model); choose a bounded strategy")
     tokens = min(int(megabytes * 2**20 // per_token), layout.room)
     if tokens < layout.frame_tokens:
         least = per_token * layout.frame_tokens / 2**20
-        raise ValueError(f"--kv-budget-mb {megabytes:g} holds {tokens} tokens, less than one "
+        raise ValueError(f"{field} {megabytes:g} holds {tokens} tokens, less than one "
                          f"frame ({layout.frame_tokens} tokens); give at least {least:.2f}")
     return cls.for_budget(tokens, layout)
 

@@ -350,10 +350,10 @@ class PlaySession:
 
     def __init__(self, model, tokenizer, scene: Scene, start: int,
                  strategies: list[tuple[str, dict]], options: Options):
+        self.sides: list[Side] = []  # none until every one has prefilled: closed till then
         if not len(scene.frames):
             raise ValueError("the uploaded scene was freed (its tab closed or was idle): "
                              "upload it again")
-        self.sides: list[Side] = []  # none until every one has prefilled: closed till then
         if not 0 <= start < len(scene.frames):
             raise ValueError(f"start frame must be in [0, {len(scene.frames) - 1}], got {start}")
         self.model, self.tokenizer, self.options = model, tokenizer, options

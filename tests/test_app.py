@@ -220,7 +220,7 @@ def test_the_kv_budget_field_fills_in_the_chosen_strategys_values(scene_mp4):
     with app.gr.Blocks():
         picker = app.StrategyPicker.build("Cache strategy", "streaming", {}, resources)
     config = resources.model.config
-    fitted = kv_budget_params("streaming", 0.05, config, torch.float32)
+    fitted = kv_budget_params("streaming", 0.05, config, torch.float32, "KV MiB")
     assert fitted["recent_size"] > 0
     updates = dict(zip(picker.inputs, picker.fit_budget("streaming", 0.05), strict=True))
     for (group, param), update in updates.items():
