@@ -1,4 +1,4 @@
-"""Sampling, and the two schedules that decode one frame of image tokens.
+"""Sampling, and the schedules that decode one frame of image tokens.
 
 * ``naive``: one token per forward pass, in raster order (rows x cols passes).
 * ``diagonal`` (arXiv 2503.14070): row r starts once row r-1 has ``window``
@@ -8,12 +8,19 @@
   written at that cell's position, as the paper does. Queries only ever see keys
   that have been written: the cache holds written tokens only, and a query sees
   the keys at or before its own position.
+* ``published-diagonal``: the same passes, made as the published MineWorld code
+  makes them, so that its tokens are reproduced: its zero-initialised cache and
+  plain raster causal mask let a query also see the frame's slots not written
+  yet (zero keys and values: each adds ``exp(0)`` to the softmax's denominator
+  and nothing to its output), and every stand-in comes from the prompt frame
+  (the first frame of the prompt), not the previous one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Generator
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 import torch
@@ -22,7 +29,23 @@ from cache import KVCacheManager
 
 from .model import Feed, Transformer
 
-SCHEDULES = ("naive", "diagonal")
+
+@dataclass(frozen=True)
+class Schedule:
+    """The order a frame's tokens are made in, and what the diagonal ones read."""
+
+    rows_in_parallel: bool  # diagonal: each row ``window`` tokens behind the row above
+    stand_ins_from_prompt: bool = False  # a row's first input from the prompt frame
+    sees_unwritten: bool = False  # queries also see the frame's unwritten (zero) slots
+
+
+# Every schedule, by the name the command lines, sessions and the demo take.
+SCHEDULES = {
+    "naive": Schedule(rows_in_parallel=False),
+    "diagonal": Schedule(rows_in_parallel=True),
+    "published-diagonal": Schedule(rows_in_parallel=True, stand_ins_from_prompt=True,
+                                   sees_unwritten=True),
+}
 
 
 @dataclass(frozen=True)
@@ -106,14 +129,15 @@ class FrameDecoder:
             self.window = config.diagonal_window
         self.codebook_size = config.codebook_size
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+            raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
+        self.plan = SCHEDULES[self.schedule]
         if not 1 <= self.window <= self.cols:
             raise ValueError(f"window must be in [1, {self.cols}], got {self.window!r}")
 
     @property
     def max_step_tokens(self) -> int:
         """Most tokens one pass feeds (used to size and validate cache budgets)."""
-        return self.rows if self.schedule == "diagonal" else 1
+        return self.rows if self.plan.rows_in_parallel else 1
 
     @torch.inference_mode()
     def decode(
@@ -123,25 +147,35 @@ class FrameDecoder:
         frame_start: int,
         previous_frame: torch.Tensor,
         generator: torch.Generator | None = None,
+        prompt_frame: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, int]:
         """Feed ``prefix`` (the tokens just before the frame, ending at position
         ``frame_start - 1``) and decode the frame at ``frame_start``.
+
+        ``previous_frame`` and ``prompt_frame`` (ids ``[rows, cols]``): where a row's first
+        input is taken from before its true token exists, as the schedule says
+        (``prompt_frame`` is needed by ``published-diagonal`` only).
 
         Returns the ids ``[rows, cols]`` and the number of forward passes. The
         frame's last token is not fed: it is the first token of the next prefix.
         """
         return run_alone(self.model, self.passes(cache, prefix, frame_start, previous_frame,
-                                                 generator))
+                                                 generator, prompt_frame))
 
-    def passes(self, cache, prefix, frame_start, previous_frame, generator=None) -> Passes:
+    def passes(self, cache, prefix, frame_start, previous_frame, generator=None,
+               prompt_frame=None) -> Passes:
         """``decode`` as the forward passes it needs: yields each pass's ``Feed`` and is sent
         its logits, so that a caller may run the passes of several players together
         (``Transformer.forward_feeds``); returns what ``decode`` returns."""
+        stand_ins = prompt_frame if self.plan.stand_ins_from_prompt else previous_frame
+        if stand_ins is None:
+            raise ValueError(f"schedule {self.schedule} needs the prompt frame")
         device = self.model.lm_head.weight.device
         # Python lists, not tensors, for the bookkeeping: indexing a tensor one cell at a
         # time costs more than a small model's forward pass leaves for it.
         ids = [[0] * self.cols for _ in range(self.rows)]
-        previous = previous_frame.tolist()
+        stand_ins = stand_ins.tolist()
+        written = [0] * (self.rows * self.cols)  # 1: the frame's slot at that offset is fed
         positions = torch.arange(frame_start - prefix.numel(), frame_start, device=device)
         logits = yield Feed(prefix.to(device), positions, cache, last_only=True)
         ids[0][0] = self._sample(logits, generator)[0]
@@ -149,10 +183,14 @@ class FrameDecoder:
         passes = 1
         while produced[-1] < self.cols:
             cells = self._active_cells(produced)
-            inputs = [self._input_for(r, c, ids, produced, previous) for r, c in cells]
-            cell_positions = [frame_start + r * self.cols + c - 1 for r, c in cells]
+            inputs = [self._input_for(r, c, ids, produced, stand_ins) for r, c in cells]
+            offsets = [r * self.cols + c - 1 for r, c in cells]  # the inputs' slots
+            unwritten = None
+            if self.plan.sees_unwritten:
+                unwritten = torch.tensor(self._unwritten_before(offsets, written), device=device)
             logits = yield Feed(torch.tensor(inputs, device=device),
-                                torch.tensor(cell_positions, device=device), cache)
+                                torch.tensor(offsets, device=device) + frame_start, cache,
+                                unwritten=unwritten)
             for (r, c), token in zip(cells, self._sample(logits, generator), strict=True):
                 ids[r][c] = token
                 produced[r] += 1
@@ -161,7 +199,7 @@ class FrameDecoder:
 
     def _active_cells(self, produced: list[int]) -> list[tuple[int, int]]:
         """The (row, col) each active row decodes next, in position order."""
-        if self.schedule == "naive":
+        if not self.plan.rows_in_parallel:
             row = next(r for r, n in enumerate(produced) if n < self.cols)
             return [(row, produced[row])]
         cells = []
@@ -171,14 +209,24 @@ class FrameDecoder:
                 cells.append((r, count))
         return cells
 
-    def _input_for(self, row, col, ids, produced, previous) -> int:
+    def _input_for(self, row, col, ids, produced, stand_ins) -> int:
         """The token fed to predict cell (row, col): the cell before it, or, when that
-        cell (the end of the row above) is not decoded yet, the previous frame's."""
+        cell (the end of the row above) is not decoded yet, the stand-in frame's."""
         if col:
             return ids[row][col - 1]
         if produced[row - 1] == self.cols:
             return ids[row - 1][-1]
-        return previous[row - 1][-1]
+        return stand_ins[row - 1][-1]
+
+    @staticmethod
+    def _unwritten_before(offsets: list[int], written: list[int]) -> list[int]:
+        """Mark the slots at ``offsets`` (this pass's inputs) written, then count, for each,
+        the frame's slots at or before it that are still unwritten: what a query of the
+        published code sees as zeros through its plain raster causal mask."""
+        for offset in offsets:
+            written[offset] = 1
+        fed = list(accumulate(written))
+        return [offset + 1 - fed[offset] for offset in offsets]
 
     def _sample(self, logits: torch.Tensor, generator) -> list[int]:
         """The image token each row of ``logits`` predicts."""

@@ -28,12 +28,14 @@ from .config import ModelConfig
 @dataclass
 class Feed:
     """Tokens ``[T]`` to feed at ``positions`` ``[T]`` into ``cache``; ``last_only``: only
-    the last one's logits are wanted."""
+    the last one's logits are wanted; ``unwritten`` ``[T]``: how many slots holding zero keys
+    and values each query also sees (see :func:`with_zero_slots`)."""
 
     tokens: torch.Tensor
     positions: torch.Tensor
     cache: KVCacheManager
     last_only: bool = False
+    unwritten: torch.Tensor | None = None
 
 
 class RMSNorm(nn.Module):
@@ -122,6 +124,24 @@ def grouped_attention(
     return out.view(1, heads, tokens, dim), weights
 
 
+def with_zero_slots(keys: torch.Tensor, values: torch.Tensor, mask: StepMask | None,
+                    counts: torch.Tensor):
+    """``keys``, ``values`` (``[Hkv, S, D]``) and ``mask`` as if each query also saw
+    ``counts`` (``[T]``) slots of zero keys and values, as the published code's queries see
+    the unwritten slots of its zero-initialised cache. One zero slot stands for them all: its
+    score, 0 raised by ``log(count)``, weighs ``count`` x ``exp(0)`` in the softmax, and it
+    adds nothing to the output (a count of 0 hides it)."""
+    kv_heads, slots, dim = keys.shape
+    zero = keys.new_zeros(kv_heads, 1, dim)
+    if mask is None:
+        hidden = torch.zeros(1, len(counts), slots + 1, dtype=torch.bool, device=keys.device)
+    else:
+        hidden = torch.cat((mask.hidden, mask.hidden.new_zeros(*mask.hidden.shape[:2], 1)), -1)
+    joined = StepMask(hidden, keys.dtype)
+    joined.additive[..., -1] = counts.to(keys.dtype).log()
+    return torch.cat((keys, zero), 1), torch.cat((values, zero), 1), joined
+
+
 def side_by_side(in_features: int, *out_features: int) -> nn.Parameter:
     """The weights of bias-free linear layers that read the same input, stored side by side
     as one ``[in, sum(out)]`` matrix: one matmul instead of several, and ``x @ w`` on this
@@ -197,10 +217,13 @@ class Attention(SideBySideLinears):
                 begin = rows.stop
                 cache.write(self.layer_index, k[0, :, rows], v[0, :, rows], raw_k[0, :, rows])
                 keys, values, mask = cache.read(self.layer_index, feed.positions)
+                cached, cache_mask = keys.shape[1], mask
+                if feed.unwritten is not None:
+                    keys, values, mask = with_zero_slots(keys, values, mask, feed.unwritten)
                 out, weights = grouped_attention(q[:, :, rows], keys, values, mask,
                                                  cache.tracks_attention)
-                if weights is not None:
-                    cache.observe(self.layer_index, weights, mask)
+                if weights is not None:  # of the cache's own slots
+                    cache.observe(self.layer_index, weights[..., :cached], cache_mask)
                 outs.append(out)
             out = torch.cat(outs, 2) if len(outs) > 1 else outs[0]
         return out.transpose(1, 2).reshape(batch, tokens, width) @ self.out_weight

@@ -144,6 +144,9 @@ class Session:
             self.model(piece[None], positions, cache=self.cache, last_only=True)
         self.cache.reserve(1)  # the newest frame's last token, fed with the next action
         self.pending = self.history[-1].ids[-1, -1:]
+        # The frame published-diagonal takes stand-ins from: the prompt's first, kept here so
+        # that a cache evicting it does not change it.
+        self.prompt_ids = self.history[0].ids
 
     # -- play -----------------------------------------------------------------
 
@@ -174,7 +177,8 @@ class Session:
         previous.action = action_tokens
         prefix = torch.cat([self.pending, action_tokens])
         ids, passes = yield from self.decoder.passes(
-            self.cache, prefix, block_start + ACTION_TOKENS, previous.ids, self.generator
+            self.cache, prefix, block_start + ACTION_TOKENS, previous.ids, self.generator,
+            self.prompt_ids,
         )
         self.history.append(FrameRecord(ids))
         self.pending = ids[-1, -1:]

@@ -16,15 +16,15 @@ WIDTH, HEIGHT = 4 * COLS, 4 * ROWS
 class PatchTokenizer(ImageTokenizer):
     """One id per 4x4 patch, from its mean red level."""
 
-    def __init__(self):
-        super().__init__(frame_size=(WIDTH, HEIGHT), grid=(ROWS, COLS), codebook_size=CODES)
+    def __init__(self, rows=ROWS, cols=COLS, codes=CODES):
+        super().__init__(frame_size=(4 * cols, 4 * rows), grid=(rows, cols), codebook_size=codes)
 
     def _encode_batch(self, images):
         patches = torch.nn.functional.avg_pool2d(images[:, :1], 4)[:, 0]
-        return ((patches + 1) / 2 * (CODES - 1)).round().long()
+        return ((patches + 1) / 2 * (self.codebook_size - 1)).round().long()
 
     def _decode_batch(self, ids):
-        level = ids.float() / (CODES - 1) * 2 - 1
+        level = ids.float() / (self.codebook_size - 1) * 2 - 1
         return level[:, None].repeat_interleave(4, -1).repeat_interleave(4, -2).repeat(1, 3, 1, 1)
 
 

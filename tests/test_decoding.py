@@ -1,13 +1,19 @@
-"""Sampling and the naive / diagonal frame schedules."""
+"""Sampling and the frame schedules: naive, diagonal and published-diagonal."""
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
+from mineworld import decoding
 from mineworld.config import ModelConfig
-from mineworld.decoding import FrameDecoder, Sampling, sample
+from mineworld.decoding import FrameDecoder, Sampling, Schedule, sample
+from mineworld.embedded import MODEL_DIR, demo_scene, load_embedded
 from mineworld.model import Transformer
+from mineworld.session import Session
+from tests.published_diagonal import published_diagonal
+from tests.stand_ins import PatchTokenizer
 
 
 def tiny_model(rows=4, cols=6, frames=6, seed=0):
@@ -145,3 +151,80 @@ def test_the_window_is_the_models_unless_given():
     model.config = dataclasses.replace(model.config, diagonal_window=3)
     assert FrameDecoder(model, Sampling(), "diagonal").window == 3
     assert FrameDecoder(model, Sampling(), "diagonal", 1).window == 1
+
+
+ACTIONS = [{"forward": 1}, {"camera": [0.0, 15.0]}, {"jump": 1}, {}]
+
+
+def played(model, tokenizer, schedule, window, frames, actions, strategy="none"):
+    """The frames a greedy session makes after a one-frame prompt, and the action tokens fed."""
+    session = Session(model, tokenizer, strategy=strategy, reference_frames=1,
+                      schedule=schedule, window=window, sampling=Sampling())
+    session.start(frames[:1], [])
+    for action in actions:
+        session.step(action)
+    records = list(session.history)
+    return [r.ids for r in records[1:]], [r.action for r in records[:-1]]
+
+
+def random_frame(tokenizer, seed=0):
+    width, height = tokenizer.frame_size
+    return np.random.default_rng(seed).integers(0, 256, (1, height, width, 3), dtype=np.uint8)
+
+
+def published_layout_model():
+    """A random model on the published 14 x 24 grid (4 frames made after the prompt), its
+    attention softer than tiny_model's, so that each of published-diagonal's two differences
+    changes the tokens."""
+    model = tiny_model(rows=14, cols=24, frames=5)
+    config = model.config
+    queries_and_keys = config.hidden_size + config.num_key_value_heads * config.head_dim
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.qkv_weight[:, :queries_and_keys].mul_(0.5)
+    return model
+
+
+@pytest.mark.parametrize("window", [1, 2, 3])
+def test_published_diagonal_reproduces_the_published_code_token_for_token(window, monkeypatch):
+    model = published_layout_model()
+    tokenizer = PatchTokenizer(rows=14, cols=24, codes=64)
+    prompt = random_frame(tokenizer)
+    ours, actions = played(model, tokenizer, "published-diagonal", window, prompt, ACTIONS)
+    reference = published_diagonal(model, tokenizer.encode(prompt)[0], actions, window)
+    for made, expected in zip(ours, reference, strict=True):
+        assert torch.equal(made, expected)
+    # Each difference is needed: without either one, or both (the masked default), some
+    # frame differs.
+    monkeypatch.setitem(decoding.SCHEDULES, "zeros-only", Schedule(True, sees_unwritten=True))
+    monkeypatch.setitem(decoding.SCHEDULES, "prompt-only",
+                        Schedule(True, stand_ins_from_prompt=True))
+    for schedule in ("diagonal", "zeros-only", "prompt-only"):
+        other, _ = played(model, tokenizer, schedule, window, prompt, ACTIONS)
+        assert any(not torch.equal(a, b) for a, b in zip(other, reference, strict=True))
+
+
+@pytest.mark.skipif(not (MODEL_DIR / "model.safetensors").exists(), reason="no embedded model")
+def test_published_diagonal_reproduces_the_published_code_on_the_shipped_model():
+    model, tokenizer = load_embedded()
+    frames, actions = demo_scene()
+    window = model.config.diagonal_window
+    ours, fed = played(model, tokenizer, "published-diagonal", window, frames, actions[:4])
+    reference = published_diagonal(model, tokenizer.encode(frames[:1])[0], fed, window)
+    assert all(torch.equal(a, b) for a, b in zip(ours, reference, strict=True))
+    masked, _ = played(model, tokenizer, "diagonal", window, frames, actions[:4])
+    assert any(not torch.equal(a, b) for a, b in zip(masked, reference, strict=True))
+
+
+@pytest.mark.parametrize("strategy", ["streaming", "h2o", "frames"])
+def test_published_diagonal_keeps_its_prompt_frame_past_the_context(strategy):
+    model = tiny_model(rows=4, cols=6, frames=3)
+    tokenizer = PatchTokenizer(rows=4, cols=6, codes=64)
+    prompt = random_frame(tokenizer)
+    session = Session(model, tokenizer, strategy=strategy, reference_frames=1,
+                      schedule="published-diagonal", window=2)
+    session.start(prompt, [])
+    for action in ACTIONS * 2:  # 8 frames on a 3-frame context
+        frame, stats = session.step(action)
+    assert stats["evicted_tokens"] > 0 and frame.shape == (16, 24, 3)
+    assert torch.equal(session.prompt_ids, tokenizer.encode(prompt)[0])
