@@ -56,6 +56,7 @@ from pathlib import Path
 
 from mineworld.cache_flags import add_cache_flags  # torch; gradio loads after the flags
 from mineworld.cli import positive_int
+from mineworld.decoding import SCHEDULES
 
 PROG = "app.py"
 
@@ -86,9 +87,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       "enables true-frame scores); default: the embedded scene")
     play.add_argument("--reference_frame", type=int,
                       help="frames prefilled (default: half the context, at most 8)")
-    play.add_argument("--diagd", action=argparse.BooleanOptionalAction, default=True,
-                      help="diagonal decoding, several tokens a forward pass (default; "
-                      "--no-diagd: one token a pass, in raster order)")
+    play.add_argument("--schedule", choices=list(SCHEDULES), default="diagonal",
+                      help="diagonal: several tokens a forward pass (default); naive: one "
+                      "token a pass, in raster order; published-diagonal: diagonal decoding "
+                      "as the published code does it, token for token")
+    play.add_argument("--diagd", dest="schedule", action="store_const", const="diagonal",
+                      help="--schedule diagonal")
+    play.add_argument("--no-diagd", dest="schedule", action="store_const", const="naive",
+                      help="--schedule naive")
     play.add_argument("--window_size", type=int,
                       help="diagonal decoding: tokens a row runs ahead (default: the model's, "
                       "1 for the embedded model, 2 for the published configs)")
@@ -365,7 +371,7 @@ def load_resources(args: argparse.Namespace) -> Resources:
         reference = default_reference_frames(model.config)
     window = model.config.diagonal_window if args.window_size is None else args.window_size
     sampling = Sampling.from_flags(model.config, args.temperature, args.top_k)
-    schedule = "diagonal" if args.diagd else "naive"
+    schedule = args.schedule
     if args.target_fps is not None:
         fit = fit_target_fps(model, tokenizer, args.cache_strategy, params, args.target_fps,
                              schedule, reference, window)

@@ -59,7 +59,7 @@ from cache import strategy_class
 from mineworld.actions import ActionFileError, read_actions
 from mineworld.cache_flags import add_cache_flags, strategy_params
 from mineworld.cli import positive_int
-from mineworld.decoding import Sampling, run_together
+from mineworld.decoding import SCHEDULES, Sampling, run_together
 from mineworld.embedded import VALIDATION_DIR
 from mineworld.loading import USER_ERRORS, load_model, one_line, uses_embedded
 from mineworld.metrics import sequence_scores
@@ -74,7 +74,8 @@ from mineworld.video import VideoFileError, list_clips, read_video, write_video
 
 PROG = "inference.py"
 FPS = 6
-SCHEDULES = {"naive": "naive", "image_diagd": "diagonal"}
+# --accelerate-algo: every schedule by its name, and diagonal by the published script's name.
+ALGORITHMS = {**{name: name for name in SCHEDULES}, "image_diagd": "diagonal"}
 
 
 class ClipError(ValueError):
@@ -130,11 +131,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       "under torchrun, per process")
 
     decode = parser.add_argument_group("decoding")
-    decode.add_argument("--accelerate-algo", choices=sorted(SCHEDULES), default="naive",
-                        help="naive: one token per pass; image_diagd: diagonal decoding "
-                        "(default: naive)")
+    decode.add_argument("--accelerate-algo", choices=list(ALGORITHMS), default="naive",
+                        help="naive: one token per pass; diagonal or image_diagd: diagonal "
+                        "decoding; published-diagonal: diagonal decoding as the published code "
+                        "does it, token for token (default: naive)")
     decode.add_argument("--window_size", type=positive_int,
-                        help="image_diagd: tokens a row is ahead of the next (default: the "
+                        help="diagonal decoding: tokens a row is ahead of the next (default: the "
                         "model's, 1 for the embedded model, 2 for the published configs)")
     decode.add_argument("--temperature", type=float,
                         help="default: the model's (0: greedy; 1.0 with --top_k/--top_p for a "
@@ -175,7 +177,7 @@ def build_session_factory(model, tokenizer, args: argparse.Namespace, sampling: 
         model,
         tokenizer,
         reference_frames=reference_frames,
-        schedule=SCHEDULES[args.accelerate_algo],
+        schedule=ALGORITHMS[args.accelerate_algo],
         window=args.window_size,
         sampling=sampling,
         seed=args.seed,
@@ -341,18 +343,18 @@ def run(args: argparse.Namespace) -> int:
     fit = None
     if args.target_fps is not None:
         fit = fit_target_fps(model, tokenizer, args.cache_strategy, params, args.target_fps,
-                             SCHEDULES[args.accelerate_algo], reference_frames,
+                             ALGORITHMS[args.accelerate_algo], reference_frames,
                              args.window_size)
         print(f"{PROG}: {fit}", file=sys.stderr)
         params = fit.params
-        args.accelerate_algo = {name: flag for flag, name in SCHEDULES.items()}[fit.schedule]
+        args.accelerate_algo = fit.schedule
     model.setup_cache_manager(args.cache_strategy, **params)
     new_session = build_session_factory(model, tokenizer, args, sampling, reference_frames)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     settings = {
         "strategy": args.cache_strategy,
         "strategy_params": params,
-        "schedule": SCHEDULES[args.accelerate_algo],
+        "schedule": ALGORITHMS[args.accelerate_algo],
         "window": args.window_size,
         "sampling": dataclasses.asdict(sampling),
         "seed": args.seed,

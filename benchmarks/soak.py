@@ -26,7 +26,7 @@ import torch
 
 from benchmarks.common import load_average, percentile, print_machine
 from mineworld.actions import make_action
-from mineworld.decoding import Sampling
+from mineworld.decoding import SCHEDULES, Sampling
 from mineworld.embedded import SCENE, demo_scene, load_embedded
 from mineworld.play import KEPT_FRAMES, Options, PlaySession, Scene, process_memory_mb
 from mineworld.session import default_reference_frames
@@ -62,7 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--params", type=json.loads, default={},
                         help="strategy parameters as JSON (default: the strategy's defaults for "
                         "the model)")
-    parser.add_argument("--schedule", choices=["diagonal", "naive"], default="diagonal")
+    parser.add_argument("--schedule", choices=list(SCHEDULES), default="diagonal")
     parser.add_argument("--window", type=int, help="diagonal window (default: the model's)")
     parser.add_argument("--no-truth", action="store_true",
                         help="skip replaying the true world and scoring each frame")

@@ -809,7 +809,8 @@ def test_no_flags_load_the_embedded_model_and_scene():
     assert len(resources.scene.frames) == len(resources.scene.actions)
     # Real-time play by default: diagonal decoding with the model's own window.
     assert (resources.options.schedule, resources.options.window) == ("diagonal", 1)
-    assert not app.parse_args(["--no-diagd"]).diagd
+    assert app.parse_args(["--no-diagd"]).schedule == "naive"
+    assert app.parse_args(["--schedule", "published-diagonal"]).schedule == "published-diagonal"
     # ... and the model's own sampling, unless the flags name another.
     assert resources.options.sampling == Sampling.model_default(resources.model.config)
     greedy = app.load_resources(app.parse_args(["--temperature", "0"]))

@@ -118,7 +118,8 @@ def error_lines(capsys):
     [],
     ["--cache-strategy", "streaming", "--start-size", "2", "--recent-size", "20"],
     ["--accelerate-algo", "image_diagd"],
-], ids=["none", "streaming", "image_diagd"])
+    ["--accelerate-algo", "published-diagonal"],
+], ids=["none", "streaming", "image_diagd", "published-diagonal"])
 def test_generates_every_clip(model_files, data_root, tmp_path, capsys, extra):
     output = tmp_path / "out"
     assert run(model_files, data_root, output, *extra) == 0
@@ -147,8 +148,9 @@ def test_generates_every_clip(model_files, data_root, tmp_path, capsys, extra):
     if "streaming" in extra:
         assert args["strategy_params"] == {"start_size": 2, "recent_size": 20}
         assert last["evicted_tokens"] > 0 and last["live_tokens"] <= 22
-    elif "image_diagd" in extra:
-        assert (args["schedule"], args["window"]) == ("diagonal", 2)  # the config's default
+    elif "--accelerate-algo" in extra:
+        schedule = {"image_diagd": "diagonal"}.get(extra[-1], extra[-1])
+        assert (args["schedule"], args["window"]) == (schedule, 2)  # the config's default
         assert last["forward_passes"] == COLS + (ROWS - 1) * 2
     else:
         # Two context frames and three new ones overflow the 4-frame context once.
