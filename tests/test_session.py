@@ -142,8 +142,9 @@ def test_every_strategys_defaults_play_on_the_shipped_model(shipped, strategy):
 
 def test_sessions_stepping_together_make_the_frames_each_makes_alone(shipped):
     """One forward pass for the players of every strategy at once (each its own cache,
-    positions, evictions, re-prefills; sampled, each with its seed): the same tokens and
-    frames as each playing alone, past the context."""
+    positions, evictions, re-prefills; sampled, each with its seed; diagonal and
+    published-diagonal in turn): the same tokens and frames as each playing alone, past the
+    context."""
     from mineworld.decoding import run_together
 
     model, tokenizer = shipped
@@ -153,8 +154,9 @@ def test_sessions_stepping_together_make_the_frames_each_makes_alone(shipped):
     def players():
         sessions = []
         for index, strategy in enumerate(STRATEGIES):
+            schedule = ("diagonal", "published-diagonal")[index % 2]
             session = Session(model, tokenizer, strategy=strategy, reference_frames=refs,
-                              schedule="diagonal", seed=index)
+                              schedule=schedule, seed=index)
             session.start(frames[index : index + refs], actions[index : index + refs - 1])
             sessions.append(session)
         return sessions
