@@ -184,10 +184,12 @@ class KVCacheManager:
                 f"{size(limit)}{fitting}"
             )
         room = strategy.step_room(capacity)
-        if room < step_tokens:
+        # A cache that packs positions makes room for a whole reservation at once.
+        step = reserved if strategy.packs_positions else step_tokens
+        if room < step:
             raise ValueError(
                 f"{name}: its recent window holds {size(room)}, fewer than one step of "
-                f"{step_tokens} tokens; enlarge it to at least {step_tokens} tokens"
+                f"{step} tokens; enlarge it to at least {step} tokens"
             )
 
     # -- positions ------------------------------------------------------------
@@ -211,7 +213,11 @@ class KVCacheManager:
     def reserve(self, count: int) -> int:
         """First position of the next ``count`` tokens; re-bases positions if needed."""
         storage = self._reset_storage()
-        if self.next_position + count > self.max_positions:
+        if self.strategy.packs_positions:  # room for the tokens coming, then places from 0
+            self._evict(storage.num_live + count - storage.capacity, count)
+            if storage.num_live:
+                self._rebase()
+        elif self.next_position + count > self.max_positions:
             if storage.capacity >= self.max_positions:
                 raise ContextFull(
                     f"the full context of {self.max_positions} positions is used up"
@@ -241,6 +247,8 @@ class KVCacheManager:
         tail = self.next_position - ordered[..., -1]
         next_positions = (moved[..., -1] + tail).unique()
         assert next_positions.numel() == 1, "rows disagree on the next position"
+        if torch.equal(moved, ordered):  # already packed (a cache re-based every step)
+            return
         positions.scatter_(-1, order, moved)
         end = storage.high_water
         for layer in range(storage.keys.shape[0]):

@@ -134,6 +134,9 @@ class Strategy:
     # keep_score depends on positions only, and re-basing keeps its order (module doc).
     fixed_score: ClassVar[bool] = False
     position_stride: int = 1  # re-base positions only by multiples of this
+    # Positions are places in the cache (StreamingLLM's pos_shift): every reservation first
+    # makes room for its tokens, then packs the live positions from 0, the new ones after them.
+    packs_positions: bool = False
 
     def __init__(self, **values):
         for name, value in self.checked(values).items():

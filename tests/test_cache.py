@@ -528,3 +528,79 @@ def test_strategies_that_do_not_track_attention_give_no_hit_rate():
     for token in range(10):
         feed(manager, rope, raw, token, 1)
     assert manager.stats.evicted_tokens > 0 and manager.stats.attention_hit_rate is None
+
+
+# -- StreamingLLM's position shift -------------------------------------------------
+
+
+def one_layer_model():
+    """One layer: a cached key and value depend on their token and position alone, so a cache
+    is exactly a fresh forward of the tokens it keeps."""
+    torch.manual_seed(5)
+    config = ModelConfig(
+        vocab_size=200, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        image_rows=2, image_cols=3, codebook_size=100,
+    )
+    return Transformer(config).eval()
+
+
+@pytest.mark.parametrize("pos_shift", [True, False])
+@torch.no_grad()
+def test_pos_shift_places_kept_tokens_at_0_to_n_as_a_fresh_forward_does(pos_shift):
+    """The paper's assignment: each step, the sinks and the recent window sit at 0..n-1 and
+    the new token at n, so the logits are a fresh forward of the kept tokens at those
+    positions. True positions (the default) keep the gap after the sinks: other logits."""
+    model = one_layer_model()
+    start, recent = 3, 9
+    cache = model.new_cache("streaming", start_size=start, recent_size=recent,
+                            pos_shift=pos_shift)
+    cache.reset(prompt_length=0, step_tokens=1)
+    tokens = torch.randint(0, 200, (100,), generator=torch.Generator().manual_seed(6))
+    differences = []
+    for written in range(len(tokens)):
+        logits = model(tokens[written : written + 1][None], cache=cache)[0, -1]
+        kept = sorted(set(range(min(start, written + 1))) | set(range(written + 1)[-recent:]))
+        positions = cache.storage.positions[0, 0]
+        live = positions[positions >= 0].sort().values
+        fresh = model(tokens[kept][None])[0, -1]  # positions 0..len(kept)-1
+        differences.append(float((logits - fresh).abs().max()))
+        if pos_shift:
+            assert live.tolist() == list(range(len(kept)))
+    assert cache.stats.evicted_tokens == len(tokens) - start - recent
+    if pos_shift:
+        assert max(differences) < 1e-5
+        assert cache.stats.rebases == cache.stats.evicted_tokens  # one per eviction
+    else:
+        assert max(differences[start + recent :]) > 1e-3
+        assert int(cache.storage.positions.max()) > start + recent  # true distances kept
+
+
+@torch.no_grad()
+def test_pos_shift_packs_positions_on_a_deep_model_with_frames_written_out_of_order():
+    """Several layers and frames reserved whole, their tokens written in a scrambled order
+    (as diagonal decoding writes them): after each reservation the live positions are
+    0..n-1 and the reservation follows them, never leaving the trained range."""
+    model = small_model()
+    frame = 17
+    cache = model.new_cache("streaming", start_size=4, recent_size=3 * frame, pos_shift=True)
+    cache.reset(prompt_length=0, step_tokens=frame)
+    generator = torch.Generator().manual_seed(7)
+    for _ in range(30):
+        base = cache.reserve(frame)
+        positions = cache.storage.positions[0, 0]
+        live = positions[positions >= 0].sort().values
+        assert live.tolist() == list(range(base))
+        order = torch.randperm(frame, generator=generator)
+        for chunk in order.split(5):
+            chunk_positions = base + chunk.sort().values
+            tokens = torch.randint(0, 200, (1, len(chunk)), generator=generator)
+            model(tokens, chunk_positions, cache=cache)
+        assert cache.storage.num_live <= 4 + 3 * frame
+    assert cache.stats.evicted_tokens > 0 and int(positions.max()) < 4 + 3 * frame
+
+
+def test_pos_shift_needs_a_recent_window_of_a_whole_reservation():
+    manager, _ = bound_manager("streaming", start_size=4, recent_size=8, pos_shift=True)
+    with pytest.raises(ValueError, match="fewer than one step of 12 tokens"):
+        manager.reset(prompt_length=0, step_tokens=4, reserve_tokens=12)

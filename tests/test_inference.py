@@ -192,7 +192,7 @@ def test_flag_the_strategy_does_not_take(model_files, data_root, tmp_path, capsy
     assert code == 2
     assert error_lines(capsys) == [
         "inference.py: error: --hh-ratio is not a parameter of strategy 'streaming' "
-        "(it takes: start_size, recent_size)"
+        "(it takes: start_size, recent_size, pos_shift)"
     ]
     assert not (tmp_path / "out").exists()
 
