@@ -604,3 +604,96 @@ def test_pos_shift_needs_a_recent_window_of_a_whole_reservation():
     manager, _ = bound_manager("streaming", start_size=4, recent_size=8, pos_shift=True)
     with pytest.raises(ValueError, match="fewer than one step of 12 tokens"):
         manager.reset(prompt_length=0, step_tokens=4, reserve_tokens=12)
+
+
+# -- H2O against the reference's rule ----------------------------------------------
+
+
+def reference_h2o_visible(raw, prompt, total, heavy, recent):
+    """The rule of H2O's reference code (h2o_hf), written out on token ids: the prompt is
+    one causal pass, then one token a step; after every pass the attention each key
+    received is added to its score and, once more than ``heavy + recent`` tokens are held,
+    the ``recent`` newest stay with the ``heavy`` best-scored of the others (the evicted
+    ones' scores zeroed, so they never come back). ``raw[layer, head, query, key]`` are
+    positive weights, normalised over the keys a query sees. Returns, per pass, the ids
+    each query of each (layer, head) saw: ``[pass][layer][head][query] -> list``."""
+    layers, heads = raw.shape[:2]
+    held = [[[] for _ in range(heads)] for _ in range(layers)]
+    score = torch.zeros(layers, heads, total, dtype=torch.float64)
+    passes = [list(range(prompt))] + [[token] for token in range(prompt, total)]
+    seen_by_pass = []
+    for queries in passes:
+        seen_by_pass.append([[None] * heads for _ in range(layers)])
+        for layer in range(layers):
+            for head in range(heads):
+                keys = held[layer][head] + queries
+                seen = []
+                for query in queries:
+                    visible = [key for key in keys if key <= query]
+                    weights = raw[layer, head, query, visible]
+                    score[layer, head, visible] += weights / weights.sum()
+                    seen.append(sorted(visible))
+                seen_by_pass[-1][layer][head] = seen
+                if len(keys) > heavy + recent:
+                    newest = sorted(keys)[-recent:]
+                    others = [key for key in keys if key not in newest]
+                    ranked = sorted(others, key=lambda key: -float(score[layer, head, key]))
+                    keys = ranked[:heavy] + newest
+                held[layer][head] = sorted(keys)
+    return seen_by_pass
+
+
+def test_h2o_attends_to_the_tokens_the_reference_rule_keeps():
+    """Our H2O evicts before a step, from the scores up to the step before; the reference
+    evicts after a step, from the same scores, keeping one recent token fewer besides the
+    token about to come. Every query of every step then sees the same keys, per layer and
+    head: ours with ``recent_size`` R is the reference with a recent budget of R - 1. The
+    weights favour a few tokens per head, different in every head, so heavy hitters are
+    chosen per head and far from the recent window."""
+    prompt, total, heavy, recent = 8, 48, 2, 6  # the prompt fills the budget exactly
+    manager, rope = bound_manager("h2o", max_positions=128, hh_ratio=heavy / prompt,
+                                  recent_size=recent)
+    manager.reset(prompt_length=prompt, step_tokens=4)
+    assert manager.storage.capacity == heavy + recent
+    generator = torch.Generator().manual_seed(8)
+    raw = torch.rand(LAYERS, HEADS, total, total, generator=generator, dtype=torch.float64)
+    for layer in range(LAYERS):
+        for head in range(HEADS):
+            favoured = torch.randperm(prompt, generator=generator)[:heavy]
+            raw[layer, head, :, favoured] += 2.0
+    expected = reference_h2o_visible(raw, prompt, total, heavy, recent - 1)
+    ours = []
+
+    def attention(layer, end, count):
+        _, _, mask = manager.read(layer, manager.step_positions)
+        ids = token_ids(manager.storage.values[layer, :, :end])  # [heads, slots]
+        weights = torch.zeros(HEADS, count, end)
+        if layer == 0:
+            ours.append([[None] * HEADS for _ in range(LAYERS)])
+        for head in range(HEADS):
+            slots = manager.step_slots[layer, head]
+            queries = token_ids(manager.storage.values[layer, head, slots])
+            hidden = mask.hidden[head] if mask is not None else torch.zeros(count, end, dtype=bool)
+            seen = []
+            for row, query in enumerate(queries.tolist()):
+                visible = (~hidden[row]).nonzero().flatten()
+                keys = ids[head, visible]
+                row_weights = raw[layer, head, query, keys]
+                weights[head, row, visible] = (row_weights / row_weights.sum()).float()
+                seen.append(sorted(keys.tolist()))
+            ours[-1][layer][head] = seen
+        return weights
+
+    raw_keys = torch.randn(total, HEADS, DIM)
+    feed(manager, rope, raw_keys, 0, 4, attention)
+    feed(manager, rope, raw_keys, 4, 4, attention)
+    ours = [[[a + b for a, b in zip(first, second, strict=True)]
+             for first, second in zip(*ours, strict=True)]]  # the prompt's two chunks as one
+    for token in range(prompt, total):
+        feed(manager, rope, raw_keys, token, 1, attention)
+    assert ours == expected
+    assert manager.stats.evicted_tokens == total - heavy - recent
+    last = [[set(expected[-1][layer][head][0]) - set(range(total - recent, total))
+             for head in range(HEADS)] for layer in range(LAYERS)]
+    assert all(len(kept) == heavy and max(kept) < prompt for row in last for kept in row)
+    assert len({frozenset(kept) for row in last for kept in row}) > 1  # chosen per head
