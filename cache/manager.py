@@ -327,13 +327,29 @@ class KVCacheManager:
         if self.debug:
             self._log_eviction(victims)
         if storage.attention is not None:
-            attention = storage.attention
-            held = attention.gather(-1, victims.expand(*attention.shape[:2], -1))
-            self.stats.attention_before_evictions += float(attention.sum())
-            self.stats.attention_evicted += float(held.sum())
+            self._count_attention(victims, incoming)
         storage.kill(victims)
         self.stats.evicted_tokens += count
         self.stats.eviction_events += 1
+
+    def _count_attention(self, victims: torch.Tensor, incoming: int) -> None:
+        """Add an eviction's accumulated attention to the statistics: the whole cache's, the
+        victims', and the kept tokens' by role (the strategy's protected roles, then the rest
+        as its ``scored_role``)."""
+        storage, stats = self.storage, self.stats
+        attention = storage.attention
+        victims = victims.expand(*attention.shape[:2], -1)
+        stats.attention_before_evictions += float(attention.sum())
+        stats.attention_evicted += float(attention.gather(-1, victims).sum())
+        kept = (storage.positions >= 0).expand_as(attention).scatter(-1, victims, False)
+        roles = self.strategy.protected(self._view(storage.positions, incoming))
+        for role, mask in roles.items():
+            held = float(torch.where(kept & mask, attention, 0.0).sum())
+            stats.attention_kept_by_role[role] = stats.attention_kept_by_role.get(role, 0.0) + held
+            kept = kept & ~mask
+        held = float(torch.where(kept, attention, 0.0).sum())
+        role = self.strategy.scored_role
+        stats.attention_kept_by_role[role] = stats.attention_kept_by_role.get(role, 0.0) + held
 
     def _log_eviction(self, victims: torch.Tensor) -> None:
         """One line per layer (one for all when layers share positions), head 0 shown."""

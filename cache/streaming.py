@@ -14,11 +14,9 @@ tokens coming (the paper's ``evict_for_space``) and re-bases the kept ones to
 form before rotation, as in any re-base.
 """
 
-import math
-
 import torch
 
-from .strategy import CacheView, Layout, Param, Strategy, sink_mask
+from .strategy import CacheView, Layout, Param, Strategy, sink_mask, unless_protected
 
 START_SIZE = Param("start_size", int, 4, low=1, help="sink tokens: the first ones, never evicted")
 RECENT_SIZE = Param("recent_size", int, 512, low=1, help="the newest tokens kept")
@@ -31,6 +29,7 @@ class StreamingLLM(Strategy):
     name = "streaming"
     params = (START_SIZE, RECENT_SIZE, POS_SHIFT)
     fixed_score = True
+    scored_role = "recent"
 
     @property
     def packs_positions(self) -> bool:
@@ -47,6 +46,8 @@ class StreamingLLM(Strategy):
     def step_room(self, budget: int) -> int:
         return self.recent_size
 
+    def protected(self, view: CacheView) -> dict[str, torch.Tensor]:
+        return {"sinks": sink_mask(view, self.start_size)}
+
     def keep_score(self, view: CacheView) -> torch.Tensor:
-        # Oldest first; sinks never.
-        return torch.where(sink_mask(view, self.start_size), math.inf, view.positions.float())
+        return unless_protected(view.positions.float(), self.protected(view))  # oldest first

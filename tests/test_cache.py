@@ -518,7 +518,46 @@ def test_attention_hit_rate_is_the_attention_kept_through_evictions(attended, hi
     for token in range(20):
         feed(manager, rope, raw, token, 1, attention)
     assert manager.stats.evicted_tokens == 18
-    assert manager.stats.as_dict()["attention_hit_rate"] == pytest.approx(hit_rate)
+    stats = manager.stats.as_dict()
+    assert stats["attention_hit_rate"] == pytest.approx(hit_rate)
+    # The recent window is the token being written, which has drawn nothing yet: the one
+    # cached token kept beside it is the heavy hitter.
+    kept_by = {"heavy_hitters": hit_rate, "recent": 0.0}
+    assert stats["attention_hit_rate_by_role"] == pytest.approx(kept_by)
+
+
+def test_hit_rate_is_split_by_the_role_of_the_kept_tokens():
+    """Hybrid keeping 1 sink, 1 heavy hitter and 2 recent tokens, one token a step. Every
+    query gives token 0 (the sink) 0.5, token 1 0.3 and itself 0.2: token 1 becomes the heavy
+    hitter and each step from the 5th evicts token t-2, which holds 0.2. At the eviction of
+    step t the sink holds 0.5 t, the heavy hitter 0.3 (t - 1), the recent token t-1 0.2."""
+    manager, rope = bound_manager("hybrid", start_size=1, hh_ratio=0.1, recent_size=2)
+    manager.reset(prompt_length=10, step_tokens=1)  # 1 + 1 + 2 tokens
+
+    def attention(layer, end, count):
+        ids = token_ids(manager.storage.values[layer, :, :end])
+        query = int(token_ids(manager.storage.values[layer, 0, manager.step_slots[layer, 0]]))
+        weights = torch.where(ids == 0, 0.5, torch.where(ids == 1, 0.3, 0.0))
+        weights = torch.where(ids == query, torch.maximum(weights, torch.tensor(0.2)), weights)
+        live = manager.storage.positions[layer, :, :end] >= 0
+        return (weights * live).unsqueeze(1).expand(HEADS, count, end)
+
+    raw = torch.randn(10, HEADS, DIM)
+    for token in range(10):
+        feed(manager, rope, raw, token, 1, attention)
+    steps = range(4, 10)
+    sinks = sum(0.5 * t for t in steps)
+    heavy = sum(0.3 * (t - 1) for t in steps)
+    recent = evicted = 0.2 * len(steps)
+    total = sinks + heavy + recent + evicted
+    stats = manager.stats.as_dict()
+    assert stats["evicted_tokens"] == len(steps)
+    assert stats["attention_hit_rate"] == pytest.approx(1 - evicted / total)
+    by_role = stats["attention_hit_rate_by_role"]
+    assert list(by_role) == ["sinks", "heavy_hitters", "recent"]
+    assert by_role["sinks"] == pytest.approx(sinks / total)
+    assert by_role["heavy_hitters"] == pytest.approx(heavy / total)
+    assert by_role["recent"] == pytest.approx(recent / total)
 
 
 def test_strategies_that_do_not_track_attention_give_no_hit_rate():
@@ -528,6 +567,7 @@ def test_strategies_that_do_not_track_attention_give_no_hit_rate():
     for token in range(10):
         feed(manager, rope, raw, token, 1)
     assert manager.stats.evicted_tokens > 0 and manager.stats.attention_hit_rate is None
+    assert manager.stats.as_dict()["attention_hit_rate_by_role"] is None
 
 
 # -- StreamingLLM's position shift -------------------------------------------------
