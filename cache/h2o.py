@@ -5,6 +5,10 @@ received the most attention so far (summed over every query and over the query
 heads of the GQA group), plus the ``recent_size`` newest tokens (default 512,
 as ``streaming``). With ``normalize=True`` a key's score is divided by the
 number of queries that saw it, so old tokens are not favoured just for being old.
+Eviction comes before a step, from the scores up to the step before, and
+``recent_size`` counts the token being written: the reference code, which evicts
+after a step, keeps the same tokens with a recent budget one smaller (see
+docs/design.md, "H2O's eviction against the reference's").
 Positions: packed in order when the next position would leave the trained range
 (every gap closed, keys re-rotated by their shift).
 """
