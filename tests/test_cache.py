@@ -452,6 +452,16 @@ def test_debug_cache_logs_each_eviction(monkeypatch, capsys):
     assert log.count("evict strategy=streaming layer=all count=1") == 80 - 6
     assert "rebase strategy=streaming" in log
 
+    manager, rope = bound_manager("streaming", start_size=2, recent_size=4, pos_shift=True)
+    manager.reset(prompt_length=0, step_tokens=1)
+    for i in range(20):
+        feed(manager, rope, raw, i, 1)
+    log = capsys.readouterr().err.splitlines()
+    rebases = [line for line in log if line.startswith("[cache] rebase")]
+    assert len(rebases) == 20 - 6 == manager.stats.rebases  # one per eviction, every step
+    assert set(rebases) == {"[cache] rebase strategy=streaming positions shifted by -1..0, "
+                            "next position 6 -> 5"}  # 5 kept, the new token at 5
+
     manager, rope = bound_manager("none")
     manager.reset(prompt_length=3, step_tokens=1)
     feed(manager, rope, raw, 0, 3)
