@@ -304,8 +304,11 @@ def summary(record: dict) -> str:
     if quality is not None:
         ssim = f", SSIM {quality['mean_ssim']:.3f}" if "mean_ssim" in quality else ""
         scores = f", PSNR {quality['pooled_psnr']:.2f} dB{ssim} vs {quality['frames']} true frames"
-    hit_rate = last["attention_hit_rate"]
-    kept = "" if hit_rate is None else f" (attention hit rate {hit_rate:.3f})"
+    hit_rate, by_role = last["attention_hit_rate"], last["attention_hit_rate_by_role"]
+    kept = "" if hit_rate is None else (
+        f" (attention hit rate {hit_rate:.3f}: "
+        + ", ".join(f"{role.replace('_', ' ')} {share:.3f}" for role, share in by_role.items())
+        + ")")
     return (
         f"{record['clip']}: {record['generated_frames']} frames in {totals['seconds']:.2f} s "
         f"({totals['frames_per_second']:.2f} fps), {totals['forward_passes']} forward passes, "
@@ -417,7 +420,8 @@ def brief(record: dict, rank: int) -> dict:
         "frames_per_second": record["totals"]["frames_per_second"],
         "forward_passes": record["totals"]["forward_passes"],
         **{key: last[key] for key in ("live_tokens", "bytes_live", "evicted_tokens",
-                                      "attention_hit_rate", "reprefills")},
+                                      "attention_hit_rate", "attention_hit_rate_by_role",
+                                      "reprefills")},
         "pooled_psnr": quality.get("pooled_psnr"),
         "mean_ssim": quality.get("mean_ssim"),
     }

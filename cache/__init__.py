@@ -22,7 +22,7 @@ from .registry import (
     register,
     strategy_class,
 )
-from .strategy import CacheView, Layout, Param, Strategy
+from .strategy import ROLES, CacheView, Layout, Param, Strategy
 from .streaming import StreamingLLM
 
 for _builtin in (FullContext, StreamingLLM, HeavyHitters, SinksHeavyRecent, FrameWindow):
@@ -31,6 +31,7 @@ DEFAULT_STRATEGY = FullContext.name  # MineWorld's own: keep everything, re-pref
 
 __all__ = [
     "DEFAULT_STRATEGY",
+    "ROLES",
     "STRATEGIES",
     "CacheView",
     "ContextFull",

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from .strategy import CacheView, Layout, Param, Strategy, sink_mask
+from .strategy import CacheView, Layout, Param, Strategy, sink_mask, unless_protected
 
 
 class FrameWindow(Strategy):
@@ -29,6 +29,7 @@ class FrameWindow(Strategy):
               help="the newest whole frames kept, the one being written included"),
     )
     fixed_score = True
+    scored_role = "recent"
 
     @classmethod
     def for_budget(cls, tokens: int, layout: Layout, prompt_length: int | None = None) -> dict:
@@ -46,9 +47,11 @@ class FrameWindow(Strategy):
     def budget(self, prompt_length: int) -> int:
         return (self.sink_frames + self.recent_frames) * self.frame_tokens
 
+    def protected(self, view: CacheView) -> dict[str, torch.Tensor]:
+        return {"sinks": sink_mask(view, self.sink_frames * self.frame_tokens)}
+
     def keep_score(self, view: CacheView) -> torch.Tensor:
-        sinks = sink_mask(view, self.sink_frames * self.frame_tokens)
-        return torch.where(sinks, math.inf, view.positions.float())
+        return unless_protected(view.positions.float(), self.protected(view))  # oldest first
 
     def step_room(self, budget: int) -> int:
         return self.recent_frames * self.frame_tokens

@@ -5,15 +5,17 @@ received the most attention so far (summed over every query and over the query
 heads of the GQA group), plus the ``recent_size`` newest tokens (default 512,
 as ``streaming``). With ``normalize=True`` a key's score is divided by the
 number of queries that saw it, so old tokens are not favoured just for being old.
+Eviction comes before a step, from the scores up to the step before, and
+``recent_size`` counts the token being written: the reference code, which evicts
+after a step, keeps the same tokens with a recent budget one smaller (see
+docs/design.md, "H2O's eviction against the reference's").
 Positions: packed in order when the next position would leave the trained range
 (every gap closed, keys re-rotated by their shift).
 """
 
-import math
-
 import torch
 
-from .strategy import CacheView, Layout, Param, Strategy, recent_mask
+from .strategy import CacheView, Layout, Param, Strategy, recent_mask, unless_protected
 from .streaming import RECENT_SIZE
 
 HH_RATIO = Param("hh_ratio", float, 0.1, low=0, high=1,
@@ -27,6 +29,7 @@ class HeavyHitters(Strategy):
     params = (HH_RATIO, RECENT_SIZE, NORMALIZE)
     tracks_attention = True
     per_head = True
+    scored_role = "heavy_hitters"
 
     @classmethod
     def for_budget(cls, tokens: int, layout: Layout, prompt_length: int | None = None) -> dict:
@@ -51,8 +54,11 @@ class HeavyHitters(Strategy):
     def step_room(self, budget: int) -> int:
         return self.recent_size
 
+    def protected(self, view: CacheView) -> dict[str, torch.Tensor]:
+        return {"recent": recent_mask(view, self.recent_size)}
+
     def keep_score(self, view: CacheView) -> torch.Tensor:
         score = view.attention
         if self.normalize:
             score = score / view.seen.clamp(min=1)
-        return torch.where(recent_mask(view, self.recent_size), math.inf, score)
+        return unless_protected(score, self.protected(view))

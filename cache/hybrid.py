@@ -6,8 +6,6 @@ Positions: as ``h2o`` (packed when the trained range would be left; the sinks,
 being first, keep positions ``0..start_size-1``).
 """
 
-import math
-
 import torch
 
 from .h2o import HeavyHitters
@@ -28,6 +26,5 @@ class SinksHeavyRecent(HeavyHitters):
     def budget(self, prompt_length: int) -> int:
         return self.start_size + super().budget(prompt_length)
 
-    def keep_score(self, view: CacheView) -> torch.Tensor:
-        score = super().keep_score(view)
-        return torch.where(sink_mask(view, self.start_size), math.inf, score)
+    def protected(self, view: CacheView) -> dict[str, torch.Tensor]:
+        return {"sinks": sink_mask(view, self.start_size), **super().protected(view)}

@@ -184,10 +184,12 @@ class KVCacheManager:
                 f"{size(limit)}{fitting}"
             )
         room = strategy.step_room(capacity)
-        if room < step_tokens:
+        # A cache that packs positions makes room for a whole reservation at once.
+        step = reserved if strategy.packs_positions else step_tokens
+        if room < step:
             raise ValueError(
                 f"{name}: its recent window holds {size(room)}, fewer than one step of "
-                f"{step_tokens} tokens; enlarge it to at least {step_tokens} tokens"
+                f"{step} tokens; enlarge it to at least {step} tokens"
             )
 
     # -- positions ------------------------------------------------------------
@@ -211,7 +213,11 @@ class KVCacheManager:
     def reserve(self, count: int) -> int:
         """First position of the next ``count`` tokens; re-bases positions if needed."""
         storage = self._reset_storage()
-        if self.next_position + count > self.max_positions:
+        if self.strategy.packs_positions:  # room for the tokens coming, then places from 0
+            self._evict(storage.num_live + count - storage.capacity, count)
+            if storage.num_live:
+                self._rebase()
+        elif self.next_position + count > self.max_positions:
             if storage.capacity >= self.max_positions:
                 raise ContextFull(
                     f"the full context of {self.max_positions} positions is used up"
@@ -241,6 +247,8 @@ class KVCacheManager:
         tail = self.next_position - ordered[..., -1]
         next_positions = (moved[..., -1] + tail).unique()
         assert next_positions.numel() == 1, "rows disagree on the next position"
+        if torch.equal(moved, ordered):  # already packed (a cache re-based every step)
+            return
         positions.scatter_(-1, order, moved)
         end = storage.high_water
         for layer in range(storage.keys.shape[0]):
@@ -319,13 +327,29 @@ class KVCacheManager:
         if self.debug:
             self._log_eviction(victims)
         if storage.attention is not None:
-            attention = storage.attention
-            held = attention.gather(-1, victims.expand(*attention.shape[:2], -1))
-            self.stats.attention_before_evictions += float(attention.sum())
-            self.stats.attention_evicted += float(held.sum())
+            self._count_attention(victims, incoming)
         storage.kill(victims)
         self.stats.evicted_tokens += count
         self.stats.eviction_events += 1
+
+    def _count_attention(self, victims: torch.Tensor, incoming: int) -> None:
+        """Add an eviction's accumulated attention to the statistics: the whole cache's, the
+        victims', and the kept tokens' by role (the strategy's protected roles, then the rest
+        as its ``scored_role``)."""
+        storage, stats = self.storage, self.stats
+        attention = storage.attention
+        victims = victims.expand(*attention.shape[:2], -1)
+        stats.attention_before_evictions += float(attention.sum())
+        stats.attention_evicted += float(attention.gather(-1, victims).sum())
+        kept = (storage.positions >= 0).expand_as(attention).scatter(-1, victims, False)
+        roles = self.strategy.protected(self._view(storage.positions, incoming))
+        for role, mask in roles.items():
+            held = float(torch.where(kept & mask, attention, 0.0).sum())
+            stats.attention_kept_by_role[role] = stats.attention_kept_by_role.get(role, 0.0) + held
+            kept = kept & ~mask
+        held = float(torch.where(kept, attention, 0.0).sum())
+        role = self.strategy.scored_role
+        stats.attention_kept_by_role[role] = stats.attention_kept_by_role.get(role, 0.0) + held
 
     def _log_eviction(self, victims: torch.Tensor) -> None:
         """One line per layer (one for all when layers share positions), head 0 shown."""

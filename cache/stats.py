@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+
+from .strategy import ROLES
 
 
 @dataclass
@@ -22,9 +24,11 @@ class CacheStats:
     highest_position: int = -1  # highest position in use
     next_position: int = 0
     # Strategies that track attention: the attention the cached tokens had accumulated, summed
-    # over every eviction, and the part of it the evicted tokens held.
+    # over every eviction, the part of it the evicted tokens held, and the part the kept ones
+    # held, by their role (the strategy's: sinks, heavy_hitters, recent).
     attention_before_evictions: float = 0.0
     attention_evicted: float = 0.0
+    attention_kept_by_role: dict[str, float] = field(default_factory=dict)
 
     @property
     def attention_hit_rate(self) -> float | None:
@@ -36,8 +40,20 @@ class CacheStats:
             return None
         return 1 - self.attention_evicted / self.attention_before_evictions
 
+    @property
+    def attention_hit_rate_by_role(self) -> dict[str, float] | None:
+        """``attention_hit_rate`` split by the role of the kept tokens (``{"sinks": ..,
+        "heavy_hitters": .., "recent": ..}``, the strategy's roles, summing to the hit rate):
+        which of them drew the attention the cache kept. ``None`` when the hit rate is."""
+        if self.attention_before_evictions == 0:
+            return None
+        held = self.attention_kept_by_role
+        order = [role for role in ROLES if role in held] + [r for r in held if r not in ROLES]
+        return {role: held[role] / self.attention_before_evictions for role in order}
+
     def as_dict(self) -> dict:
-        return {**asdict(self), "attention_hit_rate": self.attention_hit_rate}
+        return {**asdict(self), "attention_hit_rate": self.attention_hit_rate,
+                "attention_hit_rate_by_role": self.attention_hit_rate_by_role}
 
 
 def debug_enabled() -> bool:

@@ -4,7 +4,7 @@ A strategy is a small class (kvpress style). It answers three questions:
 
 * ``budget(prompt_length)``: how many tokens it may keep (``None``: unbounded);
 * ``keep_score(view)``: a score per slot, lowest evicted first; ``inf`` never
-  (``torch.where(protected, math.inf, score)``: twice as fast as ``masked_fill`` on a CPU);
+  (:func:`unless_protected`: the slots of ``protected(view)``);
 * ``evict_count(needed)``: how many to evict when ``needed`` slots are short
   (more than asked when it evicts in whole blocks).
 
@@ -36,6 +36,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+
+# The roles of kept tokens the built-in strategies report (``Strategy.protected`` and
+# ``scored_role``), in the order statistics show them.
+ROLES = ("sinks", "heavy_hitters", "recent")
 
 
 @dataclass
@@ -134,6 +138,11 @@ class Strategy:
     # keep_score depends on positions only, and re-basing keeps its order (module doc).
     fixed_score: ClassVar[bool] = False
     position_stride: int = 1  # re-base positions only by multiples of this
+    # What statistics call the tokens kept for their score rather than protected.
+    scored_role: ClassVar[str] = "scored"
+    # Positions are places in the cache (StreamingLLM's pos_shift): every reservation first
+    # makes room for its tokens, then packs the live positions from 0, the new ones after them.
+    packs_positions: bool = False
 
     def __init__(self, **values):
         for name, value in self.checked(values).items():
@@ -194,6 +203,13 @@ class Strategy:
     def keep_score(self, view: CacheView) -> torch.Tensor:
         raise NotImplementedError
 
+    def protected(self, view: CacheView) -> dict[str, torch.Tensor]:
+        """The slots this step may not evict, by role (``{"sinks": mask, ...}``, each like
+        ``view.positions``; where roles overlap, the first named holds the slot). The other
+        kept slots are ``scored_role``'s. ``keep_score`` gives these ``inf``, and the
+        statistics split the attention kept through evictions by these roles."""
+        return {}
+
     def evict_count(self, needed: int) -> int:
         return needed
 
@@ -246,6 +262,18 @@ class ScoreHeap:
         """The ``count`` lowest-scored slots, ``[1, 1, count]``, removed from the heap."""
         slots = [heapq.heappop(self.entries)[1] for _ in range(count)]
         return torch.tensor(slots, device=device).view(1, 1, -1)
+
+
+def unless_protected(score: torch.Tensor, protected: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``score`` with the ``protected`` slots at ``inf`` (``torch.where``: twice as fast as
+    ``masked_fill`` on a CPU)."""
+    masks = iter(protected.values())
+    kept = next(masks, None)
+    if kept is None:
+        return score
+    for mask in masks:
+        kept = kept | mask
+    return torch.where(kept, math.inf, score)
 
 
 def recent_mask(view: CacheView, recent_size: int) -> torch.Tensor:

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cache import ROLES
 from mineworld.actions import BUTTONS, ActionFileError, read_actions
 from mineworld.decoding import Passes, Sampling, run_together
 from mineworld.metrics import frame_scores
@@ -68,6 +69,8 @@ QUALITY = {
             "and against the true world",
     "ssim": "SSIM: between the sides, and against the true world",
 }
+# The hit rate's share held by each role of kept tokens (cache statistics' names) -> its series.
+HIT_RATE_SERIES = {role: f"kept by {role.replace('_', ' ')}" for role in ROLES}
 # Plot name -> (title, the series it draws); every series is a column of the stats rows.
 PLOTS = {
     "tokens": ("Tokens in the cache", ("live tokens", "evicted this frame")),
@@ -75,8 +78,10 @@ PLOTS = {
     "memory": ("Process memory (MB)", ("process RSS", "GPU allocated")),
     "ms": ("ms per frame", ("total", "re-prefill")),
     "fps": ("Frames per second", ("fps",)),
-    # The seed's "cache hit rate" (h2o and hybrid track attention; the others draw nothing).
-    "hit": ("Attention kept through evictions (h2o, hybrid)", ("attention hit rate",)),
+    # The seed's "cache hit rate" (h2o and hybrid track attention; the others draw nothing),
+    # and its split by the role of the kept tokens.
+    "hit": ("Attention kept through evictions, and by which kept tokens (h2o, hybrid)",
+            ("attention hit rate", *HIT_RATE_SERIES.values())),
 }
 
 
@@ -308,6 +313,8 @@ class Side:
             "re-prefill": stats["ms_reprefill"],
             "fps": 1000 / stats["ms_per_frame"],
             "attention hit rate": stats["attention_hit_rate"],
+            **{series: (stats["attention_hit_rate_by_role"] or {}).get(role)
+               for role, series in HIT_RATE_SERIES.items()},
             "reprefills": stats["reprefills"],
         })
         self.evicted_so_far = stats["evicted_tokens"]

@@ -452,6 +452,16 @@ def test_debug_cache_logs_each_eviction(monkeypatch, capsys):
     assert log.count("evict strategy=streaming layer=all count=1") == 80 - 6
     assert "rebase strategy=streaming" in log
 
+    manager, rope = bound_manager("streaming", start_size=2, recent_size=4, pos_shift=True)
+    manager.reset(prompt_length=0, step_tokens=1)
+    for i in range(20):
+        feed(manager, rope, raw, i, 1)
+    log = capsys.readouterr().err.splitlines()
+    rebases = [line for line in log if line.startswith("[cache] rebase")]
+    assert len(rebases) == 20 - 6 == manager.stats.rebases  # one per eviction, every step
+    assert set(rebases) == {"[cache] rebase strategy=streaming positions shifted by -1..0, "
+                            "next position 6 -> 5"}  # 5 kept, the new token at 5
+
     manager, rope = bound_manager("none")
     manager.reset(prompt_length=3, step_tokens=1)
     feed(manager, rope, raw, 0, 3)
@@ -518,7 +528,46 @@ def test_attention_hit_rate_is_the_attention_kept_through_evictions(attended, hi
     for token in range(20):
         feed(manager, rope, raw, token, 1, attention)
     assert manager.stats.evicted_tokens == 18
-    assert manager.stats.as_dict()["attention_hit_rate"] == pytest.approx(hit_rate)
+    stats = manager.stats.as_dict()
+    assert stats["attention_hit_rate"] == pytest.approx(hit_rate)
+    # The recent window is the token being written, which has drawn nothing yet: the one
+    # cached token kept beside it is the heavy hitter.
+    kept_by = {"heavy_hitters": hit_rate, "recent": 0.0}
+    assert stats["attention_hit_rate_by_role"] == pytest.approx(kept_by)
+
+
+def test_hit_rate_is_split_by_the_role_of_the_kept_tokens():
+    """Hybrid keeping 1 sink, 1 heavy hitter and 2 recent tokens, one token a step. Every
+    query gives token 0 (the sink) 0.5, token 1 0.3 and itself 0.2: token 1 becomes the heavy
+    hitter and each step from the 5th evicts token t-2, which holds 0.2. At the eviction of
+    step t the sink holds 0.5 t, the heavy hitter 0.3 (t - 1), the recent token t-1 0.2."""
+    manager, rope = bound_manager("hybrid", start_size=1, hh_ratio=0.1, recent_size=2)
+    manager.reset(prompt_length=10, step_tokens=1)  # 1 + 1 + 2 tokens
+
+    def attention(layer, end, count):
+        ids = token_ids(manager.storage.values[layer, :, :end])
+        query = int(token_ids(manager.storage.values[layer, 0, manager.step_slots[layer, 0]]))
+        weights = torch.where(ids == 0, 0.5, torch.where(ids == 1, 0.3, 0.0))
+        weights = torch.where(ids == query, torch.maximum(weights, torch.tensor(0.2)), weights)
+        live = manager.storage.positions[layer, :, :end] >= 0
+        return (weights * live).unsqueeze(1).expand(HEADS, count, end)
+
+    raw = torch.randn(10, HEADS, DIM)
+    for token in range(10):
+        feed(manager, rope, raw, token, 1, attention)
+    steps = range(4, 10)
+    sinks = sum(0.5 * t for t in steps)
+    heavy = sum(0.3 * (t - 1) for t in steps)
+    recent = evicted = 0.2 * len(steps)
+    total = sinks + heavy + recent + evicted
+    stats = manager.stats.as_dict()
+    assert stats["evicted_tokens"] == len(steps)
+    assert stats["attention_hit_rate"] == pytest.approx(1 - evicted / total)
+    by_role = stats["attention_hit_rate_by_role"]
+    assert list(by_role) == ["sinks", "heavy_hitters", "recent"]
+    assert by_role["sinks"] == pytest.approx(sinks / total)
+    assert by_role["heavy_hitters"] == pytest.approx(heavy / total)
+    assert by_role["recent"] == pytest.approx(recent / total)
 
 
 def test_strategies_that_do_not_track_attention_give_no_hit_rate():
@@ -528,3 +577,173 @@ def test_strategies_that_do_not_track_attention_give_no_hit_rate():
     for token in range(10):
         feed(manager, rope, raw, token, 1)
     assert manager.stats.evicted_tokens > 0 and manager.stats.attention_hit_rate is None
+    assert manager.stats.as_dict()["attention_hit_rate_by_role"] is None
+
+
+# -- StreamingLLM's position shift -------------------------------------------------
+
+
+def one_layer_model():
+    """One layer: a cached key and value depend on their token and position alone, so a cache
+    is exactly a fresh forward of the tokens it keeps."""
+    torch.manual_seed(5)
+    config = ModelConfig(
+        vocab_size=200, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        image_rows=2, image_cols=3, codebook_size=100,
+    )
+    return Transformer(config).eval()
+
+
+@pytest.mark.parametrize("pos_shift", [True, False])
+@torch.no_grad()
+def test_pos_shift_places_kept_tokens_at_0_to_n_as_a_fresh_forward_does(pos_shift):
+    """The paper's assignment: each step, the sinks and the recent window sit at 0..n-1 and
+    the new token at n, so the logits are a fresh forward of the kept tokens at those
+    positions. True positions (the default) keep the gap after the sinks: other logits."""
+    model = one_layer_model()
+    start, recent = 3, 9
+    cache = model.new_cache("streaming", start_size=start, recent_size=recent,
+                            pos_shift=pos_shift)
+    cache.reset(prompt_length=0, step_tokens=1)
+    tokens = torch.randint(0, 200, (100,), generator=torch.Generator().manual_seed(6))
+    differences = []
+    for written in range(len(tokens)):
+        logits = model(tokens[written : written + 1][None], cache=cache)[0, -1]
+        kept = sorted(set(range(min(start, written + 1))) | set(range(written + 1)[-recent:]))
+        positions = cache.storage.positions[0, 0]
+        live = positions[positions >= 0].sort().values
+        fresh = model(tokens[kept][None])[0, -1]  # positions 0..len(kept)-1
+        differences.append(float((logits - fresh).abs().max()))
+        if pos_shift:
+            assert live.tolist() == list(range(len(kept)))
+    assert cache.stats.evicted_tokens == len(tokens) - start - recent
+    if pos_shift:
+        assert max(differences) < 1e-5
+        assert cache.stats.rebases == cache.stats.evicted_tokens  # one per eviction
+    else:
+        assert max(differences[start + recent :]) > 1e-3
+        assert int(cache.storage.positions.max()) > start + recent  # true distances kept
+
+
+@torch.no_grad()
+def test_pos_shift_packs_positions_on_a_deep_model_with_frames_written_out_of_order():
+    """Several layers and frames reserved whole, their tokens written in a scrambled order
+    (as diagonal decoding writes them): after each reservation the live positions are
+    0..n-1 and the reservation follows them, never leaving the trained range."""
+    model = small_model()
+    frame = 17
+    cache = model.new_cache("streaming", start_size=4, recent_size=3 * frame, pos_shift=True)
+    cache.reset(prompt_length=0, step_tokens=frame)
+    generator = torch.Generator().manual_seed(7)
+    for _ in range(30):
+        base = cache.reserve(frame)
+        positions = cache.storage.positions[0, 0]
+        live = positions[positions >= 0].sort().values
+        assert live.tolist() == list(range(base))
+        order = torch.randperm(frame, generator=generator)
+        for chunk in order.split(5):
+            chunk_positions = base + chunk.sort().values
+            tokens = torch.randint(0, 200, (1, len(chunk)), generator=generator)
+            model(tokens, chunk_positions, cache=cache)
+        assert cache.storage.num_live <= 4 + 3 * frame
+    assert cache.stats.evicted_tokens > 0 and int(positions.max()) < 4 + 3 * frame
+
+
+def test_pos_shift_needs_a_recent_window_of_a_whole_reservation():
+    manager, _ = bound_manager("streaming", start_size=4, recent_size=8, pos_shift=True)
+    with pytest.raises(ValueError, match="fewer than one step of 12 tokens"):
+        manager.reset(prompt_length=0, step_tokens=4, reserve_tokens=12)
+
+
+# -- H2O against the reference's rule ----------------------------------------------
+
+
+def reference_h2o_visible(raw, prompt, total, heavy, recent):
+    """The rule of H2O's reference code (h2o_hf), written out on token ids: the prompt is
+    one causal pass, then one token a step; after every pass the attention each key
+    received is added to its score and, once more than ``heavy + recent`` tokens are held,
+    the ``recent`` newest stay with the ``heavy`` best-scored of the others (the evicted
+    ones' scores zeroed, so they never come back). ``raw[layer, head, query, key]`` are
+    positive weights, normalised over the keys a query sees. Returns, per pass, the ids
+    each query of each (layer, head) saw: ``[pass][layer][head][query] -> list``."""
+    layers, heads = raw.shape[:2]
+    held = [[[] for _ in range(heads)] for _ in range(layers)]
+    score = torch.zeros(layers, heads, total, dtype=torch.float64)
+    passes = [list(range(prompt))] + [[token] for token in range(prompt, total)]
+    seen_by_pass = []
+    for queries in passes:
+        seen_by_pass.append([[None] * heads for _ in range(layers)])
+        for layer in range(layers):
+            for head in range(heads):
+                keys = held[layer][head] + queries
+                seen = []
+                for query in queries:
+                    visible = [key for key in keys if key <= query]
+                    weights = raw[layer, head, query, visible]
+                    score[layer, head, visible] += weights / weights.sum()
+                    seen.append(sorted(visible))
+                seen_by_pass[-1][layer][head] = seen
+                if len(keys) > heavy + recent:
+                    newest = sorted(keys)[-recent:]
+                    others = [key for key in keys if key not in newest]
+                    ranked = sorted(others, key=lambda key: -float(score[layer, head, key]))
+                    keys = ranked[:heavy] + newest
+                held[layer][head] = sorted(keys)
+    return seen_by_pass
+
+
+def test_h2o_attends_to_the_tokens_the_reference_rule_keeps():
+    """Our H2O evicts before a step, from the scores up to the step before; the reference
+    evicts after a step, from the same scores, keeping one recent token fewer besides the
+    token about to come. Every query of every step then sees the same keys, per layer and
+    head: ours with ``recent_size`` R is the reference with a recent budget of R - 1. The
+    weights favour a few tokens per head, different in every head, so heavy hitters are
+    chosen per head and far from the recent window."""
+    prompt, total, heavy, recent = 8, 48, 2, 6  # the prompt fills the budget exactly
+    manager, rope = bound_manager("h2o", max_positions=128, hh_ratio=heavy / prompt,
+                                  recent_size=recent)
+    manager.reset(prompt_length=prompt, step_tokens=4)
+    assert manager.storage.capacity == heavy + recent
+    generator = torch.Generator().manual_seed(8)
+    raw = torch.rand(LAYERS, HEADS, total, total, generator=generator, dtype=torch.float64)
+    for layer in range(LAYERS):
+        for head in range(HEADS):
+            favoured = torch.randperm(prompt, generator=generator)[:heavy]
+            raw[layer, head, :, favoured] += 2.0
+    expected = reference_h2o_visible(raw, prompt, total, heavy, recent - 1)
+    ours = []
+
+    def attention(layer, end, count):
+        _, _, mask = manager.read(layer, manager.step_positions)
+        ids = token_ids(manager.storage.values[layer, :, :end])  # [heads, slots]
+        weights = torch.zeros(HEADS, count, end)
+        if layer == 0:
+            ours.append([[None] * HEADS for _ in range(LAYERS)])
+        for head in range(HEADS):
+            slots = manager.step_slots[layer, head]
+            queries = token_ids(manager.storage.values[layer, head, slots])
+            hidden = mask.hidden[head] if mask is not None else torch.zeros(count, end, dtype=bool)
+            seen = []
+            for row, query in enumerate(queries.tolist()):
+                visible = (~hidden[row]).nonzero().flatten()
+                keys = ids[head, visible]
+                row_weights = raw[layer, head, query, keys]
+                weights[head, row, visible] = (row_weights / row_weights.sum()).float()
+                seen.append(sorted(keys.tolist()))
+            ours[-1][layer][head] = seen
+        return weights
+
+    raw_keys = torch.randn(total, HEADS, DIM)
+    feed(manager, rope, raw_keys, 0, 4, attention)
+    feed(manager, rope, raw_keys, 4, 4, attention)
+    ours = [[[a + b for a, b in zip(first, second, strict=True)]
+             for first, second in zip(*ours, strict=True)]]  # the prompt's two chunks as one
+    for token in range(prompt, total):
+        feed(manager, rope, raw_keys, token, 1, attention)
+    assert ours == expected
+    assert manager.stats.evicted_tokens == total - heavy - recent
+    last = [[set(expected[-1][layer][head][0]) - set(range(total - recent, total))
+             for head in range(HEADS)] for layer in range(LAYERS)]
+    assert all(len(kept) == heavy and max(kept) < prompt for row in last for kept in row)
+    assert len({frozenset(kept) for row in last for kept in row}) > 1  # chosen per head

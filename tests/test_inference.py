@@ -194,7 +194,7 @@ def test_flag_the_strategy_does_not_take(model_files, data_root, tmp_path, capsy
     assert code == 2
     assert error_lines(capsys) == [
         "inference.py: error: --hh-ratio is not a parameter of strategy 'streaming' "
-        "(it takes: start_size, recent_size)"
+        "(it takes: start_size, recent_size, pos_shift)"
     ]
     assert not (tmp_path / "out").exists()
 
@@ -341,11 +341,15 @@ def test_the_seeds_lines_run_a_prompt_longer_than_the_context(strategy, tmp_path
         assert notes == []
         assert first["evicted_tokens"] > 0 and first["reprefills"] == 0  # during the prefill
         assert first["live_tokens"] <= first["capacity_tokens"] < 8 * 107
-    hit_rate = record["stats"][-1]["attention_hit_rate"]  # tracked where attention is
-    if strategy == "h2o":
-        assert 0 < hit_rate < 1 and f"(attention hit rate {hit_rate:.3f})" in summary
+    last = record["stats"][-1]
+    hit_rate, by_role = last["attention_hit_rate"], last["attention_hit_rate_by_role"]
+    if strategy == "h2o":  # tracked where attention is, and split by the kept tokens' role
+        assert 0 < hit_rate < 1 and list(by_role) == ["heavy_hitters", "recent"]
+        assert sum(by_role.values()) == pytest.approx(hit_rate)
+        split = f"heavy hitters {by_role['heavy_hitters']:.3f}, recent {by_role['recent']:.3f}"
+        assert f"(attention hit rate {hit_rate:.3f}: {split})" in summary
     else:
-        assert hit_rate is None and "hit rate" not in summary
+        assert hit_rate is None and by_role is None and "hit rate" not in summary
 
 
 def test_the_shipped_validation_clips_hold_the_seeds_100_frames_after_10(tmp_path):
@@ -391,6 +395,8 @@ def test_clips_decoded_together_make_the_tokens_each_makes_alone(one_at_a_time, 
     assert summary["batch_size"] == 3 and summary["processes"] == 1
     assert [clip["clip"] for clip in summary["clips"]] == ["clip_0", "clip_1", "clip_2", "clip_3"]
     assert all(clip["attention_hit_rate"] is not None for clip in summary["clips"])  # h2o's
+    assert all(set(clip["attention_hit_rate_by_role"]) == {"heavy_hitters", "recent"}
+               for clip in summary["clips"])
 
 
 def test_torchrun_shards_the_clips_and_the_first_process_writes_the_summary(one_at_a_time,
