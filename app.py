@@ -18,8 +18,9 @@ the model makes frames; see the README's demo section. The strip, plots and scor
 frame's path.
 
 Limits (a page for strangers): uploads of at most ``MAX_UPLOAD_MB`` each and
-``MAX_REQUEST_MB`` a request, ``MAX_STORED_MB`` of Gradio's files in all (``FileLimits``), of the
-types the Scene panel names, deleted once read; the first ``mineworld.play.MAX_SCENE_FRAMES``
+``MAX_REQUEST_MB`` a request, ``MAX_STORED_MB`` of Gradio's files in all, of the types the Scene
+panel names, deleted once read; ``MAX_EVENTS_PER_CLIENT`` events waiting or running per client
+address (all in ``RequestLimits``); the first ``mineworld.play.MAX_SCENE_FRAMES``
 frames of a video; at most ``MAX_REPEAT`` repeats a click; the newest
 ``mineworld.play.KEPT_FRAMES`` frames (plots, video) kept per side; a session freed when its tab
 closes or after ``IDLE_SECONDS`` without a request; no file served but Gradio's own (its cache
@@ -178,6 +179,10 @@ CAMERA_KEY_DEG = 15.0  # how far one arrow key turns the camera
 IDLE_SECONDS = 20 * 60  # a session that asks for nothing this long is freed (API clients too)
 SWEEP_SECONDS = 30.0  # how often idle sessions are looked for
 QUEUE_SIZE = 64
+# Events one client address may have waiting or running at once (a tab holds one always, the
+# one keeping its page's stream open, and while playing the key event that drives its frames):
+# one client cannot take the queue's QUEUE_SIZE places, nor more than its share of the model.
+MAX_EVENTS_PER_CLIENT = 4
 MODEL_QUEUE = "model"  # the concurrency id of the events that prefill (frames do not wait)
 
 # Controls: name -> (button label, keyboard key as KeyboardEvent.key, lower-cased when one
@@ -957,15 +962,18 @@ class Demo:
 
         return refresh
 
-    @staticmethod
-    async def keep_open():
+    async def keep_open(self, request: gr.Request):
         """Handler pending as long as its tab is open. Gradio's page keeps its event stream
         open only while one of its events is pending; with this one, a key's frame goes out
         at once instead of after a new connection (measured with 26 ms frames: tap ->
         painted p50 191 -> 150 ms, p95 263 -> 181 ms on the busy 2-core host). It ends at
-        the first yield after the tab has gone."""
+        the first yield after the tab has gone, or once its session is freed (idle, or never
+        started): a join whose stream is never read would otherwise hold its client's place
+        in the queue (``MAX_EVENTS_PER_CLIENT``) for good."""
         while True:
             await asyncio.sleep(KEEP_OPEN_SECONDS)
+            if request.session_hash not in self.last_active:
+                return
             yield
 
     def forget(self, request: gr.Request) -> None:
@@ -1280,20 +1288,23 @@ def build_demo(resources: Resources) -> gr.Blocks:
         blocks.load(demo.keep_open, None, None, concurrency_limit=None,
                     show_progress="hidden", api_visibility="private")
     refuse_bad_inputs(blocks)
-    blocks.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
+    # api_open=False: no event may skip the queue, and with it the bound per client
+    blocks.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE, api_open=False)
     return blocks
 
 
-class FileLimits:
+class RequestLimits:
     """ASGI middleware for what visitors send and fetch: an upload request is refused before its
     body is read when it is over ``MAX_REQUEST_MB`` (413), names no length (411), or would take
     Gradio's files over ``MAX_STORED_MB`` (507); any other request body over ``MAX_BODY_KB``
     is refused (413, or cut off when it names no length); a file of a type not in
-    ``SERVED_FILE_TYPES`` is not served (403)."""
+    ``SERVED_FILE_TYPES`` is not served (403); a queue join is refused (429) while its client
+    has ``MAX_EVENTS_PER_CLIENT`` events waiting or running (``ClientEvents``)."""
 
-    def __init__(self, app):
+    def __init__(self, app, blocks: gr.Blocks):
         self.app = app
         self.arriving = 0  # bytes of the upload requests being received now
+        self.client_events = ClientEvents(blocks)
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path", "") if scope["type"] == "http" else ""
@@ -1313,13 +1324,17 @@ class FileLimits:
             length = dict(scope["headers"]).get(b"content-length", b"")
             if length.isdigit() and int(length) > MAX_BODY_KB * 1024:
                 message = f"A request may hold at most {MAX_BODY_KB} KB"
-                print(f"{PROG}: refused: {message}", file=sys.stderr, flush=True)
+                log_refusal(message)
                 await PlainTextResponse(message, status_code=413)(scope, receive, send)
                 return
-            await self.app(scope, bounded(receive, MAX_BODY_KB * 1024), send)
+            receive = bounded(receive, MAX_BODY_KB * 1024)
+            if path.endswith("/gradio_api/queue/join") and scope["method"] == "POST":
+                await self.client_events.join(self.app, scope, receive, send)
+                return
+            await self.app(scope, receive, send)
             return
         if "/file=" in path and Path(path).suffix.lower() not in SERVED_FILE_TYPES:
-            print(f"{PROG}: refused: a file of type {Path(path).suffix!r}", file=sys.stderr)
+            log_refusal(f"a file of type {Path(path).suffix!r}")
             await PlainTextResponse("Not served", status_code=403)(scope, receive, send)
             return
         await self.app(scope, receive, send)
@@ -1335,8 +1350,67 @@ class FileLimits:
             refusal = 507, "Uploads are full for now: try again in a few minutes"
         else:
             return None
-        print(f"{PROG}: refused: {refusal[1]}", file=sys.stderr, flush=True)
+        log_refusal(refusal[1])
         return refusal
+
+
+class ClientEvents:
+    """The events each client address has in Gradio's queue, waiting or running, at most
+    ``MAX_EVENTS_PER_CLIENT``. By address, not by session: a session hash is whatever the
+    client sends, so one client may invent any number of them. Behind a reverse proxy, uvicorn
+    must trust it (``FORWARDED_ALLOW_IPS``) for the address to be the visitor's.
+
+    A join counts from when it arrives; once Gradio answers with its event id, the event
+    counts until Gradio forgets that id (``Queue.event_ids_to_events``, which it empties when
+    an event completes, fails, is cancelled or its page goes), checked at the client's next
+    join."""
+
+    def __init__(self, blocks: gr.Blocks):
+        self.blocks = blocks
+        self.joining: dict[str, int] = {}  # address -> joins not answered yet
+        self.events: dict[str, set[str]] = {}  # address -> ids of its events, maybe ended
+
+    def count(self, client: str) -> int:
+        """Events ``client`` has waiting or running, joins not yet answered included."""
+        live = self.blocks._queue.event_ids_to_events
+        events = {event for event in self.events.pop(client, ()) if event in live}
+        if events:
+            self.events[client] = events
+        return len(events) + self.joining.get(client, 0)
+
+    async def join(self, app, scope, receive, send) -> None:
+        """Pass a queue join on to ``app``, or refuse it (429) when its client is at its
+        bound; note the event id Gradio answers with."""
+        client = scope["client"][0] if scope.get("client") else ""
+        if self.count(client) >= MAX_EVENTS_PER_CLIENT:
+            message = (f"At most {MAX_EVENTS_PER_CLIENT} requests of one address may wait or "
+                       "run at once: try again when one has finished")
+            log_refusal(f"{message} ({client})")
+            await PlainTextResponse(message, status_code=429)(scope, receive, send)
+            return
+        answer = bytearray()
+
+        async def send_noting_event(message):
+            if message["type"] == "http.response.body":
+                answer.extend(message.get("body", b""))
+                if not message.get("more_body"):
+                    self.note(client, bytes(answer))
+            await send(message)
+
+        self.joining[client] = self.joining.get(client, 0) + 1
+        try:
+            await app(scope, receive, send_noting_event)
+        finally:
+            self.joining[client] -= 1
+            if not self.joining[client]:
+                del self.joining[client]
+
+    def note(self, client: str, answer: bytes) -> None:
+        """Count the event of a join's answer (``{"event_id": ...}``; a refusal has none)."""
+        with contextlib.suppress(ValueError, AttributeError):
+            event = json.loads(answer).get("event_id")
+            if isinstance(event, str):
+                self.events.setdefault(client, set()).add(event)
 
 
 def bounded(receive, limit: int):
@@ -1372,7 +1446,7 @@ def launch(blocks: gr.Blocks, host: str, port: int, block: bool = True) -> str:
         server_name=host, server_port=port, share=False, ssr_mode=False, quiet=True,
         footer_links=[], run_history=False, prevent_thread_lock=True,
         max_file_size=f"{MAX_UPLOAD_MB}mb", allowed_paths=[], css=CSS,
-        app_kwargs={"middleware": [Middleware(FileLimits)]},
+        app_kwargs={"middleware": [Middleware(RequestLimits, blocks=blocks)]},
     )
     print(f"{PROG}: serving on {url}", flush=True)
     if block:
