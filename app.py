@@ -843,7 +843,9 @@ class Demo:
 
     async def seated(self, seat: Seat, sides: int, request) -> str:
         """"" once ``seat`` has an open play (the Play tab starts the default one), else why
-        not."""
+        not. The seat's frames are asked for as ``request``'s client address's."""
+        client = getattr(request, "client", None)
+        seat.client = client.host if client else None
         if seat.play is not None and not seat.play.closed:
             return ""
         if sides > 1:

@@ -185,6 +185,22 @@ def test_frames_waiting_together_are_made_in_the_same_forward_passes():
     scheduler.shutdown()
 
 
+def test_a_pass_makes_one_frame_of_each_client():
+    """A flood's many plays (sessions are free to invent) take one place in each pass: the
+    other client's frame is in the first pass, not behind or beside all of them."""
+    model, gate = CountingModel(), threading.Event()
+    scheduler = FrameScheduler()
+    busy = scheduler.submit(gate.wait)
+    flood = [scheduler.step(OnePassPlay(model, name), FORWARD, "10.0.0.1") for name in "abc"]
+    other = scheduler.step(OnePassPlay(model, "v"), FORWARD, "10.0.0.2")
+    gate.set()
+    busy.result()
+    for future in [*flood, other]:
+        future.result(timeout=5)
+    assert model.calls == [["a's feed", "v's feed"], ["b's feed"], ["c's feed"]]
+    scheduler.shutdown()
+
+
 def test_a_driver_whose_stream_is_dropped_plays_nothing_more_and_lets_go():
     scheduler, seat = seated_play(5)
 
