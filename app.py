@@ -161,6 +161,10 @@ MAX_REPEAT = 32  # at most MAX_QUEUED: a repeat is that many queued presses
 PLOT_SECONDS = 0.5
 PLOT_PLAYING_SECONDS = 5.0
 KEEP_OPEN_SECONDS = 10.0
+# A play's frames stop once this many of its session's messages wait unread: nobody reads
+# them (a join whose stream was never opened), so making more would only take the model from
+# others. A page or API client reads each as it comes.
+MAX_UNREAD_MESSAGES = 8
 MAX_UPLOAD_MB = 64  # per file; Gradio refuses a bigger upload before it is stored
 # Per upload request, all its files together: a scene's mp4 and its jsonl and json (8 x 63 MB
 # in one request stored 504 MB in 1.9 s). And for all of Gradio's files at once (uploads not
@@ -726,6 +730,7 @@ class Demo:
         # When each session last asked for something: API clients never close a tab, so their
         # plays and scenes are freed once idle (IDLE_SECONDS), by a thread of their own.
         self.last_active: dict[str, float] = {}
+        self.blocks: gr.Blocks | None = None  # the page, once built: its queue's messages
         threading.Thread(target=free_idle_sessions_forever, args=(weakref.ref(self),),
                          name="idle-sessions", daemon=True).start()
 
@@ -855,16 +860,19 @@ class Demo:
         self.replace_play(seat, play)
         return ""
 
-    async def drive(self, view: PlayView, seat: Seat, note: str = ""):
+    async def drive(self, view: PlayView, seat: Seat, request, note: str = ""):
         """Frame values while the seat's controls ask for frames, then the queue as it is
         left. While another event drives, nothing: its next frame shows this input, and a
         queue shown from here could reach the page after that driver's last values (a
-        generator's values are sent again when it completes) and stay there, stale."""
+        generator's values are sent again when it completes) and stay there, stale. Once
+        ``request``'s session leaves ``MAX_UNREAD_MESSAGES`` unread, the play stops."""
         made, play = False, seat.play
         follow = (PlaySession.score_pending if view.truth is not None and seat.show_truth
                   and play is not None and play.truth is not None else None)
         async for frame in seat.frames(self.scheduler, follow):
             made = True
+            if self.unread_messages(request) >= MAX_UNREAD_MESSAGES:
+                seat.controls.stop()
             yield view.frame_values(seat, note, frame)
         if made:
             yield view.frame_values(seat, note)
@@ -895,7 +903,7 @@ class Demo:
                 note = f"{refused} presses not queued: the queue holds {MAX_QUEUED}"
             if note:
                 gr.Warning(note)
-            async for values in self.drive(view, seat, note):
+            async for values in self.drive(view, seat, request, note):
                 yield values
 
         return step
@@ -924,10 +932,19 @@ class Demo:
                     return
                 if seat.controls.hold(name, control_action(name, 0.0, 0.0), order):
                     note = f"{CONTROLS[name][0]} not queued: the queue holds {MAX_QUEUED}"
-            async for values in self.drive(view, seat, note):
+            async for values in self.drive(view, seat, request, note):
                 yield values
 
         return control
+
+    def unread_messages(self, request) -> int:
+        """Messages of ``request``'s session that Gradio's queue holds, not yet read by its
+        page or API client (frames, mostly)."""
+        queue = getattr(self.blocks, "_queue", None)
+        session = getattr(request, "session_hash", None)
+        messages = (None if queue is None  # a Queue is falsy while no event waits
+                    else queue.pending_messages_per_session.get(session))
+        return messages.qsize() if messages is not None else 0
 
     def show_truth(self, view: PlayView):
         """Handler of the true-world toggle: show it (brought up to the newest frame, off the
@@ -1290,6 +1307,7 @@ def build_demo(resources: Resources) -> gr.Blocks:
         blocks.load(demo.keep_open, None, None, concurrency_limit=None,
                     show_progress="hidden", api_visibility="private")
     refuse_bad_inputs(blocks)
+    demo.blocks = blocks
     # api_open=False: no event may skip the queue, and with it the bound per client
     blocks.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE, api_open=False)
     return blocks

@@ -678,6 +678,32 @@ def test_a_floods_joins_over_the_bound_are_refused_until_its_events_end(served, 
             client.close()
 
 
+def test_a_play_whose_frames_nobody_reads_stops(served, monkeypatch):
+    """Issue 21: joins of repeat 32 whose streams were never opened made all 32 frames each,
+    taking the model from everyone else."""
+    url = served[0]
+    step_together, passes = stream_module.step_together, []
+
+    def counted_step_together(steps):
+        passes.append(len(steps))
+        return step_together(steps)
+
+    monkeypatch.setattr(stream_module, "step_together", counted_step_together)
+    config = httpx.get(f"{url}config").json()
+    forward = next(fn["id"] for fn in config["dependencies"]
+                   if fn.get("api_name") == "play_forward")
+    joined = httpx.post(f"{url}gradio_api/queue/join", json={
+        "data": [None, app.MAX_REPEAT, 0, 0], "fn_index": forward,
+        "session_hash": "never-read", "event_data": None, "trigger_id": None})
+    assert joined.status_code == 200
+    made = -1
+    deadline = time.monotonic() + 30
+    while made != len(passes) and time.monotonic() < deadline:  # until no frame comes
+        made = len(passes)
+        time.sleep(1.0)
+    assert 0 < made <= app.MAX_UNREAD_MESSAGES + 1
+
+
 def test_uploads_stop_when_gradios_files_are_full(served, tmp_path, monkeypatch):
     scene = tmp_path / "scene.jsonl"
     scene.write_text("{}\n" * 1000)
