@@ -707,6 +707,12 @@ def queue_text(seat: Seat | None) -> str:
     return f"Held: {held} · Queued: {queued or 'none'}"
 
 
+def client_address(request) -> str | None:
+    """The address ``request`` came from (the model's time is shared out by it), if known."""
+    client = getattr(request, "client", None)
+    return client.host if client else None
+
+
 def free_idle_sessions_forever(demo: weakref.ref) -> None:
     """Free idle sessions every ``SWEEP_SECONDS`` while the demo exists."""
     while (alive := demo()) is not None:
@@ -771,7 +777,7 @@ class Demo:
                 raise ValueError(f"seed must be a whole number in [0, 2**63), got {seed!r}")
             options = dataclasses.replace(options, seed=int(seed))
         play = self.scheduler.call(PlaySession, resources.model, resources.tokenizer, scene,
-                                   start, strategies, options)
+                                   start, strategies, options, client=client_address(request))
         if request is not None and request.session_hash:
             self.open_plays[(request.session_hash, len(strategies))] = play
         self.touch(request)
@@ -849,8 +855,7 @@ class Demo:
     async def seated(self, seat: Seat, sides: int, request) -> str:
         """"" once ``seat`` has an open play (the Play tab starts the default one), else why
         not. The seat's frames are asked for as ``request``'s client address's."""
-        client = getattr(request, "client", None)
-        seat.client = client.host if client else None
+        seat.client = client_address(request)
         if seat.play is not None and not seat.play.closed:
             return ""
         if sides > 1:

@@ -175,25 +175,27 @@ class FrameScheduler:
     def __init__(self, max_together: int = MAX_TOGETHER):
         self.max_together = max_together
         self._jobs: deque[Job] = deque()
+        self._last_clients: set[str] = set()  # whose work the previous pass did
         self._ready = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="model", daemon=True)
         self._thread.start()
 
-    def submit(self, fn: Callable, *args) -> Future:
-        """Run ``fn(*args)`` on the model's thread; its Future."""
-        return self._put(fn, args)
+    def submit(self, fn: Callable, *args, client: str | None = None) -> Future:
+        """Run ``fn(*args)`` on the model's thread, as ``client``'s work (see ``step``); its
+        Future."""
+        return self._put(fn, args, client)
 
     def step(self, play, action: dict, client: str | None = None) -> Future:
         """Step ``play`` with ``action`` on the model's thread, with other clients' frames
         waiting; a Future of the Frame made (None if the play had closed). ``client``: who
         asks (an address; None: a client of its own); frames of the same client are made in
-        separate passes."""
+        separate passes, and a client's work waits for another's that is waiting, once."""
         return self._put(None, (play, action), client)
 
-    def call(self, fn: Callable, *args):
+    def call(self, fn: Callable, *args, client: str | None = None):
         """Run ``fn(*args)`` on the model's thread and wait for its result (or exception)."""
-        return self.submit(fn, *args).result()
+        return self.submit(fn, *args, client=client).result()
 
     def shutdown(self) -> None:
         with self._ready:
@@ -213,14 +215,18 @@ class FrameScheduler:
         return future
 
     def _next_jobs(self) -> list[Job] | None:
-        """The oldest job, with the oldest frame waiting of every other client when it is a
-        frame; None once shut down."""
+        """The oldest job of a client the previous pass did not serve (else the oldest job),
+        with the oldest frame waiting of every other client when it is a frame; None once shut
+        down."""
         with self._ready:
             while not self._jobs and not self._closed:
                 self._ready.wait()
             if self._closed:
                 return None
-            first = self._jobs.popleft()
+            first = next((job for job in self._jobs if job.client not in self._last_clients),
+                         self._jobs[0])
+            self._jobs.remove(first)
+            self._last_clients = {first.client} - {None}
             if first.fn is not None:
                 return [first]
             frames, clients = [first], {first.client}
@@ -232,6 +238,7 @@ class FrameScheduler:
                     clients.add(job.client)
             for job in frames[1:]:
                 self._jobs.remove(job)
+            self._last_clients = clients - {None}
             return frames
 
     def _run(self) -> None:

@@ -201,6 +201,22 @@ def test_a_pass_makes_one_frame_of_each_client():
     scheduler.shutdown()
 
 
+def test_work_of_a_client_just_served_waits_once_for_another_clients():
+    """A flood's prefills (a play for every session it invents) do not all go before another
+    client's work: each waits for one of the other client's jobs."""
+    gate, done = threading.Event(), []
+    scheduler = FrameScheduler()
+    busy = scheduler.submit(gate.wait, client="10.0.0.1")
+    jobs = [scheduler.submit(done.append, name, client=client)
+            for name, client in [("flood 1", "10.0.0.1"), ("flood 2", "10.0.0.1"),
+                                 ("other", "10.0.0.2")]]
+    gate.set()
+    for job in [busy, *jobs]:
+        job.result(timeout=5)
+    assert done == ["other", "flood 1", "flood 2"]
+    scheduler.shutdown()
+
+
 def test_a_driver_whose_stream_is_dropped_plays_nothing_more_and_lets_go():
     scheduler, seat = seated_play(5)
 
