@@ -183,10 +183,12 @@ CAMERA_KEY_DEG = 15.0  # how far one arrow key turns the camera
 IDLE_SECONDS = 20 * 60  # a session that asks for nothing this long is freed (API clients too)
 SWEEP_SECONDS = 30.0  # how often idle sessions are looked for
 QUEUE_SIZE = 64
-# Events one client address may have waiting or running at once (a tab holds one always, the
-# one keeping its page's stream open, and while playing the key event that drives its frames):
-# one client cannot take the queue's QUEUE_SIZE places, nor more than its share of the model.
-MAX_EVENTS_PER_CLIENT = 4
+# Events one client address may have waiting or running at once, so that one client cannot
+# take the queue's QUEUE_SIZE places. A tab playing holds 2 (the event keeping its page's
+# stream open, the key event driving its frames) and, for moments, a timer tick and key
+# events: 4 would refuse a key up (a key then held for good) with two tabs open. Its share of
+# the model does not grow with its events: the scheduler makes one frame a client a pass.
+MAX_EVENTS_PER_CLIENT = 8
 MODEL_QUEUE = "model"  # the concurrency id of the events that prefill (frames do not wait)
 
 # Controls: name -> (button label, keyboard key as KeyboardEvent.key, lower-cased when one
