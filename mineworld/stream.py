@@ -11,7 +11,8 @@ A ``Seat`` is one player's place at the model (a tab of the page): the play it i
 replaced when it restarts, and its controls, which outlive a restart. ``Seat.frames`` drives.
 
 ``FrameScheduler`` owns the model's time: one thread runs every piece of model work (a frame, a
-prefill, a close) in the order asked, and makes the frames of every player waiting together,
+prefill, a close) in the order asked, except that a client the previous pass served lets
+another client's waiting work go first, and makes the frames of every player waiting together,
 in the same forward passes, one frame of each client at most. A driver has at most one frame
 asked for beyond the one being shown, so nobody's held key blocks another's, and a client with
 many plays (sessions are free to invent) gets a frame a pass, as one with a single play does.
@@ -163,7 +164,8 @@ class Job(NamedTuple):
 
 
 class FrameScheduler:
-    """One thread for all model work, first asked first run (see the module docstring).
+    """One thread for all model work, first asked first run but for a client just served
+    (see the module docstring).
 
     Frames asked for while others wait are made together: when the thread takes a frame, it
     takes the oldest frame waiting of every other client too (at most ``max_together``), and
