@@ -1395,15 +1395,16 @@ class ClientEvents:
     def __init__(self, blocks: gr.Blocks):
         self.blocks = blocks
         self.joining: dict[str, int] = {}  # address -> joins not answered yet
-        self.events: dict[str, set[str]] = {}  # address -> ids of its events, maybe ended
+        self.events: dict[str, set[str]] = {}  # address -> ids of its events (some may end)
 
     def count(self, client: str) -> int:
-        """Events ``client`` has waiting or running, joins not yet answered included."""
+        """Events ``client`` has waiting or running, joins not yet answered included. Every
+        address's ended events are forgotten here, so that only addresses with events in the
+        queue are kept."""
         live = self.blocks._queue.event_ids_to_events
-        events = {event for event in self.events.pop(client, ()) if event in live}
-        if events:
-            self.events[client] = events
-        return len(events) + self.joining.get(client, 0)
+        self.events = {address: running for address, events in self.events.items()
+                       if (running := {event for event in events if event in live})}
+        return len(self.events.get(client, ())) + self.joining.get(client, 0)
 
     async def join(self, app, scope, receive, send) -> None:
         """Pass a queue join on to ``app``, or refuse it (429) when its client is at its

@@ -625,6 +625,9 @@ def test_a_client_has_at_most_its_bound_of_events_in_the_queue(capsys):
     assert run(join_through(limits, "10.0.0.2")()) == 200  # another client is not affected
     queue.end("10.0.0.1")  # an event ended: its place is free again
     assert [run(join_through(limits, "10.0.0.1")()) for _ in range(2)] == [200, 429]
+    queue.end("10.0.0.2")
+    assert limits.client_events.count("10.0.0.1") == bound
+    assert set(limits.client_events.events) == {"10.0.0.1"}  # ended ones are not kept
     log = capsys.readouterr().err.splitlines()
     assert len(log) == 2 and all(f"At most {bound} requests" in line and "10.0.0.1" in line
                                  for line in log)
