@@ -18,8 +18,9 @@ the model makes frames; see the README's demo section. The strip, plots and scor
 frame's path.
 
 Limits (a page for strangers): uploads of at most ``MAX_UPLOAD_MB`` each and
-``MAX_REQUEST_MB`` a request, ``MAX_STORED_MB`` of Gradio's files in all (``FileLimits``), of the
-types the Scene panel names, deleted once read; the first ``mineworld.play.MAX_SCENE_FRAMES``
+``MAX_REQUEST_MB`` a request, ``MAX_STORED_MB`` of Gradio's files in all, of the types the Scene
+panel names, deleted once read; ``MAX_EVENTS_PER_CLIENT`` events waiting or running per client
+address (all in ``RequestLimits``); the first ``mineworld.play.MAX_SCENE_FRAMES``
 frames of a video; at most ``MAX_REPEAT`` repeats a click; the newest
 ``mineworld.play.KEPT_FRAMES`` frames (plots, video) kept per side; a session freed when its tab
 closes or after ``IDLE_SECONDS`` without a request; no file served but Gradio's own (its cache
@@ -166,6 +167,10 @@ MAX_REPEAT = 32  # at most MAX_QUEUED: a repeat is that many queued presses
 PLOT_SECONDS = 0.5
 PLOT_PLAYING_SECONDS = 5.0
 KEEP_OPEN_SECONDS = 10.0
+# A play's frames stop once this many of its session's messages wait unread: nobody reads
+# them (a join whose stream was never opened), so making more would only take the model from
+# others. A page or API client reads each as it comes.
+MAX_UNREAD_MESSAGES = 8
 MAX_UPLOAD_MB = 64  # per file; Gradio refuses a bigger upload before it is stored
 # Per upload request, all its files together: a scene's mp4 and its jsonl and json (8 x 63 MB
 # in one request stored 504 MB in 1.9 s). And for all of Gradio's files at once (uploads not
@@ -184,6 +189,12 @@ CAMERA_KEY_DEG = 15.0  # how far one arrow key turns the camera
 IDLE_SECONDS = 20 * 60  # a session that asks for nothing this long is freed (API clients too)
 SWEEP_SECONDS = 30.0  # how often idle sessions are looked for
 QUEUE_SIZE = 64
+# Events one client address may have waiting or running at once, so that one client cannot
+# take the queue's QUEUE_SIZE places. A tab playing holds 2 (the event keeping its page's
+# stream open, the key event driving its frames) and, for moments, a timer tick and key
+# events: 4 would refuse a key up (a key then held for good) with two tabs open. Its share of
+# the model does not grow with its events: the scheduler makes one frame a client a pass.
+MAX_EVENTS_PER_CLIENT = 8
 MODEL_QUEUE = "model"  # the concurrency id of the events that prefill (frames do not wait)
 
 # Controls: name -> (button label, keyboard key as KeyboardEvent.key, lower-cased when one
@@ -704,6 +715,12 @@ def queue_text(seat: Seat | None) -> str:
     return f"Held: {held} · Queued: {queued or 'none'}"
 
 
+def client_address(request) -> str | None:
+    """The address ``request`` came from (the model's time is shared out by it), if known."""
+    client = getattr(request, "client", None)
+    return client.host if client else None
+
+
 def free_idle_sessions_forever(demo: weakref.ref) -> None:
     """Free idle sessions every ``SWEEP_SECONDS`` while the demo exists."""
     while (alive := demo()) is not None:
@@ -727,6 +744,7 @@ class Demo:
         # When each session last asked for something: API clients never close a tab, so their
         # plays and scenes are freed once idle (IDLE_SECONDS), by a thread of their own.
         self.last_active: dict[str, float] = {}
+        self.blocks: gr.Blocks | None = None  # the page, once built: its queue's messages
         threading.Thread(target=free_idle_sessions_forever, args=(weakref.ref(self),),
                          name="idle-sessions", daemon=True).start()
 
@@ -767,7 +785,7 @@ class Demo:
                 raise ValueError(f"seed must be a whole number in [0, 2**63), got {seed!r}")
             options = dataclasses.replace(options, seed=int(seed))
         play = self.scheduler.call(PlaySession, resources.model, resources.tokenizer, scene,
-                                   start, strategies, options)
+                                   start, strategies, options, client=client_address(request))
         if request is not None and request.session_hash:
             self.open_plays[(request.session_hash, len(strategies))] = play
         self.touch(request)
@@ -844,7 +862,8 @@ class Demo:
 
     async def seated(self, seat: Seat, sides: int, request) -> str:
         """"" once ``seat`` has an open play (the Play tab starts the default one), else why
-        not."""
+        not. The seat's frames are asked for as ``request``'s client address's."""
+        seat.client = client_address(request)
         if seat.play is not None and not seat.play.closed:
             return ""
         if sides > 1:
@@ -854,16 +873,19 @@ class Demo:
         self.replace_play(seat, play)
         return ""
 
-    async def drive(self, view: PlayView, seat: Seat, note: str = ""):
+    async def drive(self, view: PlayView, seat: Seat, request, note: str = ""):
         """Frame values while the seat's controls ask for frames, then the queue as it is
         left. While another event drives, nothing: its next frame shows this input, and a
         queue shown from here could reach the page after that driver's last values (a
-        generator's values are sent again when it completes) and stay there, stale."""
+        generator's values are sent again when it completes) and stay there, stale. Once
+        ``request``'s session leaves ``MAX_UNREAD_MESSAGES`` unread, the play stops."""
         made, play = False, seat.play
         follow = (PlaySession.score_pending if view.truth is not None and seat.show_truth
                   and play is not None and play.truth is not None else None)
         async for frame in seat.frames(self.scheduler, follow):
             made = True
+            if self.unread_messages(request) >= MAX_UNREAD_MESSAGES:
+                seat.controls.stop()
             yield view.frame_values(seat, note, frame)
         if made:
             yield view.frame_values(seat, note)
@@ -894,7 +916,7 @@ class Demo:
                 note = f"{refused} presses not queued: the queue holds {MAX_QUEUED}"
             if note:
                 gr.Warning(note)
-            async for values in self.drive(view, seat, note):
+            async for values in self.drive(view, seat, request, note):
                 yield values
 
         return step
@@ -923,10 +945,19 @@ class Demo:
                     return
                 if seat.controls.hold(name, control_action(name, 0.0, 0.0), order):
                     note = f"{CONTROLS[name][0]} not queued: the queue holds {MAX_QUEUED}"
-            async for values in self.drive(view, seat, note):
+            async for values in self.drive(view, seat, request, note):
                 yield values
 
         return control
+
+    def unread_messages(self, request) -> int:
+        """Messages of ``request``'s session that Gradio's queue holds, not yet read by its
+        page or API client (frames, mostly)."""
+        queue = getattr(self.blocks, "_queue", None)
+        session = getattr(request, "session_hash", None)
+        messages = (None if queue is None  # a Queue is falsy while no event waits
+                    else queue.pending_messages_per_session.get(session))
+        return messages.qsize() if messages is not None else 0
 
     def show_truth(self, view: PlayView):
         """Handler of the true-world toggle: show it (brought up to the newest frame, off the
@@ -963,15 +994,18 @@ class Demo:
 
         return refresh
 
-    @staticmethod
-    async def keep_open():
+    async def keep_open(self, request: gr.Request):
         """Handler pending as long as its tab is open. Gradio's page keeps its event stream
         open only while one of its events is pending; with this one, a key's frame goes out
         at once instead of after a new connection (measured with 26 ms frames: tap ->
         painted p50 191 -> 150 ms, p95 263 -> 181 ms on the busy 2-core host). It ends at
-        the first yield after the tab has gone."""
+        the first yield after the tab has gone, or once its session is freed (idle, or never
+        started): a join whose stream is never read would otherwise hold its client's place
+        in the queue (``MAX_EVENTS_PER_CLIENT``) for good."""
         while True:
             await asyncio.sleep(KEEP_OPEN_SECONDS)
+            if request.session_hash not in self.last_active:
+                return
             yield
 
     def forget(self, request: gr.Request) -> None:
@@ -1286,20 +1320,24 @@ def build_demo(resources: Resources) -> gr.Blocks:
         blocks.load(demo.keep_open, None, None, concurrency_limit=None,
                     show_progress="hidden", api_visibility="private")
     refuse_bad_inputs(blocks)
-    blocks.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
+    demo.blocks = blocks
+    # api_open=False: no event may skip the queue, and with it the bound per client
+    blocks.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE, api_open=False)
     return blocks
 
 
-class FileLimits:
+class RequestLimits:
     """ASGI middleware for what visitors send and fetch: an upload request is refused before its
     body is read when it is over ``MAX_REQUEST_MB`` (413), names no length (411), or would take
     Gradio's files over ``MAX_STORED_MB`` (507); any other request body over ``MAX_BODY_KB``
     is refused (413, or cut off when it names no length); a file of a type not in
-    ``SERVED_FILE_TYPES`` is not served (403)."""
+    ``SERVED_FILE_TYPES`` is not served (403); a queue join is refused (429) while its client
+    has ``MAX_EVENTS_PER_CLIENT`` events waiting or running (``ClientEvents``)."""
 
-    def __init__(self, app):
+    def __init__(self, app, blocks: gr.Blocks):
         self.app = app
         self.arriving = 0  # bytes of the upload requests being received now
+        self.client_events = ClientEvents(blocks)
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path", "") if scope["type"] == "http" else ""
@@ -1319,13 +1357,17 @@ class FileLimits:
             length = dict(scope["headers"]).get(b"content-length", b"")
             if length.isdigit() and int(length) > MAX_BODY_KB * 1024:
                 message = f"A request may hold at most {MAX_BODY_KB} KB"
-                print(f"{PROG}: refused: {message}", file=sys.stderr, flush=True)
+                log_refusal(message)
                 await PlainTextResponse(message, status_code=413)(scope, receive, send)
                 return
-            await self.app(scope, bounded(receive, MAX_BODY_KB * 1024), send)
+            receive = bounded(receive, MAX_BODY_KB * 1024)
+            if path.endswith("/gradio_api/queue/join") and scope["method"] == "POST":
+                await self.client_events.join(self.app, scope, receive, send)
+                return
+            await self.app(scope, receive, send)
             return
         if "/file=" in path and Path(path).suffix.lower() not in SERVED_FILE_TYPES:
-            print(f"{PROG}: refused: a file of type {Path(path).suffix!r}", file=sys.stderr)
+            log_refusal(f"a file of type {Path(path).suffix!r}")
             await PlainTextResponse("Not served", status_code=403)(scope, receive, send)
             return
         await self.app(scope, receive, send)
@@ -1341,8 +1383,68 @@ class FileLimits:
             refusal = 507, "Uploads are full for now: try again in a few minutes"
         else:
             return None
-        print(f"{PROG}: refused: {refusal[1]}", file=sys.stderr, flush=True)
+        log_refusal(refusal[1])
         return refusal
+
+
+class ClientEvents:
+    """The events each client address has in Gradio's queue, waiting or running, at most
+    ``MAX_EVENTS_PER_CLIENT``. By address, not by session: a session hash is whatever the
+    client sends, so one client may invent any number of them. Behind a reverse proxy, uvicorn
+    must trust it (``FORWARDED_ALLOW_IPS``) for the address to be the visitor's.
+
+    A join counts from when it arrives; once Gradio answers with its event id, the event
+    counts until Gradio forgets that id (``Queue.event_ids_to_events``, which it empties when
+    an event completes, fails, is cancelled or its page goes), checked at the client's next
+    join."""
+
+    def __init__(self, blocks: gr.Blocks):
+        self.blocks = blocks
+        self.joining: dict[str, int] = {}  # address -> joins not answered yet
+        self.events: dict[str, set[str]] = {}  # address -> ids of its events (some may end)
+
+    def count(self, client: str) -> int:
+        """Events ``client`` has waiting or running, joins not yet answered included. Every
+        address's ended events are forgotten here, so that only addresses with events in the
+        queue are kept."""
+        live = self.blocks._queue.event_ids_to_events
+        self.events = {address: running for address, events in self.events.items()
+                       if (running := {event for event in events if event in live})}
+        return len(self.events.get(client, ())) + self.joining.get(client, 0)
+
+    async def join(self, app, scope, receive, send) -> None:
+        """Pass a queue join on to ``app``, or refuse it (429) when its client is at its
+        bound; note the event id Gradio answers with."""
+        client = scope["client"][0] if scope.get("client") else ""
+        if self.count(client) >= MAX_EVENTS_PER_CLIENT:
+            message = (f"At most {MAX_EVENTS_PER_CLIENT} requests of one address may wait or "
+                       "run at once: try again when one has finished")
+            log_refusal(f"{message} ({client})")
+            await PlainTextResponse(message, status_code=429)(scope, receive, send)
+            return
+        answer = bytearray()
+
+        async def send_noting_event(message):
+            if message["type"] == "http.response.body":
+                answer.extend(message.get("body", b""))
+                if not message.get("more_body"):
+                    self.note(client, bytes(answer))
+            await send(message)
+
+        self.joining[client] = self.joining.get(client, 0) + 1
+        try:
+            await app(scope, receive, send_noting_event)
+        finally:
+            self.joining[client] -= 1
+            if not self.joining[client]:
+                del self.joining[client]
+
+    def note(self, client: str, answer: bytes) -> None:
+        """Count the event of a join's answer (``{"event_id": ...}``; a refusal has none)."""
+        with contextlib.suppress(ValueError, AttributeError):
+            event = json.loads(answer).get("event_id")
+            if isinstance(event, str):
+                self.events.setdefault(client, set()).add(event)
 
 
 def bounded(receive, limit: int):
@@ -1378,7 +1480,7 @@ def launch(blocks: gr.Blocks, host: str, port: int, block: bool = True) -> str:
         server_name=host, server_port=port, share=False, ssr_mode=False, quiet=True,
         footer_links=[], run_history=False, prevent_thread_lock=True,
         max_file_size=f"{MAX_UPLOAD_MB}mb", allowed_paths=[], css=CSS,
-        app_kwargs={"middleware": [Middleware(FileLimits)]},
+        app_kwargs={"middleware": [Middleware(RequestLimits, blocks=blocks)]},
     )
     print(f"{PROG}: serving on {url}", flush=True)
     if block:

@@ -3,6 +3,7 @@
     python -m benchmarks.app_load                      # 8 clients x 10 steps, 100 cycles
     python -m benchmarks.app_load --clients 4 --steps 3 --cycles 20
     python -m benchmarks.app_load --part attacks       # only the attacks (about a minute)
+    python -m benchmarks.app_load --part flood         # a victim's step while another floods
 
 Starts ``python app.py`` (the embedded model, a bounded cache) as a child process and drives
 it with ``gradio_client`` (one Client is one browser session):
@@ -18,6 +19,17 @@ it with ``gradio_client`` (one Client is one browser session):
    or bounded as the README's limits table says; the server's RSS is sampled every 10 ms
    while each runs (``ATTACK_RSS_MB`` at most), and the memory of one session holding the
    largest scene is measured, then freed when it closes.
+4. A flood (``--part flood`` alone): a victim's single step, timed ``--steps`` times idle and
+   ``--steps`` times while another client floods, in 3 alternate rounds; two floods, each a
+   repeat of ``MAX_REPEAT`` again and again: joins with a fresh session each time (sessions
+   are free to invent) as fast as the server answers, never reading the frames; and one
+   session looping, reading its frames. The victim's median and p95 under each flood are
+   printed against its idle ones (goal: a median at most ``FLOOD_GOAL`` times), with the
+   flood's requests taken and refused (429: its address has ``app.MAX_EVENTS_PER_CLIENT``
+   events in the queue).
+
+Each client comes from its own address (``X-Forwarded-For``, which uvicorn trusts from
+127.0.0.1, as from a reverse proxy): the app bounds the events of one address.
 
 Prints the figures; exit status 1 if a check fails.
 """
@@ -42,7 +54,7 @@ import numpy as np
 from gradio_client import Client
 from PIL import Image
 
-from benchmarks.common import print_machine
+from benchmarks.common import percentile, print_machine
 from mineworld.actions import make_action
 from mineworld.play import MAX_SUPERSAMPLE, MAX_WORLD_SCALE
 from mineworld.world import Game
@@ -97,9 +109,18 @@ def frame_of(path: str, width: int, height: int) -> np.ndarray:
     return image[scale // 2 :: scale, scale // 2 :: scale][:height, :width]
 
 
+def visitor(url: str, number: int) -> Client:
+    """A client (one session) from its own address, 10.0.0.``number``."""
+    return Client(url, verbose=False, headers={"X-Forwarded-For": visitor_address(number)})
+
+
+def visitor_address(number: int) -> str:
+    return f"10.0.{number // 250}.{number % 250 + 1}"
+
+
 def concurrent_players(url: str, clients: int, steps: int, size) -> dict[int, tuple]:
     """{client: (start, control, frames seen)}; raises if a reply reports another count."""
-    connected = [Client(url, verbose=False) for _ in range(clients)]  # one by one: API info
+    connected = [visitor(url, index) for index in range(clients)]  # one by one: API info
 
     def play(index: int):
         client, control, start = connected[index], CONTROLS[index % len(CONTROLS)], 3 + index
@@ -332,6 +353,103 @@ def attacks(url: str, pid: int, log: Path, folder: Path) -> bool:
     return ok
 
 
+FLOOD_GOAL = 2.0  # a victim's step under a flood, at most this many times its idle time
+FLOOD_SETTLE_SECONDS = 2.0  # for the flood to fill its places, or its last plays to stop
+FLOOD_ROUNDS = 3
+
+
+def timed_steps(client: Client, steps: int) -> list[float]:
+    """Seconds of each of ``steps`` single steps of ``client``, one after another."""
+    seconds = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        client.predict(1, 0, 0, api_name="/play_forward")
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def unread_joins(url: str, address: str, stop: threading.Event) -> dict[int, int]:
+    """Join a repeat of ``MAX_REPEAT`` forward, a fresh session each time, from ``address``,
+    until ``stop``; never read a frame. {HTTP status: joins answered so}."""
+    import httpx
+
+    from app import MAX_REPEAT
+
+    config = httpx.get(f"{url}config").json()
+    forward = next(fn["id"] for fn in config["dependencies"]
+                   if fn.get("api_name") == "play_forward")
+    statuses: dict[int, int] = {}
+    with httpx.Client(headers={"X-Forwarded-For": address}, timeout=30) as http:
+        while not stop.is_set():
+            body = {"data": [None, MAX_REPEAT, 0, 0], "fn_index": forward,
+                    "session_hash": os.urandom(8).hex(), "event_data": None,
+                    "trigger_id": None}
+            status = http.post(f"{url}gradio_api/queue/join", json=body).status_code
+            statuses[status] = statuses.get(status, 0) + 1
+            if status != 200:
+                time.sleep(0.01)  # refused: at once again, nearly
+    return statuses
+
+
+def looped_repeats(url: str, address: str, stop: threading.Event) -> dict[int, int]:
+    """One client from ``address`` playing a repeat of ``MAX_REPEAT`` forward again and
+    again, reading every frame, until ``stop``. {200: repeats played}."""
+    from app import MAX_REPEAT
+
+    client = Client(url, verbose=False, headers={"X-Forwarded-For": address})
+    played = 0
+    while not stop.is_set():
+        client.predict(MAX_REPEAT, 0, 0, api_name="/play_forward")
+        played += 1
+    client.close()
+    return {200: played}
+
+
+# How a flood is made: {name: (what it does, the function that does it)}.
+FLOODS = {
+    "unread": ("joins in fresh sessions, never read", unread_joins),
+    "looped": ("one session looping repeats, read", looped_repeats),
+}
+
+
+def flood(url: str, steps: int, kind: str) -> bool:
+    """A victim's single steps idle and under a flood (``FLOODS[kind]``) from another
+    address, in alternate rounds (``FLOOD_ROUNDS``, ``steps`` each way a round: the host's
+    other load drifts); True when its median under the flood is within ``FLOOD_GOAL`` of its
+    idle median."""
+    what, flooder = FLOODS[kind]
+    victim = visitor(url, 0)
+    victim.predict(3, api_name="/reset")
+    timed_steps(victim, 2)  # warm-up
+    idle, flooded, statuses = [], [], {}
+    for _round in range(FLOOD_ROUNDS):
+        idle += timed_steps(victim, steps)
+        stop = threading.Event()
+        with ThreadPoolExecutor(1) as pool:
+            flooding = pool.submit(flooder, url, visitor_address(1), stop)
+            time.sleep(FLOOD_SETTLE_SECONDS)
+            try:
+                flooded += timed_steps(victim, steps)
+            finally:
+                stop.set()
+            for status, count in flooding.result().items():
+                statuses[status] = statuses.get(status, 0) + count
+        time.sleep(FLOOD_SETTLE_SECONDS)  # the flood's last plays stop: nobody reads them
+    victim.close()
+    (idle_median, idle_p95), (median, p95) = ((percentile(seconds, 50), percentile(seconds, 95))
+                                              for seconds in (idle, flooded))
+    passed = median <= FLOOD_GOAL * idle_median and set(statuses) <= {200, 429}
+    taken, refused = statuses.pop(200, 0), statuses.pop(429, 0)
+    print(f"- flood of repeats of 32, {what}: a victim's single step ({len(idle)} timed each "
+          f"way, {FLOOD_ROUNDS} alternate rounds) idle median {idle_median:.3f} s, p95 "
+          f"{idle_p95:.3f} s; under the flood median {median:.3f} s, p95 {p95:.3f} s: "
+          f"{median / idle_median:.2f}x and {p95 / idle_p95:.2f}x (goal: median at most "
+          f"{FLOOD_GOAL:g}x); the flood's requests {taken + refused + sum(statuses.values())}, "
+          f"taken {taken}, refused (429) {refused}, otherwise answered {statuses or 'none'} "
+          f"[{'ok' if passed else 'FAILED'}]")
+    return passed
+
+
 def load(url: str, pid: int, args: argparse.Namespace) -> bool:
     """Concurrent players, then open/close cycles; True when every check passes."""
     from mineworld.embedded import MODEL_DIR
@@ -376,8 +494,8 @@ def main(argv=None) -> int:
                         help="seconds to wait for closed sessions' unload (default: 30)")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip the offline replay of every client's frames")
-    parser.add_argument("--part", choices=["all", "load", "attacks"], default="all",
-                        help="the load test, the attacks, or both (default)")
+    parser.add_argument("--part", choices=["all", "load", "attacks", "flood"], default="all",
+                        help="the load test, the attacks, the flood, or all (default)")
     args = parser.parse_args(argv)
     print_machine("app load test: python app.py on 127.0.0.1, driven by gradio_client")
     ok = True
@@ -395,6 +513,10 @@ def main(argv=None) -> int:
             if args.part in ("all", "attacks"):
                 print("attacks of issue 21 through the API:")
                 ok &= attacks(url, server.pid, log, Path(temp))
+            if args.part in ("all", "flood"):
+                print("floods from one address against another's steps:")
+                for kind in FLOODS:
+                    ok &= flood(url, args.steps, kind)
         finally:
             server.terminate()
             server.wait(timeout=30)

@@ -11,9 +11,11 @@ A ``Seat`` is one player's place at the model (a tab of the page): the play it i
 replaced when it restarts, and its controls, which outlive a restart. ``Seat.frames`` drives.
 
 ``FrameScheduler`` owns the model's time: one thread runs every piece of model work (a frame, a
-prefill, a close) in the order asked, and makes the frames of every player waiting together,
-in the same forward passes. A driver has at most one frame asked for beyond the one being
-shown, so nobody's held key blocks another's.
+prefill, a close) in the order asked, except that a client the previous pass served lets
+another client's waiting work go first, and makes the frames of every player waiting together,
+in the same forward passes, one frame of each client at most. A driver has at most one frame
+asked for beyond the one being shown, so nobody's held key blocks another's, and a client with
+many plays (sessions are free to invent) gets a frame a pass, as one with a single play does.
 """
 
 from __future__ import annotations
@@ -151,84 +153,110 @@ class Frame(NamedTuple):
     images: list
 
 
+class Job(NamedTuple):
+    """Model work asked for: ``fn(*args)``, or a frame (``fn`` None, ``args`` the play and its
+    action) of ``client``'s (None: a client of its own)."""
+
+    future: Future
+    fn: Callable | None
+    args: tuple
+    client: str | None = None
+
+
 class FrameScheduler:
-    """One thread for all model work, first asked first run (see the module docstring).
+    """One thread for all model work, first asked first run but for a client just served
+    (see the module docstring).
 
     Frames asked for while others wait are made together: when the thread takes a frame, it
-    takes every other frame waiting too (at most ``max_together``), and their forward passes
-    run as one (``mineworld.decoding.run_together``): N players share each pass's fixed cost,
-    and get the frames each would get alone."""
+    takes the oldest frame waiting of every other client too (at most ``max_together``), and
+    their forward passes run as one (``mineworld.decoding.run_together``): N players share
+    each pass's fixed cost, and get the frames each would get alone. One frame a client, so
+    that a pass, and so another client's wait, grows with the clients playing, not with the
+    plays one client keeps going."""
 
     def __init__(self, max_together: int = MAX_TOGETHER):
         self.max_together = max_together
-        self._jobs: deque[tuple[Future, Callable | None, tuple]] = deque()
+        self._jobs: deque[Job] = deque()
+        self._last_clients: set[str] = set()  # whose work the previous pass did
         self._ready = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="model", daemon=True)
         self._thread.start()
 
-    def submit(self, fn: Callable, *args) -> Future:
-        """Run ``fn(*args)`` on the model's thread; its Future."""
-        return self._put(fn, args)
+    def submit(self, fn: Callable, *args, client: str | None = None) -> Future:
+        """Run ``fn(*args)`` on the model's thread, as ``client``'s work (see ``step``); its
+        Future."""
+        return self._put(fn, args, client)
 
-    def step(self, play, action: dict) -> Future:
-        """Step ``play`` with ``action`` on the model's thread, with any other frames waiting;
-        a Future of the Frame made (None if the play had closed)."""
-        return self._put(None, (play, action))
+    def step(self, play, action: dict, client: str | None = None) -> Future:
+        """Step ``play`` with ``action`` on the model's thread, with other clients' frames
+        waiting; a Future of the Frame made (None if the play had closed). ``client``: who
+        asks (an address; None: a client of its own); frames of the same client are made in
+        separate passes, and a client's work waits for another's that is waiting, once."""
+        return self._put(None, (play, action), client)
 
-    def call(self, fn: Callable, *args):
+    def call(self, fn: Callable, *args, client: str | None = None):
         """Run ``fn(*args)`` on the model's thread and wait for its result (or exception)."""
-        return self.submit(fn, *args).result()
+        return self.submit(fn, *args, client=client).result()
 
     def shutdown(self) -> None:
         with self._ready:
             self._closed = True
-            for future, _fn, _args in self._jobs:
-                future.cancel()
+            for job in self._jobs:
+                job.future.cancel()
             self._jobs.clear()
             self._ready.notify()
 
-    def _put(self, fn: Callable | None, args: tuple) -> Future:
+    def _put(self, fn: Callable | None, args: tuple, client: str | None = None) -> Future:
         future: Future = Future()
         with self._ready:
             if self._closed:
                 raise RuntimeError("the frame scheduler has shut down")
-            self._jobs.append((future, fn, args))
+            self._jobs.append(Job(future, fn, args, client))
             self._ready.notify()
         return future
 
-    def _next_jobs(self) -> list[tuple[Future, Callable | None, tuple]] | None:
-        """The oldest job, with every other frame waiting when it is a frame; None once shut
+    def _next_jobs(self) -> list[Job] | None:
+        """The oldest job of a client the previous pass did not serve (else the oldest job),
+        with the oldest frame waiting of every other client when it is a frame; None once shut
         down."""
         with self._ready:
             while not self._jobs and not self._closed:
                 self._ready.wait()
             if self._closed:
                 return None
-            first = self._jobs.popleft()
-            if first[1] is not None:
+            first = next((job for job in self._jobs if job.client not in self._last_clients),
+                         self._jobs[0])
+            self._jobs.remove(first)
+            self._last_clients = {first.client} - {None}
+            if first.fn is not None:
                 return [first]
-            frames = [first] + [job for job in self._jobs if job[1] is None][
-                : self.max_together - 1]
+            frames, clients = [first], {first.client}
+            for job in self._jobs:
+                if len(frames) == self.max_together:
+                    break
+                if job.fn is None and (job.client is None or job.client not in clients):
+                    frames.append(job)
+                    clients.add(job.client)
             for job in frames[1:]:
                 self._jobs.remove(job)
+            self._last_clients = clients - {None}
             return frames
 
     def _run(self) -> None:
         while (jobs := self._next_jobs()) is not None:
-            jobs = [job for job in jobs if job[0].set_running_or_notify_cancel()]
+            jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]
             try:
-                if len(jobs) == 1 and jobs[0][1] is not None:
-                    future, fn, args = jobs[0]
-                    future.set_result(fn(*args))
+                if len(jobs) == 1 and jobs[0].fn is not None:
+                    jobs[0].future.set_result(jobs[0].fn(*jobs[0].args))
                 else:
-                    frames = step_together([args for _future, _fn, args in jobs])
-                    for (future, _fn, _args), frame in zip(jobs, frames, strict=True):
-                        future.set_result(frame)
+                    frames = step_together([job.args for job in jobs])
+                    for job, frame in zip(jobs, frames, strict=True):
+                        job.future.set_result(frame)
             except Exception as error:  # the callers' to see, not the thread's end
-                for future, _fn, _args in jobs:
-                    if not future.done():
-                        future.set_exception(error)
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(error)
 
 
 def step_together(steps: list[tuple]) -> list[Frame | None]:
@@ -248,11 +276,13 @@ def step_together(steps: list[tuple]) -> list[Frame | None]:
 
 
 class Seat:
-    """One player's current play (``mineworld.play.PlaySession`` or None) and controls."""
+    """One player's current play (``mineworld.play.PlaySession`` or None) and controls, and
+    who plays it (``client``, an address: the scheduler makes one frame a client a pass)."""
 
     def __init__(self):
         self.play = None
         self.controls = Controls()
+        self.client: str | None = None
         self.shown, self.shown_at = None, 0.0  # what the page's plots show, since when
         self.show_truth = True  # the true world's frame beside the generated one
 
@@ -296,5 +326,5 @@ class Seat:
         action = self.controls.next_action()
         if action is None:
             return None
-        return asyncio.wrap_future(scheduler.step(self.play, action))
+        return asyncio.wrap_future(scheduler.step(self.play, action, self.client))
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from types import SimpleNamespace
 
 import httpx
@@ -29,6 +29,7 @@ from PIL import Image
 import app
 from cache import STRATEGIES, declared
 from mineworld import play as play_module
+from mineworld import stream as stream_module
 from mineworld.actions import make_action
 from mineworld.config import preset_path
 from mineworld.decoding import Sampling
@@ -69,6 +70,12 @@ def free_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def visitor(url, address):
+    """A client (one session) whose address the server takes to be ``address``: uvicorn trusts
+    X-Forwarded-For from 127.0.0.1, as it would from a reverse proxy there."""
+    return Client(url, verbose=False, headers={"X-Forwarded-For": address})
 
 
 @pytest.fixture(scope="module")
@@ -447,6 +454,25 @@ def quickly_idle(scene_mp4, tmp_path, monkeypatch):
     blocks.close()
 
 
+def test_keeping_a_page_open_ends_once_its_session_is_not_active(served, monkeypatch):
+    """A join whose stream nobody reads is never cleaned up by Gradio: the handler that keeps
+    a page's stream open ends by itself, freeing its client's place in the queue."""
+    monkeypatch.setattr(app, "KEEP_OPEN_SECONDS", 0)
+    demo = app.Demo(served[1])
+
+    async def ticks(session, most=3):
+        count = 0
+        async for _tick in demo.keep_open(SimpleNamespace(session_hash=session)):
+            count += 1
+            if count == most:
+                break
+        return count
+
+    demo.touch(SimpleNamespace(session_hash="playing"))
+    assert app.asyncio.run(ticks("playing")) == 3
+    assert app.asyncio.run(ticks("never-started")) == 0
+
+
 def test_an_idle_api_client_loses_its_uploaded_scene_and_play(quickly_idle, tmp_path):
     others = live_plays()
     client = Client(quickly_idle, verbose=False)
@@ -476,7 +502,7 @@ def test_a_bad_parameter_returns_the_validation_message(served):
 def test_two_clients_stepping_at_once_get_their_own_frames(served):
     url, resources = served
     starts = {1: 1, 2: 6}  # seed: start frame, distinct for each client
-    clients = {seed: Client(url, verbose=False) for seed in starts}
+    clients = {seed: visitor(url, f"10.0.2.{seed}") for seed in starts}
     for seed, client in clients.items():
         client.predict(starts[seed], seed, api_name="/reset")
     with ThreadPoolExecutor(2) as pool:
@@ -550,6 +576,139 @@ def test_any_other_request_body_over_the_limit_is_refused(served):
                           headers={"Content-Type": "application/json"})
     assert not response.is_success
     assert Client(url, verbose=False).predict(1, api_name="/reset")  # the page still plays
+
+
+class StandInQueue:
+    """An ASGI app answering queue joins as Gradio does, its events live in
+    ``event_ids_to_events`` until ended; ``hold`` keeps a join unanswered until set."""
+
+    def __init__(self):
+        self._queue = SimpleNamespace(event_ids_to_events={})
+        self.hold = None
+
+    async def __call__(self, scope, receive, send):
+        if self.hold is not None:
+            await self.hold.wait()
+        event = f"event-{len(self._queue.event_ids_to_events)}-{time.perf_counter_ns()}"
+        self._queue.event_ids_to_events[event] = scope["client"][0]
+        await app.PlainTextResponse(json.dumps({"event_id": event}))(scope, receive, send)
+
+    def end(self, client):
+        """One event of ``client`` completes (or fails, or is cancelled)."""
+        live = self._queue.event_ids_to_events
+        live.pop(next(event for event, owner in live.items() if owner == client))
+
+
+def join_through(limits, client):
+    """The HTTP status of a queue join from ``client`` through the middleware ``limits``."""
+    scope = {"type": "http", "method": "POST", "path": "/gradio_api/queue/join",
+             "headers": [(b"content-length", b"2")], "client": (client, 5000)}
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    async def join():
+        await limits(scope, receive, send)
+        return sent[0]["status"]
+
+    return join
+
+
+def test_a_client_has_at_most_its_bound_of_events_in_the_queue(capsys):
+    """Issue 21: one client filled all 64 queue places, and everyone else got 503."""
+    queue = StandInQueue()
+    limits = app.RequestLimits(queue, blocks=queue)
+    run = app.asyncio.run
+    bound = app.MAX_EVENTS_PER_CLIENT
+    assert [run(join_through(limits, "10.0.0.1")()) for _ in range(bound + 1)] == (
+        [200] * bound + [429])
+    assert run(join_through(limits, "10.0.0.2")()) == 200  # another client is not affected
+    queue.end("10.0.0.1")  # an event ended: its place is free again
+    assert [run(join_through(limits, "10.0.0.1")()) for _ in range(2)] == [200, 429]
+    queue.end("10.0.0.2")
+    assert limits.client_events.count("10.0.0.1") == bound
+    assert set(limits.client_events.events) == {"10.0.0.1"}  # ended ones are not kept
+    log = capsys.readouterr().err.splitlines()
+    assert len(log) == 2 and all(f"At most {bound} requests" in line and "10.0.0.1" in line
+                                 for line in log)
+
+
+def test_joins_not_answered_yet_count_toward_the_bound():
+    """A burst of joins at once: each counts from its arrival, before Gradio has queued it."""
+    queue = StandInQueue()
+    limits = app.RequestLimits(queue, blocks=queue)
+    bound = app.MAX_EVENTS_PER_CLIENT
+
+    async def burst():
+        queue.hold = app.asyncio.Event()
+        joins = [app.asyncio.create_task(join_through(limits, "10.0.0.1")())
+                 for _ in range(bound + 3)]
+        await app.asyncio.sleep(0.05)  # every join has arrived, none answered
+        queue.hold.set()
+        return sorted(await app.asyncio.gather(*joins))
+
+    assert app.asyncio.run(burst()) == [200] * bound + [429] * 3
+
+
+def test_a_floods_joins_over_the_bound_are_refused_until_its_events_end(served, monkeypatch):
+    """Sessions are free to invent: one address with a play in each of many sessions, each a
+    repeat of 32, has at most its bound in work; another client plays meanwhile; once the
+    flood's events end, its places are free again."""
+    url = served[0]
+    bound = app.MAX_EVENTS_PER_CLIENT
+    step_together = stream_module.step_together
+
+    def slow_step_together(steps):  # every frame slow: 32 outlast the test's other requests
+        time.sleep(0.05)
+        return step_together(steps)
+
+    monkeypatch.setattr(stream_module, "step_together", slow_step_together)
+    flood = [visitor(url, "10.0.1.1") for _ in range(bound + 1)]
+    other = visitor(url, "10.0.1.2")
+    try:
+        jobs = [client.submit(app.MAX_REPEAT, 0, 0, api_name="/play_forward")
+                for client in flood]
+        done, _running = wait([job.future for job in jobs], return_when=FIRST_COMPLETED)
+        [refused] = [job for job in jobs if job.future in done]
+        assert "429" in str(refused.exception())
+        assert "1 frames played" in other.predict(1, 0, 0, api_name="/play_jump")[0]
+        for job in jobs:
+            if job is not refused:
+                assert f"{app.MAX_REPEAT} frames played" in job.result()[0]
+        assert "frames played" in flood[0].predict(1, 0, 0, api_name="/play_jump")[0]
+    finally:
+        for client in [*flood, other]:
+            client.close()
+
+
+def test_a_play_whose_frames_nobody_reads_stops(served, monkeypatch):
+    """Issue 21: joins of repeat 32 whose streams were never opened made all 32 frames each,
+    taking the model from everyone else."""
+    url = served[0]
+    step_together, passes = stream_module.step_together, []
+
+    def counted_step_together(steps):
+        passes.append(len(steps))
+        return step_together(steps)
+
+    monkeypatch.setattr(stream_module, "step_together", counted_step_together)
+    config = httpx.get(f"{url}config").json()
+    forward = next(fn["id"] for fn in config["dependencies"]
+                   if fn.get("api_name") == "play_forward")
+    joined = httpx.post(f"{url}gradio_api/queue/join", json={
+        "data": [None, app.MAX_REPEAT, 0, 0], "fn_index": forward,
+        "session_hash": "never-read", "event_data": None, "trigger_id": None})
+    assert joined.status_code == 200
+    made = -1
+    deadline = time.monotonic() + 30
+    while made != len(passes) and time.monotonic() < deadline:  # until no frame comes
+        made = len(passes)
+        time.sleep(1.0)
+    assert 0 < made <= app.MAX_UNREAD_MESSAGES + 1
 
 
 def test_uploads_stop_when_gradios_files_are_full(served, tmp_path, monkeypatch):
@@ -678,8 +837,9 @@ def test_eight_clients_stepping_at_once_see_only_their_own_frames(served):
     runs = {seed: (1 + seed % 8, controls[seed], 2 + seed % 3) for seed in range(8)}
 
     # Connected one by one: each connection fetches the API description, which is slow on a
-    # busy CPU; then all of them step at once.
-    clients = {seed: Client(url, verbose=False) for seed in runs}
+    # busy CPU; then all of them step at once, each from its own address (one address has at
+    # most MAX_EVENTS_PER_CLIENT events in the queue).
+    clients = {seed: visitor(url, f"10.0.3.{seed}") for seed in runs}
 
     def run(seed):
         start, control, steps = runs[seed]

@@ -185,6 +185,38 @@ def test_frames_waiting_together_are_made_in_the_same_forward_passes():
     scheduler.shutdown()
 
 
+def test_a_pass_makes_one_frame_of_each_client():
+    """A flood's many plays (sessions are free to invent) take one place in each pass: the
+    other client's frame is in the first pass, not behind or beside all of them."""
+    model, gate = CountingModel(), threading.Event()
+    scheduler = FrameScheduler()
+    busy = scheduler.submit(gate.wait)
+    flood = [scheduler.step(OnePassPlay(model, name), FORWARD, "10.0.0.1") for name in "abc"]
+    other = scheduler.step(OnePassPlay(model, "v"), FORWARD, "10.0.0.2")
+    gate.set()
+    busy.result()
+    for future in [*flood, other]:
+        future.result(timeout=5)
+    assert model.calls == [["a's feed", "v's feed"], ["b's feed"], ["c's feed"]]
+    scheduler.shutdown()
+
+
+def test_work_of_a_client_just_served_waits_once_for_another_clients():
+    """A flood's prefills (a play for every session it invents) do not all go before another
+    client's work: each waits for one of the other client's jobs."""
+    gate, done = threading.Event(), []
+    scheduler = FrameScheduler()
+    busy = scheduler.submit(gate.wait, client="10.0.0.1")
+    jobs = [scheduler.submit(done.append, name, client=client)
+            for name, client in [("flood 1", "10.0.0.1"), ("flood 2", "10.0.0.1"),
+                                 ("other", "10.0.0.2")]]
+    gate.set()
+    for job in [busy, *jobs]:
+        job.result(timeout=5)
+    assert done == ["other", "flood 1", "flood 2"]
+    scheduler.shutdown()
+
+
 def test_a_driver_whose_stream_is_dropped_plays_nothing_more_and_lets_go():
     scheduler, seat = seated_play(5)
 
