@@ -104,6 +104,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       "its config's decoding section; greedy for the published configs)")
     play.add_argument("--top_k", type=int, help="sample among the k likeliest codes (default: "
                       "the model's own when neither flag is given, else every code)")
+    play.add_argument("--repeat_penalty", type=float,
+                      help="divide the odds of a cell repeating its code from the frame before "
+                      "(1: none; default: the model's own)")
     play.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     add_cache_flags(parser, "the page's first strategy; users may change it")
     server = parser.add_argument_group("server")
@@ -381,7 +384,8 @@ def load_resources(args: argparse.Namespace) -> Resources:
     if reference is None:
         reference = default_reference_frames(model.config)
     window = model.config.diagonal_window if args.window_size is None else args.window_size
-    sampling = Sampling.from_flags(model.config, args.temperature, args.top_k)
+    sampling = Sampling.from_flags(model.config, args.temperature, args.top_k,
+                                  repeat_penalty=args.repeat_penalty)
     schedule = args.schedule
     if args.target_fps is not None:
         fit = fit_target_fps(model, tokenizer, args.cache_strategy, params, args.target_fps,

@@ -143,6 +143,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "greedy model)")
     decode.add_argument("--top_k", type=int)
     decode.add_argument("--top_p", type=float)
+    decode.add_argument("--repeat_penalty", type=float,
+                        help="divide the odds of a cell repeating its code from the frame before "
+                        "(1: none; default: the model's own)")
     decode.add_argument("--seed", type=int, default=0, help="default: 0")
 
     add_cache_flags(parser, "only the flags given are passed to the strategy; the others keep "
@@ -341,7 +344,8 @@ def run(args: argparse.Namespace) -> int:
         args.demo_num = default_reference_frames(model.config)
     if args.window_size is None:
         args.window_size = model.config.diagonal_window
-    sampling = Sampling.from_flags(model.config, args.temperature, args.top_k, args.top_p)
+    sampling = Sampling.from_flags(model.config, args.temperature, args.top_k, args.top_p,
+                                  args.repeat_penalty)
     reference_frames = prefilled_frames(args, model.config)
     fit = None
     if args.target_fps is not None:

@@ -18,6 +18,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Generator
 from dataclasses import dataclass
 from itertools import accumulate
@@ -50,38 +52,50 @@ SCHEDULES = {
 
 @dataclass(frozen=True)
 class Sampling:
-    """``temperature`` 0 is greedy; ``top_k`` and ``top_p`` may be combined."""
+    """``temperature`` 0 is greedy; ``top_k`` and ``top_p`` may be combined.
+
+    ``repeat_penalty`` divides the odds of each image token repeating the code its cell had
+    in the frame before (1: plain sampling). Where walking makes a cell's next code uncertain,
+    the likeliest single code is the one it already has, so greedy rollouts stand still; a
+    penalty lets the change win there, while a cell that is sure to stay (a still view) stays.
+    """
 
     temperature: float = 0.0
     top_k: int | None = None
     top_p: float | None = None
+    repeat_penalty: float = 1.0
 
     @classmethod
     def model_default(cls, config) -> Sampling:
         """The sampling ``config`` (a ModelConfig) names under ``decoding``."""
-        return cls(config.temperature, top_k=config.top_k or None) if config.temperature else cls()
+        if not config.temperature:
+            return cls(repeat_penalty=config.repeat_penalty)
+        return cls(config.temperature, top_k=config.top_k or None,
+                   repeat_penalty=config.repeat_penalty)
 
     @classmethod
     def from_flags(cls, config, temperature: float | None = None, top_k: int | None = None,
-                   top_p: float | None = None) -> Sampling:
-        """What a command line's flags ask for: the model's default when they name none;
-        ``top_k`` or ``top_p`` alone sample at the model's temperature, or at 1 for a model
-        that decodes greedily."""
+                   top_p: float | None = None, repeat_penalty: float | None = None) -> Sampling:
+        """What a command line's flags ask for: the model's default for what they do not
+        name; ``top_k`` or ``top_p`` alone sample at the model's temperature, or at 1 for a
+        model that decodes greedily."""
         default = cls.model_default(config)
+        if repeat_penalty is None:
+            repeat_penalty = default.repeat_penalty
         if temperature is None and top_k is None and top_p is None:
-            return default
+            return dataclasses.replace(default, repeat_penalty=repeat_penalty)
         if temperature is None:
             temperature = default.temperature or 1.0
-        return cls(temperature, top_k=top_k, top_p=top_p)
+        return cls(temperature, top_k=top_k, top_p=top_p, repeat_penalty=repeat_penalty)
 
     def __str__(self) -> str:
-        if self.temperature == 0:
-            return "greedy"
-        parts = [f"temperature {self.temperature:g}"]
+        parts = ["greedy"] if self.temperature == 0 else [f"temperature {self.temperature:g}"]
         if self.top_k is not None:
             parts.append(f"top-k {self.top_k}")
         if self.top_p is not None:
             parts.append(f"top-p {self.top_p:g}")
+        if self.repeat_penalty != 1:
+            parts.append(f"repeat penalty {self.repeat_penalty:g}")
         return ", ".join(parts)
 
     def __post_init__(self):
@@ -91,10 +105,17 @@ class Sampling:
             raise ValueError(f"top_k must be >= 1, got {self.top_k!r}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not self.repeat_penalty >= 1:
+            raise ValueError(f"repeat_penalty must be >= 1, got {self.repeat_penalty!r}")
 
 
-def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None):
-    """One token id per row of ``logits`` (``[N, V]``)."""
+def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None,
+           repeats: list[int] | None = None):
+    """One token id per row of ``logits`` (``[N, V]``); ``repeats``: per row, the code whose
+    odds ``sampling.repeat_penalty`` divides."""
+    if repeats is not None and sampling.repeat_penalty != 1:
+        logits = logits.float().clone()
+        logits[torch.arange(len(repeats)), repeats] -= math.log(sampling.repeat_penalty)
     if sampling.temperature == 0:
         return logits.argmax(-1)
     logits = logits.float() / sampling.temperature
@@ -174,11 +195,11 @@ class FrameDecoder:
         # Python lists, not tensors, for the bookkeeping: indexing a tensor one cell at a
         # time costs more than a small model's forward pass leaves for it.
         ids = [[0] * self.cols for _ in range(self.rows)]
-        stand_ins = stand_ins.tolist()
+        stand_ins, previous = stand_ins.tolist(), previous_frame.tolist()
         written = [0] * (self.rows * self.cols)  # 1: the frame's slot at that offset is fed
         positions = torch.arange(frame_start - prefix.numel(), frame_start, device=device)
         logits = yield Feed(prefix.to(device), positions, cache, last_only=True)
-        ids[0][0] = self._sample(logits, generator)[0]
+        ids[0][0] = self._sample(logits, [(0, 0)], previous, generator)[0]
         produced = [1] + [0] * (self.rows - 1)
         passes = 1
         while produced[-1] < self.cols:
@@ -191,7 +212,8 @@ class FrameDecoder:
             logits = yield Feed(torch.tensor(inputs, device=device),
                                 torch.tensor(offsets, device=device) + frame_start, cache,
                                 unwritten=unwritten)
-            for (r, c), token in zip(cells, self._sample(logits, generator), strict=True):
+            for (r, c), token in zip(cells, self._sample(logits, cells, previous, generator),
+                                     strict=True):
                 ids[r][c] = token
                 produced[r] += 1
             passes += 1
@@ -228,9 +250,11 @@ class FrameDecoder:
         fed = list(accumulate(written))
         return [offset + 1 - fed[offset] for offset in offsets]
 
-    def _sample(self, logits: torch.Tensor, generator) -> list[int]:
-        """The image token each row of ``logits`` predicts."""
-        return sample(logits[:, : self.codebook_size], self.sampling, generator).tolist()
+    def _sample(self, logits: torch.Tensor, cells, previous, generator) -> list[int]:
+        """The image token each row of ``logits`` predicts for its cell of ``cells``."""
+        repeats = [previous[r][c] for r, c in cells]
+        return sample(logits[:, : self.codebook_size], self.sampling, generator,
+                      repeats).tolist()
 
 
 # Forward passes asked for one at a time: yields a Feed, is sent its logits, returns a result.

@@ -58,7 +58,8 @@ def documents(draw):
         ))
     if draw(st.booleans()):
         document["model"]["params"]["decoding"] = draw(st.one_of(
-            values, st.dictionaries(st.sampled_from(["diagonal_window", "temperature", "top_k"]),
+            values, st.dictionaries(st.sampled_from(["diagonal_window", "temperature", "top_k",
+                                                     "repeat_penalty"]),
                                     scalars),
         ))
     if draw(st.integers(0, 3)) == 0:
@@ -164,6 +165,22 @@ def test_a_model_may_name_its_diagonal_window(tmp_path):
     document["model"]["params"]["decoding"] = {"diagonal_window": 25}
     path.write_text(yaml.safe_dump(document))
     assert "diagonal_window must be in [1, image_cols = 24], got 25" in check(path)
+
+
+def test_a_model_may_name_its_repeat_penalty(tmp_path):
+    from mineworld.decoding import Sampling
+
+    document = yaml.safe_load(yaml.safe_dump(VALID))
+    path = tmp_path / "decoding.yaml"
+    document["model"]["params"]["decoding"] = {"repeat_penalty": 3}
+    path.write_text(yaml.safe_dump(document))
+    config = check(path)
+    assert Sampling.model_default(config) == Sampling(repeat_penalty=3.0)
+    assert Sampling.from_flags(config, repeat_penalty=1.0) == Sampling()
+    assert Sampling.from_flags(config, top_k=5) == Sampling(1.0, top_k=5, repeat_penalty=3.0)
+    document["model"]["params"]["decoding"] = {"repeat_penalty": 0.5}
+    path.write_text(yaml.safe_dump(document))
+    assert "repeat_penalty" in check(path) and "0.5" in check(path)
 
 
 @pytest.mark.parametrize("written, value", [("1e-05", 1e-5), ("1E-6", 1e-6), ("5E-1", 0.5),

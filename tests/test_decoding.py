@@ -58,15 +58,19 @@ class OneTokenAtATime(torch.nn.Module):
         return logits[-1:] if feed.last_only else logits
 
 
-def decode_frame(model, schedule, window, seed=0):
+GREEDY = Sampling()
+
+
+def decode_frame(model, schedule, window, seed=0, sampling=GREEDY, previous=None):
     config = model.config
     generator = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, config.codebook_size, (config.tokens_per_frame,), generator=generator)
-    previous = prompt[: config.tokens_per_image].view(config.image_rows, config.image_cols)
+    if previous is None:
+        previous = prompt[: config.tokens_per_image].view(config.image_rows, config.image_cols)
     cache = model.new_cache("none") if hasattr(model, "new_cache") else model.inner.new_cache()
     cache.reset(prompt_length=prompt.numel(), step_tokens=config.image_rows)
     start = cache.reserve(prompt.numel() + config.tokens_per_image)
-    decoder = FrameDecoder(model, Sampling(), schedule, window)
+    decoder = FrameDecoder(model, sampling, schedule, window)
     ids, passes = decoder.decode(cache, prompt, start + prompt.numel(), previous)
     return prompt, ids, passes
 
@@ -129,9 +133,34 @@ def test_sampling_rules():
     assert torch.equal(a, b)
 
 
+def test_repeat_penalty_divides_the_odds_of_the_repeated_code():
+    logits = torch.tensor([[2.0, 1.5, 0.0], [2.0, 0.0, 0.5]])
+    penalised = Sampling(repeat_penalty=2.0)  # log 2 = 0.69: beats row 0's margin, not row 1's
+    assert sample(logits, penalised, None, repeats=[0, 0]).tolist() == [1, 0]
+    assert sample(logits, Sampling(), None, repeats=[0, 0]).tolist() == [0, 0]
+    # Sampled: the odds of the repeated code against each other are divided exactly.
+    row = torch.tensor([[0.0, 0.0]]).expand(20000, -1)
+    drawn = sample(row, Sampling(temperature=1.0, repeat_penalty=3.0),
+                   torch.Generator().manual_seed(0), repeats=[0] * 20000)
+    assert (drawn == 0).float().mean().item() == pytest.approx(0.25, abs=0.01)
+
+
+def test_a_strong_repeat_penalty_changes_every_cell():
+    """Naive decoding reads the frame before for the penalty alone: with that frame set to
+    what plain greedy decoding makes, a huge penalty must change every cell."""
+    model = tiny_model()
+    _, plain, _ = decode_frame(model, "naive", 1)
+    _, again, _ = decode_frame(model, "naive", 1, previous=plain)
+    assert torch.equal(again, plain)
+    _, penalised, _ = decode_frame(model, "naive", 1, previous=plain,
+                                   sampling=Sampling(repeat_penalty=1e6))
+    assert not (penalised == plain).any()
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"temperature": -1}, "temperature"), ({"top_k": 0}, "top_k"), ({"top_p": 1.5}, "top_p")],
+    [({"temperature": -1}, "temperature"), ({"top_k": 0}, "top_k"), ({"top_p": 1.5}, "top_p"),
+     ({"repeat_penalty": 0.5}, r"repeat_penalty must be >= 1, got 0.5")],
 )
 def test_bad_sampling_parameters_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
