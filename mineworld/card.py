@@ -26,8 +26,8 @@ def worst(per_control: dict, key: str, lowest: bool = True) -> tuple[str, float]
 
 
 def label(decoding: str, r: dict) -> str:
-    """"greedy", or "sampled" with the sampling the model ships."""
-    return f"{decoding} ({r['sampling']})" if decoding == "sampled" else decoding
+    """"greedy", or "as shipped" with the decoding the model ships."""
+    return f"as shipped ({r['sampling']})" if decoding == "shipped" else decoding
 
 
 def goals(r: dict) -> list[tuple[str, str, bool]]:
@@ -96,6 +96,8 @@ def model_card(results: dict, log: dict, config, tokenizer) -> str:
     tok = tokenizer.config
     runs = [f"{run['steps']} at peak LR {run['peak_lr']:g}"
             + (f", {run['self_feed']:.0%} of the frames self-fed" if run.get("self_feed") else "")
+            + (f", codes that changed weighted {run['change_weight']:g}x"
+               if run.get("change_weight", 1) != 1 else "")
             for run in log.get("resumed", [])]
     cached = log.get("cached_episodes", 0)
     structure = r["structure"]
@@ -137,9 +139,9 @@ def model_card(results: dict, log: dict, config, tokenizer) -> str:
         "one_step_tokenizer": f"{r['one_step_tokenizer_psnr_db']:.2f}",
         "rollout": ROLLOUT, "schedule": r["rollout_schedule"],
         "rollout_psnr": f"{r['rollout_psnr_db']:.2f}",
-        "sampled_row": (f"| same, sampled as shipped ({r['sampling']}) | "
-                        f"{r['rollout_sampled_psnr_db']:.2f} dB |\n"
-                        if "rollout_sampled_psnr_db" in r else ""),
+        "shipped_row": (f"| same, decoded as shipped ({r['sampling']}) | "
+                        f"{r['rollout_shipped_psnr_db']:.2f} dB |\n"
+                        if "rollout_shipped_psnr_db" in r else ""),
         "other_psnr": f"{r['rollout_other_actions_psnr_db']:.2f}",
         "copy_psnr": f"{r['copy_last_frame_psnr_db']:.2f}",
         "copy_tokens_psnr": f"{r['copy_last_frame_tokens_psnr_db']:.2f}",

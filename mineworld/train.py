@@ -231,11 +231,11 @@ def feed_own_predictions(model, tokens: torch.Tensor, targets: torch.Tensor, sha
 
 def train_world_model(config, episodes, minutes: float, steps: int, seed: int, log: dict,
                       batch: int = 8, lr: float = 1.5e-3, holdout=None, model=None,
-                      bf16: bool = False, self_feed: float = 0.0):
+                      bf16: bool = False, self_feed: float = 0.0, change_weight: float = 1.0):
     """AdamW + cosine LR on random windows; ``holdout`` episodes give a validation loss.
     ``model`` continues an earlier run; otherwise training starts from a fresh one.
     ``self_feed``: the share of frames fed as the model's own predictions
-    (see feed_own_predictions)."""
+    (see feed_own_predictions); ``change_weight``: see change_weights."""
     from mineworld.model import Transformer
 
     torch.manual_seed(seed)
@@ -257,7 +257,10 @@ def train_world_model(config, episodes, minutes: float, steps: int, seed: int, l
         tokens = feed_own_predictions(model, tokens, targets, self_feed, rng, bf16)
         with autocast(bf16):
             logits = model(tokens)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        token_loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
+                                     reduction="none")
+        weights = change_weights(targets, config.tokens_per_frame, change_weight).flatten()
+        loss = (token_loss * weights).sum() / weights.sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -276,6 +279,19 @@ def train_world_model(config, episodes, minutes: float, steps: int, seed: int, l
     log["world_model_steps"] = first_step + step + 1
     log["world_model_tokens_per_s"] = (step + 1) * tokens.numel() / (time.time() - started)
     return model.eval().requires_grad_(False)
+
+
+def change_weights(targets: torch.Tensor, frame_tokens: int, weight: float) -> torch.Tensor:
+    """Per target: ``weight`` for an image token whose code differs from the code at its place
+    in the frame before, 1 for other image tokens, 0 where there is no target. Walking changes
+    a few codes a frame among many that stay; unweighted, a code's likeliest next value is
+    itself and greedy rollouts stand still. Weighting w multiplies the odds of a change by w
+    at the loss's optimum, so still scenes (changes rare) stay still."""
+    weights = (targets != -100).float()
+    changed = (targets[:, frame_tokens:] != targets[:, :-frame_tokens]) & (
+        targets[:, :-frame_tokens] != -100)
+    weights[:, frame_tokens:][changed] = weight
+    return weights
 
 
 @torch.no_grad()
@@ -352,11 +368,11 @@ def eval_cases(count: int, offset: int = 0):
 
 
 def decodings(config) -> dict:
-    """Greedy, and the sampling the model ships as its default when that is not greedy."""
+    """Plain greedy, and the decoding the model ships as its default when that differs."""
     from mineworld.decoding import Sampling
 
     shipped = Sampling.model_default(config)
-    return {"greedy": Sampling(), **({"sampled": shipped} if shipped.temperature else {})}
+    return {"greedy": Sampling(), **({"shipped": shipped} if shipped != Sampling() else {})}
 
 
 def long_rollout_structure(model, tokenizer, clips: list[Path], sampling, schedule: str,
@@ -408,12 +424,12 @@ def teacher_forcing(model, tokenizer, data) -> dict:
 
 def rollout_scores(model, tokenizer, data, schedule: str, strip_path=None) -> dict:
     """Greedy rollouts under each case's own actions against another case's actions, repeating
-    the last real frame, and (when the model samples by default) its sampled rollouts; one
-    step ahead against the tokenizer's own reconstruction."""
+    the last real frame, and (when the model ships another decoding) rollouts decoded that way;
+    one step ahead against the tokenizer's own reconstruction."""
     from mineworld.decoding import Sampling
 
-    own, own_sampled, other, copy, copy_tokens, truths = [], [], [], [], [], []
-    greedy, sampled = Sampling(), decodings(model.config).get("sampled")
+    own, own_shipped, other, copy, copy_tokens, truths = [], [], [], [], [], []
+    greedy, shipped = Sampling(), decodings(model.config).get("shipped")
     strip_rows = []
     for k, (_, _, actions, frames) in enumerate(tqdm(data, desc="rollouts")):
         context, truth = frames[:CONTEXT], frames[CONTEXT:CONTEXT + ROLLOUT]
@@ -424,9 +440,9 @@ def rollout_scores(model, tokenizer, data, schedule: str, strip_path=None) -> di
                                sampling=greedy)
         swapped, _ = rollout(model, tokenizer, context, ctx_actions, theirs, schedule,
                              sampling=greedy)
-        if sampled:
-            own_sampled.append(rollout(model, tokenizer, context, ctx_actions, mine, schedule,
-                                       sampling=sampled, seed=k)[0])
+        if shipped:
+            own_shipped.append(rollout(model, tokenizer, context, ctx_actions, mine, schedule,
+                                       sampling=shipped, seed=k)[0])
         own.append(predicted)
         other.append(swapped)
         truths.append(truth)
@@ -445,8 +461,8 @@ def rollout_scores(model, tokenizer, data, schedule: str, strip_path=None) -> di
     }
     truths = np.concatenate(truths)
     results["rollout_psnr_db"] = psnr(np.concatenate(own), truths)
-    if sampled:
-        results["rollout_sampled_psnr_db"] = psnr(np.concatenate(own_sampled), truths)
+    if shipped:
+        results["rollout_shipped_psnr_db"] = psnr(np.concatenate(own_shipped), truths)
     results["rollout_other_actions_psnr_db"] = psnr(np.concatenate(other), truths)
     results["copy_last_frame_psnr_db"] = psnr(np.concatenate(copy), truths)
     results["copy_last_frame_tokens_psnr_db"] = psnr(np.concatenate(copy_tokens), truths)
@@ -549,7 +565,7 @@ def evaluate(model, tokenizer, cases: int = EVAL_WORLDS, speed_frames: int = 40,
     results |= teacher_forcing(model, tokenizer, data)
     results |= rollout_scores(model, tokenizer, data, schedule, strip_path)
     results |= action_following(model, tokenizer, data, schedule)
-    # Each control against no action, from many start points, greedy and sampled as shipped.
+    # Each control against no action, from many start points, greedy and as shipped.
     results["controls"] = {
         name: measure_controls(model, tokenizer, control_starts, CONTEXT, sampling, schedule,
                                strip_path=controls_strip if name == "greedy" else None)
@@ -616,7 +632,8 @@ def write_config(config, path: Path) -> None:
         "layout": {"image_rows": config.image_rows, "image_cols": config.image_cols,
                    "codebook_size": config.codebook_size},
         "decoding": {"diagonal_window": config.diagonal_window,
-                     "temperature": config.temperature, "top_k": config.top_k},
+                     "temperature": config.temperature, "top_k": config.top_k,
+                     "repeat_penalty": config.repeat_penalty},
     }}}  # fmt: skip
     header = "# The embedded MineWorld model, written by `python -m mineworld.train`.\n"
     path.write_text(header + yaml.safe_dump(document, sort_keys=False))
@@ -674,6 +691,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="share of the frames in a training window fed as the model's own "
                         "greedy predictions (parallel scheduled sampling), in [0, 1]; 0 trains "
                         "on true frames alone")
+    parser.add_argument("--change-weight", type=float, default=1.0, metavar="W",
+                        help="loss weight of image tokens whose code differs from the frame "
+                        "before (1: plain cross-entropy), >= 1")
     parser.add_argument("--schedule", choices=("naive", "diagonal"), default="diagonal",
                         help="how evaluation rollouts decode")
     parser.add_argument("--bf16", action="store_true",
@@ -688,6 +708,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 0 <= args.self_feed <= 1:
         parser.error(f"--self-feed must be in [0, 1], got {args.self_feed}")
+    if args.change_weight < 1:
+        parser.error(f"--change-weight must be >= 1, got {args.change_weight}")
     return args
 
 
@@ -804,11 +826,13 @@ def world_model_stage(args: argparse.Namespace, stems: list[Path], length: int, 
     model = train_world_model(config, tokens, args.minutes[2],
                               3 if args.smoke else args.model_steps, args.seed, log,
                               batch=2 if args.smoke else 4, lr=args.lr, holdout=holdout,
-                              model=model, bf16=args.bf16, self_feed=args.self_feed)
+                              model=model, bf16=args.bf16, self_feed=args.self_feed,
+                              change_weight=args.change_weight)
     if args.resume:
         log.setdefault("resumed", []).append(
             {"steps": log["world_model_steps"] - steps_before, "peak_lr": args.lr,
-             "self_feed": args.self_feed, "play": play_digest()})
+             "self_feed": args.self_feed, "change_weight": args.change_weight,
+             "play": play_digest()})
     return model, config
 
 

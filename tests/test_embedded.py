@@ -11,7 +11,14 @@ from mineworld.controls import CONTROLS
 from mineworld.embedded import MODEL_DIR, demo_scene, load_embedded, validation_clips
 from mineworld.session import Session
 from mineworld.tokenizers.embedded import EmbeddedTokenizer, FSQAutoencoder, TokenizerConfig
-from mineworld.train import TRAIN_SEED_BASE, generate_data, main, play_digest, psnr
+from mineworld.train import (
+    TRAIN_SEED_BASE,
+    change_weights,
+    generate_data,
+    main,
+    play_digest,
+    psnr,
+)
 
 SHIPPED = (MODEL_DIR / "model.safetensors").is_file()
 
@@ -39,7 +46,7 @@ def test_smoke_run_gives_a_loadable_model(tmp_path):
     before = model.state_dict()
     tokenizer_before = tokenizer.model.state_dict()
     main(["--smoke", "--resume", "--out", str(tmp_path), "--lr", "1e-2", "--decoder-lr", "1e-2",
-          "--bf16", "--refine", "4", "1"])
+          "--bf16", "--refine", "4", "1", "--change-weight", "3"])
     resumed, resumed_tokenizer = load_embedded(model_dir=tmp_path / "model")
     config = resumed_tokenizer.config
     assert (config.refine_channels, config.refine_blocks) == (4, 1)
@@ -53,7 +60,8 @@ def test_smoke_run_gives_a_loadable_model(tmp_path):
         tmp_path / "MODEL_CARD.md").read_text()
     log = json.loads((tmp_path / "training_log.json").read_text())
     assert log["world_model_steps"] == 6 and log["resumed"] == [
-        {"steps": 3, "peak_lr": 0.01, "self_feed": 0.5, "play": play_digest()}]
+        {"steps": 3, "peak_lr": 0.01, "self_feed": 0.5, "change_weight": 3.0,
+         "play": play_digest()}]
     assert log["tokenizer_steps"] == 3 and log["decoder_steps"] == 3
     assert log["precision"] == "bf16 autocast"
     # Action following: every script's rollout is closest to exactly one truth (1 world here).
@@ -62,7 +70,15 @@ def test_smoke_run_gives_a_loadable_model(tmp_path):
     assert all(sum(row.values()) == 1 for row in closest.values())
     assert following == {probe: row[probe] for probe, row in closest.items()}
     assert ("6 world-model steps of 4 windows (resumed runs: 3 at peak LR 0.01, 50% of the "
-            "frames self-fed)") in (tmp_path / "MODEL_CARD.md").read_text()
+            "frames self-fed, codes that changed weighted 3x)") in (
+        tmp_path / "MODEL_CARD.md").read_text()
+
+
+def test_change_weights_weigh_the_codes_that_differ_from_the_frame_before():
+    # Two frames of 3 tokens (2 image + 1 action, whose target is -100), as make_batch shifts them.
+    targets = torch.tensor([[5, 6, -100, 5, 7, -100, 8, 7]])
+    assert change_weights(targets, 3, 4.0).tolist() == [[1, 1, 0, 1, 4, 0, 4, 1]]
+    assert change_weights(targets, 3, 1.0).tolist() == [[1, 1, 0, 1, 1, 0, 1, 1]]
 
 
 def test_data_generation_tells_rendered_worlds_from_cached_ones(tmp_path):
