@@ -242,7 +242,8 @@ def score(runs: list[Run], case: Case, reference_frames: int) -> list[dict]:
                 **{key: stats[key] for key in (
                     "ms_per_frame", "ms_generate", "ms_reprefill", "forward_passes",
                     "live_tokens", "bytes_allocated", "bytes_live", "evicted_tokens",
-                    "rebases", "reprefills", "reprefill_seconds", "rss_mib")},
+                    "rebases", "reprefills", "reprefill_seconds", "rss_mib",
+                    "attention_hit_rate")},
             })  # fmt: skip
     return rows
 
@@ -287,6 +288,7 @@ def summarize(rows: list[dict]) -> list[dict]:
             "passes_per_frame": mean(r["forward_passes"] for r in group),
             "reprefills": mean(r["reprefills"] for r in finals),
             "reprefill_s": mean(r["reprefill_seconds"] for r in finals),
+            "hit_rate": mean(r["attention_hit_rate"] for r in finals),
             "kv_alloc_mib": max(r["bytes_allocated"] for r in group) / MIB,
             "kv_live_mib": max(r["bytes_live"] for r in group) / MIB,
             "rss_mib": max(r["rss_mib"] for r in group),
@@ -316,7 +318,8 @@ def ratio(pair: tuple[int, int]) -> str:
 
 TABLE_HEADER = (
     "| schedule | budget | strategy | params | ms/frame p50 | p99 | fps | passes/frame "
-    "| re-prefills (s) | KV MiB alloc / live | RSS MiB | PSNR truth (last 1/4) | SSIM truth "
+    "| re-prefills (s) | attention hit rate | KV MiB alloc / live | RSS MiB "
+    "| PSNR truth (last 1/4) | SSIM truth "
     "| PSNR / SSIM vs none | revisit PSNR self / truth | turn / forward following |"
 )
 
@@ -329,6 +332,7 @@ def table_row(s: dict) -> str:
         f"| {s['schedule']} | {budget} ({s['budget_tokens']}) | {s['strategy']} | {s['params']} "
         f"| {fmt(s['ms_p50'], 0)} | {fmt(s['ms_p99'], 0)} | {fmt(s['fps'], 2)} "
         f"| {fmt(s['passes_per_frame'], 0)} | {fmt(s['reprefills'])} ({fmt(s['reprefill_s'], 2)}) "
+        f"| {fmt(s['hit_rate'], 3)} "
         f"| {fmt(s['kv_alloc_mib'], 2)} / {fmt(s['kv_live_mib'], 2)} | {fmt(s['rss_mib'], 0)} "
         f"| {fmt(s['psnr_truth'], 2)} ({fmt(s['psnr_truth_late'], 2)}) | {fmt(s['ssim_truth'], 3)} "
         f"| {fmt(s['psnr_none'], 2)} / {fmt(s['ssim_none'], 3)}{identical} "

@@ -95,6 +95,10 @@ def test_csv_has_a_sane_row_per_strategy_and_frame(bench):
         assert last[name]["psnr_none"] != "" and last[name]["budget_frames"] == str(BUDGET)
         assert int(last[name]["live_tokens"]) <= int(last[name]["budget_tokens"])
     assert all(last[name]["revisit_psnr_self"] != "" for name in STRATEGIES)
+    # The attention hit rate: from the strategies that score attention, a share below 1.
+    for name in ("h2o", "hybrid"):
+        assert 0 < float(last[name]["attention_hit_rate"]) < 1
+    assert last["none"]["attention_hit_rate"] == ""
 
 
 def test_summary_and_plots(bench):
