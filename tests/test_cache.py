@@ -295,11 +295,11 @@ def test_frames_evicts_whole_frames_and_keeps_the_sink_frame():
 # -- equivalence with the full cache -------------------------------------------
 
 
-def small_model():
-    torch.manual_seed(3)
+def small_model(layers=2, positions=400, seed=3):
+    torch.manual_seed(seed)
     config = ModelConfig(
-        vocab_size=200, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=400,
+        vocab_size=200, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=positions,
         image_rows=2, image_cols=3, codebook_size=100,
     )
     return Transformer(config).eval()
@@ -586,13 +586,7 @@ def test_strategies_that_do_not_track_attention_give_no_hit_rate():
 def one_layer_model():
     """One layer: a cached key and value depend on their token and position alone, so a cache
     is exactly a fresh forward of the tokens it keeps."""
-    torch.manual_seed(5)
-    config = ModelConfig(
-        vocab_size=200, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-        image_rows=2, image_cols=3, codebook_size=100,
-    )
-    return Transformer(config).eval()
+    return small_model(layers=1, positions=64, seed=5)
 
 
 @pytest.mark.parametrize("pos_shift", [True, False])
