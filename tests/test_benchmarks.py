@@ -1,14 +1,17 @@
 """benchmarks.run: the budget of every strategy, and a tiny end-to-end run on the embedded model
-(11 frames, one budget, the diagonal schedule) whose CSV, summary and plots are checked."""
+(11 frames, one budget, the diagonal schedule) whose CSV, summary and plots are checked;
+benchmarks.decodings: how a decoding is written."""
 
+import argparse
 import csv
 import math
 
 import pytest
 from PIL import Image
 
-from benchmarks import run
+from benchmarks import decodings, run
 from cache import STRATEGIES, Layout, Strategy
+from mineworld.decoding import Sampling
 from mineworld.embedded import load_embedded
 
 FRAMES, BUDGET = 11, 2  # the shortest play that holds the revisit; 4 + 11 frames > the context
@@ -111,3 +114,19 @@ def test_summary_and_plots(bench):
         with Image.open(out / name) as image:
             assert image.format == "PNG" and image.width >= 400 and image.height >= 200
             assert len(image.getcolors(1 << 16) or range(1 << 16)) > 5  # lines, not blank
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("0", Sampling()),
+    ("0:3", Sampling(repeat_penalty=3.0)),
+    ("0.7/20", Sampling(0.7, top_k=20)),
+    ("1/5:2.5", Sampling(1.0, top_k=5, repeat_penalty=2.5)),
+])
+def test_a_decoding_is_read_as_written(text, expected):
+    assert decodings.decoding(text) == expected
+
+
+@pytest.mark.parametrize("text", ["warm", "0.7/x", "0:0.5", "-1"])
+def test_a_bad_decoding_says_the_form(text):
+    with pytest.raises(argparse.ArgumentTypeError, match=r"TEMPERATURE\[/TOP_K\]"):
+        decodings.decoding(text)
