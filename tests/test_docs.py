@@ -38,3 +38,9 @@ def test_relative_links_resolve(page):
                if not re.match(r"[a-z]+:", t) and not t.startswith("#")]
     missing = [t for t in targets if not (page.parent / t.split("#")[0]).exists()]
     assert not missing
+
+
+def test_the_readme_stays_short():
+    """The README is the first screen and the way in: at most 250 lines, the rest in docs/."""
+    lines = (ROOT / "README.md").read_text().count("\n")
+    assert lines <= 250, f"README.md has {lines} lines; move detail to docs/"
