@@ -375,7 +375,9 @@ def write_summary(path: Path, summary: list[dict], settings: str, seconds: float
         TABLE_HEADER, "|" + "---|" * 3 + "---|" + "---:|" * (TABLE_HEADER.count("|") - 5),
         *[table_row(s) for s in summary], "",
         "budget: KV tokens (in whole frames of the model's frame + action tokens); none keeps "
-        "the full context and re-prefills when it is used up. PSNR in dB, from the mean "
+        "the full context and re-prefills when it is used up. attention hit rate: the share of "
+        "the cached tokens' accumulated attention that the kept ones hold, at each seed's last "
+        "frame (strategies that score attention). PSNR in dB, from the mean "
         "squared error over every frame and seed (identical frames add no error; last 1/4: the "
         "last quarter of the frames); SSIM: the mean. vs none: against the baseline's frame of "
         "the same schedule (identical: the share of frames equal to it). revisit: the frame on "
