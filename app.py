@@ -444,9 +444,10 @@ class StrategyPicker:
                                               precision=0 if param.type is int else None,
                                               visible=visible, min_width=100)
                     inputs[group, param.name] = component
-            budget = gr.Number(None, label="KV MiB", placeholder="e.g. 1",
-                               info="Enter: fill in the values that keep this much",
-                               min_width=90)
+            # A Textbox: Gradio's Number shows an empty value as 0, a budget nobody asked for.
+            budget = gr.Textbox(label="KV MiB", placeholder="e.g. 1", max_length=32,
+                                info="Enter: fill in the values that keep this much",
+                                min_width=90)
         picker = cls(dropdown, inputs, resources)
         dropdown.change(picker.show_parameters, dropdown, list(inputs.values()),
                         api_visibility="private")

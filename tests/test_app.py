@@ -240,6 +240,10 @@ def test_the_kv_budget_field_fills_in_the_chosen_strategys_values(scene_mp4):
     with pytest.warns(UserWarning, match="KV MiB: strategy none keeps the whole context"):
         refused = picker.fit_budget("none", 0.05)  # a full cache takes no budget
     assert refused == [app.gr.skip()] * len(picker.inputs)
+    # The field is text (an empty number field would read 0): typed text is read as a number.
+    assert picker.fit_budget("streaming", " 0.05") == picker.fit_budget("streaming", 0.05)
+    with pytest.warns(UserWarning, match="KV MiB must be a number, got ''"):
+        picker.fit_budget("streaming", "")
 
 
 def test_switching_strategy_continues_from_the_newest_frames(scene_mp4):
