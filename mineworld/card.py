@@ -71,12 +71,24 @@ def meets_goals(r: dict) -> bool:
     return all(met for *_, met in goals(r))
 
 
-def controls_table(per_control: dict) -> str:
+def controls_table(controls: dict, r: dict) -> str:
+    """One row per control, each measure given for every decoding measured (slash-separated,
+    in the order of the header)."""
+    decodings = list(controls)
+    names = " / ".join(label(d, r) for d in decodings)
+
+    def cells(name, key, moving=False):
+        values = [controls[d][name] for d in decodings]
+        shown = " / ".join(f"{c[key]:.0%}" for c in values)
+        return f"{shown} of {values[0]['moving_frames']}" if moving else shown
+
+    first = controls[decodings[0]]
     return markdown_table(
-        ["control", "cases", "followed", "frames moving like the truth", "frozen frames"],
-        [[name, f"{c['cases']} of {c['starts']}", f"{c['followed']:.0%}",
-          f"{c['moves_like_truth']:.0%} of {c['moving_frames']}", f"{c['frozen']:.0%}"]
-         for name, c in per_control.items()])
+        ["control", "cases", f"followed ({names})", "frames moving like the truth",
+         "frozen frames"],
+        [[name, f"{first[name]['cases']} of {first[name]['starts']}", cells(name, "followed"),
+          cells(name, "moves_like_truth", moving=True), cells(name, "frozen")]
+         for name in first])
 
 
 def model_card(results: dict, log: dict, config, tokenizer) -> str:
@@ -84,7 +96,6 @@ def model_card(results: dict, log: dict, config, tokenizer) -> str:
     from mineworld.decoding import Sampling
     from mineworld.train import (
         CONTEXT,
-        PROBES,
         ROLLOUT,
         SCRIPT_STEP,
         SPEED_ROUNDS,
@@ -156,14 +167,10 @@ def model_card(results: dict, log: dict, config, tokenizer) -> str:
         "fps_window_2_median": f"{r['fps_diagonal_window_2_median_frame']:.1f}",
         "decode_ms": f"{r['tokenizer_decode_ms']:.1f}",
         "cases": r["cases"], "context": CONTEXT, "script_step": SCRIPT_STEP,
-        "confusion": markdown_table(
-            ["rollout under \\ closest to", *PROBES],
-            [[p, *row.values()] for p, row in r["action_following_closest"].items()]),
         "speed_rounds": SPEED_ROUNDS,
         "control_frames": CONTROL_FRAMES,
         "control_starts": next(iter(r["controls"].values()))["forward"]["starts"],
-        "controls": "\n\n".join(f"{label(name, r)}:\n\n{controls_table(per_control)}"
-                                for name, per_control in r["controls"].items()),
+        "controls": controls_table(r["controls"], r),
         "structure_frames": STRUCTURE_FRAMES,
         "structure": markdown_table(
             ["clip", *(label(d, r) for d in structure)],

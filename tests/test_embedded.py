@@ -35,8 +35,10 @@ def test_smoke_run_gives_a_loadable_model(tmp_path):
     evaluation = json.loads((tmp_path / "training_log.json").read_text())["evaluation"]
     assert set(evaluation["controls"]["greedy"]) == set(CONTROLS)
     assert set(evaluation["structure"]["greedy"]) == {"clip_0"}
-    assert "| forward | 1 of 1 |" in (tmp_path / "MODEL_CARD.md").read_text() or (
-        "| forward | 0 of 1 |" in (tmp_path / "MODEL_CARD.md").read_text())
+    # One controls table, each measure for greedy, then as shipped.
+    card = (tmp_path / "MODEL_CARD.md").read_text()
+    assert "followed (greedy / as shipped (temperature 0.7, top-k 20))" in card
+    assert re.search(r"\| forward \| [01] of 1 \| (\d+%|nan%) / (\d+%|nan%) \|", card), card
     assert json.loads((tmp_path / "training_log.json").read_text())["cached_episodes"] == 1
     assert "1 of the worlds were read from an earlier run's cache" in (
         tmp_path / "MODEL_CARD.md").read_text()
