@@ -23,20 +23,11 @@ import numpy as np
 import torch
 
 from benchmarks.common import print_machine
-from mineworld.controls import (
-    CONTROLS,
-    NO_ACTION,
-    ROLLOUT,
-    mean_abs,
-    score_control,
-    starts,
-    summarise,
-    truth,
-)
+from mineworld.controls import control_rollouts, mean_abs, score_controls
 from mineworld.decoding import Sampling
 from mineworld.embedded import MODEL_DIR, VALIDATION_DIR, load_embedded, validation_clips
 from mineworld.metrics import psnr
-from mineworld.train import CONTEXT, long_rollout_structure, rollout
+from mineworld.train import CONTEXT, long_rollout_structure
 
 
 def decoding(text: str) -> Sampling:
@@ -53,23 +44,22 @@ def decoding(text: str) -> Sampling:
 
 
 def measure(model, tokenizer, sampling: Sampling, count: int, clips: list[Path]) -> dict:
-    tallies = {name: [] for name in CONTROLS}
     still_change, stills, true_stills, rolls, trues = [], [], [], [], []
-    for start in starts(count, CONTEXT):
-        def roll(held, start=start):
-            return rollout(model, tokenizer, start.context, start.context_actions,
-                           [held] * ROLLOUT, "diagonal", sampling=sampling, seed=start.seed)[0]
 
-        still, true_still = roll(NO_ACTION), truth(start, NO_ACTION)
-        still_change += [mean_abs(a, b) for a, b in zip(still[:-1], still[1:], strict=True)]
-        stills.append(still)
-        true_stills.append(true_still)
-        for name, (held, motion) in CONTROLS.items():
-            rolled, true = roll(held), truth(start, held)
-            rolls.append(rolled)
-            trues.append(true)
-            tallies[name].append(score_control(rolled, still, true, true_still, motion))
-    per_control = [summarise(scores) for scores in tallies.values()]
+    def noted(rollouts):
+        """``rollouts``, their frames noted on the way to the controls' scores."""
+        for still, true_still, controls in rollouts:
+            still_change.extend(mean_abs(a, b) for a, b in zip(still[:-1], still[1:],
+                                                               strict=True))
+            stills.append(still)
+            true_stills.append(true_still)
+            for rolled, true in controls.values():
+                rolls.append(rolled)
+                trues.append(true)
+            yield still, true_still, controls
+
+    scores = score_controls(noted(control_rollouts(model, tokenizer, count, CONTEXT, sampling)))
+    per_control = list(scores.values())
     structure = long_rollout_structure(model, tokenizer, clips, sampling, "diagonal").values()
 
     def spread(key):

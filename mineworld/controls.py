@@ -124,25 +124,41 @@ def score_control(rolled: np.ndarray, still: np.ndarray, true: np.ndarray, true_
     return result
 
 
+def control_rollouts(model, tokenizer, count: int = 24, context_frames: int = 4, sampling=None,
+                     schedule: str = "diagonal"):
+    """Per start point: the rollout under no action and its truth, then per control (in
+    ``CONTROLS``' order) its rollout and its truth: ``(still, true_still, {name: (rolled,
+    true)})``, each ``[ROLLOUT, H, W, 3]``."""
+    from mineworld.train import rollout
+
+    for start in tqdm(starts(count, context_frames), desc="controls"):
+        def roll(held, start=start):
+            return rollout(model, tokenizer, start.context, start.context_actions,
+                           [held] * ROLLOUT, schedule, sampling=sampling, seed=start.seed)[0]
+
+        still, true_still = roll(NO_ACTION), truth(start, NO_ACTION)
+        yield still, true_still, {name: (roll(held), truth(start, held))
+                                  for name, (held, _measure) in CONTROLS.items()}
+
+
 def measure_controls(model, tokenizer, count: int = 24, context_frames: int = 4, sampling=None,
                      schedule: str = "diagonal", strip_path: Path | None = None) -> dict:
     """Per control: the start points where it visibly moves the true view (``cases``), the
     share of those it is followed in, and over the frames where the true view moves, the share
     the generated picture moves like it and the share that froze. ``strip_path``: a picture of
     the first start point, per control its truth above its rollout."""
-    from mineworld.train import rollout
+    rollouts = control_rollouts(model, tokenizer, count, context_frames, sampling, schedule)
+    return score_controls(rollouts, strip_path)
 
+
+def score_controls(rollouts, strip_path: Path | None = None) -> dict:
+    """``measure_controls``' figures from ``rollouts`` (as ``control_rollouts`` yields them)."""
     tallies = {name: [] for name in CONTROLS}
     strip_rows = []
-    for index, start in enumerate(tqdm(starts(count, context_frames), desc="controls")):
-        def roll(held, start=start):
-            return rollout(model, tokenizer, start.context, start.context_actions,
-                           [held] * ROLLOUT, schedule, sampling=sampling, seed=start.seed)[0]
-
-        still, true_still = roll(NO_ACTION), truth(start, NO_ACTION)
-        for name, (held, measure) in CONTROLS.items():
-            rolled, true = roll(held), truth(start, held)
-            tallies[name].append(score_control(rolled, still, true, true_still, measure))
+    for index, (still, true_still, controls) in enumerate(rollouts):
+        for name, (rolled, true) in controls.items():
+            tallies[name].append(score_control(rolled, still, true, true_still,
+                                               CONTROLS[name][1]))
             if index == 0:
                 strip_rows.append((name, np.concatenate(list(true), 1),
                                    np.concatenate(list(rolled), 1)))
