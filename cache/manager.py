@@ -343,13 +343,12 @@ class KVCacheManager:
         stats.attention_evicted += float(attention.gather(-1, victims).sum())
         kept = (storage.positions >= 0).expand_as(attention).scatter(-1, victims, False)
         roles = self.strategy.protected(self._view(storage.positions, incoming))
-        for role, mask in roles.items():
-            held = float(torch.where(kept & mask, attention, 0.0).sum())
+        # Each protected role takes its kept slots in turn; the scored role, what is left.
+        for role, mask in [*roles.items(), (self.strategy.scored_role, None)]:
+            mine = kept if mask is None else kept & mask
+            held = float(torch.where(mine, attention, 0.0).sum())
             stats.attention_kept_by_role[role] = stats.attention_kept_by_role.get(role, 0.0) + held
-            kept = kept & ~mask
-        held = float(torch.where(kept, attention, 0.0).sum())
-        role = self.strategy.scored_role
-        stats.attention_kept_by_role[role] = stats.attention_kept_by_role.get(role, 0.0) + held
+            kept = kept & ~mine
 
     def _log_eviction(self, victims: torch.Tensor) -> None:
         """One line per layer (one for all when layers share positions), head 0 shown."""
