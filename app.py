@@ -11,11 +11,12 @@ read-only, and one ``FrameScheduler`` thread runs all model work, the frames of 
 waiting made together.
 
 Frames stream to the page from a generator handler: holding a key plays until it is released,
-each yield is the new frame as a small PNG (the page scales it up with crisp pixels) with the
-status and the key queue. Measured in Chromium against the alternatives, it paints as fast as
-the model makes frames; see the README's demo section. The strip, plots and scores follow at
-``PLOT_SECONDS`` from a ``gr.Timer`` (``PLOT_PLAYING_SECONDS`` while frames stream), off the
-frame's path.
+each yield is the screen (the new frame and the true world's, small PNGs as data, drawn large
+with crisp pixels), with the key queue when it changed and the status every
+``KEY_STATUS_SECONDS`` while a key is held: the fewest outputs a frame, because the browser's
+cost per frame is what the model shares two cores with (see docs/serving.md). The strip and
+the charts (one picture, drawn here) follow at ``PLOT_SECONDS`` from a ``gr.Timer``
+(``PLOT_PLAYING_SECONDS`` while frames stream), off the frame's path.
 
 Limits (a page for strangers): uploads of at most ``MAX_UPLOAD_MB`` each and
 ``MAX_REQUEST_MB`` a request, ``MAX_STORED_MB`` of Gradio's files in all, of the types the Scene
@@ -40,9 +41,11 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import functools
+import io
 import json
 import math
 import reprlib
@@ -126,13 +129,16 @@ if __name__ == "__main__":
     parse_args()  # --help and bad flags answer here, before gradio and the model load
 
 import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 from starlette.responses import PlainTextResponse  # noqa: E402
 
 from cache import STRATEGIES, declared, is_class_path, names, strategy_class  # noqa: E402
 from mineworld.actions import make_action  # noqa: E402
 from mineworld.cache_flags import strategy_params  # noqa: E402
+from mineworld.charts import Panel, chart_image  # noqa: E402
 from mineworld.decoding import Sampling  # noqa: E402
 from mineworld.embedded import SCENE, demo_scene  # noqa: E402
 from mineworld.loading import (  # noqa: E402
@@ -169,11 +175,15 @@ MAX_REPEAT = 32  # at most MAX_QUEUED: a repeat is that many queued presses
 # the plots costs Chromium a few hundred ms of CPU, which a 2-core host takes from the frames.
 PLOT_SECONDS = 0.5
 PLOT_PLAYING_SECONDS = 5.0
+# How often a held key's frames carry the status line (a button's carry it with every frame).
+KEY_STATUS_SECONDS = 0.5
 KEEP_OPEN_SECONDS = 10.0
-# A play's frames stop once this many of its session's messages wait unread: nobody reads
-# them (a join whose stream was never opened), so making more would only take the model from
-# others. A page or API client reads each as it comes.
+# A play's frames wait while this many of its session's messages wait unread, and stop once
+# they have waited UNREAD_WAIT_SECONDS: nobody reads them (a join whose stream was never
+# opened), so making more would only take the model from others. A page or API client reads
+# each as it comes; a burst of key events may leave several unread for a moment.
 MAX_UNREAD_MESSAGES = 8
+UNREAD_WAIT_SECONDS = 2.0
 MAX_UPLOAD_MB = 64  # per file; Gradio refuses a bigger upload before it is stored
 # Per upload request, all its files together: a scene's mp4 and its jsonl and json (8 x 63 MB
 # in one request stored 504 MB in 1.9 s). And for all of Gradio's files at once (uploads not
@@ -191,13 +201,14 @@ MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds
 CAMERA_KEY_DEG = 15.0  # how far one arrow key turns the camera
 IDLE_SECONDS = 20 * 60  # a session that asks for nothing this long is freed (API clients too)
 SWEEP_SECONDS = 30.0  # how often idle sessions are looked for
-QUEUE_SIZE = 64
+QUEUE_SIZE = 128
 # Events one client address may have waiting or running at once, so that one client cannot
 # take the queue's QUEUE_SIZE places. A tab playing holds 2 (the event keeping its page's
 # stream open, the key event driving its frames) and, for moments, a timer tick and key
-# events: 4 would refuse a key up (a key then held for good) with two tabs open. Its share of
-# the model does not grow with its events: the scheduler makes one frame a client a pass.
-MAX_EVENTS_PER_CLIENT = 8
+# events: five taps in a burst are ten events, and 8 refused some of them (a refused key up
+# leaves its key held). Its share of the model does not grow with its events: the scheduler
+# makes one frame a client a pass.
+MAX_EVENTS_PER_CLIENT = 16
 MODEL_QUEUE = "model"  # the concurrency id of the events that prefill (frames do not wait)
 
 # Controls: name -> (button label, keyboard key as KeyboardEvent.key, lower-cased when one
@@ -224,7 +235,7 @@ CONTROLS = {name: spec for group in CONTROL_GROUPS.values() for name, spec in gr
 # event, only while the tab is shown (each tab's component is hidden with its tab); the frames
 # painted in the last second are counted on the tab's first frame and shown.
 KEYS_JS = r"""
-const tab = %(tab)s, controls = %(controls)s, frameId = %(frame)s;
+const tab = %(tab)s, controls = %(controls)s, screenId = %(screen)s;
 const registry = (window.mineworldTabs = window.mineworldTabs || {});
 const known = registry[tab];
 registry[tab] = {element, trigger, held: known ? known.held : new Set(),
@@ -256,8 +267,8 @@ if (!known) {
   };
   window.addEventListener('blur', releaseAll);
   document.addEventListener('visibilitychange', () => { if (document.hidden) releaseAll(); });
-  // A frame counts as painted once its number is in the frame's caption and its image has
-  // loaded, at the next animation frame (identical frames share one URL and load once).
+  // A frame counts as painted once its number is in the screen's first caption and its image
+  // has loaded, at the next animation frame.
   let shownNumber = -1;
   const painted = (number) => requestAnimationFrame(() => {
     const now = performance.now(), state = me();
@@ -266,17 +277,18 @@ if (!known) {
     if (state.log) state.log.push([now, number]);  // benchmarks.page_latency reads it
   });
   const check = (root) => {
-    const match = /frame (\d+)/.exec(root.querySelector('label')?.textContent || '');
+    const first = root.querySelector('figure');
+    const match = /frame (\d+)/.exec(first?.querySelector('figcaption')?.textContent || '');
     const number = match ? Number(match[1]) : -1;
     if (number === shownNumber) return;
     shownNumber = number;
-    const img = root.querySelector('img');
+    const img = first.querySelector('img');
     if (!img || img.complete) painted(number);
     else img.addEventListener('load', () => painted(number), {once: true});
   };
   const watching = new WeakSet();
   setInterval(() => {
-    const root = document.getElementById(frameId);
+    const root = document.getElementById(screenId);
     if (root && !watching.has(root)) {
       watching.add(root);
       new MutationObserver(() => check(root)).observe(
@@ -294,11 +306,8 @@ if (!known) {
 }
 """
 PAINTED_HTML = '<span class="painted" data-painted="0">painted 0 fps</span>'
-# Model frames are tiny (64 x 48 for the embedded model): sent as they are, drawn large with
-# square pixels by the browser instead of upscaled and encoded large on the frame's path.
 CSS = """
-.mineworld-frame img, .mineworld-strip img { image-rendering: pixelated; }
-.mineworld-frame img { width: 100%; height: 100%; object-fit: contain; }
+.mineworld-strip img { image-rendering: pixelated; }
 .painted { font-variant-numeric: tabular-nums; }
 """
 
@@ -509,92 +518,67 @@ def input_group(strategy: str) -> str:
 
 @dataclass
 class PlayView:
-    """One tab's display: per side a frame; the status, the keys held and queued, the painted
-    frame rate; then per side a strip and plots, and a plot per quality measure (PSNR, SSIM).
+    """One tab's display: the screen (per side a frame, and the true world's); the status, the
+    keys held and queued, the painted frame rate; then per side a strip and plots, and a plot
+    per quality measure (PSNR, SSIM).
 
     ``frame_outputs`` change with every frame; ``plot_outputs`` at ``PLOT_SECONDS``."""
 
     name: str
     labels: list[str]
     state: gr.State
-    images: list[gr.Image]
+    screen: gr.HTML  # its value: see screen_value
     queue: gr.Markdown
     keys: gr.HTML
     stop: gr.Button
-    truth: gr.Image | None = None  # the true world's frame, beside the generated one
+    truth: bool = False  # the true world's frame beside the generated ones, when there is one
     status: gr.Textbox | None = None
     strips: list[gr.Gallery] = dataclasses.field(default_factory=list)
-    plots: list[dict[str, gr.LinePlot]] = dataclasses.field(default_factory=list)
-    quality: dict[str, gr.LinePlot] = dataclasses.field(default_factory=dict)
+    charts: gr.Image | None = None
 
     @classmethod
     def build(cls, name: str, labels: list[str], close_seat, height: int,
               truth: bool = False) -> PlayView:
-        """Each side's frame (``height`` pixels high; with ``truth``, the true world's frame
-        beside it, shown when the scene has a world), the key queue and Stop; ``add_plots``
-        renders the status, strips and plots."""
+        """The screen: each side's frame (``height`` pixels high at most; with ``truth``, the
+        true world's frame beside them when the scene has a world); the key queue and Stop;
+        ``add_plots`` renders the status, strips and plots."""
         state = gr.State(Seat(), time_to_live=IDLE_SECONDS, delete_callback=close_seat)
-        images = []
-        with gr.Row(equal_height=True):
-            for label in labels:
-                images.append(gr.Image(label=frame_label(label, 0), format="png",
-                                       interactive=False, elem_id=f"frame-{side_tag(label)}",
-                                       elem_classes="mineworld-frame", height=height,
-                                       buttons=[]))
-            true_image = gr.Image(label=TRUTH_LABEL % 0, format="png", interactive=False,
-                                  elem_id=f"truth-{name}", elem_classes="mineworld-frame",
-                                  height=height, buttons=[], visible=False) if truth else None
+        screen = gr.HTML(None, html_template=SCREEN_TEMPLATE,
+                         css_template=SCREEN_CSS % {"height": height}, js_on_load=None,
+                         elem_id=f"screen-{name}", min_height=height)
         with gr.Row(equal_height=True):
             controls = {key: name for name, (_label, key) in CONTROLS.items() if key}
             keys = gr.HTML(PAINTED_HTML, elem_id=f"keys-{name}", min_width=120, scale=0,
                            js_on_load=KEYS_JS % {
                                "tab": json.dumps(name), "controls": json.dumps(controls),
-                               "frame": json.dumps(f"frame-{side_tag(labels[0])}")})
+                               "screen": json.dumps(f"screen-{name}")})
             queue = gr.Markdown(queue_text(None), elem_id=f"queue-{name}")
             stop = gr.Button("Stop (Esc)", variant="stop", size="sm", scale=0, min_width=100,
                              elem_id=f"stop-{name}")
-        return cls(name, labels, state, images, queue, keys, stop, true_image)
+        return cls(name, labels, state, screen, queue, keys, stop, truth)
 
     def add_plots(self, labels: list[str]) -> None:
-        """The status, each side's strip and plots, two a row, then the quality plots shared
-        by the sides."""
+        """The status, each side's strip, then the charts (see ``charts``)."""
         self.status = gr.Textbox(label="Status", interactive=False, lines=1, max_lines=3,
                                  elem_id=f"status-{self.name}")
         with gr.Row():
             for label in labels:
-                tag = side_tag(label)
-                with gr.Column():
-                    self.strips.append(gr.Gallery(
-                        label=f"{label}: last frames", format="png", columns=STRIP_FRAMES,
-                        rows=1, height=120, fit_columns=False, object_fit="contain",
-                        allow_preview=False, elem_id=f"strip-{tag}",
-                        elem_classes="mineworld-strip"))
-                    side_plots = {}
-                    names = list(PLOTS)
-                    for first in range(0, len(names), 2):
-                        with gr.Row():
-                            for name in names[first : first + 2]:
-                                title, unit = PLOTS[name][0], PLOT_UNITS[name]
-                                side_plots[name] = line_plot(f"{label}: {title}", unit,
-                                                             elem_id=f"plot-{name}-{tag}")
-                    self.plots.append(side_plots)
-        with gr.Row():
-            for measure, title in QUALITY.items():
-                if len(labels) == 1:
-                    title = title.replace("between the sides, and against", "against")
-                self.quality[measure] = line_plot(  # SSIM may be negative: its own range
-                    title, PLOT_UNITS[measure], from_zero=False,
-                    elem_id=f"plot-{measure}-{side_tag('-'.join(labels))}")
+                self.strips.append(gr.Gallery(
+                    label=f"{label}: last frames", format="png", columns=STRIP_FRAMES,
+                    rows=1, height=120, fit_columns=False, object_fit="contain",
+                    allow_preview=False, elem_id=f"strip-{side_tag(label)}",
+                    elem_classes="mineworld-strip"))
+        self.charts = gr.Image(label="Cache, memory, speed and quality, per frame",
+                               show_label=False, format="png", interactive=False, buttons=[],
+                               elem_id=f"charts-{self.name}")
 
     @property
     def frame_outputs(self) -> list:
-        truth = [self.truth] if self.truth is not None else []
-        return [self.state, self.status, *self.images, *truth, self.queue]
+        return [self.state, self.status, self.screen, self.queue]
 
     @property
     def plot_outputs(self) -> list:
-        side_plots = [plot for plots in self.plots for plot in plots.values()]
-        return [*self.strips, *side_plots, *self.quality.values()]
+        return [*self.strips, self.charts]
 
     @property
     def outputs(self) -> list:
@@ -611,34 +595,21 @@ class PlayView:
 
     def queue_values(self, seat: Seat) -> list:
         """Values for ``frame_outputs`` that show only the keys held and queued."""
-        return [seat, *[gr.skip()] * (len(self.frame_outputs) - 2), queue_text(seat)]
+        return [seat, gr.skip(), gr.skip(), queue_text(seat)]
 
-    def frame_values(self, seat: Seat, note: str = "", frame: Frame | None = None) -> list:
-        """Values for ``frame_outputs``: ``frame`` (by default the newest) as it is (small),
-        the status; only the queue once the play has closed (its tab went)."""
+    def frame_values(self, seat: Seat, note: str = "", frame: Frame | None = None,
+                     status: bool = True, queue: bool = True) -> list:
+        """Values for ``frame_outputs``: ``frame`` (by default the newest) on the screen, the
+        status and the queue (each skipped when not asked for); only the queue once the play
+        has closed (its tab went)."""
         play = seat.play
         if play is None or play.closed:
             return self.queue_values(seat)
         number, frames = frame or (play.frames_played, play.newest_frames())
-        images = [gr.update(value=image, label=frame_label(label, number))
-                  for label, image in zip(self.labels, frames, strict=True)]
-        if self.truth is not None:
-            images.append(self.truth_value(seat))
-        return [seat, status_line(play, note, number), *images, queue_text(seat)]
-
-    def truth_only(self, seat: Seat) -> list:
-        """Values for ``frame_outputs`` that show only the true world's newest frame."""
-        values = self.unchanged()
-        values[2 + len(self.images)] = self.truth_value(seat)  # frame_outputs' order
-        return values
-
-    def truth_value(self, seat: Seat):
-        """The true world's newest frame, when the play has a world and the seat shows it."""
-        truth = seat.play.newest_truth
-        if truth is None or not seat.show_truth:
-            return gr.update(visible=False)
-        number, frame = truth
-        return gr.update(value=frame, label=TRUTH_LABEL % number, visible=True)
+        truth = play.newest_truth if self.truth and seat.show_truth else None
+        return [seat, status_line(play, note, number) if status else gr.skip(),
+                screen_value(self.name, self.labels, number, frames, truth),
+                queue_text(seat) if queue else gr.skip()]
 
     def plot_values(self, seat: Seat) -> list:
         """Values for ``plot_outputs``; every one skipped when nothing changed since the last
@@ -653,9 +624,7 @@ class PlayView:
             return [gr.skip()] * len(self.plot_outputs)
         seat.shown, seat.shown_at = shown, now
         strips = [side.newest(STRIP_FRAMES) for side in play.sides]
-        tables = [table for side in play.sides for table in side.plot_tables().values()]
-        quality = [play.quality_table(measure) for measure in self.quality]
-        return [*strips, *tables, *quality]
+        return [*strips, charts(play, self.labels)]
 
     def values(self, seat: Seat, note: str = "") -> list:
         """Values for every output, in ``outputs`` order."""
@@ -663,22 +632,84 @@ class PlayView:
         return self.frame_values(seat, note) + self.plot_values(seat)
 
 
-# The y axis of each plot (PLOTS and QUALITY).
+# The y axis of each chart (PLOTS and QUALITY).
 PLOT_UNITS = {"tokens": "tokens", "kv": "MB", "memory": "MB", "ms": "ms", "fps": "frames/s",
-              "hit": "share", "psnr": "dB", "ssim": "SSIM"}
+              "hit": "share", "psnr": "dB", "ssim": ""}
+CHART_PANEL = (330, 210)  # pixels; four a row: a tab's eight charts in 1320 x 420
 
 
-def line_plot(title: str, unit: str, elem_id: str | None = None,
-              from_zero: bool = True) -> gr.LinePlot:
-    """A plot of a long-format table (``mineworld.play.plot_table``), one line per series;
-    ``from_zero``: its axis starts at 0, so that a flat line (memory that does not move) is
-    drawn flat, not stretched over a range of a thousandth."""
-    return gr.LinePlot(None, x="frame", y="value", color="series", title=title, height=200,
-                       x_title="frame", y_title=unit, x_axis_format="d", elem_id=elem_id,
-                       y_lim=[0, None] if from_zero else None)
+def charts(play: PlaySession, labels: list[str]) -> Image.Image:
+    """One image of ``play``'s charts: per ``PLOTS`` entry, each side's series (named
+    "<side>: <series>" when there are two sides), then the ``QUALITY`` measures. Cache and
+    memory axes start at 0, so that memory that does not move is drawn flat."""
+    panels = []
+    tables = [side.plot_tables() for side in play.sides]
+    for name, (title, _series) in PLOTS.items():
+        series = {}
+        for label, side_tables in zip(labels, tables, strict=True):
+            series.update(chart_series(side_tables[name], f"{label}: " if len(labels) > 1
+                                       else ""))
+        panels.append(Panel(title, PLOT_UNITS[name], series, y_from_zero=True, whole_x=True))
+    for measure, title in QUALITY.items():  # SSIM may be negative: its own range
+        panels.append(Panel(title, PLOT_UNITS[measure],
+                            chart_series(play.quality_table(measure)), whole_x=True))
+    return chart_image(panels, columns=4, size=CHART_PANEL, legend="panel")
+
+
+def chart_series(table, prefix: str = "") -> dict[str, tuple[list, list]]:
+    """A long-format table's (``mineworld.play.plot_table``) series: name -> (frames,
+    values)."""
+    if table is None:
+        return {}
+    return {prefix + name: (rows["frame"].tolist(), rows["value"].tolist())
+            for name, rows in table.groupby("series", sort=False)}
 
 
 TRUTH_LABEL = "The true world: frame %d"
+# The screen: one output a frame, its value data (see screen_value); the page draws it. Images
+# ride in the value as PNG data URIs: no file written, no request made, per frame.
+SCREEN_TEMPLATE = """<div class="mineworld-screen">{{#each value.frames}}<figure id="{{id}}"
+class="mineworld-frame"><img src="{{src}}" alt="{{caption}}"><figcaption>{{caption}}</figcaption>
+</figure>{{/each}}</div>"""
+# Frames are tiny (64 x 48 for the embedded model): sent as they are, drawn large with square
+# pixels by the browser instead of upscaled and encoded large on the frame's path.
+SCREEN_CSS = """
+.mineworld-screen { display: flex; gap: 8px; justify-content: center; }
+.mineworld-frame { flex: 0 1 auto; min-width: 0; margin: 0; }
+.mineworld-frame img { display: block; height: %(height)dpx; max-width: 100%%;
+  object-fit: contain; image-rendering: pixelated; }
+.mineworld-frame figcaption { font-size: var(--text-sm); padding-top: 2px; }
+"""
+
+
+def png_data_uri(image: np.ndarray) -> str:
+    """``image`` (uint8 ``[H, W, 3]``) as a PNG data URI (lossless; a 64 x 48 frame is ~6 KB)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="png", compress_level=1)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def screen_value(tab: str, labels: list[str], number: int, frames: list[np.ndarray],
+                 truth: tuple[int, np.ndarray] | None) -> dict:
+    """The screen's value: ``{"frames": [{"id", "caption", "src"}, ...]}``, each side's
+    ``frames`` at ``number`` (ids ``frame-<side>``), then the true world's (``truth``: its
+    number and frame; id ``truth-<tab>``). API clients read the images with
+    :func:`screen_images`."""
+    shown = [(f"frame-{side_tag(label)}", frame_label(label, number), frame)
+             for label, frame in zip(labels, frames, strict=True)]
+    if truth is not None:
+        shown.append((f"truth-{tab}", TRUTH_LABEL % truth[0], truth[1]))
+    return {"frames": [{"id": id_, "caption": caption, "src": png_data_uri(frame)}
+                       for id_, caption, frame in shown]}
+
+
+def screen_images(value: dict) -> dict[str, np.ndarray]:
+    """The images of a screen value (:func:`screen_value`), by id: uint8 ``[H, W, 3]``."""
+    def decoded(src: str) -> np.ndarray:
+        data = base64.b64decode(src.split(",", 1)[1])
+        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+    return {shown["id"]: decoded(shown["src"]) for shown in value["frames"]}
 
 
 def frame_label(label: str, number: int) -> str:
@@ -878,20 +909,29 @@ class Demo:
         self.replace_play(seat, play)
         return ""
 
-    async def drive(self, view: PlayView, seat: Seat, request, note: str = ""):
+    async def drive(self, view: PlayView, seat: Seat, request, note: str = "",
+                    status_seconds: float = 0.0):
         """Frame values while the seat's controls ask for frames, then the queue as it is
-        left. While another event drives, nothing: its next frame shows this input, and a
-        queue shown from here could reach the page after that driver's last values (a
-        generator's values are sent again when it completes) and stay there, stale. Once
-        ``request``'s session leaves ``MAX_UNREAD_MESSAGES`` unread, the play stops."""
+        left. The status goes with a frame at most every ``status_seconds`` (a held key's
+        frames: the page's text fields cost the browser more than the frame), the queue when
+        it changed, and both with the last values. While another event drives, nothing: its
+        next frame shows this input, and a queue shown from here could reach the page after
+        that driver's last values (a generator's values are sent again when it completes)
+        and stay there, stale. While ``request``'s session leaves ``MAX_UNREAD_MESSAGES``
+        unread, the frames wait; after ``UNREAD_WAIT_SECONDS`` the play stops."""
         made, play = False, seat.play
-        follow = (PlaySession.score_pending if view.truth is not None and seat.show_truth
+        follow = (PlaySession.score_pending if view.truth and seat.show_truth
                   and play is not None and play.truth is not None else None)
+        status_at, queue_shown = -math.inf, None
         async for frame in seat.frames(self.scheduler, follow):
             made = True
-            if self.unread_messages(request) >= MAX_UNREAD_MESSAGES:
+            if not await self.read_up(request):
                 seat.controls.stop()
-            yield view.frame_values(seat, note, frame)
+            now, queue = time.monotonic(), queue_text(seat)
+            status = now - status_at >= status_seconds
+            status_at = now if status else status_at
+            yield view.frame_values(seat, note, frame, status=status, queue=queue != queue_shown)
+            queue_shown = queue
         if made:
             yield view.frame_values(seat, note)
         elif seat.controls.driving:
@@ -950,10 +990,21 @@ class Demo:
                     return
                 if seat.controls.hold(name, control_action(name, 0.0, 0.0), order):
                     note = f"{CONTROLS[name][0]} not queued: the queue holds {MAX_QUEUED}"
-            async for values in self.drive(view, seat, request, note):
+            async for values in self.drive(view, seat, request, note, KEY_STATUS_SECONDS):
                 yield values
 
         return control
+
+    async def read_up(self, request) -> bool:
+        """Whether ``request``'s session reads its messages: True at once, or once fewer than
+        ``MAX_UNREAD_MESSAGES`` wait unread; False when they still wait after
+        ``UNREAD_WAIT_SECONDS``."""
+        deadline = time.monotonic() + UNREAD_WAIT_SECONDS
+        while self.unread_messages(request) >= MAX_UNREAD_MESSAGES:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
 
     def unread_messages(self, request) -> int:
         """Messages of ``request``'s session that Gradio's queue holds, not yet read by its
@@ -975,7 +1026,7 @@ class Demo:
                 return view.unchanged()
             if seat.show_truth:
                 await asyncio.to_thread(play.score_pending)
-            return view.truth_only(seat)
+            return view.frame_values(seat)
 
         return show_truth
 
@@ -1208,7 +1259,7 @@ class ActionPad:
         ``<prefix>_<control>``. Clicks during a frame queue too ("multiple")."""
         for name, button in self.buttons.items():
             button.click(
-                demo.step(view, name, len(view.images)),
+                demo.step(view, name, len(view.labels)),
                 [view.state, self.repeat, self.pitch, self.yaw], view.frame_outputs,
                 api_name=f"{prefix}_{name.replace('.', '_').replace(' ', '_')}",
                 concurrency_limit=None, trigger_mode="multiple", show_progress="hidden",
@@ -1218,7 +1269,7 @@ class ActionPad:
 def wire_play(demo: Demo, view: PlayView, pad: ActionPad, prefix: str) -> None:
     """The tab's buttons, keys and Stop."""
     pad.wire(demo, view, prefix)
-    sides = len(view.images)
+    sides = len(view.labels)
     view.keys.control(demo.control(view, sides), view.state, view.frame_outputs,
                       api_visibility="private", concurrency_limit=None,
                       trigger_mode="multiple", show_progress="hidden")

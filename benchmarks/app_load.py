@@ -52,7 +52,6 @@ from pathlib import Path
 
 import numpy as np
 from gradio_client import Client
-from PIL import Image
 
 from benchmarks.common import percentile, print_machine
 from mineworld.actions import make_action
@@ -102,13 +101,6 @@ def start_server(port: int, temp: str, log: Path, command: list[str] | None = No
     return server
 
 
-def frame_of(path: str, width: int, height: int) -> np.ndarray:
-    """The model frame inside a displayed image (undo the nearest-neighbour upscale)."""
-    image = np.asarray(Image.open(path).convert("RGB"))
-    scale = image.shape[1] // width
-    return image[scale // 2 :: scale, scale // 2 :: scale][:height, :width]
-
-
 def visitor(url: str, number: int) -> Client:
     """A client (one session) from its own address, 10.0.0.``number``."""
     return Client(url, verbose=False, headers={"X-Forwarded-For": visitor_address(number)})
@@ -118,8 +110,10 @@ def visitor_address(number: int) -> str:
     return f"10.0.{number // 250}.{number % 250 + 1}"
 
 
-def concurrent_players(url: str, clients: int, steps: int, size) -> dict[int, tuple]:
+def concurrent_players(url: str, clients: int, steps: int) -> dict[int, tuple]:
     """{client: (start, control, frames seen)}; raises if a reply reports another count."""
+    from app import screen_images
+
     connected = [visitor(url, index) for index in range(clients)]  # one by one: API info
 
     def play(index: int):
@@ -127,11 +121,10 @@ def concurrent_players(url: str, clients: int, steps: int, size) -> dict[int, tu
         client.predict(start, index, api_name="/reset")
         frames = []
         for step in range(1, steps + 1):
-            status, image = client.predict(1, 0, 0, api_name=f"/play_{control}")[:2]
-            image = image["value"] if isinstance(image, dict) else image  # an update
+            status, screen = client.predict(1, 0, 0, api_name=f"/play_{control}")[:2]
             if f"from frame {start} · {step} frames played" not in status:
                 raise AssertionError(f"client {index} step {step} got: {status}")
-            frames.append(frame_of(image, *size))
+            frames.append(screen_images(screen)["frame-play"])
         return start, control, frames
 
     try:
@@ -452,13 +445,9 @@ def flood(url: str, steps: int, kind: str) -> bool:
 
 def load(url: str, pid: int, args: argparse.Namespace) -> bool:
     """Concurrent players, then open/close cycles; True when every check passes."""
-    from mineworld.embedded import MODEL_DIR
-    from mineworld.tokenizers.embedded import EmbeddedTokenizer
-
     ok = True
-    size = EmbeddedTokenizer.load(MODEL_DIR, "cpu").frame_size
     started = time.perf_counter()
-    results = concurrent_players(url, args.clients, args.steps, size)
+    results = concurrent_players(url, args.clients, args.steps)
     seconds = time.perf_counter() - started
     frames = args.clients * args.steps
     finals = {frames[-1].tobytes() for _, _, frames in results.values()}

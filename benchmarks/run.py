@@ -52,8 +52,8 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.common import machine_line, percentile
-from benchmarks.plot import Panel, line_charts
 from cache import STRATEGIES, Layout
+from mineworld.charts import Panel, line_charts
 from mineworld.config import ACTION_TOKENS
 from mineworld.decoding import Sampling
 from mineworld.embedded import MODEL_DIR, load_embedded

@@ -63,25 +63,24 @@ MAX_SIDECAR_BYTES = 4096  # a world sidecar holds a seed, a start state, a size 
 MAX_WORLD_SCALE = 2
 MAX_SUPERSAMPLE = SUPERSAMPLE
 PLAYER_STATE = ("x", "y", "z", "yaw", "pitch", "vx", "vy", "vz", "on_ground")
-# Quality measures of the Compare tab (mineworld.metrics.frame_scores): name -> plot title.
+# Quality measures (mineworld.metrics.frame_scores), between the sides and against the true
+# world: name -> chart title.
 QUALITY = {
-    "psnr": f"PSNR (dB; {PSNR_PLOT_CEILING_DB:.0f} = identical or nearly): between the sides, "
-            "and against the true world",
-    "ssim": "SSIM: between the sides, and against the true world",
+    "psnr": f"PSNR ({PSNR_PLOT_CEILING_DB:.0f}: identical or nearly)",
+    "ssim": "SSIM",
 }
 # The hit rate's share held by each role of kept tokens (cache statistics' names) -> its series.
 HIT_RATE_SERIES = {role: f"kept by {role.replace('_', ' ')}" for role in ROLES}
-# Plot name -> (title, the series it draws); every series is a column of the stats rows.
+# Chart name -> (title, the series it draws); every series is a column of the stats rows.
 PLOTS = {
     "tokens": ("Tokens in the cache", ("live tokens", "evicted this frame")),
-    "kv": ("KV cache (MB)", ("KV allocated", "KV live")),
-    "memory": ("Process memory (MB)", ("process RSS", "GPU allocated")),
-    "ms": ("ms per frame", ("total", "re-prefill")),
+    "kv": ("KV cache", ("KV allocated", "KV live")),
+    "memory": ("Process memory", ("process RSS", "GPU allocated")),
+    "ms": ("Time per frame", ("total", "re-prefill")),
     "fps": ("Frames per second", ("fps",)),
     # The seed's "cache hit rate" (h2o and hybrid track attention; the others draw nothing),
     # and its split by the role of the kept tokens.
-    "hit": ("Attention kept through evictions, and by which kept tokens (h2o, hybrid)",
-            ("attention hit rate", *HIT_RATE_SERIES.values())),
+    "hit": ("Attention kept (h2o, hybrid)", ("attention hit rate", *HIT_RATE_SERIES.values())),
 }
 
 
@@ -224,9 +223,7 @@ def process_memory_mb() -> float:
 
 
 def plot_table(records: list[dict]) -> pd.DataFrame | None:
-    """Long-format rows (frame, value, series) for a line plot; numeric dtypes, because plots
-    read the axis type from them. None when empty: Gradio's plot fixes its colour legend from
-    the first table it shows, and an empty one would leave every later line uncoloured."""
+    """Long-format rows (frame, value, series) for a chart; None when empty."""
     if not records:
         return None
     table = pd.DataFrame(records, columns=["frame", "value", "series"])
@@ -443,12 +440,15 @@ class PlaySession:
             self.score_pending()
         return frames
 
-    def score_pending(self) -> None:
-        """Step the true world through the actions played since the last call and score each
-        frame: A against B, and each side against the truth."""
+    def score_pending(self, through: int | None = None) -> None:
+        """Step the true world through the actions played since the last call (up to frame
+        ``through``; by default all) and score each frame: A against B, and each side against
+        the truth."""
         with self._truth_lock:
             with self._lock:
-                pending, self._unscored = self._unscored, []
+                ready = len(self._unscored) if through is None else sum(
+                    number <= through for number, _action, _frames in self._unscored)
+                pending, self._unscored = self._unscored[:ready], self._unscored[ready:]
             rows, truth = [], None
             for number, action, frames in pending:
                 labels = "AB" if len(frames) == 2 else [""] * len(frames)
@@ -463,7 +463,7 @@ class PlaySession:
                 self.newest_truth = truth or self.newest_truth
 
     def quality_table(self, measure: str = "psnr") -> pd.DataFrame | None:
-        """Long-format table of one QUALITY measure, for a line plot (every frame scored; PSNR
+        """Long-format table of one QUALITY measure, for a chart (every frame scored; PSNR
         drawn no higher than PSNR_PLOT_CEILING_DB)."""
         self.score_pending()
         with self._lock:

@@ -298,8 +298,9 @@ class Seat:
 
         The next frame is being made while the caller shows this one (sending a frame to a
         page costs about as much as making it), so frames come at the slower of the two
-        rates, not at their sum. ``follow(play)``, when given, is work that each frame asks
-        for before it is shown (the true world's frame), off the model's thread."""
+        rates, not at their sum. ``follow(play, number)``, when given, is work that frame
+        ``number`` asks for before it is shown (the true world's frame), off the model's
+        thread and while the model makes the next frame."""
         if not self.controls.claim():
             return
         finished = False
@@ -307,9 +308,9 @@ class Seat:
         try:
             while making is not None:
                 made = await making
-                if made is not None and follow is not None:
-                    await asyncio.to_thread(follow, self.play)
                 making = self._next_frame(scheduler)
+                if made is not None and follow is not None:
+                    await asyncio.to_thread(follow, self.play, made.number)
                 if made is not None:
                     yield made
                 elif self.play is None or self.play.closed:

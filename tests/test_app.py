@@ -24,7 +24,6 @@ import pytest
 import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
-from PIL import Image
 
 import app
 from cache import STRATEGIES, declared
@@ -100,12 +99,9 @@ def path_of(output):
     return output["value"] if isinstance(output, dict) else output
 
 
-def frame_of(output):
-    """The model frame of a displayed image (the page scales it up itself; an older page sent
-    it upscaled with nearest neighbour)."""
-    image = np.asarray(Image.open(path_of(output)).convert("RGB"))
-    scale = image.shape[1] // WIDTH
-    return image[scale // 2 :: scale, scale // 2 :: scale][:HEIGHT, :WIDTH]
+def frame_of(screen, shown="frame-play"):
+    """A frame of a screen value (``app.screen_value``): a side's, or the true world's."""
+    return app.screen_images(screen)[shown]
 
 
 def expected_frames(resources, start, action, steps, seed=0):
@@ -182,6 +178,8 @@ def test_play_session_compares_two_strategies_against_the_true_world(scene_mp4):
     )
     for _ in range(6):  # past the 4-frame context: the full cache re-prefills, streaming evicts
         play.step(make_action(["forward"], yaw=5.0))
+    play.score_pending(through=4)  # the truth beside frame 4, while frames 5 and 6 are made
+    assert play.newest_truth[0] == 4 and {row["frame"] for row in play.quality} == {1, 2, 3, 4}
     full, streaming = play.sides
     assert full.rows[-1]["reprefills"] >= 1
     assert sum(row["evicted this frame"] for row in streaming.rows) > 0
@@ -388,7 +386,7 @@ def test_a_step_returns_a_new_frame(served):
     streamed = steps.outputs()
     played = [int(re.search(r"(\d+) frames played", out[0]).group(1)) for out in streamed]
     assert played == [1, 2, 3, 3]  # every frame streamed as it was made, then the queue left
-    truths = [frame_of(out[2]) for out in streamed]  # the world's frame beside each
+    truths = [frame_of(out[1], "truth-play") for out in streamed]  # the world's, beside
     assert not np.array_equal(truths[0], truths[2])
     video = read_video(path_of(client.predict(api_name="/download")))
     assert len(video) == 4  # the start frame and the three played

@@ -114,10 +114,10 @@ def test_a_seat_plays_its_queue_on_the_scheduler_thread_and_stops_on_a_closed_pl
 
 def test_the_next_frame_is_made_while_a_frame_is_shown_and_its_follow_up_runs_off_thread():
     scheduler, seat = seated_play(3)
-    followed = []  # (frames made when it ran, its thread)
+    followed = []  # (the frame it ran for, its thread)
 
-    def follow(play):
-        followed.append((len(play.actions), threading.current_thread().name))
+    def follow(play, number):
+        followed.append((number, threading.current_thread().name))
 
     async def drive():
         shown = []  # (the frame shown, the frames made after showing it)
@@ -127,8 +127,8 @@ def test_the_next_frame_is_made_while_a_frame_is_shown_and_its_follow_up_runs_of
         return shown
 
     assert asyncio.run(drive()) == [(1, 2), (2, 3), (3, 3)]  # one frame ahead, never more
-    assert [made for made, _thread in followed] == [1, 2, 3]  # each before the next is asked
-    assert not {thread for _made, thread in followed} & (seat.play.threads | {
+    assert [number for number, _thread in followed] == [1, 2, 3]  # each frame's, in turn
+    assert not {thread for _number, thread in followed} & (seat.play.threads | {
         threading.current_thread().name})  # neither the model's thread nor the event loop's
     scheduler.shutdown()
 
