@@ -606,7 +606,7 @@ class PlayView:
         if play is None or play.closed:
             return self.queue_values(seat)
         number, frames = frame or (play.frames_played, play.newest_frames())
-        truth = play.newest_truth if self.truth and seat.show_truth else None
+        truth = play.truth_frame(number) if self.truth and seat.show_truth else None
         return [seat, status_line(play, note, number) if status else gr.skip(),
                 screen_value(self.name, self.labels, number, frames, truth),
                 queue_text(seat) if queue else gr.skip()]
@@ -920,10 +920,10 @@ class Demo:
         and stay there, stale. While ``request``'s session leaves ``MAX_UNREAD_MESSAGES``
         unread, the frames wait; after ``UNREAD_WAIT_SECONDS`` the play stops."""
         made, play = False, seat.play
-        follow = (PlaySession.score_pending if view.truth and seat.show_truth
-                  and play is not None and play.truth is not None else None)
+        ahead = (PlaySession.render_truth if view.truth and seat.show_truth
+                 and play is not None and play.truth is not None else None)
         status_at, queue_shown = -math.inf, None
-        async for frame in seat.frames(self.scheduler, follow):
+        async for frame in seat.frames(self.scheduler, ahead):
             made = True
             if not await self.read_up(request):
                 seat.controls.stop()

@@ -364,14 +364,18 @@ class PlaySession:
         self.scene, self.start = scene, start
         self._lock = threading.Lock()  # the kept frames, rows and scores
         self._truth_lock = threading.Lock()  # the true world, stepped in the played order
+        self._score_lock = threading.Lock()  # the scores, added in the played order
         self.context_frames = list(scene.frames[: start + 1])
         self.context_actions = list(scene.actions[:start])
         self.sides = [self._new_side(name, params) for name, params in strategies]
         self.truth = (
             TrueWorld(scene.world, start, tokenizer.frame_size) if scene.world else None
         )
-        # The true world's newest frame and its number (0: the start frame, as rendered).
+        # The true world's newest frame scored and its number (0: the start frame, as
+        # rendered); the frames rendered since, by number; the newest frame rendered.
         self.newest_truth = (0, self.context_frames[-1]) if self.truth is not None else None
+        self._truths: dict[int, np.ndarray] = {}
+        self._truth_at = 0
         # Per frame and pair compared: frame, series, and a value per QUALITY measure.
         self.quality: deque[dict] = deque(maxlen=3 * KEPT_FRAMES)
         self.actions: deque[dict] = _kept()  # the newest, as the sides' frames
@@ -440,22 +444,51 @@ class PlaySession:
             self.score_pending()
         return frames
 
-    def score_pending(self, through: int | None = None) -> None:
-        """Step the true world through the actions played since the last call (up to frame
-        ``through``; by default all) and score each frame: A against B, and each side against
-        the truth."""
+    def render_truth(self, number: int, action: dict) -> None:
+        """Render the true world's frame ``number`` ahead, ``action`` being its action: off the
+        model's thread while the model makes that frame, to be shown beside it (see
+        ``truth_frame``). Frames played before it and not rendered yet are rendered first, in
+        order; a frame already rendered is not again."""
         with self._truth_lock:
+            if self.truth is None or number <= self._truth_at:
+                return
+            with self._lock:  # the actions of the frames played since the last one rendered
+                behind = self.frames_played - self._truth_at
+                played = list(self.actions)[len(self.actions) - behind :]
+            for ahead in [*played[: number - 1 - self._truth_at], action]:
+                frame = self.truth.step(ahead)
+                with self._lock:
+                    self._truth_at += 1
+                    self._truths[self._truth_at] = frame
+
+    def truth_frame(self, number: int) -> tuple[int, np.ndarray] | None:
+        """The true world's frame ``number`` (or the newest before it) with its number, once
+        rendered; None without a true world."""
+        with self._lock:
+            rendered = [n for n in self._truths if n <= number]
+            if rendered:
+                return max(rendered), self._truths[max(rendered)]
+            return self.newest_truth
+
+    def score_pending(self, through: int | None = None) -> None:
+        """Score each frame played since the last call (up to frame ``through``; by default
+        all): A against B, and each side against the true world's frame, rendered now if it
+        was not ahead."""
+        with self._score_lock:
             with self._lock:
                 ready = len(self._unscored) if through is None else sum(
                     number <= through for number, _action, _frames in self._unscored)
                 pending, self._unscored = self._unscored[:ready], self._unscored[ready:]
+            if self.truth is not None and pending:
+                self.render_truth(*pending[-1][:2])
             rows, truth = [], None
-            for number, action, frames in pending:
+            for number, _action, frames in pending:
                 labels = "AB" if len(frames) == 2 else [""] * len(frames)
                 if len(frames) == 2:
                     rows.append(_scores(number, "A vs B", frames[0], frames[1]))
-                if self.truth is not None:
-                    truth = (number, self.truth.step(action))
+                with self._lock:
+                    truth = (number, self._truths.pop(number)) if number in self._truths else None
+                if truth is not None:
                     rows.extend(_scores(number, f"{label} vs truth".strip(), frame, truth[1])
                                 for label, frame in zip(labels, frames, strict=True))
             with self._lock:
@@ -538,12 +571,12 @@ class PlaySession:
         """Free what the play holds (Gradio keeps a closed tab's State for an hour): the sides,
         the scores, and the scene frames (views that would keep an uploaded scene alive). Not
         while a step runs: the caller runs both on one thread."""
-        with self._truth_lock, self._lock:
+        with self._score_lock, self._truth_lock, self._lock:
             for side in self.sides:
                 side.close()
             self.quality.clear()
             self.actions.clear()
-            self._unscored = []
+            self._unscored, self._truths = [], {}
             self.context_frames, self.context_actions, self.truth = [], [], None
             self.newest_truth = None
         shutil.rmtree(self._export_dir, ignore_errors=True)

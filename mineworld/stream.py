@@ -291,26 +291,24 @@ class Seat:
         return Seat()
 
     async def frames(self, scheduler: FrameScheduler,
-                     follow: Callable | None = None) -> AsyncIterator[Frame]:
+                     ahead: Callable | None = None) -> AsyncIterator[Frame]:
         """Drive the play: step it with each action the controls give, on ``scheduler``, and
         yield each frame, until nothing is held or queued. Yields nothing when another caller
         drives; it plays what was asked.
 
         The next frame is being made while the caller shows this one (sending a frame to a
         page costs about as much as making it), so frames come at the slower of the two
-        rates, not at their sum. ``follow(play, number)``, when given, is work that frame
-        ``number`` asks for before it is shown (the true world's frame), off the model's
-        thread and while the model makes the next frame."""
+        rates, not at their sum. ``ahead(play, number, action)``, when given, is work for
+        frame ``number`` done while the model makes it, off the model's thread (the true
+        world's frame), and done before that frame is yielded."""
         if not self.controls.claim():
             return
         finished = False
-        making = self._next_frame(scheduler)
+        making = self._next_frame(scheduler, ahead)
         try:
             while making is not None:
                 made = await making
-                making = self._next_frame(scheduler)
-                if made is not None and follow is not None:
-                    await asyncio.to_thread(follow, self.play, made.number)
+                making = self._next_frame(scheduler, ahead)
                 if made is not None:
                     yield made
                 elif self.play is None or self.play.closed:
@@ -321,11 +319,25 @@ class Seat:
                 self.controls.stop()
                 self.controls.resign()
 
-    def _next_frame(self, scheduler: FrameScheduler) -> asyncio.Future | None:
-        """The next frame asked of ``scheduler`` (None once made if the play had closed), or
-        None when nothing is held or queued (the driver's turn then ends)."""
+    def _next_frame(self, scheduler: FrameScheduler,
+                    ahead: Callable | None = None) -> asyncio.Future | None:
+        """The next frame asked of ``scheduler`` (None once made if the play had closed), with
+        ``ahead``'s work for it; or None when nothing is held or queued (the driver's turn then
+        ends)."""
         action = self.controls.next_action()
         if action is None:
             return None
-        return asyncio.wrap_future(scheduler.step(self.play, action, self.client))
+        frame = asyncio.wrap_future(scheduler.step(self.play, action, self.client))
+        if ahead is None:
+            return frame
+        work = asyncio.ensure_future(
+            asyncio.to_thread(ahead, self.play, self.play.frames_played + 1, action))
+        return asyncio.ensure_future(_both(frame, work))
+
+
+async def _both(frame: asyncio.Future, work: asyncio.Future):
+    """``frame``'s result, once ``work`` is done too."""
+    made = await frame
+    await work
+    return made
 

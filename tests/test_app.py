@@ -32,7 +32,7 @@ from mineworld import stream as stream_module
 from mineworld.actions import make_action
 from mineworld.config import preset_path
 from mineworld.decoding import Sampling
-from mineworld.play import Options, PlaySession, process_memory_mb, read_scene
+from mineworld.play import Options, PlaySession, TrueWorld, process_memory_mb, read_scene
 from mineworld.video import read_video, video_rate
 from mineworld.world import record_episode
 from tests.stand_ins import (
@@ -178,8 +178,17 @@ def test_play_session_compares_two_strategies_against_the_true_world(scene_mp4):
     )
     for _ in range(6):  # past the 4-frame context: the full cache re-prefills, streaming evicts
         play.step(make_action(["forward"], yaw=5.0))
-    play.score_pending(through=4)  # the truth beside frame 4, while frames 5 and 6 are made
+    play.render_truth(7, make_action(["forward"], yaw=5.0))  # ahead of frame 7's making
+    assert play.truth_frame(6)[0] == 6 and play.truth_frame(7)[0] == 7
+    play.score_pending(through=4)
     assert play.newest_truth[0] == 4 and {row["frame"] for row in play.quality} == {1, 2, 3, 4}
+    play.step(make_action(["forward"], yaw=5.0))
+    world = TrueWorld(resources.scene.world, 3, (WIDTH, HEIGHT))  # the truth, in one go
+    truths = [world.step(make_action(["forward"], yaw=5.0)) for _ in range(7)]
+    assert np.array_equal(play.truth_frame(7)[1], truths[6])
+    play.score_pending()  # frames 5 to 7, scored against the frames rendered ahead
+    assert play.newest_truth[0] == 7 and np.array_equal(play.newest_truth[1], truths[6])
+    assert len(play.quality) == 3 * 7  # A vs B, A vs truth, B vs truth
     full, streaming = play.sides
     assert full.rows[-1]["reprefills"] >= 1
     assert sum(row["evicted this frame"] for row in streaming.rows) > 0
@@ -194,8 +203,8 @@ def test_play_session_compares_two_strategies_against_the_true_world(scene_mp4):
     video = read_video(exported)
     scale = math.ceil(play_module.EXPORT_MIN_WIDTH / WIDTH)  # whole factor, >= 512 px a side
     band = play_module.CAPTION_HEIGHT
-    # start frame + 6, each side scaled up under a band naming it, the sides side by side
-    assert video.shape == (7, band + HEIGHT * scale, 2 * WIDTH * scale, 3)
+    # start frame + 7, each side scaled up under a band naming it, the sides side by side
+    assert video.shape == (8, band + HEIGHT * scale, 2 * WIDTH * scale, 3)
     newest = np.concatenate([side.frames[-1] for side in play.sides], axis=1)
     pixels = video[-1, band + scale // 2 :: scale, scale // 2 :: scale].astype(int)
     assert np.abs(pixels - newest).mean() < 3  # the frames, pixel for pixel (H.264 aside)
