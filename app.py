@@ -538,13 +538,15 @@ class PlayView:
 
     @classmethod
     def build(cls, name: str, labels: list[str], close_seat, height: int,
-              truth: bool = False) -> PlayView:
-        """The screen: each side's frame (``height`` pixels high at most; with ``truth``, the
-        true world's frame beside them when the scene has a world); the key queue and Stop;
-        ``add_plots`` renders the status, strips and plots."""
+              frame_size: tuple[int, int], truth: bool = False) -> PlayView:
+        """The screen: each side's frame (of ``frame_size``, drawn ``height`` pixels high at
+        most; with ``truth``, the true world's frame beside them when the scene has a world);
+        the key queue and Stop; ``add_plots`` renders the status, strips and charts."""
         state = gr.State(Seat(), time_to_live=IDLE_SECONDS, delete_callback=close_seat)
         screen = gr.HTML(None, html_template=SCREEN_TEMPLATE,
-                         css_template=SCREEN_CSS % {"height": height}, js_on_load=None,
+                         css_template=SCREEN_CSS % {
+                             "width": round(height * frame_size[0] / frame_size[1])},
+                         js_on_load=None,
                          elem_id=f"screen-{name}", min_height=height)
         with gr.Row(equal_height=True):
             controls = {key: name for name, (_label, key) in CONTROLS.items() if key}
@@ -675,9 +677,8 @@ class="mineworld-frame"><img src="{{src}}" alt="{{caption}}"><figcaption>{{capti
 # pixels by the browser instead of upscaled and encoded large on the frame's path.
 SCREEN_CSS = """
 .mineworld-screen { display: flex; gap: 8px; justify-content: center; }
-.mineworld-frame { flex: 0 1 auto; min-width: 0; margin: 0; }
-.mineworld-frame img { display: block; height: %(height)dpx; max-width: 100%%;
-  object-fit: contain; image-rendering: pixelated; }
+.mineworld-frame { flex: 0 1 %(width)dpx; min-width: 0; margin: 0; }
+.mineworld-frame img { display: block; width: 100%%; height: auto; image-rendering: pixelated; }
 .mineworld-frame figcaption { font-size: var(--text-sm); padding-top: 2px; }
 """
 
@@ -1280,6 +1281,7 @@ def wire_play(demo: Demo, view: PlayView, pad: ActionPad, prefix: str) -> None:
 def build_demo(resources: Resources) -> gr.Blocks:
     """The whole page for ``resources``; launching it is the caller's business."""
     demo = Demo(resources)
+    frame_size = resources.tokenizer.frame_size
     with gr.Blocks(title="MineWorld", delete_cache=CACHE_SWEEP) as blocks:
         gr.Markdown("## MineWorld: play the world model\nHold a key to play, release it to "
                     "stop: W A S D move, Space jump, Shift sneak, Ctrl sprint, Q drop, 1-9 "
@@ -1302,7 +1304,7 @@ def build_demo(resources: Resources) -> gr.Blocks:
             with gr.Row():
                 with gr.Column(scale=1, min_width=320):
                     view = PlayView.build("play", ["Play"], demo.close_seat, height=250,
-                                          truth=True)
+                                          frame_size=frame_size, truth=True)
                 with gr.Column(scale=1):
                     picker = StrategyPicker.build("Cache strategy", resources.strategy,
                                                   resources.params, resources)
@@ -1349,7 +1351,7 @@ def build_demo(resources: Resources) -> gr.Blocks:
             compare_video = gr.File(label="Both sessions, side by side", interactive=False,
                                     height=60, visible=False, elem_id="export-compare")
             compare_view = PlayView.build("compare", ["A", "B"], demo.close_seat,
-                                          height=220)
+                                          height=220, frame_size=frame_size)
             compare_pad = ActionPad.build()
             compare_view.add_plots(["A", "B"])
             wire_play(demo, compare_view, compare_pad, "compare")

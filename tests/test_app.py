@@ -416,7 +416,8 @@ def test_an_uploaded_scene_is_played(served, tmp_path):
 def test_a_closed_play_shows_only_the_queue(served):
     demo = app.Demo(served[1])
     with app.gr.Blocks():
-        view = app.PlayView.build("t", ["Play"], demo.close_seat, height=100)
+        view = app.PlayView.build("t", ["Play"], demo.close_seat, height=100,
+                                  frame_size=(WIDTH, HEIGHT))
     seat = app.Seat()
     seat.play = demo.new_play(None, None, None, [("none", {})], None)
     assert len(view.frame_values(seat)) == len(view.frame_outputs)
