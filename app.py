@@ -519,8 +519,7 @@ def input_group(strategy: str) -> str:
 @dataclass
 class PlayView:
     """One tab's display: the screen (per side a frame, and the true world's); the status, the
-    keys held and queued, the painted frame rate; then per side a strip and plots, and a plot
-    per quality measure (PSNR, SSIM).
+    keys held and queued, the painted frame rate; then per side a strip, and the charts.
 
     ``frame_outputs`` change with every frame; ``plot_outputs`` at ``PLOT_SECONDS``."""
 
