@@ -347,7 +347,9 @@ def attacks(url: str, pid: int, log: Path, folder: Path) -> bool:
 
 
 FLOOD_GOAL = 2.0  # a victim's step under a flood, at most this many times its idle time
-FLOOD_SETTLE_SECONDS = 2.0  # for the flood to fill its places, or its last plays to stop
+# For the flood to fill its places, or its last plays to stop (a play nobody reads waits
+# app.UNREAD_WAIT_SECONDS for its reader first).
+FLOOD_SETTLE_SECONDS = 4.0
 FLOOD_ROUNDS = 3
 
 
