@@ -88,6 +88,20 @@ def draw_legend(draw: ImageDraw.ImageDraw, origin: tuple[int, int], rows: list[l
             x += 32 + int(draw.textlength(name, font=font))
 
 
+def axis_ticks(panel: Panel) -> tuple[list[float], list[float]] | None:
+    """The x and y ticks of ``panel`` (see :class:`Panel`), None when it has no point."""
+    points = [(x, y) for xs, ys in panel.series.values() for x, y in zip(xs, ys, strict=True)
+              if math.isfinite(y)]
+    if not points:
+        return None
+    x_ticks = nice_ticks(min(p[0] for p in points), max(p[0] for p in points),
+                         min_step=1.0 if panel.whole_x else 0.0)
+    y_low = min(p[1] for p in points)
+    y_ticks = nice_ticks(min(y_low, 0.0) if panel.y_from_zero else y_low,
+                         max(p[1] for p in points))
+    return x_ticks, y_ticks
+
+
 def draw_panel(draw: ImageDraw.ImageDraw, origin: tuple[int, int], panel: Panel,
                colours: dict[str, tuple[int, int, int]], size: tuple[int, int] = PANEL_SIZE,
                own_legend: bool = False) -> None:
@@ -102,16 +116,11 @@ def draw_panel(draw: ImageDraw.ImageDraw, origin: tuple[int, int], panel: Panel,
     draw.text((origin[0] + 8, origin[1] + 5), title, fill="black", font=font)
     draw_legend(draw, (origin[0] + 8, origin[1] + MARGIN[1] + LEGEND_ROW // 2 - 2), rows,
                 colours, 11)
-    points = [(x, y) for xs, ys in panel.series.values() for x, y in zip(xs, ys, strict=True)
-              if math.isfinite(y)]
-    if not points:
+    ticks = axis_ticks(panel)
+    if ticks is None:
         draw.text((left + 10, top + 10), "no data", fill="gray", font=small)
         return
-    x_ticks = nice_ticks(min(p[0] for p in points), max(p[0] for p in points),
-                         min_step=1.0 if panel.whole_x else 0.0)
-    y_low = min(p[1] for p in points)
-    y_ticks = nice_ticks(min(y_low, 0.0) if panel.y_from_zero else y_low,
-                         max(p[1] for p in points))
+    x_ticks, y_ticks = ticks
 
     def to_pixel(x: float, y: float) -> tuple[float, float]:
         fx = (x - x_ticks[0]) / (x_ticks[-1] - x_ticks[0])
