@@ -112,24 +112,25 @@ class Sampling:
 def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None,
            repeats: list[int] | None = None):
     """One token id per row of ``logits`` (``[N, V]``); ``repeats``: per row, the code whose
-    odds ``sampling.repeat_penalty`` divides."""
+    odds ``sampling.repeat_penalty`` divides. With ``top_k``, the draw is among the k likeliest
+    only (the same distribution as masking the others, for a fifth of the time on 1,000 codes)."""
     if repeats is not None and sampling.repeat_penalty != 1:
         logits = logits.float().clone()
         logits[torch.arange(len(repeats)), repeats] -= math.log(sampling.repeat_penalty)
     if sampling.temperature == 0:
         return logits.argmax(-1)
     logits = logits.float() / sampling.temperature
+    ids = None  # the candidates' ids, when logits holds only theirs, likeliest first
     if sampling.top_k is not None:
-        kth = logits.topk(min(sampling.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        logits, ids = logits.topk(min(sampling.top_k, logits.shape[-1]), dim=-1)
     probs = logits.softmax(-1)
     if sampling.top_p is not None:
-        sorted_probs, order = probs.sort(-1, descending=True)
+        if ids is None:
+            probs, ids = probs.sort(-1, descending=True)
         # Keep the smallest prefix whose mass reaches top_p (the first token always).
-        outside = sorted_probs.cumsum(-1) - sorted_probs > sampling.top_p
-        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        probs = probs.masked_fill(probs.cumsum(-1) - probs > sampling.top_p, 0.0)
+    drawn = torch.multinomial(probs, 1, generator=generator)
+    return (drawn if ids is None else ids.gather(-1, drawn)).squeeze(-1)
 
 
 @dataclass

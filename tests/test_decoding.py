@@ -1,6 +1,7 @@
 """Sampling and the frame schedules: naive, diagonal and published-diagonal."""
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -131,6 +132,18 @@ def test_sampling_rules():
     a = sample(row, Sampling(temperature=1.0, top_p=0.9), torch.Generator().manual_seed(7))
     b = sample(row, Sampling(temperature=1.0, top_p=0.9), torch.Generator().manual_seed(7))
     assert torch.equal(a, b)
+
+
+def test_top_k_and_top_p_draw_with_the_renormalised_odds():
+    row = torch.tensor([[0.0, math.log(2), math.log(3), math.log(4)]]).expand(40000, -1)
+    drawn = sample(row, Sampling(temperature=1.0, top_k=2), torch.Generator().manual_seed(0))
+    shares = torch.bincount(drawn, minlength=4).float() / len(drawn)
+    assert shares.tolist() == pytest.approx([0, 0, 3 / 7, 4 / 7], abs=0.01)
+    # top-p 0.5 of the top 3 (2/9, 3/9, 4/9): the likeliest two reach it
+    drawn = sample(row, Sampling(temperature=1.0, top_k=3, top_p=0.5),
+                   torch.Generator().manual_seed(0))
+    shares = torch.bincount(drawn, minlength=4).float() / len(drawn)
+    assert shares.tolist() == pytest.approx([0, 0, 3 / 7, 4 / 7], abs=0.01)
 
 
 def test_repeat_penalty_divides_the_odds_of_the_repeated_code():
