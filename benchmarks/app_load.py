@@ -347,9 +347,7 @@ def attacks(url: str, pid: int, log: Path, folder: Path) -> bool:
 
 
 FLOOD_GOAL = 2.0  # a victim's step under a flood, at most this many times its idle time
-# For the flood to fill its places, or its last plays to stop (a play nobody reads waits
-# app.UNREAD_WAIT_SECONDS for its reader first).
-FLOOD_SETTLE_SECONDS = 4.0
+FLOOD_SETTLE_SECONDS = 2.0  # for the flood to fill its places, or its last plays to stop
 FLOOD_ROUNDS = 3
 
 
@@ -412,6 +410,8 @@ def flood(url: str, steps: int, kind: str) -> bool:
     address, in alternate rounds (``FLOOD_ROUNDS``, ``steps`` each way a round: the host's
     other load drifts); True when its median under the flood is within ``FLOOD_GOAL`` of its
     idle median."""
+    from app import UNREAD_WAIT_SECONDS
+
     what, flooder = FLOODS[kind]
     victim = visitor(url, 0)
     victim.predict(3, api_name="/reset")
@@ -429,7 +429,8 @@ def flood(url: str, steps: int, kind: str) -> bool:
                 stop.set()
             for status, count in flooding.result().items():
                 statuses[status] = statuses.get(status, 0) + count
-        time.sleep(FLOOD_SETTLE_SECONDS)  # the flood's last plays stop: nobody reads them
+        # The flood's last plays stop: nobody reads them, once they have waited for a reader.
+        time.sleep(FLOOD_SETTLE_SECONDS + UNREAD_WAIT_SECONDS)
     victim.close()
     (idle_median, idle_p95), (median, p95) = ((percentile(seconds, 50), percentile(seconds, 95))
                                               for seconds in (idle, flooded))
