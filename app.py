@@ -648,10 +648,16 @@ PLOT_UNITS = {"tokens": "tokens", "kv": "MB", "memory": "MB", "ms": "ms", "fps":
 CHART_PANEL = (330, 210)  # pixels; four a row: a tab's eight charts in 1320 x 420
 
 
-def charts(play: PlaySession, labels: list[str]) -> Image.Image:
+def charts(play: PlaySession, labels: list[str]) -> Image.Image | None:
     """One image of ``play``'s charts: per ``PLOTS`` entry, each side's series (named
     "<side>: <series>" when there are two sides), then the ``QUALITY`` measures. Cache and
-    memory axes start at 0, so that memory that does not move is drawn flat."""
+    memory axes start at 0, so that memory that does not move is drawn flat.
+
+    None before the first frame: that picture of empty panels is the same for every play, and
+    Gradio rewrites a cached file at each save, so sessions starting together rewrote one file
+    while another's client was downloading it (read short)."""
+    if not play.frames_played:
+        return None
     panels = []
     tables = [side.plot_tables() for side in play.sides]
     for name, (title, _series) in PLOTS.items():

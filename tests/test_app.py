@@ -176,6 +176,7 @@ def test_play_session_compares_two_strategies_against_the_true_world(scene_mp4):
         resources.model, resources.tokenizer, resources.scene, 3,
         [("none", {}), ("streaming", {"start_size": 2, "recent_size": 20})], resources.options,
     )
+    assert app.charts(play, ["A", "B"]) is None  # nothing played: no picture, no shared file
     for _ in range(6):  # past the 4-frame context: the full cache re-prefills, streaming evicts
         play.step(make_action(["forward"], yaw=5.0))
     play.render_truth(7, make_action(["forward"], yaw=5.0))  # ahead of frame 7's making
@@ -189,6 +190,7 @@ def test_play_session_compares_two_strategies_against_the_true_world(scene_mp4):
     play.score_pending()  # frames 5 to 7, scored against the frames rendered ahead
     assert play.newest_truth[0] == 7 and np.array_equal(play.newest_truth[1], truths[6])
     assert len(play.quality) == 3 * 7  # A vs B, A vs truth, B vs truth
+    assert app.charts(play, ["A", "B"]).size == (4 * app.CHART_PANEL[0], 2 * app.CHART_PANEL[1])
     full, streaming = play.sides
     assert full.rows[-1]["reprefills"] >= 1
     assert sum(row["evicted this frame"] for row in streaming.rows) > 0
