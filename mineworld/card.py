@@ -109,6 +109,8 @@ def model_card(results: dict, log: dict, config, tokenizer) -> str:
             + (f", {run['self_feed']:.0%} of the frames self-fed" if run.get("self_feed") else "")
             + (f", codes that changed weighted {run['change_weight']:g}x"
                if run.get("change_weight", 1) != 1 else "")
+            + (f", windows holding back, strafe, jump or sneak {1 + run['rare_controls']:g}x as "
+               "likely" if run.get("rare_controls") else "")
             for run in log.get("resumed", [])]
     cached = log.get("cached_episodes", 0)
     structure = r["structure"]

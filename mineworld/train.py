@@ -184,18 +184,51 @@ def tokenize_episodes(tokenizer, stems: list[str], codec) -> list[tuple[torch.Te
     episodes = []
     for stem in tqdm(stems, desc="tokenize"):
         ids = tokenizer.encode(np.load(f"{stem}.npy"), batch_size=128).flatten(1)
-        actions = json.loads(Path(f"{stem}.json").read_text())
-        episodes.append((ids, torch.tensor([codec.encode(a) for a in actions])))
+        episodes.append((ids, torch.tensor([codec.encode(a) for a in episode_actions(stem)])))
     return episodes
 
 
-def make_batch(episodes, frames: int, batch: int, rng: np.random.Generator):
+def episode_actions(stem) -> list[dict]:
+    return json.loads(Path(f"{stem}.json").read_text())
+
+
+# Controls the scripted play holds in 4-11 % of its frames each (forward: 47 %, turns: 39 %).
+RARE_CONTROLS = ("back", "left", "right", "jump", "sneak")
+
+
+def window_sampler(stems: list, frames: int, boost: float) -> np.ndarray | None:
+    """The cumulative odds of every training window (episode by episode, start by start):
+    1 + ``boost`` x the share of the window's actions that hold a rare control, so that the
+    controls the play seldom holds are trained on more often. None for ``boost`` 0 (uniform)."""
+    if boost <= 0:
+        return None
+    odds = []
+    for stem in stems:
+        held = np.array([any(a.get(key, 0) for key in RARE_CONTROLS)
+                         for a in episode_actions(stem)], dtype=float)
+        # a window of ``frames`` frames is driven by the ``frames - 1`` actions between them
+        share = np.convolve(held[: len(held) - 1], np.ones(frames - 1), "valid") / (frames - 1)
+        odds.append(1 + boost * share)
+    if len({len(o) for o in odds}) > 1:
+        raise ValueError("window_sampler needs episodes of one length")
+    return np.cumsum(np.concatenate(odds))
+
+
+def make_batch(episodes, frames: int, batch: int, rng: np.random.Generator,
+               windows: np.ndarray | None = None):
     """Random windows of ``frames`` frames: tokens [B, L] (frame action frame ... frame) and the
-    targets, -100 where the target is not an image token (the loss is on image tokens only)."""
+    targets, -100 where the target is not an image token (the loss is on image tokens only).
+    ``windows``: the windows' cumulative odds (``window_sampler``; None: all alike)."""
     sequences = []
     for _ in range(batch):
-        ids, actions = episodes[rng.integers(len(episodes))]
-        t = int(rng.integers(0, len(ids) - frames + 1))
+        if windows is None:
+            ids, actions = episodes[rng.integers(len(episodes))]
+            t = int(rng.integers(0, len(ids) - frames + 1))
+        else:  # every episode is as long, so window w is episode w // starts, start w % starts
+            starts = len(windows) // len(episodes)
+            episode, t = divmod(int(np.searchsorted(windows, rng.random() * windows[-1],
+                                                    side="right")), starts)
+            ids, actions = episodes[episode]
         parts = [torch.cat([ids[t + i], actions[t + i]]) for i in range(frames)]
         sequences.append(torch.cat(parts)[: -actions.shape[1]])  # ends with the last frame
     tokens = torch.stack(sequences)
@@ -231,11 +264,13 @@ def feed_own_predictions(model, tokens: torch.Tensor, targets: torch.Tensor, sha
 
 def train_world_model(config, episodes, minutes: float, steps: int, seed: int, log: dict,
                       batch: int = 8, lr: float = 1.5e-3, holdout=None, model=None,
-                      bf16: bool = False, self_feed: float = 0.0, change_weight: float = 1.0):
+                      bf16: bool = False, self_feed: float = 0.0, change_weight: float = 1.0,
+                      windows: np.ndarray | None = None):
     """AdamW + cosine LR on random windows; ``holdout`` episodes give a validation loss.
     ``model`` continues an earlier run; otherwise training starts from a fresh one.
     ``self_feed``: the share of frames fed as the model's own predictions
-    (see feed_own_predictions); ``change_weight``: see change_weights."""
+    (see feed_own_predictions); ``change_weight``: see change_weights; ``windows``: see
+    window_sampler."""
     from mineworld.model import Transformer
 
     torch.manual_seed(seed)
@@ -253,7 +288,7 @@ def train_world_model(config, episodes, minutes: float, steps: int, seed: int, l
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = budgeted_lr(step, steps, lr, 50, started, minutes)
-        tokens, targets = make_batch(episodes, frames, batch, rng)
+        tokens, targets = make_batch(episodes, frames, batch, rng, windows)
         tokens = feed_own_predictions(model, tokens, targets, self_feed, rng, bf16)
         with autocast(bf16):
             logits = model(tokens)
@@ -694,6 +729,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--change-weight", type=float, default=1.0, metavar="W",
                         help="loss weight of image tokens whose code differs from the frame "
                         "before (1: plain cross-entropy), >= 1")
+    parser.add_argument("--rare-controls", type=float, default=0.0, metavar="BOOST",
+                        help="train on windows where the play holds a rare control (back, "
+                        "strafe, jump, sneak) more often: a window's odds are 1 + BOOST x the "
+                        "share of its actions holding one; 0: every window alike")
     parser.add_argument("--schedule", choices=("naive", "diagonal"), default="diagonal",
                         help="how evaluation rollouts decode")
     parser.add_argument("--bf16", action="store_true",
@@ -710,6 +749,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--self-feed must be in [0, 1], got {args.self_feed}")
     if args.change_weight < 1:
         parser.error(f"--change-weight must be >= 1, got {args.change_weight}")
+    if args.rare_controls < 0:
+        parser.error(f"--rare-controls must be >= 0, got {args.rare_controls}")
     return args
 
 
@@ -827,12 +868,14 @@ def world_model_stage(args: argparse.Namespace, stems: list[Path], length: int, 
                               3 if args.smoke else args.model_steps, args.seed, log,
                               batch=2 if args.smoke else 4, lr=args.lr, holdout=holdout,
                               model=model, bf16=args.bf16, self_feed=args.self_feed,
-                              change_weight=args.change_weight)
+                              change_weight=args.change_weight,
+                              windows=window_sampler(stems, config.context_frames,
+                                                     args.rare_controls))
     if args.resume:
         log.setdefault("resumed", []).append(
             {"steps": log["world_model_steps"] - steps_before, "peak_lr": args.lr,
              "self_feed": args.self_feed, "change_weight": args.change_weight,
-             "play": play_digest()})
+             "rare_controls": args.rare_controls, "play": play_digest()})
     return model, config
 
 

@@ -16,8 +16,10 @@ from mineworld.train import (
     change_weights,
     generate_data,
     main,
+    make_batch,
     play_digest,
     psnr,
+    window_sampler,
 )
 
 SHIPPED = (MODEL_DIR / "model.safetensors").is_file()
@@ -48,7 +50,7 @@ def test_smoke_run_gives_a_loadable_model(tmp_path):
     before = model.state_dict()
     tokenizer_before = tokenizer.model.state_dict()
     main(["--smoke", "--resume", "--out", str(tmp_path), "--lr", "1e-2", "--decoder-lr", "1e-2",
-          "--bf16", "--refine", "4", "1", "--change-weight", "3"])
+          "--bf16", "--refine", "4", "1", "--change-weight", "3", "--rare-controls", "2"])
     resumed, resumed_tokenizer = load_embedded(model_dir=tmp_path / "model")
     config = resumed_tokenizer.config
     assert (config.refine_channels, config.refine_blocks) == (4, 1)
@@ -63,7 +65,7 @@ def test_smoke_run_gives_a_loadable_model(tmp_path):
     log = json.loads((tmp_path / "training_log.json").read_text())
     assert log["world_model_steps"] == 6 and log["resumed"] == [
         {"steps": 3, "peak_lr": 0.01, "self_feed": 0.5, "change_weight": 3.0,
-         "play": play_digest()}]
+         "rare_controls": 2.0, "play": play_digest()}]
     assert log["tokenizer_steps"] == 3 and log["decoder_steps"] == 3
     assert log["precision"] == "bf16 autocast"
     # Action following: every script's rollout is closest to exactly one truth (1 world here).
@@ -72,7 +74,8 @@ def test_smoke_run_gives_a_loadable_model(tmp_path):
     assert all(sum(row.values()) == 1 for row in closest.values())
     assert following == {probe: row[probe] for probe, row in closest.items()}
     assert ("6 world-model steps of 4 windows (resumed runs: 3 at peak LR 0.01, 50% of the "
-            "frames self-fed, codes that changed weighted 3x)") in (
+            "frames self-fed, codes that changed weighted 3x, windows holding back, strafe, "
+            "jump or sneak 3x as likely)") in (
         tmp_path / "MODEL_CARD.md").read_text()
 
 
@@ -81,6 +84,24 @@ def test_change_weights_weigh_the_codes_that_differ_from_the_frame_before():
     targets = torch.tensor([[5, 6, -100, 5, 7, -100, 8, 7]])
     assert change_weights(targets, 3, 4.0).tolist() == [[1, 1, 0, 1, 4, 0, 4, 1]]
     assert change_weights(targets, 3, 1.0).tolist() == [[1, 1, 0, 1, 1, 0, 1, 1]]
+
+
+def test_windows_holding_rare_controls_are_drawn_more_often(tmp_path):
+    # One episode of 6 frames and the 6 actions after each: back held after the 2nd and 3rd,
+    # jump after the 5th; the action after the last frame drives no frame of the episode.
+    held = [{}, {"back": 1}, {"back": 1, "forward": 1}, {"forward": 1}, {"jump": 1}, {"left": 1}]
+    (tmp_path / "ep.json").write_text(json.dumps(held))
+    stem = str(tmp_path / "ep")
+    assert window_sampler([stem], 3, 0.0) is None
+    # Windows of 3 frames start at 0..3, each driven by 2 actions: shares 1/2, 1, 1/2, 1/2.
+    assert window_sampler([stem], 3, 2.0).tolist() == [2, 5, 7, 9]
+    # Drawn in those odds: window 1 (frames 1-3) about 3 times in 9.
+    ids = torch.arange(6)[:, None]
+    episodes = [(ids, torch.zeros(6, 1, dtype=torch.long))]
+    rng = np.random.default_rng(0)
+    firsts = [int(make_batch(episodes, 3, 1, rng, window_sampler([stem], 3, 2.0))[0][0, 0])
+              for _ in range(900)]
+    assert np.bincount(firsts, minlength=4)[:4] == pytest.approx([200, 300, 200, 200], abs=45)
 
 
 def test_data_generation_tells_rendered_worlds_from_cached_ones(tmp_path):
