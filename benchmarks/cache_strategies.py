@@ -7,10 +7,13 @@
         --set frames.recent_frames=5 --csv /tmp/cache.csv
     OMP_WAIT_POLICY=PASSIVE python -m benchmarks.cache_strategies ...   # on a loaded machine
     python -m benchmarks.cache_strategies --bookkeeping    # only the cache's own cost per step
+    python -m benchmarks.cache_strategies --preset 300M_16f --device cuda --dtype float16 \
+        --strategies none,streaming,h2o,frames --no-baseline --agreement   # the GPU check
 
 The model has the published frame layout (a 14 x 24 grid of an 8192-code tokenizer and 11 action
 tokens: 347 tokens per frame; vocab 8262; 5552 positions = 16 frames) but a small width so that
-it runs on a few CPU cores (``--width/--layers/--heads/--kv-heads/--mlp``), with random weights.
+it runs on a few CPU cores (``--width/--layers/--heads/--kv-heads/--mlp``; ``--preset`` takes a
+published model's shapes instead), with random weights, on ``--device`` in ``--dtype``.
 The tokenizer is a cheap stand-in (mean red level of 4 x 4 patches -> ids, ids -> flat patches).
 Each strategy gets its own ``Session`` (8 reference frames, diagonal schedule, window 2 by
 default), keeps ``BUDGET_FRAMES`` frames when it keeps a budget (the parameters its own
@@ -30,6 +33,11 @@ frames; its live count grows until it re-prefills, and its re-prefill spike (p99
 its ms/frame, re-prefill frames included) is printed below the table. Timings on a shared
 machine are noisy: read the ratios. ms/frame is the session's own ``ms_per_frame`` (decode,
 re-prefill when there is one, and the stand-in tokenizer's decode).
+
+``--agreement`` first decodes one frame greedily on the device and with the same weights in
+fp32 on the CPU, and prints the share of its tokens that agree (random weights make many
+near-ties, and a token that differs changes the inputs of those after it). On CUDA the peak
+memory the device allocated is printed after the table.
 
 ``--bookkeeping`` measures instead what the cache itself costs per decode step (choosing
 victims and slots: ``reserve``, ``begin_step``, ``end_step``; no model, no attention) at
@@ -53,14 +61,17 @@ from tqdm import tqdm
 from benchmarks.common import percentile, print_machine
 from cache import STRATEGIES, KVCacheManager, Layout
 from mineworld.actions import make_action
-from mineworld.config import ACTION_TOKENS, ModelConfig
+from mineworld.config import ACTION_TOKENS, ModelConfig, load_config, preset_path
+from mineworld.decoding import Sampling
 from mineworld.model import RotaryEmbedding, Transformer, cache_layout
-from mineworld.session import Session
+from mineworld.session import Session, pick_device
 from mineworld.tokenizers.base import ImageTokenizer
 
 ROWS, COLS, CODES, VOCAB, POSITIONS = 14, 24, 8192, 8262, 5552
 PATCH = 4  # stand-in frames are (4 * 14) x (4 * 24) pixels
 
+SHAPES = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+          "num_key_value_heads")  # what --preset sets
 BUDGET_FRAMES = 8  # what each bounded strategy keeps by default: 8 * 347 = 2776 tokens
 COUNTERS = ("evicted_tokens", "eviction_events", "rebases", "reprefills", "reprefill_seconds")
 
@@ -82,20 +93,44 @@ class PatchTokenizer(ImageTokenizer):
         return image[:, None].expand(-1, 3, -1, -1)
 
 
+def model_config(args) -> ModelConfig:
+    """The published frame layout in the shapes asked for: ``--preset``'s, else the flags'."""
+    if args.preset:
+        preset = load_config(preset_path(args.preset))
+        shapes = {name: getattr(preset, name) for name in SHAPES}
+    else:
+        flags = (args.width, args.mlp, args.layers, args.heads, args.kv_heads)
+        shapes = dict(zip(SHAPES, flags, strict=True))
+    return ModelConfig(vocab_size=VOCAB, max_position_embeddings=POSITIONS, image_rows=ROWS,
+                       image_cols=COLS, codebook_size=CODES, **shapes)
+
+
 def build_model(args) -> Transformer:
-    config = ModelConfig(
-        vocab_size=VOCAB, hidden_size=args.width, intermediate_size=args.mlp,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads,
-        num_key_value_heads=args.kv_heads, max_position_embeddings=POSITIONS,
-        image_rows=ROWS, image_cols=COLS, codebook_size=CODES,
-    )
+    """Random weights in the shapes asked for, on ``args.device`` in ``args.dtype``."""
+    config = model_config(args)
     torch.manual_seed(args.seed)
     model = Transformer(config).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" not in name:
                 p.normal_(0, 0.02)
-    return model
+    return model.to(*pick_device(args.device, args.dtype))
+
+
+def first_frame_agreement(model, tokenizer, scene, action: dict, args) -> tuple[float, int]:
+    """(the share of one greedy frame's tokens that the model makes on its device as it does in
+    fp32 on the CPU, the first token in raster order that differs, or -1)."""
+    made = []
+    for copy_of_model in (model, copy.deepcopy(model).to("cpu", torch.float32)):
+        session = Session(copy_of_model, tokenizer, reference_frames=args.reference_frames,
+                          schedule=args.schedule, window=args.window, sampling=Sampling())
+        images, actions = scene
+        session.start(images[-args.reference_frames:],
+                      actions[len(actions) - (args.reference_frames - 1):])
+        session.step(action)
+        made.append(session.newest_ids.flatten().cpu())
+    same = made[0] == made[1]
+    return same.float().mean().item(), -1 if same.all() else int((~same).nonzero()[0])
 
 
 def action_script(count: int, seed: int) -> list[dict]:
@@ -203,7 +238,7 @@ class Baseline:
         return stats["ms_per_frame"]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=200, help="timed frames per strategy")
@@ -226,13 +261,20 @@ def main() -> None:
     parser.add_argument("--shared-baseline", action="store_true",
                         help="one baseline frame per round for all strategies of the same "
                              "baseline size, instead of one before every strategy frame")
+    parser.add_argument("--preset", help="a published model's shapes (e.g. 300M_16f) instead of "
+                        "--width/--layers/--heads/--kv-heads/--mlp")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
+                        help="default: float16 on CUDA, float32 on the CPU")
+    parser.add_argument("--agreement", action="store_true",
+                        help="first: one greedy frame on the device against fp32 on the CPU")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--csv", type=Path, help="also write the table as CSV")
     parser.add_argument("--quick", action="store_true", help="smoke run: 12 frames")
     parser.add_argument("--bookkeeping", action="store_true",
                         help="only the cache's own cost per decode step vs capacity")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.frames = 12
     if args.threads:
@@ -255,7 +297,8 @@ def main() -> None:
     print(f"model: {config.num_hidden_layers} layers, hidden {config.hidden_size}, MLP "
           f"{config.intermediate_size}, {config.num_attention_heads} heads / "
           f"{config.num_key_value_heads} kv, vocab {config.vocab_size}, {POSITIONS} positions "
-          f"({config.context_frames} frames of {frame_tokens} tokens), fp32, random weights")
+          f"({config.context_frames} frames of {frame_tokens} tokens), random weights, "
+          f"{model.lm_head.weight.dtype} on {model.lm_head.weight.device}")
     print(f"session: {args.reference_frames} reference frames, schedule {args.schedule}"
           f"{f' (window {args.window})' if args.schedule == 'diagonal' else ''}, "
           f"{args.frames} timed frames after {args.warmup} untimed\n")
@@ -266,6 +309,12 @@ def main() -> None:
     images = rng.integers(0, 256, (scene_frames, PATCH * ROWS, PATCH * COLS, 3), dtype=np.uint8)
     scene = (images, action_script(scene_frames - 1, args.seed + 1))
     script = action_script(args.warmup + args.frames, args.seed + 2)
+    if args.agreement:
+        share, first = first_frame_agreement(model, tokenizer, scene, script[0], args)
+        print(f"first frame, greedy, against fp32 on the CPU: {share:.1%} of the tokens agree"
+              + (f" (the first to differ: token {first})" if first >= 0 else "") + "\n")
+    if model.lm_head.weight.is_cuda:
+        torch.cuda.reset_peak_memory_stats()
 
     sessions, baseline_of, baselines = {}, {}, {}
     for name in names:
@@ -331,6 +380,7 @@ def main() -> None:
             "params": " ".join(f"{k}={v}" for k, v in params[name].items()) or "-",
             "ms_p50": p50,
             "ms_p99": p99,
+            "fps": 1000 * len(times[name]) / sum(times[name]),
             "live_max": peaks[name]["live_tokens"],
             "alloc_mib": peaks[name]["bytes_allocated"] / 2**20,
             "live_mib": peaks[name]["bytes_live"] / 2**20,
@@ -351,26 +401,30 @@ def main() -> None:
 
     print(f"\n{args.frames} frames x {len(names)} strategies in {wall:.0f} s "
           f"(load average now {' '.join(Path('/proc/loadavg').read_text().split()[:3])})\n")
-    header = ("| strategy | params | ms/frame p50 | p99 | live max | KV alloc MiB | KV live MiB "
-              "| evicted (events) | rebases | re-prefills | re-prefill s | baseline live "
-              "| baseline p50 | ratio p50 | ratio paired |")
+    header = ("| strategy | params | ms/frame p50 | p99 | fps | live max | KV alloc MiB "
+              "| KV live MiB | evicted (events) | rebases | re-prefills | re-prefill s "
+              "| baseline live | baseline p50 | ratio p50 | ratio paired |")
     print(header)
     print("|" + "---|" * 2 + "---:|" * (header.count("|") - 3))
     for r in rows:
         base = (f"{r['baseline_live']} | {r['baseline_p50']:.1f} | {r['ratio']:.3f} | "
                 f"{r['ratio_paired']:.3f}") if "ratio" in r else "- | - | - | -"
         print(f"| {r['strategy']} | {r['params']} | {r['ms_p50']:.1f} | {r['ms_p99']:.1f} | "
-              f"{r['live_max']} | {r['alloc_mib']:.2f} | {r['live_mib']:.2f} | "
+              f"{r['fps']:.1f} | {r['live_max']} | {r['alloc_mib']:.2f} | {r['live_mib']:.2f} | "
               f"{r['evicted_tokens']} ({r['eviction_events']}) | {r['rebases']} | "
               f"{r['reprefills']} | {r['reprefill_seconds']:.2f} | {base} |")
-    print("\nbaseline live: live tokens of the none baseline at the start and end of its frame; "
-          "ratio: strategy p50 / baseline p50; paired: median of frame-by-frame ratios.")
+    print("\nfps: frames over their seconds, re-prefills included; baseline live: live tokens "
+          "of the none baseline at the start and end of its frame; ratio: strategy p50 / "
+          "baseline p50; paired: median of frame-by-frame ratios.")
     if "none" in times:
         values = times["none"]
         p50 = statistics.median(values)
         print(f"none re-prefill spike: p99/p50 {percentile(values, 99) / p50:.2f}, "
               f"max/p50 {max(values) / p50:.2f} (p50 {p50:.1f} ms, max {max(values):.1f} ms, "
               f"{rows[names.index('none')]['reprefills']} re-prefills in {len(values)} frames)")
+    if model.lm_head.weight.is_cuda:
+        print(f"peak device memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB "
+              f"(weights {sum(p.nbytes for p in model.parameters()) / 2**20:.0f} MiB)")
     if args.csv:
         fields = list(dict.fromkeys(key for r in rows for key in r))
         with args.csv.open("w", newline="") as handle:

@@ -4,17 +4,24 @@ passes run together (``mineworld.decoding.run_together``).
 
     python -m benchmarks.players                          # 1, 2, 4, 8, 16 players
     python -m benchmarks.players --players 1 8 --frames 20 --threads 2
+    python -m benchmarks.players --attention --players 8    # per player or one padded call
 
 Every player has its own session (the embedded model, diagonal decoding, the ``frames``
 strategy's defaults, its own start frame and seed) and steps ``--frames`` times past a warm-up
 frame; both ways run in the same process, alternately, and make the same frames (checked).
 Prints the machine, then per N: frames per second per player each way, and the ratio.
+
+``--attention`` times instead one layer's attention for N players at the embedded model's shapes
+(a diagonal pass of one token per row of the frame, over a full context of keys): each player's
+own call, as the model runs it, against one call over all of them padded into a batch, with and
+without stacking their caches into it first.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+import timeit
 
 import numpy as np
 import torch
@@ -31,7 +38,36 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=12, help="frames timed per player")
     parser.add_argument("--strategy", default="frames", help="every player's cache strategy")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--attention", action="store_true",
+                        help="time one layer's attention per player against one padded call")
     return parser.parse_args(argv)
+
+
+def attention_calls(config, players: int) -> dict:
+    """One layer's attention for ``players`` players, each way (see the module doc): name ->
+    a call returning the outputs ``[players, kv_heads, rows, head_dim]``. No mask: every key
+    is seen, as a diagonal pass's queries see nearly all."""
+    kv_heads, dim = config.num_key_value_heads, config.head_dim
+    rows = config.image_rows * config.num_attention_heads // kv_heads  # query heads folded
+    keys = config.max_position_embeddings
+    queries = torch.randn(players, kv_heads, rows, dim)
+    caches = [(torch.randn(kv_heads, keys, dim), torch.randn(kv_heads, keys, dim))
+              for _ in range(players)]
+    stacked = [torch.stack(part) for part in zip(*caches, strict=True)]
+    attend = torch.nn.functional.scaled_dot_product_attention
+    return {
+        "per player": lambda: torch.cat([attend(queries[i, None], k[None], v[None])
+                                         for i, (k, v) in enumerate(caches)]),
+        "padded batch": lambda: attend(queries, *stacked),
+        "padded batch, caches stacked first": lambda: attend(
+            queries, *(torch.stack(part) for part in zip(*caches, strict=True))),
+    }
+
+
+def attention_ways(config, players: int, repeats: int = 300) -> dict[str, float]:
+    """Microseconds of each of ``attention_calls``, the best of three rounds."""
+    return {name: 1e6 * min(timeit.repeat(call, number=repeats, repeat=3)) / repeats
+            for name, call in attention_calls(config, players).items()}
 
 
 def new_players(model, tokenizer, count: int, strategy: str) -> tuple[list[Session], list]:
@@ -69,9 +105,17 @@ def timed(model, sessions, moves, frames: int, together: bool) -> tuple[float, l
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    print_machine("players on one model: frames per second per player, alone in turn vs "
-                  "together")
+    print_machine("players on one model: one layer's attention, per player or padded"
+                  if args.attention else "players on one model: frames per second per player, "
+                  "alone in turn vs together")
     model, tokenizer = load_embedded()
+    if args.attention:
+        print("| players | " + " | ".join(attention_ways(model.config, 1)) + " |")
+        print("|---|---|---|---|")
+        for count in args.players:
+            times = attention_ways(model.config, count)
+            print(f"| {count} | " + " | ".join(f"{t:.0f} us" for t in times.values()) + " |")
+        return 0
     print(f"the embedded model, diagonal decoding, {args.strategy}, {args.frames} frames each")
     print("| players | alone in turn: fps per player | together: fps per player | ratio |")
     print("|---|---|---|---|")

@@ -1,15 +1,17 @@
 """benchmarks.run: the budget of every strategy, and a tiny end-to-end run on the embedded model
 (11 frames, one budget, the diagonal schedule) whose CSV, summary and plots are checked;
-benchmarks.decodings: how a decoding is written."""
+benchmarks.decodings: how a decoding is written; benchmarks.cache_strategies on a tiny model and
+the published shapes it takes; benchmarks.players' ways of attending for many players."""
 
 import argparse
 import csv
 import math
 
 import pytest
+import torch
 from PIL import Image
 
-from benchmarks import decodings, run
+from benchmarks import cache_strategies, decodings, players, run
 from cache import STRATEGIES, Layout, Strategy
 from mineworld.decoding import Sampling
 from mineworld.embedded import load_embedded
@@ -130,3 +132,36 @@ def test_a_decoding_is_read_as_written(text, expected):
 def test_a_bad_decoding_says_the_form(text):
     with pytest.raises(argparse.ArgumentTypeError, match=r"TEMPERATURE\[/TOP_K\]"):
         decodings.decoding(text)
+
+
+def test_cache_strategies_plays_each_strategy_and_checks_agreement(capsys):
+    cache_strategies.main(["--quick", "--width", "64", "--mlp", "128", "--layers", "2",
+                           "--strategies", "none,frames", "--no-baseline", "--agreement",
+                           "--device", "cpu", "--dtype", "float32", "--threads", "1"])
+    out = capsys.readouterr().out
+    # The same weights in the same precision on the same device: every token agrees.
+    assert "first frame, greedy, against fp32 on the CPU: 100.0% of the tokens agree" in out
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| none |")
+            or line.startswith("| frames |")]
+    assert [row[0] for row in rows] == ["| none", "| frames"]
+    assert all(float(row[4]) > 0 for row in rows)  # fps
+    assert "1 re-prefills in 12 frames" in out  # none's context (16 frames) fills once
+    assert "peak device memory" not in out  # CUDA only
+
+
+def test_a_preset_gives_the_published_shapes():
+    config = cache_strategies.model_config(argparse.Namespace(preset="300M_16f"))
+    assert (config.hidden_size, config.intermediate_size, config.num_hidden_layers,
+            config.num_attention_heads, config.num_key_value_heads) == (1024, 4096, 20, 16, 4)
+    assert (config.tokens_per_frame, config.context_frames) == (347, 16)
+
+
+def test_the_ways_of_attending_for_many_players_attend_alike(embedded):
+    model, _tokenizer = embedded
+    outputs = [call() for call in players.attention_calls(model.config, 3).values()]
+    config = model.config
+    assert outputs[0].shape == (3, config.num_key_value_heads, config.image_rows
+                                * config.num_attention_heads // config.num_key_value_heads,
+                                config.head_dim)
+    for other in outputs[1:]:
+        torch.testing.assert_close(other, outputs[0])
