@@ -659,26 +659,17 @@ def charts(play: PlaySession, labels: list[str]) -> Image.Image | None:
     if not play.frames_played:
         return None
     panels = []
-    tables = [side.plot_tables() for side in play.sides]
-    for name, (title, _series) in PLOTS.items():
-        series = {}
-        for label, side_tables in zip(labels, tables, strict=True):
-            series.update(chart_series(side_tables[name], f"{label}: " if len(labels) > 1
-                                       else ""))
-        panels.append(Panel(title, PLOT_UNITS[name], series, y_from_zero=True, whole_x=True))
+    sides = [side.plot_series() for side in play.sides]
+    for name, (title, _columns) in PLOTS.items():
+        lines = {}
+        for label, side in zip(labels, sides, strict=True):
+            prefix = f"{label}: " if len(labels) > 1 else ""
+            lines.update({prefix + line: points for line, points in side[name].items()})
+        panels.append(Panel(title, PLOT_UNITS[name], lines, y_from_zero=True, whole_x=True))
     for measure, title in QUALITY.items():  # SSIM may be negative: its own range
-        panels.append(Panel(title, PLOT_UNITS[measure],
-                            chart_series(play.quality_table(measure)), whole_x=True))
+        panels.append(Panel(title, PLOT_UNITS[measure], play.quality_series(measure),
+                            whole_x=True))
     return chart_image(panels, columns=4, size=CHART_PANEL, legend="panel")
-
-
-def chart_series(table, prefix: str = "") -> dict[str, tuple[list, list]]:
-    """A long-format table's (``mineworld.play.plot_table``) series: name -> (frames,
-    values)."""
-    if table is None:
-        return {}
-    return {prefix + name: (rows["frame"].tolist(), rows["value"].tolist())
-            for name, rows in table.groupby("series", sort=False)}
 
 
 TRUTH_LABEL = "The true world: frame %d"

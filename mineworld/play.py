@@ -33,7 +33,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 import torch
 
 from cache import ROLES
@@ -222,12 +221,18 @@ def process_memory_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def plot_table(records: list[dict]) -> pd.DataFrame | None:
-    """Long-format rows (frame, value, series) for a chart; None when empty."""
-    if not records:
-        return None
-    table = pd.DataFrame(records, columns=["frame", "value", "series"])
-    return table.astype({"frame": "int64", "value": "float64", "series": "str"})
+# A chart's lines: name -> (frame numbers, values), in the order the lines first appear.
+Series = dict[str, tuple[list[int], list[float]]]
+
+
+def series_of(points) -> Series:
+    """The lines through ``points``, each (series name, frame, value)."""
+    lines: Series = {}
+    for name, frame, value in points:
+        frames, values = lines.setdefault(name, ([], []))
+        frames.append(int(frame))
+        values.append(float(value))
+    return lines
 
 
 @dataclass(frozen=True)
@@ -324,18 +329,13 @@ class Side:
             first = max(0, len(self.frames) - count)
             return [(self.frames[i], self.captions[i]) for i in range(first, len(self.frames))]
 
-    def plot_tables(self) -> dict[str, pd.DataFrame | None]:
-        """One long-format table (frame, value, series) per entry of ``PLOTS``."""
+    def plot_series(self) -> dict[str, Series]:
+        """The lines of each entry of ``PLOTS``."""
         with self.lock:
             rows = list(self.rows)
-        tables = {}
-        for name, (_title, series) in PLOTS.items():
-            records = [
-                {"frame": row["frame"], "value": row[column], "series": column}
-                for row in rows for column in series if row[column] is not None
-            ]
-            tables[name] = plot_table(records)
-        return tables
+        return {name: series_of((column, row["frame"], row[column]) for column in columns
+                                for row in rows if row[column] is not None)
+                for name, (_title, columns) in PLOTS.items()}
 
     def close(self) -> None:
         """Drop the cache, frames and rows now rather than when the garbage collector gets to
@@ -495,17 +495,15 @@ class PlaySession:
                 self.quality.extend(rows)
                 self.newest_truth = truth or self.newest_truth
 
-    def quality_table(self, measure: str = "psnr") -> pd.DataFrame | None:
-        """Long-format table of one QUALITY measure, for a chart (every frame scored; PSNR
-        drawn no higher than PSNR_PLOT_CEILING_DB)."""
+    def quality_series(self, measure: str = "psnr") -> Series:
+        """The lines of one QUALITY measure (every frame scored; PSNR drawn no higher than
+        PSNR_PLOT_CEILING_DB)."""
         self.score_pending()
         with self._lock:
             rows = list(self.quality)
         ceiling = PSNR_PLOT_CEILING_DB if measure == "psnr" else math.inf
-        return plot_table([
-            {"frame": row["frame"], "value": min(row[measure], ceiling), "series": row["series"]}
-            for row in rows
-        ])
+        return series_of((row["series"], row["frame"], min(row[measure], ceiling))
+                         for row in rows)
 
     def latest_quality(self) -> str:
         """The newest scored frame's scores, e.g. "A vs B 31.2 dB / SSIM 0.912", its number

@@ -194,12 +194,15 @@ def test_play_session_compares_two_strategies_against_the_true_world(scene_mp4):
     full, streaming = play.sides
     assert full.rows[-1]["reprefills"] >= 1
     assert sum(row["evicted this frame"] for row in streaming.rows) > 0
-    tables = streaming.plot_tables()
-    assert set(tables) == set(app.PLOTS) and len(tables["tokens"]) > 6
+    lines = streaming.plot_series()
+    assert set(lines) == set(app.PLOTS)
+    assert lines["tokens"]["live tokens"][0] == list(range(1, 8))  # frames 1 to 7
     for measure in app.QUALITY:  # PSNR and SSIM, from mineworld.metrics like the benchmarks
-        assert set(play.quality_table(measure)["series"]) == {"A vs B", "A vs truth",
-                                                              "B vs truth"}
-    assert play.quality_table("ssim")["value"].between(-1, 1).all()
+        quality = play.quality_series(measure)
+        assert list(quality) == ["A vs B", "A vs truth", "B vs truth"]
+        assert all(frames == list(range(1, 8)) for frames, _values in quality.values())
+    assert all(-1 <= v <= 1 for _frames, values in play.quality_series("ssim").values()
+               for v in values)
     assert "A vs B" in play.latest_quality() and "SSIM" in play.latest_quality()
     exported = play.export()
     video = read_video(exported)
@@ -223,10 +226,10 @@ def test_identical_sides_are_drawn_at_the_ceiling_and_called_identical(scene_mp4
     play = PlaySession(resources.model, resources.tokenizer, resources.scene, 2,
                        [("none", {}), ("none", {})], resources.options)
     play.step(make_action(["forward"]))
-    table = play.quality_table("psnr")
-    same = table[table["series"] == "A vs B"]["value"]
-    assert list(same) == [play_module.PSNR_PLOT_CEILING_DB]  # not infinity, not 100 dB
-    assert table["value"].max() <= play_module.PSNR_PLOT_CEILING_DB
+    psnr = play.quality_series("psnr")
+    assert psnr["A vs B"] == ([1], [play_module.PSNR_PLOT_CEILING_DB])  # not inf, not 100 dB
+    assert max(v for _frames, values in psnr.values() for v in values) <= (
+        play_module.PSNR_PLOT_CEILING_DB)
     assert play.latest_quality().startswith("A vs B identical, A vs truth ")
 
 
@@ -266,10 +269,10 @@ def test_switching_strategy_continues_from_the_newest_frames(scene_mp4):
     assert side.strategy == "h2o" and len(side.frames) == 2
     assert [row["frame"] for row in side.rows] == [1, 2]
     assert all(row["evicted this frame"] >= 0 for row in side.rows)
-    hit = side.plot_tables()["hit"]  # h2o tracks attention: the seed's "hit rate" is drawn
-    assert set(hit["frame"]) == {2} and hit["value"].between(0, 1).all()
+    hit = side.plot_series()["hit"]  # h2o tracks attention: the seed's "hit rate" is drawn
+    assert all(frames == [2] and 0 <= values[0] <= 1 for frames, values in hit.values())
     # with its split by the kept tokens' role: h2o has no sinks
-    assert list(hit["series"]) == ["attention hit rate", "kept by heavy hitters", "kept by recent"]
+    assert list(hit) == ["attention hit rate", "kept by heavy hitters", "kept by recent"]
     with pytest.raises(ValueError, match="hh_ratio"):
         play.switch_strategy(0, "h2o", {"hh_ratio": 2.0})
 
@@ -341,7 +344,7 @@ def test_an_unusable_world_sidecar_is_ignored_with_a_note(tmp_path, edit, reason
     play = PlaySession(resources.model, resources.tokenizer, scene, 2, [("none", {})],
                        resources.options)
     play.step(make_action(["forward"]))  # plays on, without true frames
-    assert play.frames_played == 1 and play.quality_table() is None
+    assert play.frames_played == 1 and play.quality_series() == {}
 
 
 def test_a_scene_keeps_only_its_frames_actions_and_world(tmp_path):
