@@ -308,7 +308,11 @@ if (!known) {
 """
 PAINTED_HTML = '<span class="painted" data-painted="0">painted 0 fps</span>'
 CSS = """
-.mineworld-strip img { image-rendering: pixelated; }
+.mineworld-strip-label { font-size: var(--text-sm); }
+.mineworld-strip-frames { display: flex; gap: 6px; overflow-x: auto; }
+.mineworld-strip figure { flex: 0 0 96px; margin: 0; }
+.mineworld-strip img { display: block; width: 100%; image-rendering: pixelated; }
+.mineworld-strip figcaption { font-size: var(--text-xs); overflow-wrap: anywhere; }
 .painted { font-variant-numeric: tabular-nums; }
 """
 
@@ -541,7 +545,7 @@ class PlayView:
     stop: gr.Button
     truth: bool = False  # the true world's frame beside the generated ones, when there is one
     status: gr.Textbox | None = None
-    strips: list[gr.Gallery] = dataclasses.field(default_factory=list)
+    strips: list[gr.HTML] = dataclasses.field(default_factory=list)
     charts: gr.Image | None = None
 
     @classmethod
@@ -573,11 +577,8 @@ class PlayView:
                                  elem_id=f"status-{self.name}")
         with gr.Row():
             for label in labels:
-                self.strips.append(gr.Gallery(
-                    label=f"{label}: last frames", format="png", columns=STRIP_FRAMES,
-                    rows=1, height=120, fit_columns=False, object_fit="contain",
-                    allow_preview=False, elem_id=f"strip-{side_tag(label)}",
-                    elem_classes="mineworld-strip"))
+                self.strips.append(gr.HTML(None, html_template=STRIP_TEMPLATE,
+                                           elem_id=f"strip-{side_tag(label)}"))
         self.charts = gr.Image(label="Cache, memory, speed and quality, per frame",
                                show_label=False, format="png", interactive=False, buttons=[],
                                elem_id=f"charts-{self.name}")
@@ -633,7 +634,8 @@ class PlayView:
                 or seat.controls.driving and now - seat.shown_at < PLOT_PLAYING_SECONDS):
             return [gr.skip()] * len(self.plot_outputs)
         seat.shown, seat.shown_at = shown, now
-        strips = [side.newest(STRIP_FRAMES) for side in play.sides]
+        strips = [strip_value(label, side.newest(STRIP_FRAMES))
+                  for label, side in zip(self.labels, play.sides, strict=True)]
         return [*strips, charts(play, self.labels)]
 
     def values(self, seat: Seat, note: str = "") -> list:
@@ -675,6 +677,10 @@ def charts(play: PlaySession, labels: list[str]) -> Image.Image | None:
 TRUTH_LABEL = "The true world: frame %d"
 # The screen: one output a frame, its value data (see screen_value); the page draws it. Images
 # ride in the value as PNG data URIs: no file written, no request made, per frame.
+# A side's newest frames, each with the action that made it (strip_value).
+STRIP_TEMPLATE = """<div class="mineworld-strip"><div class="mineworld-strip-label">{{value.label}}
+</div><div class="mineworld-strip-frames">{{#each value.frames}}<figure><img src="{{src}}"
+alt="{{caption}}"><figcaption>{{caption}}</figcaption></figure>{{/each}}</div></div>"""
 SCREEN_TEMPLATE = """<div class="mineworld-screen">{{#each value.frames}}<figure id="{{id}}"
 class="mineworld-frame"><img src="{{src}}" alt="{{caption}}"><figcaption>{{caption}}</figcaption>
 </figure>{{/each}}</div>"""
@@ -707,6 +713,14 @@ def screen_value(tab: str, labels: list[str], number: int, frames: list[np.ndarr
         shown.append((f"truth-{tab}", TRUTH_LABEL % truth[0], truth[1]))
     return {"frames": [{"id": id_, "caption": caption, "src": png_data_uri(frame)}
                        for id_, caption, frame in shown]}
+
+
+def strip_value(label: str, newest: list[tuple[np.ndarray, str]]) -> dict:
+    """A side's strip: ``{"label", "frames": [{"caption", "src"}, ...]}``, its ``newest``
+    frames and their actions, oldest first (images inline, as the screen's)."""
+    return {"label": f"{label}: last frames",
+            "frames": [{"caption": caption, "src": png_data_uri(frame)}
+                       for frame, caption in newest]}
 
 
 def screen_images(value: dict) -> dict[str, np.ndarray]:
