@@ -675,12 +675,12 @@ def charts(play: PlaySession, labels: list[str]) -> Image.Image | None:
 
 
 TRUTH_LABEL = "The true world: frame %d"
-# The screen: one output a frame, its value data (see screen_value); the page draws it. Images
-# ride in the value as PNG data URIs: no file written, no request made, per frame.
 # A side's newest frames, each with the action that made it (strip_value).
 STRIP_TEMPLATE = """<div class="mineworld-strip"><div class="mineworld-strip-label">{{value.label}}
 </div><div class="mineworld-strip-frames">{{#each value.frames}}<figure><img src="{{src}}"
 alt="{{caption}}"><figcaption>{{caption}}</figcaption></figure>{{/each}}</div></div>"""
+# The screen: one output a frame, its value data (see screen_value); the page draws it. Images
+# ride in the value as PNG data URIs: no file written, no request made, per frame.
 SCREEN_TEMPLATE = """<div class="mineworld-screen">{{#each value.frames}}<figure id="{{id}}"
 class="mineworld-frame"><img src="{{src}}" alt="{{caption}}"><figcaption>{{caption}}</figcaption>
 </figure>{{/each}}</div>"""
