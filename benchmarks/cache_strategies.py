@@ -124,9 +124,7 @@ def first_frame_agreement(model, tokenizer, scene, action: dict, args) -> tuple[
     for copy_of_model in (model, copy.deepcopy(model).to("cpu", torch.float32)):
         session = Session(copy_of_model, tokenizer, reference_frames=args.reference_frames,
                           schedule=args.schedule, window=args.window, sampling=Sampling())
-        images, actions = scene
-        session.start(images[-args.reference_frames:],
-                      actions[len(actions) - (args.reference_frames - 1):])
+        session.start(*scene)  # its newest reference frames
         session.step(action)
         made.append(session.newest_ids.flatten().cpu())
     same = made[0] == made[1]
@@ -220,15 +218,14 @@ class Baseline:
         self.frames, self.reset = frames, args.baseline_reset
         self.session = Session(model, tokenizer, reference_frames=frames,
                                schedule=args.schedule, window=args.window, seed=args.seed)
-        images, actions = scene
-        self.images, self.actions = images[-frames:], actions[len(actions) - (frames - 1):]
-        self.session.start(self.images, self.actions)
+        self.scene = scene  # the session starts from its newest ``frames`` frames
+        self.session.start(*scene)
         self.shared = {id(obj): obj for obj in (model, model.rope, tokenizer)}
         self.live: tuple[int, int] | None = None
 
     def frame(self, action: dict) -> float:
         if self.reset == "prefill":
-            self.session.start(self.images, self.actions)
+            self.session.start(*self.scene)
             session = self.session
         else:  # the model and tokenizer stay shared; cache, history and generator are copied
             session = copy.deepcopy(self.session, dict(self.shared))
@@ -321,8 +318,8 @@ def main(argv: list[str] | None = None) -> None:
         session = Session(model, tokenizer, strategy=name, strategy_params=params[name],
                           reference_frames=args.reference_frames, schedule=args.schedule,
                           window=args.window, seed=args.seed)
+        session.start(*scene)  # its newest reference frames
         refs = args.reference_frames
-        session.start(images[-refs:], scene[1][len(scene[1]) - (refs - 1):])
         sessions[name] = session
         capacity = session.cache.storage.capacity
         steady = refs if capacity >= POSITIONS else round(capacity / frame_tokens)
