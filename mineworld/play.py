@@ -465,10 +465,8 @@ class PlaySession:
         """The true world's frame ``number`` (or the newest before it) with its number, once
         rendered; None without a true world."""
         with self._lock:
-            rendered = [n for n in self._truths if n <= number]
-            if rendered:
-                return max(rendered), self._truths[max(rendered)]
-            return self.newest_truth
+            newest = max((n for n in self._truths if n <= number), default=None)
+            return self.newest_truth if newest is None else (newest, self._truths[newest])
 
     def score_pending(self, through: int | None = None) -> None:
         """Score each frame played since the last call (up to frame ``through``; by default
