@@ -112,6 +112,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="divide the odds of a cell repeating its code from the frame before "
                       "(1: none; default: the model's own)")
     play.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    play.add_argument("--prepare-next", action=argparse.BooleanOptionalAction, default=True,
+                      help="while a player waits, make the frame of their last keys again "
+                      "ahead, on a copy of each side's cache: pressed again, it shows at once "
+                      "(default: on)")
     add_cache_flags(parser, "the page's first strategy; users may change it")
     server = parser.add_argument_group("server")
     on_spaces = os.environ.get("SYSTEM") == "spaces"  # Spaces serves from a container
@@ -166,6 +170,7 @@ from mineworld.tokenizers.base import resize_frames  # noqa: E402
 from mineworld.tuning import fit_target_fps  # noqa: E402
 from mineworld.video import MAX_DECODED_PIXELS, MAX_SIDE  # noqa: E402
 from mineworld.world import read_recording  # noqa: E402
+from mineworld.world.truth import WorldProcess  # noqa: E402
 
 # What a handler turns into a message in the page (the session goes on): bad values raise
 # ValueError; int() of an infinite one raises OverflowError.
@@ -364,6 +369,7 @@ class Resources:
     # The pickers take any package.module:Class typed in, not only the listed strategies:
     # importing a module runs its code, so only where the page is served to this machine.
     any_class_path: bool = False
+    prepare_next: bool = True  # FrameScheduler's: each player's likely next frame made ahead
 
     def comparison(self) -> tuple[str, dict]:
         """Strategy B of the Compare tab at first, with its defaults for the model: when A
@@ -414,10 +420,10 @@ def load_resources(args: argparse.Namespace) -> Resources:
                              schedule, reference, window)
         print(f"{PROG}: {fit}", flush=True)
         params, schedule = fit.params, fit.schedule
-    options = Options(reference, schedule, window, sampling, args.seed)
+    options = Options(reference, schedule, window, sampling, args.seed, WorldProcess())
     loopback = args.host in ("127.0.0.1", "localhost", "::1")
     resources = Resources(model, tokenizer, scene, args.cache_strategy, params, options,
-                          any_class_path=loopback)
+                          any_class_path=loopback, prepare_next=args.prepare_next)
     PlaySession(  # bad settings fail here, before the server starts
         model, tokenizer, scene, resources.default_start(scene), [(args.cache_strategy, params)],
         options,
@@ -791,7 +797,7 @@ class Demo:
 
     def __init__(self, resources: Resources):
         self.resources = resources
-        self.scheduler = FrameScheduler()
+        self.scheduler = FrameScheduler(prepare_next=resources.prepare_next)
         # Plays by (session hash, sides: 1 on the Play tab, 2 on Compare) so that closing the
         # tab frees them at once; weak, so the State stays their owner.
         self.open_plays: weakref.WeakValueDictionary = weakref.WeakValueDictionary()

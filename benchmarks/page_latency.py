@@ -9,8 +9,10 @@ painted per second while a key is held.
 Starts ``python app.py`` (the embedded model, a bounded cache; or drives ``--url``) and opens it
 in Debian's Chromium (Playwright, headless). A frame counts as painted at the animation frame
 after its caption shows its number and its image has loaded (the page's own counter, the one it
-shows as "painted N fps"). Taps are of the right arrow, each once the page is idle; the hold is
-of W. Prints the machine, the percentiles, the painted rate and the model's own rate.
+shows as "painted N fps"). Taps, each once the page is idle: ``--taps`` of the right arrow (the
+same key again: app.py makes its frame ahead while the page waits, see ``--prepare-next``),
+then as many of the left and right arrows in turn (never the frame made ahead); the hold is of
+W. Prints the machine, the percentiles, the painted rate and the model's own rate.
 
 ``--stand-in-ms MS`` serves app.py with each frame a sleep of MS ms instead of the model's work
 (the first frame is made by the model, then shifted by a pixel a frame): the model's time
@@ -92,14 +94,15 @@ def wait_idle(page, settle_ms: int = 300) -> None:
             return
 
 
-def tap_latencies(page, taps: int) -> list[float]:
-    """Milliseconds from each key down to the first newer frame painted."""
+def tap_latencies(page, keys: list[str]) -> list[float]:
+    """Milliseconds from each key's down to the first newer frame painted, a tap of each of
+    ``keys`` in turn, once the page is idle."""
     latencies = []
-    for _ in range(taps):
+    for key in keys:
         wait_idle(page)
         shown = newest_painted(page)
-        page.keyboard.down("ArrowRight")
-        page.keyboard.up("ArrowRight")
+        page.keyboard.down(key)
+        page.keyboard.up(key)
         page.wait_for_function(
             "n => window.mineworldTabs.play.log.some(([, number]) => number > n)", arg=shown,
             timeout=60_000)
@@ -143,7 +146,9 @@ def measure(url: str, taps: int, hold: float, hide_truth: bool) -> dict:
         page.evaluate(MARK_KEYS)
         page.keyboard.press("w")  # warm-up: the first frame also starts the session's work
         wait_idle(page)
-        latencies = tap_latencies(page, taps)
+        latencies = {"the same key": tap_latencies(page, ["ArrowRight"] * taps),
+                     "left and right in turn": tap_latencies(
+                         page, ["ArrowLeft", "ArrowRight"] * (taps // 2))}
         fps, painted = held_rate(page, hold)
         wait_idle(page)
         status = page.locator("#status-play textarea").input_value()
@@ -176,10 +181,10 @@ def main(argv=None) -> int:
             if server is not None:
                 server.terminate()
                 server.wait(timeout=30)
-    latencies = result["latencies"]
-    print(f"tap -> first new frame painted, {len(latencies)} taps: "
-          f"p50 {percentile(latencies, 50):.0f} ms, p95 {percentile(latencies, 95):.0f} ms, "
-          f"min {min(latencies):.0f}, max {max(latencies):.0f}")
+    for taps, latencies in result["latencies"].items():
+        print(f"tap -> first new frame painted, {len(latencies)} taps of {taps}: "
+              f"p50 {percentile(latencies, 50):.0f} ms, p95 {percentile(latencies, 95):.0f} ms, "
+              f"min {min(latencies):.0f}, max {max(latencies):.0f}")
     print(f"the true world: {'hidden' if args.hide_truth else 'shown beside the frame'}")
     print(f"W held {args.hold:g} s: {result['painted']} frames painted, "
           f"{result['fps']:.1f} painted fps")

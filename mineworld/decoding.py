@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any
@@ -275,14 +275,18 @@ def run_alone(model: Transformer, passes: Passes):
 
 
 @torch.inference_mode()
-def run_together(model: Transformer, players: list[Passes]) -> list:
+def run_together(model: Transformer, players: list[Passes],
+                 stop: Callable[[], bool] | None = None) -> list | None:
     """Run the passes of several players in step: each round, one forward over the feeds of
-    all players still running. Returns each player's result, in order."""
+    all players still running. Returns each player's result, in order; or None when ``stop()``
+    is true before a round (the players are left unfinished)."""
     results: list = [None] * len(players)
     feeds = {}
     for index, passes in enumerate(players):
         _advance(passes, None, index, feeds, results)
     while feeds:
+        if stop is not None and stop():
+            return None
         asked = list(feeds.items())
         logits = model.forward_feeds([feed for _index, feed in asked])
         feeds.clear()

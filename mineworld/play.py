@@ -27,9 +27,11 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -41,8 +43,9 @@ from mineworld.decoding import Passes, Sampling, run_together
 from mineworld.metrics import frame_scores
 from mineworld.session import Session
 from mineworld.video import read_video, video_rate, write_video
-from mineworld.world import FPS, Game, read_recording
+from mineworld.world import FPS, read_recording
 from mineworld.world.render import SUPERSAMPLE
+from mineworld.world.truth import RemoteWorld, TrueWorld, WorldProcess
 
 EXPORT_MIN_WIDTH = 512  # an exported side is scaled up by a whole factor to at least this
 CAPTION_HEIGHT = 28  # pixels of the band above each exported side that names its strategy
@@ -182,27 +185,6 @@ def _check_sidecar(sidecar, frame_size: tuple[int, int]) -> None:
             raise ValueError(f"start.{name} must be a finite number, got {value!r}")
 
 
-class TrueWorld:
-    """The procedural world of a recorded scene, replayed to frame ``start`` and then driven by
-    the played actions: the frame the model should have drawn."""
-
-    def __init__(self, world: tuple[dict, list[dict]], start: int, frame_size: tuple[int, int]):
-        sidecar, actions = world
-        self.game = Game(
-            sidecar["seed"], tuple(sidecar["size"]), sidecar.get("supersample", 1),
-            sidecar["start"],
-        )
-        for action in actions[:start]:  # the player's state only: no frame is rendered
-            self.game.player.step(action)
-        self.frame_size = frame_size
-
-    def step(self, action: dict) -> np.ndarray:
-        frame = self.game.step(action)
-        if frame.shape[1::-1] != self.frame_size:
-            frame = cv2.resize(frame, self.frame_size, interpolation=cv2.INTER_AREA)
-        return frame
-
-
 def describe(action: dict) -> str:
     """A short caption: the pressed buttons, then the camera move if any."""
     words = [name for name in BUTTONS if action.get(name)]
@@ -244,6 +226,7 @@ class Options:
     window: int | None = None  # the model's
     sampling: Sampling = field(default_factory=Sampling)
     seed: int = 0
+    world_process: WorldProcess | None = None  # steps the true worlds; None: this process
 
 
 def upscaled(frames: np.ndarray, min_width: int) -> np.ndarray:
@@ -345,6 +328,41 @@ class Side:
             kept.clear()
 
 
+@dataclass
+class Prepared:
+    """Frames made ahead (``PlaySession.prepare``): the action, the frames played before it,
+    the sessions it went on from, their forks that made it and what each made."""
+
+    action: dict
+    played: int
+    sessions: list[Session]
+    forks: list[Session]
+    made: list
+
+    def fits(self, play: PlaySession, action: dict) -> bool:
+        """Whether these are the frames ``play`` would make now with ``action``."""
+        return (action == self.action and play.frames_played == self.played
+                and all(side.session is session
+                        for side, session in zip(play.sides, self.sessions, strict=True)))
+
+
+class PreparedTruth(NamedTuple):
+    """The true world's frame made ahead: its number and action, the world it went on from,
+    that world's fork which rendered it, and the frame."""
+
+    number: int
+    action: dict
+    world: TrueWorld | RemoteWorld
+    fork: TrueWorld | RemoteWorld
+    frame: np.ndarray
+
+
+def _made(made):
+    """Passes that give ``made`` without asking for a forward pass."""
+    yield from ()
+    return made
+
+
 class PlaySession:
     """Strategies (one per side) played from the same scene state with the same actions.
 
@@ -368,9 +386,8 @@ class PlaySession:
         self.context_frames = list(scene.frames[: start + 1])
         self.context_actions = list(scene.actions[:start])
         self.sides = [self._new_side(name, params) for name, params in strategies]
-        self.truth = (
-            TrueWorld(scene.world, start, tokenizer.frame_size) if scene.world else None
-        )
+        opened = options.world_process.open if options.world_process else TrueWorld
+        self.truth = opened(scene.world, start, tokenizer.frame_size) if scene.world else None
         # The true world's newest frame scored and its number (0: the start frame, as
         # rendered); the frames rendered since, by number; the newest frame rendered.
         self.newest_truth = (0, self.context_frames[-1]) if self.truth is not None else None
@@ -381,6 +398,8 @@ class PlaySession:
         self.actions: deque[dict] = _kept()  # the newest, as the sides' frames
         self._unscored: list[tuple[int, dict, list[np.ndarray]]] = []
         self.frames_played = 0
+        self._prepared: Prepared | None = None  # the likely next frame, made ahead
+        self._prepared_truth: PreparedTruth | None = None  # and the true world's
         self._export_dir = tempfile.mkdtemp(prefix="mineworld-play-")
 
     def _prefilled_session(self, strategy: str, params: dict, frames: list, actions: list):
@@ -426,8 +445,33 @@ class PlaySession:
 
     def side_steps(self, action: dict) -> list[Passes]:
         """Each side's step as its forward passes, for ``run_together`` with other plays'; then
-        ``record`` what they made."""
+        ``record`` what they made. Frames made ahead for ``action`` (``prepare``) ask for none."""
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None and prepared.fits(self, action):
+            for side, fork in zip(self.sides, prepared.forks, strict=True):
+                side.session = fork
+            return [_made(made) for made in prepared.made]
         return [side.session.step_passes(action) for side in self.sides]
+
+    def prepare(self, action: dict, stop: Callable[[], bool] | None = None) -> None:
+        """Make the frames ``action`` would make next on forks of the sides' sessions, and keep
+        them for the next step if it takes ``action`` from here: a likely next frame, ready
+        before it is asked for. Given up when ``stop()`` turns true between passes. On the
+        model's thread, as steps are; the sides stay as they are."""
+        self._prepared = None
+        if self.closed:
+            return
+        sessions = [side.session for side in self.sides]
+        forks = [session.fork() for session in sessions]
+        made = run_together(self.model, [fork.step_passes(action) for fork in forks], stop)
+        if made is None:
+            return
+        self._prepared = Prepared(action, self.frames_played, sessions, forks, made)
+        with self._truth_lock:  # and the true world's frame, when it has caught up
+            if self.truth is not None and self._truth_at == self.frames_played:
+                fork = self.truth.fork()
+                self._prepared_truth = PreparedTruth(
+                    self.frames_played + 1, action, self.truth, fork, fork.step(action))
 
     def record(self, action: dict, made: list[tuple[np.ndarray, dict]]) -> list[np.ndarray]:
         """Keep each side's new frame and stats (``made``, in the sides' order); returns the
@@ -456,7 +500,12 @@ class PlaySession:
                 behind = self.frames_played - self._truth_at
                 played = list(self.actions)[len(self.actions) - behind :]
             for ahead in [*played[: number - 1 - self._truth_at], action]:
-                frame = self.truth.step(ahead)
+                prepared, self._prepared_truth = self._prepared_truth, None
+                if prepared is not None and prepared[:3] == (self._truth_at + 1, ahead,
+                                                              self.truth):
+                    self.truth, frame = prepared.fork, prepared.frame
+                else:
+                    frame = self.truth.step(ahead)
                 with self._lock:
                     self._truth_at += 1
                     self._truths[self._truth_at] = frame
@@ -574,6 +623,6 @@ class PlaySession:
             self.actions.clear()
             self._unscored, self._truths = [], {}
             self.context_frames, self.context_actions, self.truth = [], [], None
-            self.newest_truth = None
+            self.newest_truth, self._prepared, self._prepared_truth = None, None, None
         shutil.rmtree(self._export_dir, ignore_errors=True)
 

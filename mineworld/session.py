@@ -11,6 +11,7 @@ way whether it came from the scene or from the model.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -154,6 +155,15 @@ class Session:
     def newest_ids(self) -> torch.Tensor:
         """Image token ids ``[rows, cols]`` of the newest frame."""
         return self.history[-1].ids
+
+    @torch.inference_mode()
+    def fork(self) -> Session:
+        """A copy that plays on from here without touching this session: its own cache,
+        history and random state (a copy's frames are the ones this session would make); the
+        model and tokenizer stay shared."""
+        shared = [self.model, self.tokenizer, *self.model.modules(), *self.model.parameters(),
+                  *self.model.buffers()]
+        return copy.deepcopy(self, {id(part): part for part in shared})
 
     def _action_tokens(self, action: dict) -> torch.Tensor:
         return torch.tensor(self.codec.encode(action), dtype=torch.long, device=self.device)

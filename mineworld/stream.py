@@ -174,9 +174,11 @@ class FrameScheduler:
     that a pass, and so another client's wait, grows with the clients playing, not with the
     plays one client keeps going."""
 
-    def __init__(self, max_together: int = MAX_TOGETHER):
+    def __init__(self, max_together: int = MAX_TOGETHER, prepare_next: bool = True):
         self.max_together = max_together
+        self.prepare_next = prepare_next
         self._jobs: deque[Job] = deque()
+        self._idle_jobs: deque[Job] = deque()  # prepare()'s, run while nothing else waits
         self._last_clients: set[str] = set()  # whose work the previous pass did
         self._ready = threading.Condition()
         self._closed = False
@@ -195,6 +197,23 @@ class FrameScheduler:
         separate passes, and a client's work waits for another's that is waiting, once."""
         return self._put(None, (play, action), client)
 
+    def prepare(self, play, action: dict) -> None:
+        """While nothing else waits, make the frame ``play`` would make next with ``action``
+        (``play.prepare``), so that it is ready when asked for. Given up between passes as
+        soon as other work comes, but for that very frame; replaces the play's earlier ask."""
+        def others_wait() -> bool:
+            with self._ready:
+                return self._closed or any(
+                    job.fn is not None or job.args[0] is not play or job.args[1] != action
+                    for job in self._jobs)
+
+        if not self.prepare_next:
+            return
+        with self._ready:
+            self._idle_jobs = deque(job for job in self._idle_jobs if job.args[0] is not play)
+            self._idle_jobs.append(Job(Future(), _prepare, (play, action, others_wait)))
+            self._ready.notify()
+
     def call(self, fn: Callable, *args, client: str | None = None):
         """Run ``fn(*args)`` on the model's thread and wait for its result (or exception)."""
         return self.submit(fn, *args, client=client).result()
@@ -202,9 +221,10 @@ class FrameScheduler:
     def shutdown(self) -> None:
         with self._ready:
             self._closed = True
-            for job in self._jobs:
+            for job in [*self._jobs, *self._idle_jobs]:
                 job.future.cancel()
             self._jobs.clear()
+            self._idle_jobs.clear()
             self._ready.notify()
 
     def _put(self, fn: Callable | None, args: tuple, client: str | None = None) -> Future:
@@ -218,13 +238,15 @@ class FrameScheduler:
 
     def _next_jobs(self) -> list[Job] | None:
         """The oldest job of a client the previous pass did not serve (else the oldest job),
-        with the oldest frame waiting of every other client when it is a frame; None once shut
-        down."""
+        with the oldest frame waiting of every other client when it is a frame; with none
+        waiting, the oldest idle job; None once shut down."""
         with self._ready:
-            while not self._jobs and not self._closed:
+            while not self._jobs and not self._idle_jobs and not self._closed:
                 self._ready.wait()
             if self._closed:
                 return None
+            if not self._jobs:
+                return [self._idle_jobs.popleft()]
             first = next((job for job in self._jobs if job.client not in self._last_clients),
                          self._jobs[0])
             self._jobs.remove(first)
@@ -259,6 +281,10 @@ class FrameScheduler:
                         job.future.set_exception(error)
 
 
+def _prepare(play, action: dict, stop: Callable[[], bool]) -> None:
+    play.prepare(action, stop)
+
+
 def step_together(steps: list[tuple]) -> list[Frame | None]:
     """Step each ``(play, action)``, their forward passes as one; each Frame made, or None for
     a play that has closed (a restart or a closed tab came first)."""
@@ -285,6 +311,7 @@ class Seat:
         self.client: str | None = None
         self.shown, self.shown_at = None, 0.0  # what the page's plots show, since when
         self.show_truth = True  # the true world's frame beside the generated one
+        self.last_action: dict | None = None  # of the newest frame asked for
 
     def __deepcopy__(self, memo) -> Seat:
         """A fresh seat: Gradio's State copies its first value for every user."""
@@ -303,7 +330,7 @@ class Seat:
         world's frame), and done before that frame is yielded."""
         if not self.controls.claim():
             return
-        finished = False
+        finished, self.last_action = False, None
         making = self._next_frame(scheduler, ahead)
         try:
             while making is not None:
@@ -318,6 +345,8 @@ class Seat:
             if not finished:  # its page went (a stream stops only then): play nothing more
                 self.controls.stop()
                 self.controls.resign()
+        if self.last_action is not None and self.play is not None and not self.play.closed:
+            scheduler.prepare(self.play, self.last_action)  # the same key again, likely
 
     def _next_frame(self, scheduler: FrameScheduler,
                     ahead: Callable | None = None) -> asyncio.Future | None:
@@ -327,6 +356,7 @@ class Seat:
         action = self.controls.next_action()
         if action is None:
             return None
+        self.last_action = action
         frame = asyncio.wrap_future(scheduler.step(self.play, action, self.client))
         if ahead is None:
             return frame

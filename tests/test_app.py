@@ -32,9 +32,10 @@ from mineworld import stream as stream_module
 from mineworld.actions import make_action
 from mineworld.config import preset_path
 from mineworld.decoding import Sampling
-from mineworld.play import Options, PlaySession, TrueWorld, process_memory_mb, read_scene
+from mineworld.play import Options, PlaySession, process_memory_mb, read_scene
 from mineworld.video import read_video, video_rate
 from mineworld.world import record_episode
+from mineworld.world.truth import TrueWorld, WorldProcess
 from tests.stand_ins import (
     HEIGHT,
     WIDTH,
@@ -221,6 +222,40 @@ def test_play_session_compares_two_strategies_against_the_true_world(scene_mp4):
     assert play.closed
 
 
+def test_true_worlds_in_their_own_process_render_as_in_this_one_and_go_with_their_handle(
+        scene_mp4):
+    resources = tiny_resources(scene_mp4)
+    moves = [make_action(["forward"], yaw=5.0), make_action(["jump"]), make_action(["left"])]
+    here = TrueWorld(resources.scene.world, 3, (WIDTH, HEIGHT))
+    process = WorldProcess()
+    try:
+        there = process.open(resources.scene.world, 3, (WIDTH, HEIGHT))
+        assert all(np.array_equal(here.step(move), there.step(move)) for move in moves)
+        fork_here, fork_there = here.fork(), there.fork()
+        assert all(np.array_equal(fork_here.step(move), fork_there.step(move))
+                   for move in moves)
+        assert np.array_equal(here.step(moves[0]), there.step(moves[0]))  # forks moved alone
+        with pytest.raises(KeyError):  # the process's error, raised in the caller
+            process.open(({"seed": 1}, []), 0, (WIDTH, HEIGHT))
+        key = fork_there.key
+        del fork_there
+        gc.collect()
+        there.step(moves[0])  # the dropped handle's world went with this call
+        with pytest.raises(KeyError):
+            process.call("step", key, moves[0])
+        options = dataclasses.replace(resources.options, world_process=process)
+        play = PlaySession(resources.model, resources.tokenizer, resources.scene, 3,
+                           [("none", {})], options)
+        play.step(moves[0])
+        play.render_truth(1, moves[0])
+        assert np.array_equal(play.truth_frame(1)[1],
+                              TrueWorld(resources.scene.world, 3, (WIDTH, HEIGHT)).step(moves[0]))
+    finally:
+        process.close()
+    with pytest.raises(RuntimeError, match="the true world's process ended"):
+        there.step(moves[0])
+
+
 def test_identical_sides_are_drawn_at_the_ceiling_and_called_identical(scene_mp4):
     resources = tiny_resources(scene_mp4)
     play = PlaySession(resources.model, resources.tokenizer, resources.scene, 2,
@@ -275,6 +310,60 @@ def test_switching_strategy_continues_from_the_newest_frames(scene_mp4):
     assert list(hit) == ["attention hit rate", "kept by heavy hitters", "kept by recent"]
     with pytest.raises(ValueError, match="hh_ratio"):
         play.switch_strategy(0, "h2o", {"hh_ratio": 2.0})
+
+
+def test_a_frame_prepared_ahead_is_the_frame_the_step_makes_and_is_taken_only_then(scene_mp4):
+    """Sampled, two sides: frames prepared for the action the step takes are the frames a
+    play that never prepares makes (and the step runs no forward pass); prepared for another
+    action, given up half-way, or made before a switch, they are dropped and the play goes
+    on as if nothing had been prepared."""
+    resources = tiny_resources(scene_mp4)
+    strategies = [("streaming", {"start_size": 2, "recent_size": 20}), ("none", {})]
+
+    def new_play():
+        return PlaySession(resources.model, resources.tokenizer, resources.scene, 2,
+                           strategies, resources.options)
+
+    prepared, plain = new_play(), new_play()
+    forward, jump = make_action(["forward"]), make_action(["jump"], yaw=5.0)
+    calls = []
+    original_forward = type(resources.model).forward_feeds
+
+    def counted(model, feeds):
+        calls.append(len(feeds))
+        return original_forward(model, feeds)
+
+    rendered = []
+    original_render = TrueWorld.step
+
+    def counted_render(world, action):
+        rendered.append(action)
+        return original_render(world, action)
+
+    for ahead, action in [(forward, forward), (forward, jump), (None, jump), (jump, jump)]:
+        if ahead is not None:
+            prepared.prepare(ahead)
+        calls.clear()
+        rendered.clear()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(type(resources.model), "forward_feeds", counted)
+            patch.setattr(TrueWorld, "step", counted_render)
+            frames = prepared.step(action)
+            prepared.render_truth(prepared.frames_played, action)  # as the page asks
+        assert bool(calls) == bool(rendered) == (ahead != action)  # made ahead: no pass
+        assert [frame.tolist() for frame in frames] == [
+            frame.tolist() for frame in plain.step(action)]
+        plain.render_truth(plain.frames_played, action)
+        assert prepared.truth_frame(prepared.frames_played)[1].tolist() == (
+            plain.truth_frame(plain.frames_played)[1].tolist())
+    prepared.prepare(forward, stop=lambda: True)  # given up before its first pass
+    assert prepared._prepared is None
+    prepared.prepare(forward)
+    prepared.switch_strategy(1, "h2o", {"hh_ratio": 0.2, "recent_size": 20})
+    plain.switch_strategy(1, "h2o", {"hh_ratio": 0.2, "recent_size": 20})
+    assert [frame.tolist() for frame in prepared.step(forward)] == [
+        frame.tolist() for frame in plain.step(forward)]  # the old session's frame not taken
+    assert [row["frame"] for row in prepared.sides[0].rows] == [1, 2, 3, 4, 5]
 
 
 def test_a_long_play_keeps_only_the_newest_frames(scene_mp4, monkeypatch):

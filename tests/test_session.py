@@ -245,3 +245,30 @@ def test_a_budget_must_leave_a_frames_positions_free_and_what_is_suggested_runs(
     for _ in range(3 * CONTEXT_FRAMES):
         _, stats = session.step(make_action(["forward"]))
     assert stats["evicted_tokens"] > 0 and stats["rebases"] > 0
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_a_fork_plays_on_as_the_session_would_and_leaves_it_untouched(strategy):
+    """Sampled, past the context (evictions, re-bases, re-prefills): a fork's frames are the
+    session's, and stepping the fork changes nothing the session makes next."""
+    from mineworld.decoding import Sampling
+
+    def session():
+        model = tiny_model()
+        made = Session(model, PatchTokenizer(), strategy=strategy,
+                       strategy_params=tight(strategy, model), reference_frames=2,
+                       schedule="diagonal", sampling=Sampling(temperature=1.0, top_k=20), seed=3)
+        made.start(*scene())
+        return made
+
+    original, twin = session(), session()
+    moves = [make_action(["left"], yaw=5.0), make_action(["jump"], pitch=-3.0)] * 4
+    for move in moves:
+        assert np.array_equal(original.step(move)[0], twin.step(move)[0])
+    fork = original.fork()
+    assert fork.model is original.model and fork.tokenizer is original.tokenizer
+    assert fork.cache.storage.keys.data_ptr() != original.cache.storage.keys.data_ptr()
+    forked = [fork.step(move)[0] for move in moves]
+    assert [original.step(move)[0].tolist() for move in moves] == [
+        frame.tolist() for frame in forked]
+    assert [twin.step(move)[0].tolist() for move in moves] == [frame.tolist() for frame in forked]

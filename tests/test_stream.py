@@ -3,6 +3,8 @@
 import asyncio
 import threading
 
+import pytest
+
 from mineworld.actions import make_action
 from mineworld.stream import Controls, FrameScheduler, Seat, combine
 
@@ -72,8 +74,14 @@ class CountingPlay:
 
     def __init__(self):
         self.actions, self.threads, self.closed = [], set(), False
+        self.prepared = []  # the actions asked for ahead, and the threads they ran on
+        self.was_prepared = threading.Event()
 
     model = None  # never called: a play without sides asks for no forward pass
+
+    def prepare(self, action, stop):
+        self.prepared.append((action, threading.current_thread().name))
+        self.was_prepared.set()
 
     def side_steps(self, action):
         return []
@@ -109,6 +117,21 @@ def test_a_seat_plays_its_queue_on_the_scheduler_thread_and_stops_on_a_closed_pl
     seat.controls.hold("forward", FORWARD)
     assert asyncio.run(drive()) == []  # nothing to play on: the held key is dropped
     assert seat.controls.held == []
+    scheduler.shutdown()
+
+
+async def frames_of(seat, scheduler):
+    return [frame async for frame in seat.frames(scheduler)]
+
+
+@pytest.mark.parametrize("prepare_next", [True, False])
+def test_once_a_seat_has_played_its_last_keys_are_prepared_again_on_the_model_thread(
+        prepare_next):
+    scheduler, seat = seated_play(2)
+    scheduler.prepare_next = prepare_next
+    assert len(asyncio.run(frames_of(seat, scheduler))) == 2
+    assert seat.play.was_prepared.wait(5 if prepare_next else 0.2) == prepare_next
+    assert seat.play.prepared == ([(FORWARD, *seat.play.threads)] if prepare_next else [])
     scheduler.shutdown()
 
 
@@ -217,6 +240,54 @@ def test_work_of_a_client_just_served_waits_once_for_another_clients():
     for job in [busy, *jobs]:
         job.result(timeout=5)
     assert done == ["other", "flood 1", "flood 2"]
+    scheduler.shutdown()
+
+
+class PausedPreparingPlay(OnePassPlay):
+    """A stand-in play whose ``prepare`` waits for ``go`` between two passes, and notes
+    whether it was told to stop there."""
+
+    def __init__(self, model, name):
+        super().__init__(model, name)
+        self.started, self.go, self.stopped = threading.Event(), threading.Event(), []
+
+    def prepare(self, action, stop):
+        self.started.set()
+        self.go.wait(5)
+        self.stopped.append(stop())
+
+
+@pytest.mark.parametrize("other_work", ["this frame", "a frame of another play", "a job"])
+def test_a_frame_prepared_while_idle_gives_way_to_other_work_but_not_to_its_own_frame(
+        other_work):
+    model, scheduler = CountingModel(), FrameScheduler()
+    play = PausedPreparingPlay(model, "p")
+    scheduler.prepare(play, FORWARD)
+    assert play.started.wait(5)
+    if other_work == "this frame":
+        asked = scheduler.step(play, FORWARD)
+    elif other_work == "a frame of another play":
+        asked = scheduler.step(OnePassPlay(model, "q"), FORWARD)
+    else:
+        asked = scheduler.submit(lambda: None)
+    play.go.set()
+    asked.result(timeout=5)
+    assert play.stopped == [other_work != "this frame"]
+    scheduler.shutdown()
+
+
+def test_an_ask_ahead_waits_for_every_other_job_and_replaces_the_plays_earlier_one():
+    gate, done = threading.Event(), []
+    scheduler = FrameScheduler()
+    scheduler.submit(gate.wait)  # the model is busy while the asks come
+    play = CountingPlay()
+    scheduler.prepare(play, FORWARD)
+    scheduler.prepare(play, RIGHT)  # the newest keys are the likely next ones
+    jobs = [scheduler.submit(done.append, name) for name in ("a", "b")]
+    gate.set()
+    assert play.was_prepared.wait(5)
+    assert [job.done() for job in jobs] == [True, True] and done == ["a", "b"]
+    assert [action for action, _thread in play.prepared] == [RIGHT]
     scheduler.shutdown()
 
 
