@@ -450,7 +450,8 @@ class PlaySession:
         if prepared is not None and prepared.fits(self, action):
             for side, fork in zip(self.sides, prepared.forks, strict=True):
                 side.session = fork
-            return [_made(made) for made in prepared.made]
+            return [_made((frame, {**stats, "made_ahead_ms": stats["ms_per_frame"]}))
+                    for frame, stats in prepared.made]
         return [side.session.step_passes(action) for side in self.sides]
 
     def prepare(self, action: dict, stop: Callable[[], bool] | None = None) -> None:

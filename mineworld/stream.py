@@ -147,10 +147,12 @@ class Controls:
 
 
 class Frame(NamedTuple):
-    """A frame just made: its number in the play and each side's image."""
+    """A frame just made: its number in the play, each side's image, and the seconds its
+    making took when it was made ahead, before it was asked for (0: made when asked)."""
 
     number: int
     images: list
+    ahead_seconds: float = 0.0
 
 
 class Job(NamedTuple):
@@ -295,9 +297,10 @@ def step_together(steps: list[tuple]) -> list[Frame | None]:
                                                  for passes in sides]) if players else []
     frames: list[Frame | None] = [None] * len(steps)
     for (index, play, action), sides in zip(open_steps, players, strict=True):
-        images = play.record(action, made[: len(sides)])
-        made = made[len(sides):]
-        frames[index] = Frame(play.frames_played, images)
+        own, made = made[: len(sides)], made[len(sides):]
+        images = play.record(action, own)
+        ahead_ms = max((stats.get("made_ahead_ms", 0.0) for _image, stats in own), default=0.0)
+        frames[index] = Frame(play.frames_played, images, ahead_ms / 1000)
     return frames
 
 
@@ -325,8 +328,10 @@ class Seat:
 
         The next frame is being made while the caller shows this one (sending a frame to a
         page costs about as much as making it), so frames come at the slower of the two
-        rates, not at their sum. ``ahead(play, number, action)``, when given, is work for
-        frame ``number`` done while the model makes it, off the model's thread (the true
+        rates, not at their sum. A frame made ahead is yielded at once, and the next one is
+        asked for as long after as its making took, as if it had been made when asked: a tap
+        makes as many frames either way. ``ahead(play, number, action)``, when given, is work
+        for frame ``number`` done while the model makes it, off the model's thread (the true
         world's frame), and done before that frame is yielded."""
         if not self.controls.claim():
             return
@@ -335,6 +340,11 @@ class Seat:
         try:
             while making is not None:
                 made = await making
+                if made is not None and made.ahead_seconds:
+                    yield made
+                    await asyncio.sleep(made.ahead_seconds)
+                    making = self._next_frame(scheduler, ahead)
+                    continue
                 making = self._next_frame(scheduler, ahead)
                 if made is not None:
                     yield made

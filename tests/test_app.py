@@ -348,10 +348,11 @@ def test_a_frame_prepared_ahead_is_the_frame_the_step_makes_and_is_taken_only_th
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(type(resources.model), "forward_feeds", counted)
             patch.setattr(TrueWorld, "step", counted_render)
-            frames = prepared.step(action)
-            prepared.render_truth(prepared.frames_played, action)  # as the page asks
+            [frame] = stream_module.step_together([(prepared, action)])  # as the page steps
+            prepared.render_truth(prepared.frames_played, action)  # and renders the truth
         assert bool(calls) == bool(rendered) == (ahead != action)  # made ahead: no pass
-        assert [frame.tolist() for frame in frames] == [
+        assert (frame.ahead_seconds > 0) == (ahead == action)
+        assert [image.tolist() for image in frame.images] == [
             frame.tolist() for frame in plain.step(action)]
         plain.render_truth(plain.frames_played, action)
         assert prepared.truth_frame(prepared.frames_played)[1].tolist() == (

@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from mineworld.actions import make_action
-from mineworld.stream import Controls, FrameScheduler, Seat, combine
+from mineworld.stream import Controls, Frame, FrameScheduler, Seat, combine
 
 FORWARD, RIGHT = make_action(["forward"]), make_action((), 0.0, 15.0)
 
@@ -110,7 +110,7 @@ def test_a_seat_plays_its_queue_on_the_scheduler_thread_and_stops_on_a_closed_pl
     async def drive():
         return [count async for count in seat.frames(scheduler)]
 
-    assert asyncio.run(drive()) == [(number, [f"image {number}"]) for number in (1, 2, 3)]
+    assert asyncio.run(drive()) == [Frame(number, [f"image {number}"]) for number in (1, 2, 3)]
     assert len(seat.play.actions) == 3 and len(seat.play.threads) == 1
     assert seat.play.threads != {threading.current_thread().name}
     seat.play.closed = True
@@ -132,6 +132,35 @@ def test_once_a_seat_has_played_its_last_keys_are_prepared_again_on_the_model_th
     assert len(asyncio.run(frames_of(seat, scheduler))) == 2
     assert seat.play.was_prepared.wait(5 if prepare_next else 0.2) == prepare_next
     assert seat.play.prepared == ([(FORWARD, *seat.play.threads)] if prepare_next else [])
+    scheduler.shutdown()
+
+
+class MadeAheadPlay(CountingPlay):
+    """A stand-in play whose every frame was made ahead, in 200 ms."""
+
+    def side_steps(self, action):
+        def made():
+            yield from ()
+            return None, {"made_ahead_ms": 200.0}
+
+        return [made()]
+
+
+def test_a_frame_made_ahead_shows_at_once_and_a_tap_still_makes_one_frame():
+    """The held key's next frame is asked for as long after as the frame took: a key let go
+    within that time has played once, as when the frame is made on asking."""
+    scheduler, seat = FrameScheduler(), Seat()
+    seat.play = MadeAheadPlay()
+    seat.controls.hold("forward", FORWARD, 1)
+
+    async def tap():
+        shown = []
+        async for frame in seat.frames(scheduler):
+            shown.append(frame)
+            asyncio.get_running_loop().call_later(0.05, seat.controls.release, "forward", 2)
+        return shown
+
+    assert asyncio.run(tap()) == [Frame(1, ["image 1"], 0.2)]
     scheduler.shutdown()
 
 
@@ -206,8 +235,8 @@ def test_frames_waiting_together_are_made_in_the_same_forward_passes():
     busy.result()
     frames = [future.result(timeout=5) for future in asked]
     assert model.calls == [["a's feed", "c's feed"]]  # one pass for both open plays
-    assert frames[0] == (1, ["a after logits of a's feed"]) and frames[1] is None
-    assert frames[2] == (1, ["c after logits of c's feed"])
+    assert frames[0] == Frame(1, ["a after logits of a's feed"]) and frames[1] is None
+    assert frames[2] == Frame(1, ["c after logits of c's feed"])
     scheduler.shutdown()
 
 
