@@ -113,9 +113,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       "(1: none; default: the model's own)")
     play.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     play.add_argument("--prepare-next", action=argparse.BooleanOptionalAction, default=True,
-                      help="while a player waits, make the frame of their last keys again "
-                      "ahead, on a copy of each side's cache: pressed again, it shows at once "
-                      "(default: on)")
+                      help="while a player waits, make the next frames of their three newest "
+                      "different keys ahead, each on a copy of each side's cache: pressed "
+                      "again, a key shows its frame at once (default: on)")
     add_cache_flags(parser, "the page's first strategy; users may change it")
     server = parser.add_argument_group("server")
     on_spaces = os.environ.get("SYSTEM") == "spaces"  # Spaces serves from a container

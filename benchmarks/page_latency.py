@@ -9,10 +9,11 @@ painted per second while a key is held.
 Starts ``python app.py`` (the embedded model, a bounded cache; or drives ``--url``) and opens it
 in Debian's Chromium (Playwright, headless). A frame counts as painted at the animation frame
 after its caption shows its number and its image has loaded (the page's own counter, the one it
-shows as "painted N fps"). Taps, each once the page is idle: ``--taps`` of the right arrow (the
-same key again: app.py makes its frame ahead while the page waits, see ``--prepare-next``),
-then as many of the left and right arrows in turn (never the frame made ahead); the hold is of
-W. Prints the machine, the percentiles, the painted rate and the model's own rate.
+shows as "painted N fps"). Taps, each once the page is idle: ``--taps`` of the right arrow,
+as many of the left and right arrows in turn (app.py makes the frames of a player's three
+newest different keys ahead while the page waits, see ``--prepare-next``), and as many of six
+keys in turn (never made ahead); the hold is of W. Prints the machine, the percentiles, the
+painted rate and the model's own rate.
 
 ``--stand-in-ms MS`` serves app.py with each frame a sleep of MS ms instead of the model's work
 (the first frame is made by the model, then shifted by a pixel a frame): the model's time
@@ -32,6 +33,9 @@ from benchmarks.app_load import APP_ARGS, free_port, start_server
 from benchmarks.common import percentile, print_machine
 
 CHROMIUM = "/usr/bin/chromium"
+# Each pressed again after five others, and the page makes the three newest keys' frames ahead.
+# The arrows last: the taps before leave left and right among the newest.
+SIX_KEYS = ["ArrowUp", "ArrowDown", "a", "d", "ArrowLeft", "ArrowRight"]
 # The keydown time in the page's clock, taken before the page's own listener sees the key.
 MARK_KEYS = """() => {
   window.benchKeyDown = 0;
@@ -148,7 +152,8 @@ def measure(url: str, taps: int, hold: float, hide_truth: bool) -> dict:
         wait_idle(page)
         latencies = {"the same key": tap_latencies(page, ["ArrowRight"] * taps),
                      "left and right in turn": tap_latencies(
-                         page, ["ArrowLeft", "ArrowRight"] * (taps // 2))}
+                         page, ["ArrowLeft", "ArrowRight"] * (taps // 2)),
+                     "six keys in turn": tap_latencies(page, (SIX_KEYS * taps)[:taps])}
         fps, painted = held_rate(page, hold)
         wait_idle(page)
         status = page.locator("#status-play textarea").input_value()

@@ -398,8 +398,8 @@ class PlaySession:
         self.actions: deque[dict] = _kept()  # the newest, as the sides' frames
         self._unscored: list[tuple[int, dict, list[np.ndarray]]] = []
         self.frames_played = 0
-        self._prepared: Prepared | None = None  # the likely next frame, made ahead
-        self._prepared_truth: PreparedTruth | None = None  # and the true world's
+        self._prepared: list[Prepared] = []  # likely next frames, made ahead
+        self._prepared_truths: list[PreparedTruth] = []  # and the true world's
         self._export_dir = tempfile.mkdtemp(prefix="mineworld-play-")
 
     def _prefilled_session(self, strategy: str, params: dict, frames: list, actions: list):
@@ -446,33 +446,38 @@ class PlaySession:
     def side_steps(self, action: dict) -> list[Passes]:
         """Each side's step as its forward passes, for ``run_together`` with other plays'; then
         ``record`` what they made. Frames made ahead for ``action`` (``prepare``) ask for none."""
-        prepared, self._prepared = self._prepared, None
-        if prepared is not None and prepared.fits(self, action):
-            for side, fork in zip(self.sides, prepared.forks, strict=True):
-                side.session = fork
-            return [_made((frame, {**stats, "made_ahead_ms": stats["ms_per_frame"]}))
-                    for frame, stats in prepared.made]
+        prepared, self._prepared = self._prepared, []
+        for frames in prepared:
+            if frames.fits(self, action):
+                for side, fork in zip(self.sides, frames.forks, strict=True):
+                    side.session = fork
+                return [_made((frame, {**stats, "made_ahead_ms": stats["ms_per_frame"]}))
+                        for frame, stats in frames.made]
         return [side.session.step_passes(action) for side in self.sides]
 
     def prepare(self, action: dict, stop: Callable[[], bool] | None = None) -> None:
         """Make the frames ``action`` would make next on forks of the sides' sessions, and keep
-        them for the next step if it takes ``action`` from here: a likely next frame, ready
-        before it is asked for. Given up when ``stop()`` turns true between passes. On the
-        model's thread, as steps are; the sides stay as they are."""
-        self._prepared = None
+        them, beside those made for other actions from here, for the next step if it takes
+        ``action``: a likely next frame, ready before it is asked for. Given up when ``stop()``
+        turns true between passes. On the model's thread, as steps are; the sides stay as
+        they are."""
         if self.closed:
             return
         sessions = [side.session for side in self.sides]
+        self._prepared = [frames for frames in self._prepared if frames.action != action
+                          and frames.fits(self, frames.action)]  # none from an older state
         forks = [session.fork() for session in sessions]
         made = run_together(self.model, [fork.step_passes(action) for fork in forks], stop)
         if made is None:
             return
-        self._prepared = Prepared(action, self.frames_played, sessions, forks, made)
+        self._prepared.append(Prepared(action, self.frames_played, sessions, forks, made))
         with self._truth_lock:  # and the true world's frame, when it has caught up
             if self.truth is not None and self._truth_at == self.frames_played:
+                self._prepared_truths = [truth for truth in self._prepared_truths
+                                         if truth.number == self._truth_at + 1]
                 fork = self.truth.fork()
-                self._prepared_truth = PreparedTruth(
-                    self.frames_played + 1, action, self.truth, fork, fork.step(action))
+                self._prepared_truths.append(PreparedTruth(
+                    self.frames_played + 1, action, self.truth, fork, fork.step(action)))
 
     def record(self, action: dict, made: list[tuple[np.ndarray, dict]]) -> list[np.ndarray]:
         """Keep each side's new frame and stats (``made``, in the sides' order); returns the
@@ -501,10 +506,11 @@ class PlaySession:
                 behind = self.frames_played - self._truth_at
                 played = list(self.actions)[len(self.actions) - behind :]
             for ahead in [*played[: number - 1 - self._truth_at], action]:
-                prepared, self._prepared_truth = self._prepared_truth, None
-                if prepared is not None and prepared[:3] == (self._truth_at + 1, ahead,
-                                                              self.truth):
-                    self.truth, frame = prepared.fork, prepared.frame
+                prepared, self._prepared_truths = self._prepared_truths, []
+                ready = [truth for truth in prepared
+                         if truth[:3] == (self._truth_at + 1, ahead, self.truth)]
+                if ready:
+                    self.truth, frame = ready[0].fork, ready[0].frame
                 else:
                     frame = self.truth.step(ahead)
                 with self._lock:
@@ -624,6 +630,6 @@ class PlaySession:
             self.actions.clear()
             self._unscored, self._truths = [], {}
             self.context_frames, self.context_actions, self.truth = [], [], None
-            self.newest_truth, self._prepared, self._prepared_truth = None, None, None
+            self.newest_truth, self._prepared, self._prepared_truths = None, [], []
         shutil.rmtree(self._export_dir, ignore_errors=True)
 

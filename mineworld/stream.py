@@ -32,6 +32,7 @@ from mineworld.decoding import run_together
 
 MAX_QUEUED = 64  # presses waiting per play; more are refused, and the refusal says so
 MAX_TOGETHER = 16  # frames of different players made in the same forward passes
+PREPARED_ACTIONS = 3  # a waiting player's newest different actions, their next frames made ahead
 
 
 def combine(actions: list[dict]) -> dict:
@@ -199,21 +200,25 @@ class FrameScheduler:
         separate passes, and a client's work waits for another's that is waiting, once."""
         return self._put(None, (play, action), client)
 
-    def prepare(self, play, action: dict) -> None:
-        """While nothing else waits, make the frame ``play`` would make next with ``action``
-        (``play.prepare``), so that it is ready when asked for. Given up between passes as
-        soon as other work comes, but for that very frame; replaces the play's earlier ask."""
-        def others_wait() -> bool:
-            with self._ready:
-                return self._closed or any(
-                    job.fn is not None or job.args[0] is not play or job.args[1] != action
-                    for job in self._jobs)
+    def prepare(self, play, actions: list[dict]) -> None:
+        """While nothing else waits, make the frame ``play`` would make next with each of
+        ``actions`` in turn (``play.prepare``), so that it is ready when asked for. Each is
+        given up between passes as soon as other work comes, but for that very frame; replaces
+        the play's earlier asks."""
+        def others_wait(action: dict) -> Callable[[], bool]:
+            def waiting() -> bool:
+                with self._ready:
+                    return self._closed or any(
+                        job.fn is not None or job.args[0] is not play or job.args[1] != action
+                        for job in self._jobs)
+            return waiting
 
         if not self.prepare_next:
             return
         with self._ready:
             self._idle_jobs = deque(job for job in self._idle_jobs if job.args[0] is not play)
-            self._idle_jobs.append(Job(Future(), _prepare, (play, action, others_wait)))
+            self._idle_jobs.extend(Job(Future(), _prepare, (play, action, others_wait(action)))
+                                   for action in actions)
             self._ready.notify()
 
     def call(self, fn: Callable, *args, client: str | None = None):
@@ -314,7 +319,8 @@ class Seat:
         self.client: str | None = None
         self.shown, self.shown_at = None, 0.0  # what the page's plots show, since when
         self.show_truth = True  # the true world's frame beside the generated one
-        self.last_action: dict | None = None  # of the newest frame asked for
+        # The newest different actions played, the newest last: their frames are made ahead.
+        self.recent_actions: deque[dict] = deque(maxlen=PREPARED_ACTIONS)
 
     def __deepcopy__(self, memo) -> Seat:
         """A fresh seat: Gradio's State copies its first value for every user."""
@@ -335,7 +341,7 @@ class Seat:
         world's frame), and done before that frame is yielded."""
         if not self.controls.claim():
             return
-        finished, self.last_action = False, None
+        finished = False
         making = self._next_frame(scheduler, ahead)
         try:
             while making is not None:
@@ -355,8 +361,8 @@ class Seat:
             if not finished:  # its page went (a stream stops only then): play nothing more
                 self.controls.stop()
                 self.controls.resign()
-        if self.last_action is not None and self.play is not None and not self.play.closed:
-            scheduler.prepare(self.play, self.last_action)  # the same key again, likely
+        if self.recent_actions and self.play is not None and not self.play.closed:
+            scheduler.prepare(self.play, list(reversed(self.recent_actions)))  # pressed again?
 
     def _next_frame(self, scheduler: FrameScheduler,
                     ahead: Callable | None = None) -> asyncio.Future | None:
@@ -366,7 +372,9 @@ class Seat:
         action = self.controls.next_action()
         if action is None:
             return None
-        self.last_action = action
+        if action in self.recent_actions:
+            self.recent_actions.remove(action)
+        self.recent_actions.append(action)
         frame = asyncio.wrap_future(scheduler.step(self.play, action, self.client))
         if ahead is None:
             return frame

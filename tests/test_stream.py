@@ -2,6 +2,7 @@
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -132,6 +133,18 @@ def test_once_a_seat_has_played_its_last_keys_are_prepared_again_on_the_model_th
     assert len(asyncio.run(frames_of(seat, scheduler))) == 2
     assert seat.play.was_prepared.wait(5 if prepare_next else 0.2) == prepare_next
     assert seat.play.prepared == ([(FORWARD, *seat.play.threads)] if prepare_next else [])
+    if prepare_next:  # the newest different actions, the newest first
+        jump, back = make_action(["jump"]), make_action(["back"])
+        for control, action in [("jump", jump), ("look right", RIGHT), ("jump", jump),
+                                ("back", back)]:
+            seat.controls.press(control, action)
+        seat.play.prepared.clear()
+        assert len(asyncio.run(frames_of(seat, scheduler))) == 4
+        for _ in range(100):
+            if len(seat.play.prepared) == 3:
+                break
+            time.sleep(0.01)
+        assert [action for action, _thread in seat.play.prepared] == [back, jump, RIGHT]
     scheduler.shutdown()
 
 
@@ -291,7 +304,7 @@ def test_a_frame_prepared_while_idle_gives_way_to_other_work_but_not_to_its_own_
         other_work):
     model, scheduler = CountingModel(), FrameScheduler()
     play = PausedPreparingPlay(model, "p")
-    scheduler.prepare(play, FORWARD)
+    scheduler.prepare(play, [FORWARD])
     assert play.started.wait(5)
     if other_work == "this frame":
         asked = scheduler.step(play, FORWARD)
@@ -310,8 +323,8 @@ def test_an_ask_ahead_waits_for_every_other_job_and_replaces_the_plays_earlier_o
     scheduler = FrameScheduler()
     scheduler.submit(gate.wait)  # the model is busy while the asks come
     play = CountingPlay()
-    scheduler.prepare(play, FORWARD)
-    scheduler.prepare(play, RIGHT)  # the newest keys are the likely next ones
+    scheduler.prepare(play, [FORWARD, RIGHT])
+    scheduler.prepare(play, [RIGHT])  # the newest keys are the likely next ones
     jobs = [scheduler.submit(done.append, name) for name in ("a", "b")]
     gate.set()
     assert play.was_prepared.wait(5)
