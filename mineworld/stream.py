@@ -16,6 +16,8 @@ another client's waiting work go first, and makes the frames of every player wai
 in the same forward passes, one frame of each client at most. A driver has at most one frame
 asked for beyond the one being shown, so nobody's held key blocks another's, and a client with
 many plays (sessions are free to invent) gets a frame a pass, as one with a single play does.
+When nothing waits, it makes the frames a waiting player's newest keys would make next
+(``FrameScheduler.prepare``), given up as soon as other work comes.
 """
 
 from __future__ import annotations
