@@ -60,8 +60,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mineworld.cache_flags import add_cache_flags  # torch; gradio loads after the flags
-from mineworld.cli import positive_int
+from mineworld.cli import int_in, positive_int
 from mineworld.decoding import SCHEDULES
+from mineworld.stream import MAX_PREPARED_ACTIONS, PREPARED_ACTIONS
 
 PROG = "app.py"
 
@@ -112,10 +113,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="divide the odds of a cell repeating its code from the frame before "
                       "(1: none; default: the model's own)")
     play.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    play.add_argument("--prepare-next", action=argparse.BooleanOptionalAction, default=True,
-                      help="while a player waits, make the next frames of their three newest "
+    play.add_argument("--prepare-next", type=int_in(0, MAX_PREPARED_ACTIONS),
+                      default=PREPARED_ACTIONS, metavar="N",
+                      help="while a player waits, make the next frames of their N newest "
                       "different keys ahead, each on a copy of each side's cache: pressed "
-                      "again, a key shows its frame at once (default: on)")
+                      f"again, a key shows its frame at once (default: {PREPARED_ACTIONS}, "
+                      f"at most {MAX_PREPARED_ACTIONS}; 0: none)")
     add_cache_flags(parser, "the page's first strategy; users may change it")
     server = parser.add_argument_group("server")
     on_spaces = os.environ.get("SYSTEM") == "spaces"  # Spaces serves from a container
@@ -369,7 +372,7 @@ class Resources:
     # The pickers take any package.module:Class typed in, not only the listed strategies:
     # importing a module runs its code, so only where the page is served to this machine.
     any_class_path: bool = False
-    prepare_next: bool = True  # FrameScheduler's: each player's likely next frame made ahead
+    prepare_next: int = PREPARED_ACTIONS  # FrameScheduler's: frames made ahead per player
 
     def comparison(self) -> tuple[str, dict]:
         """Strategy B of the Compare tab at first, with its defaults for the model: when A

@@ -35,6 +35,7 @@ from mineworld.decoding import run_together
 MAX_QUEUED = 64  # presses waiting per play; more are refused, and the refusal says so
 MAX_TOGETHER = 16  # frames of different players made in the same forward passes
 PREPARED_ACTIONS = 3  # a waiting player's newest different actions, their next frames made ahead
+MAX_PREPARED_ACTIONS = 8  # the most that may be asked for: each keeps a copy of each side's cache
 
 
 def combine(actions: list[dict]) -> dict:
@@ -179,7 +180,7 @@ class FrameScheduler:
     that a pass, and so another client's wait, grows with the clients playing, not with the
     plays one client keeps going."""
 
-    def __init__(self, max_together: int = MAX_TOGETHER, prepare_next: bool = True):
+    def __init__(self, max_together: int = MAX_TOGETHER, prepare_next: int = PREPARED_ACTIONS):
         self.max_together = max_together
         self.prepare_next = prepare_next
         self._jobs: deque[Job] = deque()
@@ -203,10 +204,10 @@ class FrameScheduler:
         return self._put(None, (play, action), client)
 
     def prepare(self, play, actions: list[dict]) -> None:
-        """While nothing else waits, make the frame ``play`` would make next with each of
-        ``actions`` in turn (``play.prepare``), so that it is ready when asked for. Each is
-        given up between passes as soon as other work comes, but for that very frame; replaces
-        the play's earlier asks."""
+        """While nothing else waits, make the frame ``play`` would make next with each of the
+        first ``prepare_next`` of ``actions`` in turn (``play.prepare``), so that it is ready
+        when asked for. Each is given up between passes as soon as other work comes, but for
+        that very frame; replaces the play's earlier asks."""
         def others_wait(action: dict) -> Callable[[], bool]:
             def waiting() -> bool:
                 with self._ready:
@@ -215,12 +216,10 @@ class FrameScheduler:
                         for job in self._jobs)
             return waiting
 
-        if not self.prepare_next:
-            return
         with self._ready:
             self._idle_jobs = deque(job for job in self._idle_jobs if job.args[0] is not play)
             self._idle_jobs.extend(Job(Future(), _prepare, (play, action, others_wait(action)))
-                                   for action in actions)
+                                   for action in actions[: self.prepare_next])
             self._ready.notify()
 
     def call(self, fn: Callable, *args, client: str | None = None):
@@ -322,7 +321,7 @@ class Seat:
         self.shown, self.shown_at = None, 0.0  # what the page's plots show, since when
         self.show_truth = True  # the true world's frame beside the generated one
         # The newest different actions played, the newest last: their frames are made ahead.
-        self.recent_actions: deque[dict] = deque(maxlen=PREPARED_ACTIONS)
+        self.recent_actions: deque[dict] = deque(maxlen=MAX_PREPARED_ACTIONS)
 
     def __deepcopy__(self, memo) -> Seat:
         """A fresh seat: Gradio's State copies its first value for every user."""
