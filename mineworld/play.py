@@ -23,6 +23,7 @@ import json
 import math
 import resource
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -45,7 +46,7 @@ from mineworld.session import Session
 from mineworld.video import read_video, video_rate, write_video
 from mineworld.world import FPS, read_recording
 from mineworld.world.render import SUPERSAMPLE
-from mineworld.world.truth import RemoteWorld, TrueWorld, WorldProcess
+from mineworld.world.truth import RemoteWorld, TrueWorld, WorldProcess, WorldProcessEnded
 
 EXPORT_MIN_WIDTH = 512  # an exported side is scaled up by a whole factor to at least this
 CAPTION_HEIGHT = 28  # pixels of the band above each exported side that names its strategy
@@ -475,9 +476,12 @@ class PlaySession:
             if self.truth is not None and self._truth_at == self.frames_played:
                 self._prepared_truths = [truth for truth in self._prepared_truths
                                          if truth.number == self._truth_at + 1]
-                fork = self.truth.fork()
-                self._prepared_truths.append(PreparedTruth(
-                    self.frames_played + 1, action, self.truth, fork, fork.step(action)))
+                try:
+                    fork = self.truth.fork()
+                    self._prepared_truths.append(PreparedTruth(
+                        self.frames_played + 1, action, self.truth, fork, fork.step(action)))
+                except WorldProcessEnded as error:
+                    self._lose_truth(error)
 
     def record(self, action: dict, made: list[tuple[np.ndarray, dict]]) -> list[np.ndarray]:
         """Keep each side's new frame and stats (``made``, in the sides' order); returns the
@@ -512,10 +516,19 @@ class PlaySession:
                 if ready:
                     self.truth, frame = ready[0].fork, ready[0].frame
                 else:
-                    frame = self.truth.step(ahead)
+                    try:
+                        frame = self.truth.step(ahead)
+                    except WorldProcessEnded as error:
+                        self._lose_truth(error)
+                        return
                 with self._lock:
                     self._truth_at += 1
                     self._truths[self._truth_at] = frame
+
+    def _lose_truth(self, error: WorldProcessEnded) -> None:
+        """Play on without the true world (its frames so far stay), saying why in the log."""
+        print(f"play: the true world is no longer shown: {error}", file=sys.stderr, flush=True)
+        self.truth, self._prepared_truths = None, []
 
     def truth_frame(self, number: int) -> tuple[int, np.ndarray] | None:
         """The true world's frame ``number`` (or the newest before it) with its number, once

@@ -35,7 +35,7 @@ from mineworld.decoding import Sampling
 from mineworld.play import Options, PlaySession, process_memory_mb, read_scene
 from mineworld.video import read_video, video_rate
 from mineworld.world import record_episode
-from mineworld.world.truth import TrueWorld, WorldProcess
+from mineworld.world.truth import TrueWorld, WorldProcess, WorldProcessEnded
 from tests.stand_ins import (
     HEIGHT,
     WIDTH,
@@ -250,10 +250,20 @@ def test_true_worlds_in_their_own_process_render_as_in_this_one_and_go_with_thei
         play.render_truth(1, moves[0])
         assert np.array_equal(play.truth_frame(1)[1],
                               TrueWorld(resources.scene.world, 3, (WIDTH, HEIGHT)).step(moves[0]))
+        process._process.kill()  # killed, or out of memory: the worlds in it are lost
+        play.step(moves[1])
+        play.render_truth(2, moves[1])  # the play goes on without its true world
+        assert play.truth is None and play.truth_frame(2)[0] == 1
+        assert play.step(moves[2]) and play.frames_played == 3
+        with pytest.raises(WorldProcessEnded):
+            there.step(moves[0])
+        again = process.open(resources.scene.world, 3, (WIDTH, HEIGHT))  # in a new process
+        assert np.array_equal(again.step(moves[0]),
+                              TrueWorld(resources.scene.world, 3, (WIDTH, HEIGHT)).step(moves[0]))
     finally:
         process.close()
-    with pytest.raises(RuntimeError, match="the true world's process ended"):
-        there.step(moves[0])
+    with pytest.raises(WorldProcessEnded, match="closed"):
+        again.step(moves[0])
 
 
 def test_identical_sides_are_drawn_at_the_ceiling_and_called_identical(scene_mp4):

@@ -54,59 +54,86 @@ class TrueWorld:
         return frame
 
 
+class WorldProcessEnded(RuntimeError):
+    """The process holding a true world ended (killed, out of memory): the world is lost."""
+
+
 class WorldProcess:
     """True worlds kept and stepped in a child process, one request at a time (any thread may
-    ask). ``open`` gives a ``RemoteWorld``; a world is dropped there once its handle goes."""
+    ask). ``open`` gives a ``RemoteWorld``; a world is dropped there once its handle goes. When
+    the process has ended, the request raises ``WorldProcessEnded`` and a new process takes
+    the next ones (the worlds that were in the old one are lost)."""
 
     def __init__(self):
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "mineworld.world.truth"], cwd=Path(__file__).parents[2],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self._process = self._start()
+        self.generation = 0  # processes started before this one: their worlds are lost
         self._lock = threading.Lock()
         self._keys = itertools.count()
         self._dropped: deque[int] = deque()  # handles gone: their worlds go with the next call
+        self._closed = False
+
+    @staticmethod
+    def _start() -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "mineworld.world.truth"], cwd=Path(__file__).parents[2],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
     def open(self, world: tuple[dict, list[dict]], start: int,
              frame_size: tuple[int, int]) -> RemoteWorld:
         """A ``TrueWorld(world, start, frame_size)`` in the process (its errors raised here)."""
         return self._handle(self.call("open", next(self._keys), world, start, frame_size))
 
-    def call(self, *request):
-        """Send ``request``, return the answer (or raise the error it raised there)."""
+    def fork(self, world: RemoteWorld) -> RemoteWorld:
+        """A copy of ``world`` in the process that steps on without moving it."""
+        return self._handle(self.call("fork", world.key, next(self._keys),
+                                      generation=world.generation))
+
+    def call(self, *request, generation: int | None = None):
+        """Send ``request``, return the answer (or raise the error it raised there); about a
+        world of the process ``generation``, when given."""
         with self._lock:
+            if self._closed:
+                raise WorldProcessEnded("the true world's process was closed")
+            if generation not in (None, self.generation):
+                raise WorldProcessEnded("the true world's process ended, and this world with it")
             dropped = [self._dropped.popleft() for _ in range(len(self._dropped))]
             try:
                 pickle.dump((dropped, request), self._process.stdin)
                 self._process.stdin.flush()
                 ok, answer = pickle.load(self._process.stdout)
             except (OSError, ValueError, EOFError):  # a closed pipe, or the process gone
-                raise RuntimeError(f"the true world's process ended (status "
-                                   f"{self._process.poll()})") from None
+                ended, self._process = self._process, self._start()
+                self.generation += 1
+                ended.kill()
+                raise WorldProcessEnded(f"the true world's process ended (status "
+                                        f"{ended.wait()})") from None
         if not ok:
             raise answer
         return answer
 
     def _handle(self, key: int) -> RemoteWorld:
-        world = RemoteWorld(self, key)
+        world = RemoteWorld(self, key, self.generation)
         weakref.finalize(world, self._dropped.append, key)
         return world
 
     def close(self) -> None:
-        self._process.stdin.close()
-        self._process.wait()
+        with self._lock:
+            self._closed = True
+            self._process.stdin.close()
+            self._process.wait()
 
 
 class RemoteWorld:
     """A ``TrueWorld`` in a ``WorldProcess``: the same ``step`` and ``fork``."""
 
-    def __init__(self, process: WorldProcess, key: int):
-        self.process, self.key = process, key
+    def __init__(self, process: WorldProcess, key: int, generation: int):
+        self.process, self.key, self.generation = process, key, generation
 
     def step(self, action: dict) -> np.ndarray:
-        return self.process.call("step", self.key, action)
+        return self.process.call("step", self.key, action, generation=self.generation)
 
     def fork(self) -> RemoteWorld:
-        return self.process._handle(self.process.call("fork", self.key, next(self.process._keys)))
+        return self.process.fork(self)
 
 
 def serve(requests, answers) -> None:
