@@ -862,6 +862,7 @@ class Demo:
         old, seat.play = seat.play, play
         if old is not None:
             self.scheduler.submit(old.close)
+        seat.prepare_next(self.scheduler)
 
     def close_seat(self, seat: Seat | None) -> None:
         """A tab's State dropped: stop its keys, free its play."""
@@ -916,6 +917,7 @@ class Demo:
                         seat, self.new_play(None, None, None, [(strategy, params)], request))
                 else:
                     self.scheduler.call(seat.play.switch_strategy, 0, strategy, params)
+                    seat.prepare_next(self.scheduler)  # what was made ahead was the old one's
             except PLAY_ERRORS as error:
                 warn_refused(str(error))
                 playing = (self.resources.strategy if seat.play is None or seat.play.closed

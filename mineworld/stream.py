@@ -362,8 +362,13 @@ class Seat:
             if not finished:  # its page went (a stream stops only then): play nothing more
                 self.controls.stop()
                 self.controls.resign()
+        self.prepare_next(scheduler)
+
+    def prepare_next(self, scheduler: FrameScheduler) -> None:
+        """Ask ``scheduler`` to make the frames of the newest different actions ahead (the
+        newest first): the keys likely pressed next."""
         if self.recent_actions and self.play is not None and not self.play.closed:
-            scheduler.prepare(self.play, list(reversed(self.recent_actions)))  # pressed again?
+            scheduler.prepare(self.play, list(reversed(self.recent_actions)))
 
     def _next_frame(self, scheduler: FrameScheduler,
                     ahead: Callable | None = None) -> asyncio.Future | None:

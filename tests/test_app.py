@@ -266,6 +266,34 @@ def test_true_worlds_in_their_own_process_render_as_in_this_one_and_go_with_thei
         again.step(moves[0])
 
 
+def test_a_new_play_or_strategy_has_the_seats_newest_keys_made_ahead_again(scene_mp4):
+    resources = tiny_resources(scene_mp4)
+    demo, seat = app.Demo(resources), stream_module.Seat()
+    forward = make_action(["forward"])
+    seat.recent_actions.append(forward)
+
+    def made_ahead(play):
+        """The actions whose next frames are ready, once one is (at most 5 s)."""
+        for _ in range(500):
+            ready = [frames.action for frames in play._prepared
+                     if frames.fits(play, frames.action)]
+            if ready:
+                return ready
+            time.sleep(0.01)
+        return []
+
+    try:
+        play = demo.new_play(None, None, None, [("none", {})], None)
+        demo.replace_play(seat, play)
+        assert made_ahead(play) == [forward]
+        demo.scheduler.call(play.switch_strategy, 0, "h2o", {})
+        assert not any(frames.fits(play, forward) for frames in play._prepared)
+        seat.prepare_next(demo.scheduler)
+        assert made_ahead(play) == [forward]
+    finally:
+        demo.scheduler.shutdown()
+
+
 def test_identical_sides_are_drawn_at_the_ceiling_and_called_identical(scene_mp4):
     resources = tiny_resources(scene_mp4)
     play = PlaySession(resources.model, resources.tokenizer, resources.scene, 2,
