@@ -625,7 +625,8 @@ class PlayView:
         play = seat.play
         if play is None or play.closed:
             return self.queue_values(seat)
-        number, frames = frame[:2] if frame else (play.frames_played, play.newest_frames())
+        number, frames = ((frame.number, frame.images) if frame
+                          else (play.frames_played, play.newest_frames()))
         truth = play.truth_frame(number) if self.truth and seat.show_truth else None
         return [seat, status_line(play, note, number) if status else gr.skip(),
                 screen_value(self.name, self.labels, number, frames, truth),

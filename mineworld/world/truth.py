@@ -60,12 +60,12 @@ class WorldProcessEnded(RuntimeError):
 
 class WorldProcess:
     """True worlds kept and stepped in a child process, one request at a time (any thread may
-    ask). ``open`` gives a ``RemoteWorld``; a world is dropped there once its handle goes. When
-    the process has ended, the request raises ``WorldProcessEnded`` and a new process takes
-    the next ones (the worlds that were in the old one are lost)."""
+    ask), started by the first. ``open`` gives a ``RemoteWorld``; a world is dropped there once
+    its handle goes. When the process has ended, the request raises ``WorldProcessEnded`` and a
+    new process takes the next ones (the worlds that were in the old one are lost)."""
 
     def __init__(self):
-        self._process = self._start()
+        self._process: subprocess.Popen | None = None
         self.generation = 0  # processes started before this one: their worlds are lost
         self._lock = threading.Lock()
         self._keys = itertools.count()
@@ -97,12 +97,14 @@ class WorldProcess:
             if generation not in (None, self.generation):
                 raise WorldProcessEnded("the true world's process ended, and this world with it")
             dropped = [self._dropped.popleft() for _ in range(len(self._dropped))]
+            if self._process is None:
+                self._process = self._start()
             try:
                 pickle.dump((dropped, request), self._process.stdin)
                 self._process.stdin.flush()
                 ok, answer = pickle.load(self._process.stdout)
             except (OSError, ValueError, EOFError):  # a closed pipe, or the process gone
-                ended, self._process = self._process, self._start()
+                ended, self._process = self._process, None
                 self.generation += 1
                 ended.kill()
                 raise WorldProcessEnded(f"the true world's process ended (status "
@@ -119,8 +121,9 @@ class WorldProcess:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            self._process.stdin.close()
-            self._process.wait()
+            if self._process is not None:
+                self._process.stdin.close()
+                self._process.wait()
 
 
 class RemoteWorld:
