@@ -220,7 +220,6 @@ class Baseline:
                                schedule=args.schedule, window=args.window, seed=args.seed)
         self.scene = scene  # the session starts from its newest ``frames`` frames
         self.session.start(*scene)
-        self.shared = {id(obj): obj for obj in (model, model.rope, tokenizer)}
         self.live: tuple[int, int] | None = None
 
     def frame(self, action: dict) -> float:
@@ -228,7 +227,7 @@ class Baseline:
             self.session.start(*self.scene)
             session = self.session
         else:  # the model and tokenizer stay shared; cache, history and generator are copied
-            session = copy.deepcopy(self.session, dict(self.shared))
+            session = self.session.fork()
         start_live = session.cache.stats.live_tokens
         _, stats = session.step(action)
         self.live = (start_live, stats["live_tokens"])
