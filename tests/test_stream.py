@@ -105,24 +105,21 @@ def seated_play(presses: int) -> tuple[FrameScheduler, Seat]:
     return FrameScheduler(), seat
 
 
+async def frames_of(seat, scheduler):
+    return [frame async for frame in seat.frames(scheduler)]
+
+
 def test_a_seat_plays_its_queue_on_the_scheduler_thread_and_stops_on_a_closed_play():
     scheduler, seat = seated_play(3)
-
-    async def drive():
-        return [count async for count in seat.frames(scheduler)]
-
-    assert asyncio.run(drive()) == [Frame(number, [f"image {number}"]) for number in (1, 2, 3)]
+    assert asyncio.run(frames_of(seat, scheduler)) == [
+        Frame(number, [f"image {number}"]) for number in (1, 2, 3)]
     assert len(seat.play.actions) == 3 and len(seat.play.threads) == 1
     assert seat.play.threads != {threading.current_thread().name}
     seat.play.closed = True
     seat.controls.hold("forward", FORWARD)
-    assert asyncio.run(drive()) == []  # nothing to play on: the held key is dropped
+    assert asyncio.run(frames_of(seat, scheduler)) == []  # nothing to play on: key dropped
     assert seat.controls.held == []
     scheduler.shutdown()
-
-
-async def frames_of(seat, scheduler):
-    return [frame async for frame in seat.frames(scheduler)]
 
 
 @pytest.mark.parametrize("prepare_next", [3, 0])
