@@ -106,7 +106,9 @@ def model_card(results: dict, log: dict, config, tokenizer) -> str:
     r = results
     tok = tokenizer.config
     runs = [f"{run['steps']} at peak LR {run['peak_lr']:g}"
-            + (f", {run['self_feed']:.0%} of the frames self-fed" if run.get("self_feed") else "")
+            + (f", {run['self_feed']:.0%} of the frames self-fed"
+               + (" (sampled)" if run.get("self_feed_sampled") else "")
+               if run.get("self_feed") else "")
             + (f", codes that changed weighted {run['change_weight']:g}x"
                if run.get("change_weight", 1) != 1 else "")
             + (f", windows holding back, strafe, jump or sneak {1 + run['rare_controls']:g}x as "

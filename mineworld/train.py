@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from mineworld.decoding import Sampling, sample
+
 # PSNR of stacked frames pools their squared error: a mean of per-frame PSNRs would let an
 # exact copy (the player standing still) count as infinite and swamp it.
 from mineworld.metrics import psnr
@@ -241,17 +243,24 @@ def make_batch(episodes, frames: int, batch: int, rng: np.random.Generator,
 
 
 def feed_own_predictions(model, tokens: torch.Tensor, targets: torch.Tensor, share: float,
-                         rng: np.random.Generator, bf16: bool = False) -> torch.Tensor:
+                         rng: np.random.Generator, bf16: bool = False,
+                         sampling: Sampling | None = None) -> torch.Tensor:
     """``tokens`` with the image tokens of about ``share`` of the frames after the first replaced
-    by the model's own greedy predictions (each made from the true tokens before it), while the
-    targets stay true: parallel scheduled sampling, so that the model learns to go on from
-    frames of its own making, as it plays. (Greedy rollouts froze in about half the moving frames
-    before it and after it alike; under sampling, walking, strafing and backing up moved like
-    the truth far more often after it: docs/embedded-model.md.)"""
+    by the model's own predictions (each made from the true tokens before it; greedy, or drawn
+    with ``sampling``, as the model plays), while the targets stay true: parallel scheduled
+    sampling, so that the model learns to go on from frames of its own making, as it plays.
+    (Greedy rollouts froze in about half the moving frames before it and after it alike; under
+    sampling, walking, strafing and backing up moved like the truth far more often after it:
+    docs/embedded-model.md.)"""
     if share <= 0:
         return tokens
     with torch.no_grad(), autocast(bf16):
-        predicted = model(tokens)[..., :model.config.codebook_size].argmax(-1)
+        logits = model(tokens)[..., :model.config.codebook_size]
+    if sampling is None:
+        predicted = logits.argmax(-1)
+    else:
+        generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
+        predicted = sample(logits.flatten(0, 1), sampling, generator).view(logits.shape[:-1])
     frame_tokens = model.config.tokens_per_frame
     frame_of = torch.arange(1, tokens.shape[1]) // frame_tokens  # frame of input position j + 1
     chosen = torch.from_numpy(rng.random((tokens.shape[0], int(frame_of.max()) + 1)) < share)
@@ -265,12 +274,13 @@ def feed_own_predictions(model, tokens: torch.Tensor, targets: torch.Tensor, sha
 def train_world_model(config, episodes, minutes: float, steps: int, seed: int, log: dict,
                       batch: int = 8, lr: float = 1.5e-3, holdout=None, model=None,
                       bf16: bool = False, self_feed: float = 0.0, change_weight: float = 1.0,
-                      windows: np.ndarray | None = None):
+                      windows: np.ndarray | None = None,
+                      self_feed_sampling: Sampling | None = None):
     """AdamW + cosine LR on random windows; ``holdout`` episodes give a validation loss.
     ``model`` continues an earlier run; otherwise training starts from a fresh one.
-    ``self_feed``: the share of frames fed as the model's own predictions
-    (see feed_own_predictions); ``change_weight``: see change_weights; ``windows``: see
-    window_sampler."""
+    ``self_feed``: the share of frames fed as the model's own predictions, drawn with
+    ``self_feed_sampling`` (None: greedy; see feed_own_predictions); ``change_weight``: see
+    change_weights; ``windows``: see window_sampler."""
     from mineworld.model import Transformer
 
     torch.manual_seed(seed)
@@ -289,7 +299,8 @@ def train_world_model(config, episodes, minutes: float, steps: int, seed: int, l
         for group in optimizer.param_groups:
             group["lr"] = budgeted_lr(step, steps, lr, 50, started, minutes)
         tokens, targets = make_batch(episodes, frames, batch, rng, windows)
-        tokens = feed_own_predictions(model, tokens, targets, self_feed, rng, bf16)
+        tokens = feed_own_predictions(model, tokens, targets, self_feed, rng, bf16,
+                                      self_feed_sampling)
         with autocast(bf16):
             logits = model(tokens)
         token_loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
@@ -724,8 +735,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1.5e-3, help="world model's peak LR")
     parser.add_argument("--self-feed", type=float, default=0.5, metavar="SHARE",
                         help="share of the frames in a training window fed as the model's own "
-                        "greedy predictions (parallel scheduled sampling), in [0, 1]; 0 trains "
-                        "on true frames alone")
+                        "predictions (parallel scheduled sampling), in [0, 1]; 0 trains on true "
+                        "frames alone")
+    parser.add_argument("--self-feed-sampled", action="store_true",
+                        help="draw the fed predictions with the sampling the model plays with "
+                        "(its config's decoding: temperature 0.7, top-k 20) instead of taking "
+                        "the likeliest code")
     parser.add_argument("--change-weight", type=float, default=1.0, metavar="W",
                         help="loss weight of image tokens whose code differs from the frame "
                         "before (1: plain cross-entropy), >= 1")
@@ -870,11 +885,14 @@ def world_model_stage(args: argparse.Namespace, stems: list[Path], length: int, 
                               model=model, bf16=args.bf16, self_feed=args.self_feed,
                               change_weight=args.change_weight,
                               windows=window_sampler(stems, config.context_frames,
-                                                     args.rare_controls))
+                                                     args.rare_controls),
+                              self_feed_sampling=Sampling.model_default(config)
+                              if args.self_feed_sampled else None)
     if args.resume:
         log.setdefault("resumed", []).append(
             {"steps": log["world_model_steps"] - steps_before, "peak_lr": args.lr,
-             "self_feed": args.self_feed, "change_weight": args.change_weight,
+             "self_feed": args.self_feed, "self_feed_sampled": args.self_feed_sampled,
+             "change_weight": args.change_weight,
              "rare_controls": args.rare_controls, "play": play_digest()})
     return model, config
 

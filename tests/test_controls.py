@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from mineworld.controls import FROZEN, VISIBLE, score_control, summarise
+from mineworld.decoding import Sampling
 from mineworld.metrics import contrast_ratio
 from mineworld.model import Transformer
 from mineworld.train import feed_own_predictions, make_batch, model_config
@@ -81,6 +82,28 @@ def test_self_feeding_replaces_image_tokens_with_the_models_own_greedy_predictio
     assert torch.equal(fed[:, 1:][image], predicted[:, :-1][image])
     assert torch.equal(fed[:, 1:][~image], tokens[:, 1:][~image])  # actions, first frame
     assert torch.equal(fed[:, 0], tokens[:, 0])
+
+
+def test_sampled_self_feeding_draws_among_the_likeliest_codes_and_top_1_is_greedy():
+    config = model_config(16, (2, 3), smoke=True)
+    torch.manual_seed(0)
+    model = Transformer(config).eval()
+    episodes = [(torch.randint(0, 16, (10, 6)), torch.randint(16, 80, (10, 11))) for _ in range(2)]
+    tokens, targets = make_batch(episodes, 4, 3, np.random.default_rng(0))
+    greedy = feed_own_predictions(model, tokens, targets, 1.0, np.random.default_rng(1))
+    top_1 = feed_own_predictions(model, tokens, targets, 1.0, np.random.default_rng(1),
+                                 sampling=Sampling(0.7, top_k=1))
+    assert torch.equal(top_1, greedy)
+
+    fed = feed_own_predictions(model, tokens, targets, 1.0, np.random.default_rng(1),
+                               sampling=Sampling(5.0, top_k=3))
+    with torch.no_grad():
+        likeliest = model(tokens)[..., :config.codebook_size].topk(3, dim=-1).indices
+    image = targets[:, :-1] != -100
+    image[:, :config.tokens_per_frame - 1] = False
+    drawn = fed[:, 1:][image]
+    assert (likeliest[:, :-1][image] == drawn[:, None]).any(-1).all()
+    assert not torch.equal(drawn, greedy[:, 1:][image])  # a hot draw is not the likeliest
 
 
 def test_a_truth_starts_from_the_context_and_equals_replaying_the_whole_play():
