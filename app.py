@@ -62,7 +62,7 @@ from pathlib import Path
 from mineworld.cache_flags import add_cache_flags  # torch; gradio loads after the flags
 from mineworld.cli import int_in, positive_int
 from mineworld.decoding import SCHEDULES
-from mineworld.stream import MAX_PREPARED_ACTIONS, PREPARED_ACTIONS
+from mineworld.stream import MAX_PREPARED_ACTIONS, PREPARED_ACTIONS, PREPARED_CACHE_MB
 
 PROG = "app.py"
 
@@ -113,12 +113,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="divide the odds of a cell repeating its code from the frame before "
                       "(1: none; default: the model's own)")
     play.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    play.add_argument("--prepare-next", type=int_in(0, MAX_PREPARED_ACTIONS),
-                      default=PREPARED_ACTIONS, metavar="N",
-                      help="while a player waits, make the next frames of their N newest "
-                      "different keys ahead, each on a copy of each side's cache: pressed "
-                      f"again, a key shows its frame at once (default: {PREPARED_ACTIONS}, "
-                      f"at most {MAX_PREPARED_ACTIONS}; 0: none)")
+    play.add_argument("--prepare-next", type=int_in(0, MAX_PREPARED_ACTIONS), metavar="N",
+                      help="while a player waits, make ahead the next frames of N likely keys "
+                      "(their newest different keys, then W, the arrows, S, A, D, Space), each "
+                      "on a copy of each side's cache: a tap of one shows its frame at once "
+                      f"(default: {PREPARED_ACTIONS}, fewer when the copies would pass "
+                      f"{PREPARED_CACHE_MB} MiB a side; at most {MAX_PREPARED_ACTIONS}; 0: none)")
     add_cache_flags(parser, "the page's first strategy; users may change it")
     server = parser.add_argument_group("server")
     on_spaces = os.environ.get("SYSTEM") == "spaces"  # Spaces serves from a container
@@ -153,6 +153,7 @@ from mineworld.loading import (  # noqa: E402
     USER_ERRORS,
     kv_budget_params,
     load_model,
+    model_kv_bytes_per_token,
     one_line,
 )
 from mineworld.model import cache_layout  # noqa: E402
@@ -168,7 +169,13 @@ from mineworld.play import (  # noqa: E402
     read_scene,
 )
 from mineworld.session import default_reference_frames, pick_device  # noqa: E402
-from mineworld.stream import MAX_QUEUED, Frame, FrameScheduler, Seat  # noqa: E402
+from mineworld.stream import (  # noqa: E402
+    MAX_QUEUED,
+    Frame,
+    FrameScheduler,
+    Seat,
+    prepared_actions_that_fit,
+)
 from mineworld.tokenizers.base import resize_frames  # noqa: E402
 from mineworld.tuning import fit_target_fps  # noqa: E402
 from mineworld.video import MAX_DECODED_PIXELS, MAX_SIDE  # noqa: E402
@@ -239,6 +246,10 @@ CONTROL_GROUPS = {
                "look left": ("←", "ArrowLeft"), "look right": ("→", "ArrowRight")},
 }  # fmt: skip
 CONTROLS = {name: spec for group in CONTROL_GROUPS.values() for name, spec in group.items()}
+# The controls most played, the most first: after a player's own newest keys, these are the
+# ones whose next frames are made ahead (--prepare-next).
+USUAL_CONTROLS = ("forward", "look left", "look right", "back", "left", "right", "jump",
+                  "look up", "look down")
 
 # Per tab: key down / key up of a control's key, or Escape (stop), sent as the tab's "control"
 # event, only while the tab is shown (each tab's component is hidden with its tab); the frames
@@ -425,8 +436,12 @@ def load_resources(args: argparse.Namespace) -> Resources:
         params, schedule = fit.params, fit.schedule
     options = Options(reference, schedule, window, sampling, args.seed, WorldProcess())
     loopback = args.host in ("127.0.0.1", "localhost", "::1")
+    prepare_next = args.prepare_next
+    if prepare_next is None:
+        prepare_next = prepared_actions_that_fit(model_kv_bytes_per_token(model.config, dtype)
+                                                 * cache_layout(model.config).context_tokens)
     resources = Resources(model, tokenizer, scene, args.cache_strategy, params, options,
-                          any_class_path=loopback, prepare_next=args.prepare_next)
+                          any_class_path=loopback, prepare_next=prepare_next)
     PlaySession(  # bad settings fail here, before the server starts
         model, tokenizer, scene, resources.default_start(scene), [(args.cache_strategy, params)],
         options,
@@ -563,7 +578,8 @@ class PlayView:
         """The screen: each side's frame (of ``frame_size``, drawn ``height`` pixels high at
         most; with ``truth``, the true world's frame beside them when the scene has a world);
         the key queue and Stop; ``add_plots`` renders the status, strips and charts."""
-        state = gr.State(Seat(), time_to_live=IDLE_SECONDS, delete_callback=close_seat)
+        usual = [control_action(name, 0.0, 0.0) for name in USUAL_CONTROLS]
+        state = gr.State(Seat(usual), time_to_live=IDLE_SECONDS, delete_callback=close_seat)
         screen = gr.HTML(None, html_template=SCREEN_TEMPLATE,
                          css_template=SCREEN_CSS % {
                              "width": round(height * frame_size[0] / frame_size[1])},

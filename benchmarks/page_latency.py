@@ -10,10 +10,12 @@ Starts ``python app.py`` (the embedded model, a bounded cache; or drives ``--url
 in Debian's Chromium (Playwright, headless). A frame counts as painted at the animation frame
 after its caption shows its number and its image has loaded (the page's own counter, the one it
 shows as "painted N fps"). Taps, each once the page is idle: ``--taps`` of the right arrow,
-as many of the left and right arrows in turn (app.py makes the frames of a player's three
-newest different keys ahead while the page waits, see ``--prepare-next``), and as many of six
-keys in turn (never made ahead); the hold is of W. Prints the machine, the percentiles, the
-painted rate and the model's own rate.
+as many of the left and right arrows in turn, of six movement and camera keys in turn (app.py
+makes ahead the frames of a waiting player's newest different keys and then of the usual ones,
+nine in all, see ``--prepare-next``), and of ten keys in turn that are never made ahead (the
+hotbar's 1-9 and Q: the key pressed was pressed ten keys ago, so it is not among the nine);
+the hold is of W. Prints the machine, the percentiles, the painted rate and the model's own
+rate.
 
 ``--stand-in-ms MS`` serves app.py with each frame a sleep of MS ms instead of the model's work
 (the first frame is made by the model, then shifted by a pixel a frame): the model's time
@@ -33,9 +35,10 @@ from benchmarks.app_load import APP_ARGS, free_port, start_server
 from benchmarks.common import percentile, print_machine
 
 CHROMIUM = "/usr/bin/chromium"
-# Each pressed again after five others, and the page makes the three newest keys' frames ahead.
-# The arrows last: the taps before leave left and right among the newest.
+# Usual keys, each pressed again after five others.
 SIX_KEYS = ["ArrowUp", "ArrowDown", "a", "d", "ArrowLeft", "ArrowRight"]
+# Each pressed again after nine others: never among a player's nine likely next keys.
+TEN_KEYS = [*"123456789", "q"]
 # The keydown time in the page's clock, taken before the page's own listener sees the key.
 MARK_KEYS = """() => {
   window.benchKeyDown = 0;
@@ -153,7 +156,9 @@ def measure(url: str, taps: int, hold: float, hide_truth: bool) -> dict:
         latencies = {"the same key": tap_latencies(page, ["ArrowRight"] * taps),
                      "left and right in turn": tap_latencies(
                          page, ["ArrowLeft", "ArrowRight"] * (taps // 2)),
-                     "six keys in turn": tap_latencies(page, (SIX_KEYS * taps)[:taps])}
+                     "six keys in turn": tap_latencies(page, (SIX_KEYS * taps)[:taps]),
+                     "ten keys in turn (never made ahead)": tap_latencies(
+                         page, (TEN_KEYS * taps)[:taps])}
         fps, painted = held_rate(page, hold)
         wait_idle(page)
         status = page.locator("#status-play textarea").input_value()

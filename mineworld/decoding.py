@@ -276,17 +276,21 @@ def run_alone(model: Transformer, passes: Passes):
 
 @torch.inference_mode()
 def run_together(model: Transformer, players: list[Passes],
-                 stop: Callable[[], bool] | None = None) -> list | None:
+                 stop: Callable[[int], bool] | None = None) -> list:
     """Run the passes of several players in step: each round, one forward over the feeds of
-    all players still running. Returns each player's result, in order; or None when ``stop()``
-    is true before a round (the players are left unfinished)."""
+    all players still running. Returns each player's result, in order. ``stop(index)``, asked
+    before each round for each player still running, drops player ``index`` when true: its
+    result stays None (its passes are left unfinished) and the others run on."""
     results: list = [None] * len(players)
     feeds = {}
     for index, passes in enumerate(players):
         _advance(passes, None, index, feeds, results)
     while feeds:
-        if stop is not None and stop():
-            return None
+        if stop is not None:
+            for index in [index for index in feeds if stop(index)]:
+                del feeds[index]
+            if not feeds:
+                break
         asked = list(feeds.items())
         logits = model.forward_feeds([feed for _index, feed in asked])
         feeds.clear()

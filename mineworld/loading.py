@@ -105,6 +105,14 @@ def settle_strategy(args: argparse.Namespace, params: dict, config, dtype) -> No
         raise ValueError(f"--kv-budget-mb {megabytes:g}: {error}") from None
 
 
+def model_kv_bytes_per_token(config, dtype, raw_keys: bool = True) -> int:
+    """Bytes a token takes in the cache of a model of ``config`` in ``dtype`` (see
+    ``kv_bytes_per_token``); ``raw_keys``: as a bounded cache keeps them, the most."""
+    return kv_bytes_per_token(config.num_hidden_layers, config.num_key_value_heads,
+                              config.head_dim, torch.empty(0, dtype=dtype).element_size(),
+                              raw_keys)
+
+
 def kv_budget_params(spec: str, megabytes: float, config, dtype, field: str) -> dict:
     """The parameters of strategy ``spec`` that keep ``megabytes`` MiB of KV cache (keys, the
     raw keys a bounded cache re-bases from, and values, every layer) on a model of ``config``
@@ -112,9 +120,7 @@ def kv_budget_params(spec: str, megabytes: float, config, dtype, field: str) -> 
     refusal names ``field``, where the user gave the megabytes."""
     cls = strategy_class(spec)
     layout = cache_layout(config)
-    per_token = kv_bytes_per_token(config.num_hidden_layers, config.num_key_value_heads,
-                                   config.head_dim, torch.empty(0, dtype=dtype).element_size(),
-                                   raw_keys=cls.bounded)  # a bounded cache re-bases
+    per_token = model_kv_bytes_per_token(config, dtype, raw_keys=cls.bounded)  # bounded re-bases
     if not cls.bounded:
         whole = per_token * layout.context_tokens / 2**20
         raise ValueError(f"{field}: strategy {spec} keeps the whole context "

@@ -332,13 +332,15 @@ class Side:
 @dataclass
 class Prepared:
     """Frames made ahead (``PlaySession.prepare``): the action, the frames played before it,
-    the sessions it went on from, their forks that made it and what each made."""
+    the sessions it went on from, their forks that made it, what each made, and its share of
+    the time their making took (frames made together share their passes)."""
 
     action: dict
     played: int
     sessions: list[Session]
     forks: list[Session]
     made: list
+    ms: float
 
     def fits(self, play: PlaySession, action: dict) -> bool:
         """Whether these are the frames ``play`` would make now with ``action``."""
@@ -452,36 +454,60 @@ class PlaySession:
             if frames.fits(self, action):
                 for side, fork in zip(self.sides, frames.forks, strict=True):
                     side.session = fork
-                return [_made((frame, {**stats, "made_ahead_ms": stats["ms_per_frame"]}))
+                return [_made((frame, {**stats, "made_ahead_ms": frames.ms}))
                         for frame, stats in frames.made]
         return [side.session.step_passes(action) for side in self.sides]
 
-    def prepare(self, action: dict, stop: Callable[[], bool] | None = None) -> None:
-        """Make the frames ``action`` would make next on forks of the sides' sessions, and keep
-        them, beside those made for other actions from here, for the next step if it takes
-        ``action``: a likely next frame, ready before it is asked for. Given up when ``stop()``
-        turns true between passes. On the model's thread, as steps are; the sides stay as
-        they are."""
-        if self.closed:
+    def prepare(self, actions: list[dict], stop: Callable[[dict], bool] | None = None) -> None:
+        """Make the frames each of ``actions`` would make next, on forks of the sides'
+        sessions, their forward passes together, and keep them, beside those made for other
+        actions from here, for the next step if it takes one of them: likely next frames,
+        ready before they are asked for. An action's frames are given up when
+        ``stop(action)`` turns true between passes. The true world's frames are rendered
+        meanwhile, in its own process. On the model's thread, as steps are; the sides stay
+        as they are."""
+        if self.closed or not actions:
             return
         sessions = [side.session for side in self.sides]
-        self._prepared = [frames for frames in self._prepared if frames.action != action
+        self._prepared = [frames for frames in self._prepared if frames.action not in actions
                           and frames.fits(self, frames.action)]  # none from an older state
-        forks = [session.fork() for session in sessions]
-        made = run_together(self.model, [fork.step_passes(action) for fork in forks], stop)
-        if made is None:
-            return
-        self._prepared.append(Prepared(action, self.frames_played, sessions, forks, made))
-        with self._truth_lock:  # and the true world's frame, when it has caught up
-            if self.truth is not None and self._truth_at == self.frames_played:
+        truths = threading.Thread(target=self._prepare_truths, args=(actions, stop),
+                                  name="true world ahead")
+        truths.start()
+        started = time.perf_counter()
+        forks = [[session.fork() for session in sessions] for _action in actions]
+        made = run_together(
+            self.model, [fork.step_passes(action)
+                         for action, row in zip(actions, forks, strict=True) for fork in row],
+            stop and (lambda index: stop(actions[index // len(sessions)])))
+        kept = [(action, row, made[number * len(sessions):(number + 1) * len(sessions)])
+                for number, (action, row) in enumerate(zip(actions, forks, strict=True))]
+        kept = [(action, row, own) for action, row, own in kept
+                if all(result is not None for result in own)]
+        share = 1000 * (time.perf_counter() - started) / len(actions)
+        self._prepared += [Prepared(action, self.frames_played, sessions, row, own, share)
+                           for action, row, own in kept]
+        truths.join()
+
+    def _prepare_truths(self, actions: list[dict], stop: Callable[[dict], bool] | None) -> None:
+        """The true world's next frame for each of ``actions`` (not stopped), on forks of it,
+        once it has caught up with the play: for ``render_truth`` to take."""
+        for action in actions:
+            with self._truth_lock:
+                if self.truth is None or self._truth_at != self.frames_played:
+                    return
+                if stop is not None and stop(action):
+                    continue
                 self._prepared_truths = [truth for truth in self._prepared_truths
-                                         if truth.number == self._truth_at + 1]
+                                         if truth.number == self._truth_at + 1
+                                         and truth.action != action]
                 try:
                     fork = self.truth.fork()
                     self._prepared_truths.append(PreparedTruth(
                         self.frames_played + 1, action, self.truth, fork, fork.step(action)))
                 except WorldProcessEnded as error:
                     self._lose_truth(error)
+                    return
 
     def record(self, action: dict, made: list[tuple[np.ndarray, dict]]) -> list[np.ndarray]:
         """Keep each side's new frame and stats (``made``, in the sides' order); returns the

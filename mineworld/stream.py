@@ -16,7 +16,7 @@ another client's waiting work go first, and makes the frames of every player wai
 in the same forward passes, one frame of each client at most. A driver has at most one frame
 asked for beyond the one being shown, so nobody's held key blocks another's, and a client with
 many plays (sessions are free to invent) gets a frame a pass, as one with a single play does.
-When nothing waits, it makes the frames a waiting player's newest keys would make next
+When nothing waits, it makes the frames a waiting player's likely next keys would make
 (``FrameScheduler.prepare``), given up as soon as other work comes.
 """
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future
 from typing import NamedTuple
 
@@ -34,8 +34,18 @@ from mineworld.decoding import run_together
 
 MAX_QUEUED = 64  # presses waiting per play; more are refused, and the refusal says so
 MAX_TOGETHER = 16  # frames of different players made in the same forward passes
-PREPARED_ACTIONS = 3  # a waiting player's newest different actions, their next frames made ahead
-MAX_PREPARED_ACTIONS = 8  # the most that may be asked for: each keeps a copy of each side's cache
+# A waiting player's likely next actions (their newest different ones, then the usual keys) whose
+# next frames are made ahead; each keeps a copy of each side's cache until the player's next frame.
+PREPARED_ACTIONS = 9
+MAX_PREPARED_ACTIONS = 16
+PREPARED_CACHE_MB = 64  # the copies one side of a play may keep by default
+
+
+def prepared_actions_that_fit(cache_bytes: int) -> int:
+    """How many actions to make ahead by default for a model whose cache holds ``cache_bytes``
+    a side when full: ``PREPARED_ACTIONS``, fewer when their copies would pass
+    ``PREPARED_CACHE_MB`` (a published model's cache is hundreds of MB)."""
+    return min(PREPARED_ACTIONS, PREPARED_CACHE_MB * 2**20 // max(cache_bytes, 1))
 
 
 def combine(actions: list[dict]) -> dict:
@@ -204,22 +214,22 @@ class FrameScheduler:
         return self._put(None, (play, action), client)
 
     def prepare(self, play, actions: list[dict]) -> None:
-        """While nothing else waits, make the frame ``play`` would make next with each of the
-        first ``prepare_next`` of ``actions`` in turn (``play.prepare``), so that it is ready
-        when asked for. Each is given up between passes as soon as other work comes, but for
-        that very frame; replaces the play's earlier asks."""
-        def others_wait(action: dict) -> Callable[[], bool]:
-            def waiting() -> bool:
-                with self._ready:
-                    return self._closed or any(
-                        job.fn is not None or job.args[0] is not play or job.args[1] != action
-                        for job in self._jobs)
-            return waiting
+        """While nothing else waits, make the frames ``play`` would make next with the first
+        ``prepare_next`` of ``actions`` (``play.prepare``), so that they are ready when asked
+        for: the first alone, the likeliest, then the others together (their forward passes
+        as one, in less time than one by one). Given up between passes as soon as other work
+        comes, but for the very frames that work asks for; replaces the play's earlier asks."""
+        def others_wait(action: dict) -> bool:
+            with self._ready:
+                return self._closed or any(
+                    job.fn is not None or job.args[0] is not play or job.args[1] != action
+                    for job in self._jobs)
 
+        chosen = actions[: self.prepare_next]
         with self._ready:
             self._idle_jobs = deque(job for job in self._idle_jobs if job.args[0] is not play)
-            self._idle_jobs.extend(Job(Future(), _prepare, (play, action, others_wait(action)))
-                                   for action in actions[: self.prepare_next])
+            self._idle_jobs.extend(Job(Future(), _prepare, (play, group, others_wait))
+                                   for group in (chosen[:1], chosen[1:]) if group)
             self._ready.notify()
 
     def call(self, fn: Callable, *args, client: str | None = None):
@@ -289,8 +299,8 @@ class FrameScheduler:
                         job.future.set_exception(error)
 
 
-def _prepare(play, action: dict, stop: Callable[[], bool]) -> None:
-    play.prepare(action, stop)
+def _prepare(play, actions: list[dict], stop: Callable[[dict], bool]) -> None:
+    play.prepare(actions, stop)
 
 
 def step_together(steps: list[tuple]) -> list[Frame | None]:
@@ -314,18 +324,20 @@ class Seat:
     """One player's current play (``mineworld.play.PlaySession`` or None) and controls, and
     who plays it (``client``, an address: the scheduler makes one frame a client a pass)."""
 
-    def __init__(self):
+    def __init__(self, usual_actions: Sequence[dict] = ()):
         self.play = None
         self.controls = Controls()
         self.client: str | None = None
         self.shown, self.shown_at = None, 0.0  # what the page's plots show, since when
         self.show_truth = True  # the true world's frame beside the generated one
-        # The newest different actions played, the newest last: their frames are made ahead.
+        # The newest different actions played, the newest last, then ``usual_actions`` (the
+        # keys most played): the likely next ones, whose frames are made ahead.
         self.recent_actions: deque[dict] = deque(maxlen=MAX_PREPARED_ACTIONS)
+        self.usual_actions = tuple(usual_actions)
 
     def __deepcopy__(self, memo) -> Seat:
         """A fresh seat: Gradio's State copies its first value for every user."""
-        return Seat()
+        return Seat(self.usual_actions)
 
     async def frames(self, scheduler: FrameScheduler,
                      ahead: Callable | None = None) -> AsyncIterator[Frame]:
@@ -365,10 +377,14 @@ class Seat:
         self.prepare_next(scheduler)
 
     def prepare_next(self, scheduler: FrameScheduler) -> None:
-        """Ask ``scheduler`` to make the frames of the newest different actions ahead (the
-        newest first): the keys likely pressed next."""
-        if self.recent_actions and self.play is not None and not self.play.closed:
-            scheduler.prepare(self.play, list(reversed(self.recent_actions)))
+        """Ask ``scheduler`` to make ahead the frames of the actions likely played next: the
+        newest different ones (the newest first), then the usual ones."""
+        if self.play is None or self.play.closed:
+            return
+        likely = list(reversed(self.recent_actions))
+        likely += [action for action in self.usual_actions if action not in likely]
+        if likely:
+            scheduler.prepare(self.play, likely)
 
     def _next_frame(self, scheduler: FrameScheduler,
                     ahead: Callable | None = None) -> asyncio.Future | None:

@@ -378,10 +378,13 @@ def test_a_frame_prepared_ahead_is_the_frame_the_step_makes_and_is_taken_only_th
         rendered.append(action)
         return original_render(world, action)
 
-    for aheads, action in [([forward], forward), ([forward], jump), ([], jump), ([jump], jump),
-                           ([forward, jump], jump), ([jump, forward], forward)]:
-        for ahead in aheads:
-            prepared.prepare(ahead)
+    # Each ask of a case (a list of actions) made ahead, those of one ask together.
+    for asks, action in [([[forward]], forward), ([[forward]], jump), ([], jump),
+                         ([[jump]], jump), ([[forward, jump]], jump),
+                         ([[jump], [forward]], forward)]:
+        for ask in asks:
+            prepared.prepare(ask)
+        aheads = [ahead for ask in asks for ahead in ask]
         calls.clear()
         rendered.clear()
         with pytest.MonkeyPatch.context() as patch:
@@ -396,9 +399,11 @@ def test_a_frame_prepared_ahead_is_the_frame_the_step_makes_and_is_taken_only_th
         plain.render_truth(plain.frames_played, action)
         assert prepared.truth_frame(prepared.frames_played)[1].tolist() == (
             plain.truth_frame(plain.frames_played)[1].tolist())
-    prepared.prepare(forward, stop=lambda: True)  # given up before its first pass
+    prepared.prepare([forward], stop=lambda action: True)  # given up before its first pass
     assert prepared._prepared == []
-    prepared.prepare(forward)
+    prepared.prepare([forward, jump], stop=lambda action: action == jump)  # jump given up
+    assert [frames.action for frames in prepared._prepared] == [forward]
+    assert [truth.action for truth in prepared._prepared_truths] == [forward]
     prepared.switch_strategy(1, "h2o", {"hh_ratio": 0.2, "recent_size": 20})
     plain.switch_strategy(1, "h2o", {"hh_ratio": 0.2, "recent_size": 20})
     assert [frame.tolist() for frame in prepared.step(forward)] == [

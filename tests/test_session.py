@@ -170,6 +170,21 @@ def test_sessions_stepping_together_make_the_frames_each_makes_alone(shipped):
         for (frame, _stats), want, a, b in zip(made, expected, alone, together, strict=True):
             assert torch.equal(a.newest_ids, b.newest_ids) and np.array_equal(frame, want)
 
+    rounds = []  # a player dropped midway leaves the others' frames as they are alone
+
+    def stop(index):
+        rounds.extend([index] if index == 0 else [])
+        return index % 2 == 1 and len(rounds) > 3
+
+    step = refs + 2
+    moves = [actions[index + refs - 1 + step] for index in range(len(alone))]
+    made = run_together(model, [session.step_passes(move)
+                                for session, move in zip(together, moves, strict=True)], stop)
+    assert len(rounds) > 4 and [result is None for result in made] == [
+        index % 2 == 1 for index in range(len(made))]
+    for index in range(0, len(made), 2):
+        assert np.array_equal(made[index][0], alone[index].step(moves[index])[0])
+
 
 def test_the_published_call_attaches_a_manager_that_works_at_once_and_sessions_play_it():
     """As the seed's users write it: ``model.transformer.setup_cache_manager("h2o", ...)`` on

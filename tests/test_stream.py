@@ -5,9 +5,19 @@ import threading
 import time
 
 import pytest
+import torch
 
 from mineworld.actions import make_action
-from mineworld.stream import Controls, Frame, FrameScheduler, Seat, combine
+from mineworld.stream import (
+    PREPARED_ACTIONS,
+    PREPARED_CACHE_MB,
+    Controls,
+    Frame,
+    FrameScheduler,
+    Seat,
+    combine,
+    prepared_actions_that_fit,
+)
 
 FORWARD, RIGHT = make_action(["forward"]), make_action((), 0.0, 15.0)
 
@@ -80,8 +90,8 @@ class CountingPlay:
 
     model = None  # never called: a play without sides asks for no forward pass
 
-    def prepare(self, action, stop):
-        self.prepared.append((action, threading.current_thread().name))
+    def prepare(self, actions, stop):
+        self.prepared += [(action, threading.current_thread().name) for action in actions]
         self.was_prepared.set()
 
     def side_steps(self, action):
@@ -145,6 +155,39 @@ def test_once_a_seat_has_played_its_last_keys_are_prepared_again_on_the_model_th
     scheduler.shutdown()
 
 
+def test_after_its_newest_keys_a_seat_has_the_usual_ones_made_ahead_each_once():
+    scheduler, seat = seated_play(1)
+    jump, back = make_action(["jump"]), make_action(["back"])
+    seat.usual_actions = (jump, FORWARD, back, RIGHT)
+    scheduler.prepare_next = 3
+    assert len(asyncio.run(frames_of(seat, scheduler))) == 1
+    for _ in range(100):
+        if len(seat.play.prepared) == 3:
+            break
+        time.sleep(0.01)
+    time.sleep(0.05)  # no fourth
+    assert [action for action, _thread in seat.play.prepared] == [FORWARD, jump, back]
+    scheduler.shutdown()
+
+
+@pytest.mark.parametrize("preset, dtype, made_ahead", [
+    ("embedded", torch.float32, PREPARED_ACTIONS),  # 2.5 MiB a copy
+    ("300M_16f", torch.float16, 0),  # 163 MiB a copy
+])
+def test_by_default_as_many_actions_are_made_ahead_as_their_cache_copies_allow(
+        preset, dtype, made_ahead):
+    from mineworld.config import load_config, preset_path
+    from mineworld.embedded import MODEL_DIR
+    from mineworld.loading import model_kv_bytes_per_token
+    from mineworld.model import cache_layout
+
+    path = MODEL_DIR / "config.yaml" if preset == "embedded" else preset_path(preset)
+    config = load_config(path)
+    full = model_kv_bytes_per_token(config, dtype) * cache_layout(config).context_tokens
+    assert prepared_actions_that_fit(full) == made_ahead
+    assert prepared_actions_that_fit(PREPARED_CACHE_MB * 2**20 // 4) == min(4, PREPARED_ACTIONS)
+
+
 class MadeAheadPlay(CountingPlay):
     """A stand-in play whose every frame was made ahead, in 200 ms."""
 
@@ -201,10 +244,11 @@ def test_the_next_frame_is_made_while_a_frame_is_shown_and_work_ahead_runs_off_t
 def test_a_seat_copied_for_a_new_user_is_fresh():
     import copy
 
-    seat = Seat()
+    seat = Seat([RIGHT])
     seat.controls.press("forward", FORWARD)
     other = copy.deepcopy(seat)
     assert other.controls.queued == [] and other.play is None
+    assert other.usual_actions == (RIGHT,)  # the page's, not the user's
 
 
 class OnePassPlay:
@@ -290,10 +334,10 @@ class PausedPreparingPlay(OnePassPlay):
         super().__init__(model, name)
         self.started, self.go, self.stopped = threading.Event(), threading.Event(), []
 
-    def prepare(self, action, stop):
+    def prepare(self, actions, stop):
         self.started.set()
         self.go.wait(5)
-        self.stopped.append(stop())
+        self.stopped.append([stop(action) for action in actions])
 
 
 @pytest.mark.parametrize("other_work", ["this frame", "a frame of another play", "a job"])
@@ -311,7 +355,7 @@ def test_a_frame_prepared_while_idle_gives_way_to_other_work_but_not_to_its_own_
         asked = scheduler.submit(lambda: None)
     play.go.set()
     asked.result(timeout=5)
-    assert play.stopped == [other_work != "this frame"]
+    assert play.stopped == [[other_work != "this frame"]]
     scheduler.shutdown()
 
 
