@@ -340,7 +340,7 @@ class Prepared:
     sessions: list[Session]
     forks: list[Session]
     made: list
-    ms: float
+    share_ms: float
 
     def fits(self, play: PlaySession, action: dict) -> bool:
         """Whether these are the frames ``play`` would make now with ``action``."""
@@ -454,7 +454,7 @@ class PlaySession:
             if frames.fits(self, action):
                 for side, fork in zip(self.sides, frames.forks, strict=True):
                     side.session = fork
-                return [_made((frame, {**stats, "made_ahead_ms": frames.ms}))
+                return [_made((frame, {**stats, "made_ahead_ms": frames.share_ms}))
                         for frame, stats in frames.made]
         return [side.session.step_passes(action) for side in self.sides]
 
