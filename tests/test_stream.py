@@ -327,25 +327,31 @@ def test_work_of_a_client_just_served_waits_once_for_another_clients():
 
 
 class PausedPreparingPlay(OnePassPlay):
-    """A stand-in play whose ``prepare`` waits for ``go`` between two passes, and notes
-    whether it was told to stop there."""
+    """A stand-in play whose ``prepare`` call number ``paused_call`` waits for ``go`` between
+    two passes; notes for each call whether it was told to stop each action there."""
 
-    def __init__(self, model, name):
+    def __init__(self, model, name, paused_call):
         super().__init__(model, name)
         self.started, self.go, self.stopped = threading.Event(), threading.Event(), []
+        self.paused_call = paused_call
 
     def prepare(self, actions, stop):
-        self.started.set()
-        self.go.wait(5)
+        if len(self.stopped) == self.paused_call:
+            self.started.set()
+            self.go.wait(5)
         self.stopped.append([stop(action) for action in actions])
 
 
 @pytest.mark.parametrize("other_work", ["this frame", "a frame of another play", "a job"])
+@pytest.mark.parametrize("ahead, paused_call", [
+    ([FORWARD], 0),
+    ([RIGHT, FORWARD, make_action(["jump"])], 1),  # RIGHT alone, then the others together
+])
 def test_a_frame_prepared_while_idle_gives_way_to_other_work_but_not_to_its_own_frame(
-        other_work):
+        other_work, ahead, paused_call):
     model, scheduler = CountingModel(), FrameScheduler()
-    play = PausedPreparingPlay(model, "p")
-    scheduler.prepare(play, [FORWARD])
+    play = PausedPreparingPlay(model, "p", paused_call)
+    scheduler.prepare(play, ahead)
     assert play.started.wait(5)
     if other_work == "this frame":
         asked = scheduler.step(play, FORWARD)
@@ -355,7 +361,10 @@ def test_a_frame_prepared_while_idle_gives_way_to_other_work_but_not_to_its_own_
         asked = scheduler.submit(lambda: None)
     play.go.set()
     asked.result(timeout=5)
-    assert play.stopped == [[other_work != "this frame"]]
+    # FORWARD's frames go on when that very frame is asked for; every other action's stop
+    assert play.stopped[paused_call] == [
+        action != FORWARD or other_work != "this frame" for action in ahead[paused_call:]]
+    assert play.stopped[:paused_call] == [[False]] * paused_call
     scheduler.shutdown()
 
 
