@@ -216,9 +216,10 @@ class FrameScheduler:
     def prepare(self, play, actions: list[dict]) -> None:
         """While nothing else waits, make the frames ``play`` would make next with the first
         ``prepare_next`` of ``actions`` (``play.prepare``), so that they are ready when asked
-        for: the first alone, the likeliest, then the others together (their forward passes
-        as one, in less time than one by one). Given up between passes as soon as other work
-        comes, but for the very frames that work asks for; replaces the play's earlier asks."""
+        for: the first two alone, the likeliest (a key again, or two keys in turn), then the
+        others together (their forward passes as one, in less time than one by one). Given up
+        between passes as soon as other work comes, but for the very frames that work asks
+        for; replaces the play's earlier asks."""
         def others_wait(action: dict) -> bool:
             with self._ready:
                 return self._closed or any(
@@ -229,7 +230,7 @@ class FrameScheduler:
         with self._ready:
             self._idle_jobs = deque(job for job in self._idle_jobs if job.args[0] is not play)
             self._idle_jobs.extend(Job(Future(), _prepare, (play, group, others_wait))
-                                   for group in (chosen[:1], chosen[1:]) if group)
+                                   for group in (chosen[:1], chosen[1:2], chosen[2:]) if group)
             self._ready.notify()
 
     def call(self, fn: Callable, *args, client: str | None = None):

@@ -345,7 +345,8 @@ class PausedPreparingPlay(OnePassPlay):
 @pytest.mark.parametrize("other_work", ["this frame", "a frame of another play", "a job"])
 @pytest.mark.parametrize("ahead, paused_call", [
     ([FORWARD], 0),
-    ([RIGHT, FORWARD, make_action(["jump"])], 1),  # RIGHT alone, then the others together
+    # RIGHT alone, back alone, then the others together
+    ([RIGHT, make_action(["back"]), FORWARD, make_action(["jump"])], 2),
 ])
 def test_a_frame_prepared_while_idle_gives_way_to_other_work_but_not_to_its_own_frame(
         other_work, ahead, paused_call):
@@ -364,7 +365,7 @@ def test_a_frame_prepared_while_idle_gives_way_to_other_work_but_not_to_its_own_
     # FORWARD's frames go on when that very frame is asked for; every other action's stop
     assert play.stopped[paused_call] == [
         action != FORWARD or other_work != "this frame" for action in ahead[paused_call:]]
-    assert play.stopped[:paused_call] == [[False]] * paused_call
+    assert play.stopped[:paused_call] == [[False]] * paused_call  # alone, before the work came
     scheduler.shutdown()
 
 
