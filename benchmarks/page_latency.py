@@ -12,8 +12,8 @@ after its caption shows its number and its image has loaded (the page's own coun
 shows as "painted N fps"). Taps, each once the page is idle: ``--taps`` of the right arrow,
 as many of the left and right arrows in turn, of six movement and camera keys in turn (app.py
 makes ahead the frames of a waiting player's newest different keys and then of the usual ones,
-nine in all, see ``--prepare-next``), and of ten keys in turn that are never made ahead (the
-hotbar's 1-9 and Q: the key pressed was pressed ten keys ago, so it is not among the nine);
+six by default, see ``--prepare-next``), and of ten keys in turn that are never made ahead
+(the hotbar's 1-9 and Q: the key pressed was pressed ten keys ago, so it is not among them);
 the hold is of W. Prints the machine, the percentiles, the painted rate and the model's own
 rate.
 
@@ -37,7 +37,7 @@ from benchmarks.common import percentile, print_machine
 CHROMIUM = "/usr/bin/chromium"
 # Usual keys, each pressed again after five others.
 SIX_KEYS = ["ArrowUp", "ArrowDown", "a", "d", "ArrowLeft", "ArrowRight"]
-# Each pressed again after nine others: never among a player's nine likely next keys.
+# Each pressed again after nine others: never among a player's likely next keys (six by default).
 TEN_KEYS = [*"123456789", "q"]
 # The keydown time in the page's clock, taken before the page's own listener sees the key.
 MARK_KEYS = """() => {

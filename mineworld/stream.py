@@ -36,7 +36,7 @@ MAX_QUEUED = 64  # presses waiting per play; more are refused, and the refusal s
 MAX_TOGETHER = 16  # frames of different players made in the same forward passes
 # A waiting player's likely next actions (their newest different ones, then the usual keys) whose
 # next frames are made ahead; each keeps a copy of each side's cache until the player's next frame.
-PREPARED_ACTIONS = 9
+PREPARED_ACTIONS = 6
 MAX_PREPARED_ACTIONS = 16
 PREPARED_CACHE_MB = 64  # the copies one side of a play may keep by default
 
