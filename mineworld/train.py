@@ -740,7 +740,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--self-feed-sampled", action="store_true",
                         help="draw the fed predictions with the sampling the model plays with "
                         "(its config's decoding: temperature 0.7, top-k 20) instead of taking "
-                        "the likeliest code")
+                        "the likeliest code (on the embedded model it smoothed motion away: "
+                        "docs/embedded-model.md)")
     parser.add_argument("--change-weight", type=float, default=1.0, metavar="W",
                         help="loss weight of image tokens whose code differs from the frame "
                         "before (1: plain cross-entropy), >= 1")
