@@ -480,13 +480,12 @@ class PlaySession:
             self.model, [fork.step_passes(action)
                          for action, row in zip(actions, forks, strict=True) for fork in row],
             stop and (lambda index: stop(actions[index // len(sessions)])))
-        kept = [(action, row, made[number * len(sessions):(number + 1) * len(sessions)])
-                for number, (action, row) in enumerate(zip(actions, forks, strict=True))]
-        kept = [(action, row, own) for action, row, own in kept
-                if all(result is not None for result in own)]
         share = 1000 * (time.perf_counter() - started) / len(actions)
-        self._prepared += [Prepared(action, self.frames_played, sessions, row, own, share)
-                           for action, row, own in kept]
+        for number, (action, row) in enumerate(zip(actions, forks, strict=True)):
+            own = made[number * len(sessions):(number + 1) * len(sessions)]
+            if all(result is not None for result in own):  # not given up
+                self._prepared.append(
+                    Prepared(action, self.frames_played, sessions, row, own, share))
         truths.join()
 
     def _prepare_truths(self, actions: list[dict], stop: Callable[[dict], bool] | None) -> None:
