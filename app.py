@@ -65,6 +65,9 @@ from mineworld.decoding import SCHEDULES
 from mineworld.stream import MAX_PREPARED_ACTIONS, PREPARED_ACTIONS, PREPARED_CACHE_MB
 
 PROG = "app.py"
+# The page plays a bounded cache: no re-prefill stall once the context is full (`none`, MineWorld's
+# own, is one pick away and is Compare's other side).
+PAGE_STRATEGY = "frames"
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -119,7 +122,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       "on a copy of each side's cache: a tap of one shows its frame at once "
                       f"(default: {PREPARED_ACTIONS}, fewer when the copies would pass "
                       f"{PREPARED_CACHE_MB} MiB a side; at most {MAX_PREPARED_ACTIONS}; 0: none)")
-    add_cache_flags(parser, "the page's first strategy; users may change it")
+    add_cache_flags(parser, "the page's first strategy; users may change it",
+                    default_strategy=PAGE_STRATEGY)
     server = parser.add_argument_group("server")
     on_spaces = os.environ.get("SYSTEM") == "spaces"  # Spaces serves from a container
     server.add_argument("--host", default="0.0.0.0" if on_spaces else "127.0.0.1")

@@ -37,15 +37,17 @@ def strategy_spec(text: str) -> str:
     return text
 
 
-def add_cache_flags(parser: argparse.ArgumentParser, description: str) -> None:
-    """``--cache-strategy`` and a flag per declared parameter, in a "KV cache" group."""
+def add_cache_flags(parser: argparse.ArgumentParser, description: str,
+                    default_strategy: str = DEFAULT_STRATEGY) -> None:
+    """``--cache-strategy`` (``default_strategy`` when not given) and a flag per declared
+    parameter, in a "KV cache" group."""
     group = parser.add_argument_group(
         "KV cache", f"{description}; a default too large for the model's context is lowered "
         "to fit it")
     group.add_argument(
-        "--cache-strategy", type=strategy_spec, default=DEFAULT_STRATEGY, metavar="NAME",
+        "--cache-strategy", type=strategy_spec, default=default_strategy, metavar="NAME",
         help=f"{', '.join(names())}, or package.module:Class (a Strategy, or a class of the "
-        f"(K, V) protocol made with no arguments) (default: {DEFAULT_STRATEGY})",
+        f"(K, V) protocol made with no arguments) (default: {default_strategy})",
     )
     group.add_argument(
         "--kv-budget-mb", type=positive_float, metavar="MB",

@@ -1126,6 +1126,9 @@ def test_no_flags_load_the_embedded_model_and_scene():
     assert (resources.options.schedule, resources.options.window) == ("diagonal", 1)
     assert app.parse_args(["--no-diagd"]).schedule == "naive"
     assert app.parse_args(["--schedule", "published-diagonal"]).schedule == "published-diagonal"
+    # A bounded cache, with no re-prefill stall; Compare sets MineWorld's full context beside it.
+    assert (resources.strategy, resources.params) == ("frames", {})
+    assert resources.comparison() == ("none", {})
     # ... and the model's own sampling, unless the flags name another.
     assert resources.options.sampling == Sampling.model_default(resources.model.config)
     greedy = app.load_resources(app.parse_args(["--temperature", "0"]))
