@@ -11,6 +11,12 @@ strategy's defaults, its own start frame and seed) and steps ``--frames`` times 
 frame; both ways run in the same process, alternately, and make the same frames (checked).
 Prints the machine, then per N: frames per second per player each way, and the ratio.
 
+``--processes P`` splits the players over P processes instead (each its own model on
+``--threads`` / P threads, its players' passes run together; P app.py processes behind a load
+balancer), against one process of ``--threads`` threads running them all together, in turn:
+the interpreter lock keeps one process's Python on one core at a time, processes share none.
+Each process reports its own rate; the slowest is printed.
+
 ``--attention`` times instead one layer's attention for N players at the embedded model's shapes
 (a diagonal pass of one token per row of the frame, over a full context of keys): each player's
 own call, as the model runs it, against one call over all of them padded into a batch, with and
@@ -20,6 +26,7 @@ without stacking their caches into it first.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import time
 import timeit
 
@@ -38,6 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=12, help="frames timed per player")
     parser.add_argument("--strategy", default="frames", help="every player's cache strategy")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--processes", type=int, default=1,
+                        help="split the players over this many processes (see the module doc)")
     parser.add_argument("--attention", action="store_true",
                         help="time one layer's attention per player against one padded call")
     return parser.parse_args(argv)
@@ -70,13 +79,14 @@ def attention_ways(config, players: int, repeats: int = 300) -> dict[str, float]
             for name, call in attention_calls(config, players).items()}
 
 
-def new_players(model, tokenizer, count: int, strategy: str) -> tuple[list[Session], list]:
-    """``count`` started sessions, each from its own frame of the demo scene, and the actions
-    that follow each one's start."""
+def new_players(model, tokenizer, count: int, strategy: str,
+                first: int = 0) -> tuple[list[Session], list]:
+    """``count`` started sessions, each from its own frame of the demo scene (player ``first``
+    on), and the actions that follow each one's start."""
     refs = default_reference_frames(model.config)
     frames, actions = demo_scene()
     sessions, moves = [], []
-    for index in range(count):
+    for index in range(first, first + count):
         first = (7 * index) % (len(frames) - refs - 64)
         session = Session(model, tokenizer, strategy=strategy, reference_frames=refs,
                           schedule="diagonal", seed=index)
@@ -102,21 +112,63 @@ def timed(model, sessions, moves, frames: int, together: bool) -> tuple[float, l
     return time.perf_counter() - started, [frame for frame, _stats in made]
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    print_machine("players on one model: one layer's attention, per player or padded"
-                  if args.attention else "players on one model: frames per second per player, "
-                  "alone in turn vs together")
+def players_together(count: int, first: int, args: argparse.Namespace, threads: int,
+                     start=None) -> float:
+    """Frames per second per player of ``count`` players (player ``first`` on) stepping
+    together in this process on ``threads`` threads, after ``start`` (a Barrier) lets all
+    processes go."""
+    torch.set_num_threads(threads)
     model, tokenizer = load_embedded()
-    if args.attention:
-        print("| players | " + " | ".join(attention_ways(model.config, 1)) + " |")
-        print("|---|---|---|---|")
-        for count in args.players:
-            times = attention_ways(model.config, count)
-            print(f"| {count} | " + " | ".join(f"{t:.0f} us" for t in times.values()) + " |")
-        return 0
-    print(f"the embedded model, diagonal decoding, {args.strategy}, {args.frames} frames each")
+    sessions, moves = new_players(model, tokenizer, count, args.strategy, first)
+    if start is not None:
+        start.wait()
+    seconds, _frames = timed(model, sessions, moves, args.frames, together=True)
+    return args.frames / seconds
+
+
+def split_players(count: int, processes: int) -> list[tuple[int, int]]:
+    """``count`` players over at most ``processes`` processes, as evenly as they go: each
+    process's (number of players, first player)."""
+    processes = min(processes, count)
+    shares = [count // processes + (p < count % processes) for p in range(processes)]
+    return [(share, sum(shares[:p])) for p, share in enumerate(shares)]
+
+
+def in_processes(count: int, args: argparse.Namespace) -> float:
+    """The slowest rate of ``count`` players split over ``args.processes`` processes."""
+    parts = split_players(count, args.processes)
+    spawn = multiprocessing.get_context("spawn")  # no fork of a process holding OpenMP threads
+    start = spawn.Manager().Barrier(len(parts))
+    threads = max(1, args.threads // len(parts))
+    with spawn.Pool(len(parts)) as pool:
+        rates = pool.starmap(players_together, [(share, first, args, threads, start)
+                                                for share, first in parts])
+    return min(rates)
+
+
+def attention_table(args: argparse.Namespace) -> int:
+    config = load_embedded()[0].config
+    print("| players | " + " | ".join(attention_ways(config, 1)) + " |")
+    print("|---|---|---|---|")
+    for count in args.players:
+        times = attention_ways(config, count)
+        print(f"| {count} | " + " | ".join(f"{t:.0f} us" for t in times.values()) + " |")
+    return 0
+
+
+def processes_table(args: argparse.Namespace) -> int:
+    print(f"| players | one process, {args.threads} threads: fps per player | "
+          f"{args.processes} processes: fps per player (slowest) | ratio |")
+    print("|---|---|---|---|")
+    for count in args.players:
+        one = players_together(count, 0, args, args.threads)
+        split = in_processes(count, args)
+        print(f"| {count} | {one:.1f} | {split:.1f} | {split / one:.2f}x |")
+    return 0
+
+
+def together_table(args: argparse.Namespace) -> int:
+    model, tokenizer = load_embedded()
     print("| players | alone in turn: fps per player | together: fps per player | ratio |")
     print("|---|---|---|---|")
     for count in args.players:
@@ -133,6 +185,18 @@ def main(argv=None) -> int:
         alone, both = (args.frames / seconds[way] for way in (False, True))
         print(f"| {count} | {alone:.1f} | {both:.1f} | {both / alone:.2f}x |")
     return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.attention:
+        print_machine("players on one model: one layer's attention, per player or padded")
+        return attention_table(args)
+    print_machine("players on one model: frames per second per player, " + (
+        "one process vs several" if args.processes > 1 else "alone in turn vs together"))
+    print(f"the embedded model, diagonal decoding, {args.strategy}, {args.frames} frames each")
+    return processes_table(args) if args.processes > 1 else together_table(args)
 
 
 if __name__ == "__main__":

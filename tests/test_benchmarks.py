@@ -165,3 +165,17 @@ def test_the_ways_of_attending_for_many_players_attend_alike(embedded):
                                 config.head_dim)
     for other in outputs[1:]:
         torch.testing.assert_close(other, outputs[0])
+
+
+def test_players_split_over_processes_evenly_each_once():
+    assert players.split_players(8, 2) == [(4, 0), (4, 4)]
+    assert players.split_players(5, 2) == [(3, 0), (2, 3)]
+    assert players.split_players(1, 2) == [(1, 0)]  # no process without a player
+
+
+def test_players_over_processes_print_a_rate_each_way(capsys):
+    assert players.main(["--players", "2", "--frames", "1", "--threads", "2",
+                         "--processes", "2"]) == 0
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    _players, one, split, _ratio = (cell.strip() for cell in row.strip("|").split("|"))
+    assert _players == "2" and float(one) > 0 and float(split) > 0
