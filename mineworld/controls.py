@@ -14,9 +14,16 @@ for walking). It is **frozen** when it repeats the frame before (under ``FROZEN`
 the true view moves. Consecutive pairs are taken inside the rollout, so the tokenizer's own
 change from a real context frame to the first generated one does not count as motion.
 
+**Walking into a wall** (``--walls N``), as a player holding W into a hillside does: from the
+spawn of N held-out worlds, turned to face terrain ``WALL_DISTANCE`` blocks ahead, with 4 frames
+of walking towards it as context, W is held for ``WALL_FRAMES`` frames; the PSNR of the last
+``WALL_SCORED`` against the world's frames (by then pressed against the wall, which fills most
+of the view).
+
     python -m mineworld.controls                # the shipped model, greedy and sampled
     python -m mineworld.controls --starts 8     # quicker
     python -m mineworld.controls --temperature 0.7 --tour tour.gif   # a picture of play
+    python -m mineworld.controls --walls 12 --temperature 0 0.7 --top-k 20
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from tqdm import tqdm
 
 from mineworld.metrics import image_shift, psnr, zoom
 from mineworld.world import Player, generate_world, replay, scripted_actions
-from mineworld.world.policy import action
+from mineworld.world.policy import ScriptedPolicy, action, is_water_column
 
 STEP_DEGREES = 5.146  # one of the action codec's exact camera bins
 
@@ -50,6 +57,7 @@ CONTROLS = {
     "look_down": (action(pitch=STEP_DEGREES), "dy"),
 }
 NO_ACTION = action()
+WALK = action(forward=1)
 
 ROLLOUT = 10
 VISIBLE = 2.0  # grey levels, mean absolute: a difference a player sees
@@ -57,6 +65,9 @@ FROZEN = 0.5  # grey levels: a frame that repeats the one before
 MOTION = {"dx": 0.5, "dy": 0.5, "zoom": 0.1}  # pixels a frame (64 x 48) the true view must move
 START_SEED_BASE = 200  # held-out worlds HELD_OUT_SEED_BASE + 200 + i, apart from the card's
 START_PLAY = 20  # frames of scripted play before each context
+WALL_DISTANCE = (3.0, 6.0)  # blocks to the terrain faced at a wall start point
+WALL_FRAMES, WALL_SCORED = 40, 16
+WALL_SEED_BASE = 500  # held-out worlds HELD_OUT_SEED_BASE + 500 + i
 
 
 def motion(before: np.ndarray, after: np.ndarray, measure: str) -> float:
@@ -236,6 +247,45 @@ def write_tour(model, tokenizer, path: Path, sampling=None, seed: int | None = N
                      optimize=True)
 
 
+def wall_starts(count: int, context_frames: int = 4):
+    """``count`` (seed, context, truth) of walking into a wall (see the module doc): the first
+    held-out worlds whose spawn has dry terrain ``WALL_DISTANCE`` ahead at some heading, and
+    whose true view stands still over the scored frames (the player stopped by it, not sliding
+    down a slope or falling off a ledge)."""
+    from mineworld.train import FRAME_SIZE, HELD_OUT_SEED_BASE
+
+    probe = ScriptedPolicy(0)  # its ray along the ground: how far the player could walk
+    found, seed = [], HELD_OUT_SEED_BASE + WALL_SEED_BASE
+    while len(found) < count:
+        seed += 1
+        player = Player.spawn(generate_world(seed))
+        for yaw in range(0, 360, 15):
+            distance, heading = probe.clear_distance(player, yaw), np.radians(yaw)
+            stop = (player.x - distance * np.sin(heading), player.z + distance * np.cos(heading))
+            if (WALL_DISTANCE[0] <= distance < WALL_DISTANCE[1]
+                    and not is_water_column(player.world, *stop)):
+                player.yaw = float(yaw)
+                frames = replay(seed, [WALK] * (context_frames + WALL_FRAMES), FRAME_SIZE,
+                                start=player.state())
+                if mean_abs(frames[-WALL_SCORED], frames[-1]) < FROZEN:
+                    found.append((seed, frames[:context_frames], frames[context_frames:]))
+                    break
+    return found
+
+
+def walk_into_walls(model, tokenizer, count: int, sampling=None) -> dict:
+    """PSNR of the last ``WALL_SCORED`` frames of walking into a wall, per start point and
+    pooled (the mean of the per-start dB)."""
+    from mineworld.train import rollout
+
+    scores = []
+    for seed, context, true in tqdm(wall_starts(count), desc="walls"):
+        made = rollout(model, tokenizer, context, [WALK] * (len(context) - 1),
+                       [WALK] * WALL_FRAMES, "diagonal", sampling=sampling, seed=seed)[0]
+        scores.append(psnr(made[-WALL_SCORED:], true[-WALL_SCORED:]))
+    return {"starts": len(scores), "psnr": float(np.mean(scores)), "per_start": scores}
+
+
 def table(results: dict) -> str:
     """Markdown rows: control, cases, followed, moves like the truth, frozen."""
     lines = ["| control | cases | followed | frames moving like the truth | frozen frames |",
@@ -261,6 +311,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tour", type=Path, help="write an animated GIF of a short play (each "
                         "control held in turn, the world beside the model) here, with the "
                         "first --temperature, and measure nothing")
+    parser.add_argument("--walls", type=int, metavar="N",
+                        help="measure walking into a wall from N start points instead")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     import torch
@@ -277,6 +329,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     everything = {}
     for sampling in samplings:
+        if args.walls:
+            everything[str(sampling)] = walls = walk_into_walls(model, tokenizer, args.walls,
+                                                                sampling)
+            print(f"{sampling}: walking into a wall, the last {WALL_SCORED} of {WALL_FRAMES} "
+                  f"frames against the world's: {walls['psnr']:.2f} dB over "
+                  f"{walls['starts']} start points")
+            continue
         results = measure_controls(model, tokenizer, args.starts, sampling=sampling,
                                    strip_path=args.strip if sampling is samplings[0] else None)
         print(f"\n{sampling}\n{table(results)}")

@@ -4,7 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from mineworld.controls import FROZEN, VISIBLE, score_control, summarise
+from mineworld.controls import (
+    FROZEN,
+    VISIBLE,
+    WALL_FRAMES,
+    WALL_SCORED,
+    mean_abs,
+    score_control,
+    summarise,
+    wall_starts,
+)
 from mineworld.decoding import Sampling
 from mineworld.metrics import contrast_ratio
 from mineworld.model import Transformer
@@ -116,3 +125,11 @@ def test_a_truth_starts_from_the_context_and_equals_replaying_the_whole_play():
     held = CONTROLS["forward"][0]
     whole = replay(start.seed, lead + [held] * (ROLLOUT + 1), FRAME_SIZE)[len(lead) + 1 :]
     assert np.array_equal(truth(start, held), whole)
+
+
+def test_walking_into_a_wall_starts_moving_and_ends_pressed_against_it():
+    [(seed, context, true)] = wall_starts(1)
+    assert (len(context), len(true)) == (4, WALL_FRAMES)
+    assert mean_abs(context[0], true[0]) >= VISIBLE  # walking towards it
+    assert mean_abs(true[-WALL_SCORED], true[-1]) < FROZEN  # stopped by it
+    assert seed == wall_starts(1)[0][0]  # the same start every time
