@@ -118,9 +118,10 @@ def test_bad_values_name_the_parameter_the_value_and_the_range():
 # -- the command lines -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("parse", [inference.parse_args, app.parse_args],
+@pytest.mark.parametrize(("parse", "default"), [(inference.parse_args, "none"),
+                                                 (app.parse_args, app.PAGE_STRATEGY)],
                          ids=["inference", "app"])
-def test_both_command_lines_have_a_flag_per_declared_parameter(parse):
+def test_both_command_lines_have_a_flag_per_declared_parameter(parse, default):
     base = ["--output_dir", "out"] if parse is inference.parse_args else []
     for name, cls in declared().items():
         for param in cls.settable():
@@ -128,7 +129,7 @@ def test_both_command_lines_have_a_flag_per_declared_parameter(parse):
             words = [flag(param)] if param.type is bool else [flag(param), str(value)]
             args = parse([*base, *words])
             assert getattr(args, param.name) == value, (name, param.name)
-    assert parse(base).cache_strategy == "none"
+    assert parse(base).cache_strategy == default
     for name in names():
         assert parse([*base, "--cache-strategy", name]).cache_strategy == name
 
