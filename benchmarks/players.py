@@ -87,12 +87,12 @@ def new_players(model, tokenizer, count: int, strategy: str,
     frames, actions = demo_scene()
     sessions, moves = [], []
     for index in range(first, first + count):
-        first = (7 * index) % (len(frames) - refs - 64)
+        begin = (7 * index) % (len(frames) - refs - 64)
         session = Session(model, tokenizer, strategy=strategy, reference_frames=refs,
                           schedule="diagonal", seed=index)
-        session.start(frames[first : first + refs], actions[first : first + refs - 1])
+        session.start(frames[begin : begin + refs], actions[begin : begin + refs - 1])
         sessions.append(session)
-        moves.append(actions[first + refs - 1 :])
+        moves.append(actions[begin + refs - 1 :])
     return sessions, moves
 
 
