@@ -112,18 +112,22 @@ def timed(model, sessions, moves, frames: int, together: bool) -> tuple[float, l
     return time.perf_counter() - started, [frame for frame, _stats in made]
 
 
-def players_together(count: int, first: int, args: argparse.Namespace, threads: int,
-                     start=None) -> float:
+def rate_together(model, tokenizer, count: int, first: int, args: argparse.Namespace,
+                  start=None) -> float:
     """Frames per second per player of ``count`` players (player ``first`` on) stepping
-    together in this process on ``threads`` threads, after ``start`` (a Barrier) lets all
-    processes go."""
-    torch.set_num_threads(threads)
-    model, tokenizer = load_embedded()
+    together on ``model``, after ``start`` (a Barrier) lets all processes go."""
     sessions, moves = new_players(model, tokenizer, count, args.strategy, first)
     if start is not None:
         start.wait()
     seconds, _frames = timed(model, sessions, moves, args.frames, together=True)
     return args.frames / seconds
+
+
+def rate_in_process(count: int, first: int, args: argparse.Namespace, threads: int,
+                    start) -> float:
+    """``rate_together`` in a spawned process of its own, on ``threads`` threads."""
+    torch.set_num_threads(threads)
+    return rate_together(*load_embedded(), count, first, args, start)
 
 
 def split_players(count: int, processes: int) -> list[tuple[int, int]]:
@@ -138,11 +142,11 @@ def in_processes(count: int, args: argparse.Namespace) -> float:
     """The slowest rate of ``count`` players split over ``args.processes`` processes."""
     parts = split_players(count, args.processes)
     spawn = multiprocessing.get_context("spawn")  # no fork of a process holding OpenMP threads
-    start = spawn.Manager().Barrier(len(parts))
     threads = max(1, args.threads // len(parts))
-    with spawn.Pool(len(parts)) as pool:
-        rates = pool.starmap(players_together, [(share, first, args, threads, start)
-                                                for share, first in parts])
+    with spawn.Manager() as manager, spawn.Pool(len(parts)) as pool:
+        start = manager.Barrier(len(parts))
+        rates = pool.starmap(rate_in_process, [(share, first, args, threads, start)
+                                               for share, first in parts])
     return min(rates)
 
 
@@ -160,8 +164,9 @@ def processes_table(args: argparse.Namespace) -> int:
     print(f"| players | one process, {args.threads} threads: fps per player | "
           f"{args.processes} processes: fps per player (slowest) | ratio |")
     print("|---|---|---|---|")
+    model, tokenizer = load_embedded()
     for count in args.players:
-        one = players_together(count, 0, args, args.threads)
+        one = rate_together(model, tokenizer, count, 0, args)
         split = in_processes(count, args)
         print(f"| {count} | {one:.1f} | {split:.1f} | {split / one:.2f}x |")
     return 0
