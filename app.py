@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mineworld.cache_flags import add_cache_flags  # torch; gradio loads after the flags
-from mineworld.cli import int_in, positive_int
+from mineworld.cli import GUIDANCE_HELP, MAX_GUIDANCE, float_in, int_in, positive_int
 from mineworld.decoding import SCHEDULES
 from mineworld.stream import MAX_PREPARED_ACTIONS, PREPARED_ACTIONS, PREPARED_CACHE_MB
 
@@ -115,6 +115,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     play.add_argument("--repeat_penalty", type=float,
                       help="divide the odds of a cell repeating its code from the frame before "
                       "(1: none; default: the model's own)")
+    play.add_argument("--guidance", type=float_in(0, MAX_GUIDANCE), default=1.0,
+                      help=GUIDANCE_HELP)
     play.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     play.add_argument("--prepare-next", type=int_in(0, MAX_PREPARED_ACTIONS), metavar="N",
                       help="while a player waits, make ahead the next frames of N likely keys "
@@ -431,7 +433,7 @@ def load_resources(args: argparse.Namespace) -> Resources:
         reference = default_reference_frames(model.config)
     window = model.config.diagonal_window if args.window_size is None else args.window_size
     sampling = Sampling.from_flags(model.config, args.temperature, args.top_k,
-                                  repeat_penalty=args.repeat_penalty)
+                                  repeat_penalty=args.repeat_penalty, guidance=args.guidance)
     schedule = args.schedule
     if args.target_fps is not None:
         fit = fit_target_fps(model, tokenizer, args.cache_strategy, params, args.target_fps,

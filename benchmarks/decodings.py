@@ -3,8 +3,10 @@ rollouts, against the frames the world renders.
 
     python -m benchmarks.decodings                                  # the shipped model
     python -m benchmarks.decodings --decodings 0 0:3 0.7/20 0.7/20:2 --starts 12
+    python -m benchmarks.decodings --decodings 0 0@1.5 0.7/20 0.7/20@1.5 --starts 12
 
-A decoding is ``TEMPERATURE[/TOP_K][:REPEAT_PENALTY]`` (0: greedy). Per decoding, from
+A decoding is ``TEMPERATURE[/TOP_K][:REPEAT_PENALTY][@GUIDANCE]`` (0: greedy; guidance:
+``mineworld.decoding.Sampling.guidance``). Per decoding, from
 ``--starts`` start points in held-out worlds (``mineworld.controls``): the share of moving
 frames that move like the truth (mean and lowest over the controls), the highest share of
 frozen frames, the share of cases followed (mean and lowest); under no action, how much
@@ -31,15 +33,18 @@ from mineworld.train import CONTEXT, long_rollout_structure
 
 
 def decoding(text: str) -> Sampling:
-    """``TEMPERATURE[/TOP_K][:REPEAT_PENALTY]`` as a Sampling."""
+    """``TEMPERATURE[/TOP_K][:REPEAT_PENALTY][@GUIDANCE]`` as a Sampling."""
     try:
-        head, _, penalty = text.partition(":")
+        head, _, guidance = text.partition("@")
+        head, _, penalty = head.partition(":")
         temperature, _, top_k = head.partition("/")
         return Sampling(float(temperature), top_k=int(top_k) if top_k else None,
-                        repeat_penalty=float(penalty) if penalty else 1.0)
+                        repeat_penalty=float(penalty) if penalty else 1.0,
+                        guidance=float(guidance) if guidance else 1.0)
     except ValueError as error:
         raise argparse.ArgumentTypeError(
-            f"a decoding is TEMPERATURE[/TOP_K][:REPEAT_PENALTY], got {text!r} ({error})"
+            f"a decoding is TEMPERATURE[/TOP_K][:REPEAT_PENALTY][@GUIDANCE], got {text!r} "
+            f"({error})"
         ) from None
 
 

@@ -20,6 +20,7 @@ re-bases it went through: rounding cannot pile up (in fp16 as in fp32).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -193,6 +194,11 @@ class KVCacheManager:
             )
 
     # -- positions ------------------------------------------------------------
+
+    def fork(self) -> KVCacheManager:
+        """A copy that goes on from here without touching this one: its own storage, scores
+        and statistics; the model's ``rotate`` is shared."""
+        return copy.deepcopy(self, {id(self.rotate): self.rotate})
 
     def _reset_storage(self) -> KVStorage:
         """The storage of the sequence under way; a RuntimeError before the first ``reset``."""

@@ -26,3 +26,20 @@ def positive_float(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
+
+
+def float_in(low: float, high: float):
+    """An argument type: a number in [low, high]."""
+    def number(text: str) -> float:
+        value = float(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in [{low:g}, {high:g}], got {text}")
+        return value
+    return number
+
+
+# --guidance, for every command line that decodes (see mineworld.decoding.Sampling.guidance).
+MAX_GUIDANCE = 10.0  # far past where frames stay pictures: a bigger value is a typo
+GUIDANCE_HELP = ("action guidance: each token drawn from the logits with the frame's action "
+                 "pushed away from those with no action by this factor (1: none, the default; "
+                 "1.5 keeps greedy rollouts from standing still; a frame then costs about 1.6x)")

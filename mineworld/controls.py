@@ -24,6 +24,7 @@ of the view).
     python -m mineworld.controls --starts 8     # quicker
     python -m mineworld.controls --temperature 0.7 --tour tour.gif   # a picture of play
     python -m mineworld.controls --walls 12 --temperature 0 0.7 --top-k 20
+    python -m mineworld.controls --guidance 1.5   # with action guidance (decoding.Sampling)
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from mineworld.cli import GUIDANCE_HELP, MAX_GUIDANCE, float_in
 from mineworld.metrics import image_shift, psnr, zoom
 from mineworld.world import Player, generate_world, replay, scripted_actions
 from mineworld.world.policy import ScriptedPolicy, action, is_water_column
@@ -306,6 +308,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top-k", type=int, help="top-k of the sampled runs")
     parser.add_argument("--repeat-penalty", type=float, default=1.0,
                         help="of every run (see mineworld.decoding.Sampling; default: 1, none)")
+    parser.add_argument("--guidance", type=float_in(0, MAX_GUIDANCE), default=1.0,
+                        help=f"of every run: {GUIDANCE_HELP}")
     parser.add_argument("--strip", type=Path, help="write the first start point's strips here")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--tour", type=Path, help="write an animated GIF of a short play (each "
@@ -322,8 +326,8 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     model, tokenizer = load_embedded(model_dir=args.model_dir or MODEL_DIR)
-    samplings = [Sampling(t, top_k=args.top_k if t else None, repeat_penalty=args.repeat_penalty)
-                 for t in args.temperature]
+    samplings = [Sampling(t, top_k=args.top_k if t else None, repeat_penalty=args.repeat_penalty,
+                          guidance=args.guidance) for t in args.temperature]
     if args.tour:
         write_tour(model, tokenizer, args.tour, samplings[0])
         return

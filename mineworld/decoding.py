@@ -29,6 +29,7 @@ import torch
 
 from cache import KVCacheManager
 
+from .cli import MAX_GUIDANCE
 from .model import Feed, Transformer
 
 
@@ -58,12 +59,21 @@ class Sampling:
     in the frame before (1: plain sampling). Where walking makes a cell's next code uncertain,
     the likeliest single code is the one it already has, so greedy rollouts stand still; a
     penalty lets the change win there, while a cell that is sure to stay (a still view) stays.
+
+    ``guidance`` scales what the frame's action changes (classifier-free guidance, with "no
+    action" as the unconditioned case): tokens are drawn from ``u + guidance * (c - u)``, ``c``
+    the logits with the action and ``u`` those with no action after the same context (1: the
+    model as it is; above 1: the action's effect amplified, so that a greedy rollout walks
+    where it would stand still). ``Session`` applies it, knowing the action: each pass of the
+    frame runs twice, the second time on a copy of the cache (``FrameDecoder.passes``'
+    ``no_action``); ``sample`` draws from logits already guided.
     """
 
     temperature: float = 0.0
     top_k: int | None = None
     top_p: float | None = None
     repeat_penalty: float = 1.0
+    guidance: float = 1.0
 
     @classmethod
     def model_default(cls, config) -> Sampling:
@@ -75,7 +85,8 @@ class Sampling:
 
     @classmethod
     def from_flags(cls, config, temperature: float | None = None, top_k: int | None = None,
-                   top_p: float | None = None, repeat_penalty: float | None = None) -> Sampling:
+                   top_p: float | None = None, repeat_penalty: float | None = None,
+                   guidance: float = 1.0) -> Sampling:
         """What a command line's flags ask for: the model's default for what they do not
         name; ``top_k`` or ``top_p`` alone sample at the model's temperature, or at 1 for a
         model that decodes greedily."""
@@ -83,10 +94,11 @@ class Sampling:
         if repeat_penalty is None:
             repeat_penalty = default.repeat_penalty
         if temperature is None and top_k is None and top_p is None:
-            return dataclasses.replace(default, repeat_penalty=repeat_penalty)
+            return dataclasses.replace(default, repeat_penalty=repeat_penalty, guidance=guidance)
         if temperature is None:
             temperature = default.temperature or 1.0
-        return cls(temperature, top_k=top_k, top_p=top_p, repeat_penalty=repeat_penalty)
+        return cls(temperature, top_k=top_k, top_p=top_p, repeat_penalty=repeat_penalty,
+                   guidance=guidance)
 
     def __str__(self) -> str:
         parts = ["greedy"] if self.temperature == 0 else [f"temperature {self.temperature:g}"]
@@ -96,6 +108,8 @@ class Sampling:
             parts.append(f"top-p {self.top_p:g}")
         if self.repeat_penalty != 1:
             parts.append(f"repeat penalty {self.repeat_penalty:g}")
+        if self.guidance != 1:
+            parts.append(f"action guidance {self.guidance:g}")
         return ", ".join(parts)
 
     def __post_init__(self):
@@ -107,6 +121,8 @@ class Sampling:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if not self.repeat_penalty >= 1:
             raise ValueError(f"repeat_penalty must be >= 1, got {self.repeat_penalty!r}")
+        if not 0 <= self.guidance <= MAX_GUIDANCE:
+            raise ValueError(f"guidance must be in [0, {MAX_GUIDANCE:g}], got {self.guidance!r}")
 
 
 def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None,
@@ -185,10 +201,12 @@ class FrameDecoder:
                                                  generator, prompt_frame))
 
     def passes(self, cache, prefix, frame_start, previous_frame, generator=None,
-               prompt_frame=None) -> Passes:
-        """``decode`` as the forward passes it needs: yields each pass's ``Feed`` and is sent
-        its logits, so that a caller may run the passes of several players together
-        (``Transformer.forward_feeds``); returns what ``decode`` returns."""
+               prompt_frame=None, no_action=None) -> Passes:
+        """``decode`` as the forward passes it needs (see ``Passes``), so that a caller may run
+        the passes of several players together (``Transformer.forward_feeds``); returns what
+        ``decode`` returns. ``no_action``: ``(cache, prefix)``, the same context with the
+        frame's action replaced by no action, for ``sampling.guidance``: each pass then feeds
+        that cache too, and the tokens are drawn from the logits of both."""
         stand_ins = prompt_frame if self.plan.stand_ins_from_prompt else previous_frame
         if stand_ins is None:
             raise ValueError(f"schedule {self.schedule} needs the prompt frame")
@@ -199,7 +217,8 @@ class FrameDecoder:
         stand_ins, previous = stand_ins.tolist(), previous_frame.tolist()
         written = [0] * (self.rows * self.cols)  # 1: the frame's slot at that offset is fed
         positions = torch.arange(frame_start - prefix.numel(), frame_start, device=device)
-        logits = yield Feed(prefix.to(device), positions, cache, last_only=True)
+        first = Feed(prefix.to(device), positions, cache, last_only=True)
+        logits = yield from self._guided(first, no_action, first_pass=True)
         ids[0][0] = self._sample(logits, [(0, 0)], previous, generator)[0]
         produced = [1] + [0] * (self.rows - 1)
         passes = 1
@@ -210,15 +229,30 @@ class FrameDecoder:
             unwritten = None
             if self.plan.sees_unwritten:
                 unwritten = torch.tensor(self._unwritten_before(offsets, written), device=device)
-            logits = yield Feed(torch.tensor(inputs, device=device),
-                                torch.tensor(offsets, device=device) + frame_start, cache,
-                                unwritten=unwritten)
+            feed = Feed(torch.tensor(inputs, device=device),
+                        torch.tensor(offsets, device=device) + frame_start, cache,
+                        unwritten=unwritten)
+            logits = yield from self._guided(feed, no_action)
             for (r, c), token in zip(cells, self._sample(logits, cells, previous, generator),
                                      strict=True):
                 ids[r][c] = token
                 produced[r] += 1
             passes += 1
         return torch.tensor(ids, device=device), passes
+
+    def _guided(self, feed: Feed, no_action, first_pass: bool = False):
+        """The logits to draw ``feed``'s next tokens from: its own, or, with ``no_action``'s
+        cache and prefix, guided (see ``Sampling.guidance``; the same tokens go into both
+        caches, but for the first pass's prefix, whose action differs)."""
+        if no_action is None:
+            [logits] = yield [feed]
+            return logits
+        still_cache, still_prefix = no_action
+        still = dataclasses.replace(feed, cache=still_cache,
+                                    tokens=still_prefix.to(feed.tokens.device) if first_pass
+                                    else feed.tokens)
+        acting, standing = yield [feed, still]
+        return standing + self.sampling.guidance * (acting - standing)
 
     def _active_cells(self, produced: list[int]) -> list[tuple[int, int]]:
         """The (row, col) each active row decodes next, in position order."""
@@ -258,20 +292,14 @@ class FrameDecoder:
                       repeats).tolist()
 
 
-# Forward passes asked for one at a time: yields a Feed, is sent its logits, returns a result.
-Passes = Generator[Feed, torch.Tensor, Any]
+# Forward passes asked for one at a time: yields the Feeds of a pass (one, or two with action
+# guidance), is sent their logits, returns a result.
+Passes = Generator[list[Feed], list[torch.Tensor], Any]
 
 
-@torch.inference_mode()
 def run_alone(model: Transformer, passes: Passes):
     """Run ``passes`` one by one on ``model``; return their result."""
-    try:
-        feed = next(passes)
-        while True:
-            [logits] = model.forward_feeds([feed])
-            feed = passes.send(logits)
-    except StopIteration as done:
-        return done.value
+    return run_together(model, [passes])[0]
 
 
 @torch.inference_mode()
@@ -282,7 +310,7 @@ def run_together(model: Transformer, players: list[Passes],
     before each round for each player still running, drops player ``index`` when true: its
     result stays None (its passes are left unfinished) and the others run on."""
     results: list = [None] * len(players)
-    feeds = {}
+    feeds: dict[int, list[Feed]] = {}
     for index, passes in enumerate(players):
         _advance(passes, None, index, feeds, results)
     while feeds:
@@ -292,15 +320,16 @@ def run_together(model: Transformer, players: list[Passes],
             if not feeds:
                 break
         asked = list(feeds.items())
-        logits = model.forward_feeds([feed for _index, feed in asked])
+        logits = model.forward_feeds([feed for _index, group in asked for feed in group])
         feeds.clear()
-        for (index, _feed), rows in zip(asked, logits, strict=True):
-            _advance(players[index], rows, index, feeds, results)
+        for index, group in asked:
+            own, logits = logits[: len(group)], logits[len(group):]
+            _advance(players[index], own, index, feeds, results)
     return results
 
 
 def _advance(passes: Passes, logits, index: int, feeds: dict, results: list) -> None:
-    """Send ``logits`` to player ``index``: note its next feed, or its result when done."""
+    """Send ``logits`` to player ``index``: note its next feeds, or its result when done."""
     try:
         feeds[index] = next(passes) if logits is None else passes.send(logits)
     except StopIteration as done:

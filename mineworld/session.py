@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .actions import ActionCodec
+from .actions import ActionCodec, noop_action
 from .config import ACTION_TOKENS
 from .decoding import FrameDecoder, Passes, Sampling, run_alone
 from .model import Transformer
@@ -92,6 +92,7 @@ class Session:
         self.reference_frames = reference_frames
         self.frame_tokens = config.tokens_per_frame
         self.device = model.lm_head.weight.device
+        self._still = self._action_tokens(noop_action())
         self.seed = seed
         self.history: deque[FrameRecord] = deque(
             maxlen=max(config.context_frames, reference_frames))
@@ -182,13 +183,14 @@ class Session:
         block = ACTION_TOKENS + self.model.config.tokens_per_image
         if not self.cache.can_reserve(block):
             reprefill_seconds = self._reprefill()
+        no_action = self._no_action_branch(action_tokens, block)
         block_start = self.cache.reserve(block)
         previous = self.history[-1]
         previous.action = action_tokens
         prefix = torch.cat([self.pending, action_tokens])
         ids, passes = yield from self.decoder.passes(
             self.cache, prefix, block_start + ACTION_TOKENS, previous.ids, self.generator,
-            self.prompt_ids,
+            self.prompt_ids, no_action,
         )
         self.history.append(FrameRecord(ids))
         self.pending = ids[-1, -1:]
@@ -205,6 +207,17 @@ class Session:
             **self.cache.stats.as_dict(),
         }
         return frame, stats
+
+    def _no_action_branch(self, action_tokens: torch.Tensor, block: int):
+        """For action guidance (``Sampling.guidance``): a copy of the cache with this frame's
+        block reserved, and the prefix that takes no action, for the decoder to run beside
+        the real one; None without guidance or when the action is no action (the two would
+        be the same)."""
+        if self.decoder.sampling.guidance == 1 or torch.equal(action_tokens, self._still):
+            return None
+        still_cache = self.cache.fork()
+        still_cache.reserve(block)
+        return still_cache, torch.cat([self.pending, self._still])
 
     def _reprefill(self) -> float:
         """MineWorld's way when the full context is used up: keep the newest

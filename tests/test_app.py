@@ -1070,7 +1070,8 @@ def run_main(capsys, *args):
      "--hh-ratio is not a parameter of strategy 'streaming'"),
     (["--model_ckpt", "nowhere.ckpt"], "--model_ckpt and --config go together"),
     (["--port", "http"], "argument --port: invalid int value: 'http'"),
-], ids=["flag-the-strategy-does-not-take", "half-a-model", "bad-port"])
+    (["--guidance", "15"], "argument --guidance: must be in [0, 10], got 15"),
+], ids=["flag-the-strategy-does-not-take", "half-a-model", "bad-port", "guidance-past-10"])
 def test_bad_flags_exit_2_with_one_line(capsys, args, message):
     status, lines = run_main(capsys, *args)
     assert status == 2

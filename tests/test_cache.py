@@ -741,3 +741,39 @@ def test_h2o_attends_to_the_tokens_the_reference_rule_keeps():
              for head in range(HEADS)] for layer in range(LAYERS)]
     assert all(len(kept) == heavy and max(kept) < prompt for row in last for kept in row)
     assert len({frozenset(kept) for row in last for kept in row}) > 1  # chosen per head
+
+
+@pytest.mark.parametrize("strategy, params", [
+    ("streaming", {"start_size": 2, "recent_size": 8}),
+    ("h2o", {"hh_ratio": 0.2, "recent_size": 6}),
+])
+def test_a_fork_goes_on_as_the_original_would_without_touching_it(strategy, params):
+    """What action guidance runs its second branch on: the fork's writes, evictions and
+    attention scores leave the original as it was, and the same steps give both the same."""
+    manager, rope = bound_manager(strategy, max_positions=512, **params)
+    manager.reset(prompt_length=20, step_tokens=3)
+    raw = torch.randn(60, HEADS, DIM, generator=torch.Generator().manual_seed(0))
+
+    def play(on, first, last, seed):
+        generator = torch.Generator().manual_seed(seed)
+
+        def attention(layer, end, count):
+            return torch.rand(HEADS, count, end, generator=generator)
+
+        for token in range(first, last, 3):
+            feed(on, rope, raw, token, 3, attention if on.tracks_attention else None)
+
+    def state(of):
+        live = [live_tokens(of, layer, head) for layer in range(LAYERS) for head in range(HEADS)]
+        return live, of.next_position, of.stats.as_dict(), of.storage.keys.clone()
+
+    play(manager, 0, 30, seed=1)
+    before = state(manager)
+    fork = manager.fork()
+    play(fork, 30, 60, seed=2)
+    after = state(manager)
+    assert after[:3] == before[:3] and torch.equal(after[3], before[3])
+    assert fork.stats.as_dict()["evicted_tokens"] > before[2]["evicted_tokens"]
+    play(manager, 30, 60, seed=2)
+    mine, theirs = state(manager), state(fork)
+    assert mine[:3] == theirs[:3] and torch.equal(mine[3], theirs[3])

@@ -173,7 +173,8 @@ def test_a_strong_repeat_penalty_changes_every_cell():
 @pytest.mark.parametrize(
     "kwargs, message",
     [({"temperature": -1}, "temperature"), ({"top_k": 0}, "top_k"), ({"top_p": 1.5}, "top_p"),
-     ({"repeat_penalty": 0.5}, r"repeat_penalty must be >= 1, got 0.5")],
+     ({"repeat_penalty": 0.5}, r"repeat_penalty must be >= 1, got 0.5"),
+     ({"guidance": -1.0}, r"guidance must be in \[0, 10\], got -1.0")],
 )
 def test_bad_sampling_parameters_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):

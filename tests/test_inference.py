@@ -157,7 +157,7 @@ def test_generates_every_clip(model_files, data_root, tmp_path, capsys, extra):
         assert last["reprefills"] == 1
         assert last["forward_passes"] == ROWS * COLS
     assert args["sampling"] == {"temperature": 0.0, "top_k": None, "top_p": None,
-                                "repeat_penalty": 1.0}
+                                "repeat_penalty": 1.0, "guidance": 1.0}
 
 
 def test_quality_scores_the_generated_frames_against_the_clip(model_files, data_root, tmp_path):
@@ -187,7 +187,7 @@ def test_top_k_samples_at_temperature_one(model_files, data_root, tmp_path):
     assert run(model_files, data_root, tmp_path / "out", "--top_k", "5", "--seed", "3") == 0
     record = json.loads((tmp_path / "out" / "clip_0.json").read_text())
     assert record["args"]["sampling"] == {"temperature": 1.0, "top_k": 5, "top_p": None,
-                                               "repeat_penalty": 1.0}
+                                               "repeat_penalty": 1.0, "guidance": 1.0}
 
 
 def test_flag_the_strategy_does_not_take(model_files, data_root, tmp_path, capsys):
@@ -281,16 +281,19 @@ def test_no_model_flags_run_the_embedded_model_on_its_validation_clips(tmp_path)
 
 def test_a_strategy_with_no_flags_plays_its_defaults_for_the_embedded_model(tmp_path):
     """The frame window's own 1 + 7 frames would fill the embedded model's 8-frame context:
-    its defaults for that model are 1 + 6."""
+    its defaults for that model are 1 + 6 (played here with action guidance, which forks the
+    cache each frame, past the first eviction)."""
     clips = tmp_path / "clips"
     clips.mkdir()
     for suffix in (".mp4", ".jsonl"):
         shutil.copy(ROOT / "assets" / "validation" / f"clip_0{suffix}", clips)
     output = tmp_path / "out"
     assert inference.main(["--output_dir", str(output), "--data_root", str(clips),
-                           "--cache-strategy", "frames", "--frames", "6"]) == 0
+                           "--cache-strategy", "frames", "--frames", "6",
+                           "--guidance", "1.5"]) == 0
     record = strict_json((output / "clip_0.json").read_text())
     assert record["cache"] == {"frame_tokens": 107, "sink_frames": 1, "recent_frames": 6}
+    assert record["args"]["sampling"]["guidance"] == 1.5
     assert record["stats"][-1]["evicted_tokens"] > 0
 
 

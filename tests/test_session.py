@@ -1,11 +1,14 @@
 """Sessions: long runs far past the context with every strategy, and their invariants."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from cache import STRATEGIES, CacheView
-from mineworld.actions import make_action
+from mineworld.actions import ActionCodec, make_action, noop_action
+from mineworld.decoding import Sampling
 from mineworld.embedded import demo_scene, load_embedded
 from mineworld.lvm import LlamaLVM
 from mineworld.model import cache_layout
@@ -143,11 +146,12 @@ def test_every_strategys_defaults_play_on_the_shipped_model(shipped, strategy):
 def test_sessions_stepping_together_make_the_frames_each_makes_alone(shipped):
     """One forward pass for the players of every strategy at once (each its own cache,
     positions, evictions, re-prefills; sampled, each with its seed; diagonal and
-    published-diagonal in turn): the same tokens and frames as each playing alone, past the
-    context."""
+    published-diagonal in turn; one in two with action guidance, two feeds a pass): the same
+    tokens and frames as each playing alone, past the context."""
     from mineworld.decoding import run_together
 
     model, tokenizer = shipped
+    sampled = Sampling.model_default(model.config)
     refs = default_reference_frames(model.config)
     frames, actions = demo_scene()
 
@@ -155,8 +159,9 @@ def test_sessions_stepping_together_make_the_frames_each_makes_alone(shipped):
         sessions = []
         for index, strategy in enumerate(STRATEGIES):
             schedule = ("diagonal", "published-diagonal")[index % 2]
+            sampling = replace(sampled, guidance=1.5 if index // 2 % 2 else 1.0)
             session = Session(model, tokenizer, strategy=strategy, reference_frames=refs,
-                              schedule=schedule, seed=index)
+                              schedule=schedule, sampling=sampling, seed=index)
             session.start(frames[index : index + refs], actions[index : index + refs - 1])
             sessions.append(session)
         return sessions
@@ -287,3 +292,25 @@ def test_a_fork_plays_on_as_the_session_would_and_leaves_it_untouched(strategy):
     assert [original.step(move)[0].tolist() for move in moves] == [
         frame.tolist() for frame in forked]
     assert [twin.step(move)[0].tolist() for move in moves] == [frame.tolist() for frame in forked]
+
+
+def test_action_guidance_draws_from_the_guided_logits_of_a_full_forward():
+    """Greedy, one token a pass: each token is the argmax of ``u + g (c - u)``, ``c`` the
+    logits of a full forward over the play with its actions and ``u`` with the frame's action
+    replaced by no action; what is played on is the real action (the next frame's context)."""
+    model, guidance = tiny_model().requires_grad_(False), 2.5
+    session = Session(model, PatchTokenizer(), schedule="naive",
+                      sampling=Sampling(guidance=guidance), reference_frames=1)
+    session.start(*scene(frames=1))
+    codec = ActionCodec(offset=CODES)
+    played = session.newest_ids.flatten()
+    for move in (make_action(["forward"]), make_action(["left", "jump"])):
+        session.step(move)
+        made = session.newest_ids.flatten()
+        acted = torch.cat([played, torch.tensor(codec.encode(move))])
+        still = torch.cat([played, torch.tensor(codec.encode(noop_action()))])
+        for cell in range(len(made)):
+            c, u = (uncached(model, torch.cat([prefix, made[:cell]])[None])[0, -1, :CODES]
+                    for prefix in (acted, still))
+            assert (u + guidance * (c - u)).argmax() == made[cell]
+        played = torch.cat([acted, made])

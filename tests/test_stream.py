@@ -259,7 +259,7 @@ class OnePassPlay:
 
     def side_steps(self, action):
         def passes():
-            logits = yield f"{self.name}'s feed"
+            [logits] = yield [f"{self.name}'s feed"]
             return f"{self.name} after {logits}", {}
 
         return [passes()]
