@@ -247,6 +247,13 @@ class ScoreHeap:
     def __init__(self):
         self.entries: list[tuple[float, int]] = []
 
+    def __deepcopy__(self, memo) -> ScoreHeap:
+        """A copy (a cache's fork): its entries are immutable, so the list alone is copied,
+        not each of hundreds of entries one by one."""
+        copied = ScoreHeap()
+        copied.entries = list(self.entries)
+        return copied
+
     def push(self, scores: torch.Tensor, slots: torch.Tensor) -> None:
         """Enter new ``slots`` with their ``scores`` (both ``[1, 1, n]``)."""
         for score, slot in zip(scores.flatten().tolist(), slots.flatten().tolist(), strict=True):
