@@ -42,4 +42,5 @@ def float_in(low: float, high: float):
 MAX_GUIDANCE = 10.0  # far past where frames stay pictures: a bigger value is a typo
 GUIDANCE_HELP = ("action guidance: each token drawn from the logits with the frame's action "
                  "pushed away from those with no action by this factor (1: none, the default; "
-                 "1.5 keeps greedy rollouts from standing still; a frame then costs about 1.5x)")
+                 "1.5: greedy rollouts stand still less often, see docs/embedded-model.md; a "
+                 "guided frame costs about 1.5x)")
