@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mineworld.cache_flags import add_cache_flags  # torch; gradio loads after the flags
-from mineworld.cli import GUIDANCE_HELP, MAX_GUIDANCE, float_in, int_in, positive_int
+from mineworld.cli import add_guidance_flag, number_in, positive_int
 from mineworld.decoding import SCHEDULES
 from mineworld.stream import MAX_PREPARED_ACTIONS, PREPARED_ACTIONS, PREPARED_CACHE_MB
 
@@ -115,10 +115,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     play.add_argument("--repeat_penalty", type=float,
                       help="divide the odds of a cell repeating its code from the frame before "
                       "(1: none; default: the model's own)")
-    play.add_argument("--guidance", type=float_in(0, MAX_GUIDANCE), default=1.0,
-                      help=GUIDANCE_HELP)
+    add_guidance_flag(play)
     play.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    play.add_argument("--prepare-next", type=int_in(0, MAX_PREPARED_ACTIONS), metavar="N",
+    play.add_argument("--prepare-next", type=number_in(int, 0, MAX_PREPARED_ACTIONS), metavar="N",
                       help="while a player waits, make ahead the next frames of N likely keys "
                       "(their newest different keys, then W, the arrows, S, A, D, Space), each "
                       "on a copy of each side's cache: a tap of one shows its frame at once "

@@ -58,7 +58,7 @@ from tqdm import tqdm
 from cache import strategy_class
 from mineworld.actions import ActionFileError, read_actions
 from mineworld.cache_flags import add_cache_flags, strategy_params
-from mineworld.cli import GUIDANCE_HELP, MAX_GUIDANCE, float_in, positive_int
+from mineworld.cli import add_guidance_flag, positive_int
 from mineworld.decoding import SCHEDULES, Sampling, run_together
 from mineworld.embedded import VALIDATION_DIR
 from mineworld.loading import USER_ERRORS, load_model, one_line, uses_embedded
@@ -146,8 +146,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     decode.add_argument("--repeat_penalty", type=float,
                         help="divide the odds of a cell repeating its code from the frame before "
                         "(1: none; default: the model's own)")
-    decode.add_argument("--guidance", type=float_in(0, MAX_GUIDANCE), default=1.0,
-                        help=GUIDANCE_HELP)
+    add_guidance_flag(decode)
     decode.add_argument("--seed", type=int, default=0, help="default: 0")
 
     add_cache_flags(parser, "only the flags given are passed to the strategy; the others keep "

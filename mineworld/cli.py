@@ -11,14 +11,14 @@ def positive_int(text: str) -> int:
     return value
 
 
-def int_in(low: int, high: int):
-    """An argument type: a whole number in [low, high]."""
-    def whole_number(text: str) -> int:
-        value = int(text)
+def number_in(kind: type, low, high):
+    """An argument type: a number of ``kind`` (int or float) in [low, high]."""
+    def number(text: str):
+        value = kind(text)
         if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {value}")
+            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {text}")
         return value
-    return whole_number
+    return number
 
 
 def positive_float(text: str) -> float:
@@ -28,19 +28,14 @@ def positive_float(text: str) -> float:
     return value
 
 
-def float_in(low: float, high: float):
-    """An argument type: a number in [low, high]."""
-    def number(text: str) -> float:
-        value = float(text)
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be in [{low:g}, {high:g}], got {text}")
-        return value
-    return number
+MAX_GUIDANCE = 10  # far past where frames stay pictures: a bigger value is a typo
 
 
-# --guidance, for every command line that decodes (see mineworld.decoding.Sampling.guidance).
-MAX_GUIDANCE = 10.0  # far past where frames stay pictures: a bigger value is a typo
-GUIDANCE_HELP = ("action guidance: each token drawn from the logits with the frame's action "
-                 "pushed away from those with no action by this factor (1: none, the default; "
-                 "1.5: greedy rollouts stand still less often, see docs/embedded-model.md; a "
-                 "guided frame costs about 1.5x)")
+def add_guidance_flag(parser) -> None:
+    """``--guidance``, for every command line that decodes (mineworld.decoding.Sampling)."""
+    parser.add_argument(
+        "--guidance", type=number_in(float, 0, MAX_GUIDANCE), default=1.0,
+        help="action guidance: each token drawn from the logits with the frame's action pushed "
+        "away from those with no action by this factor (1: none, the default; 1.5: greedy "
+        "rollouts stand still less often, see docs/embedded-model.md; a guided frame costs "
+        "about 1.5x)")

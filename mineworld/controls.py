@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mineworld.cli import GUIDANCE_HELP, MAX_GUIDANCE, float_in
+from mineworld.cli import add_guidance_flag
 from mineworld.metrics import image_shift, psnr, zoom
 from mineworld.world import Player, generate_world, replay, scripted_actions
 from mineworld.world.policy import ScriptedPolicy, action, is_water_column
@@ -308,8 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top-k", type=int, help="top-k of the sampled runs")
     parser.add_argument("--repeat-penalty", type=float, default=1.0,
                         help="of every run (see mineworld.decoding.Sampling; default: 1, none)")
-    parser.add_argument("--guidance", type=float_in(0, MAX_GUIDANCE), default=1.0,
-                        help=f"of every run: {GUIDANCE_HELP}")
+    add_guidance_flag(parser)
     parser.add_argument("--strip", type=Path, help="write the first start point's strips here")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--tour", type=Path, help="write an animated GIF of a short play (each "
