@@ -6,14 +6,14 @@ rollouts, against the frames the world renders.
     python -m benchmarks.decodings --decodings 0 0@1.5 0.7/20 0.7/20@1.5 --starts 12
 
 A decoding is ``TEMPERATURE[/TOP_K][:REPEAT_PENALTY][@GUIDANCE]`` (0: greedy; guidance:
-``mineworld.decoding.Sampling.guidance``). Per decoding, from
-``--starts`` start points in held-out worlds (``mineworld.controls``): the share of moving
-frames that move like the truth (mean and lowest over the controls), the highest share of
-frozen frames, the share of cases followed (mean and lowest); under no action, how much
-consecutive generated frames change (mean absolute, 0-255; the world's own frames change 0-0.3)
-and their PSNR against the truth; the PSNR of every control's rollout against its truth; and
-the contrast of 100-frame rollouts on the validation clips against the truth's (mean and lowest
-frame; ``mineworld.train.long_rollout_structure``, near 0: a collapsed picture).
+``mineworld.decoding.Sampling.guidance``). Per decoding, from ``--starts`` start points in
+held-out worlds (``mineworld.controls``): the share of moving frames that move like the truth
+(mean and lowest over the controls), the highest share of frozen frames, the share of cases
+followed (mean and lowest); under no action, how much consecutive generated frames change (mean
+absolute, 0-255; the world's own frames change 0-0.3) and their PSNR against the truth; the
+PSNR of every control's rollout against its truth; and the contrast of 100-frame rollouts on
+the validation clips against the truth's (mean and lowest frame;
+``mineworld.train.long_rollout_structure``, near 0: a collapsed picture).
 """
 
 from __future__ import annotations
