@@ -195,7 +195,9 @@ class FrameDecoder:
         (``prompt_frame`` is needed by ``published-diagonal`` only).
 
         Returns the ids ``[rows, cols]`` and the number of forward passes. The
-        frame's last token is not fed: it is the first token of the next prefix.
+        frame's last token is not fed: it is the first token of the next prefix. Not guided:
+        ``sampling.guidance`` needs the frame's action replaced, which ``Session`` does
+        (``passes``' ``no_action``).
         """
         return run_alone(self.model, self.passes(cache, prefix, frame_start, previous_frame,
                                                  generator, prompt_frame))
