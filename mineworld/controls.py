@@ -18,7 +18,9 @@ change from a real context frame to the first generated one does not count as mo
 spawn of N held-out worlds, turned to face terrain ``WALL_DISTANCE`` blocks ahead, with 4 frames
 of walking towards it as context, W is held for ``WALL_FRAMES`` frames; the PSNR of the last
 ``WALL_SCORED`` against the world's frames (by then pressed against the wall, which fills most
-of the view).
+of the view). Then the player turns left there, ``WALL_TURN_DEGREES`` a frame (the page's arrow
+key) for ``WALL_TURN_FRAMES`` frames, away from the wall; the PSNR of those frames against the
+world's (what a model that lost the scene behind it draws).
 
     python -m mineworld.controls                # the shipped model, greedy and sampled
     python -m mineworld.controls --starts 8     # quicker
@@ -69,6 +71,8 @@ START_SEED_BASE = 200  # held-out worlds HELD_OUT_SEED_BASE + 200 + i, apart fro
 START_PLAY = 20  # frames of scripted play before each context
 WALL_DISTANCE = (3.0, 6.0)  # blocks to the terrain faced at a wall start point
 WALL_FRAMES, WALL_SCORED = 40, 16
+WALL_TURN_DEGREES, WALL_TURN_FRAMES = 15.0, 12  # half a turn, at the page's arrow key's rate
+WALL_TURN = action(yaw=-WALL_TURN_DEGREES)
 WALL_SEED_BASE = 500  # held-out worlds HELD_OUT_SEED_BASE + 500 + i
 
 
@@ -250,7 +254,8 @@ def write_tour(model, tokenizer, path: Path, sampling=None, seed: int | None = N
 
 
 def wall_starts(count: int, context_frames: int = 4):
-    """``count`` (seed, context, truth) of walking into a wall (see the module doc): the first
+    """``count`` (seed, context, truth of the walk, truth of the turn after it) of walking into a
+    wall (see the module doc): the first
     held-out worlds whose spawn has dry terrain ``WALL_DISTANCE`` ahead at some heading, and
     whose true view stands still over the scored frames (the player stopped by it, not sliding
     down a slope or falling off a ledge)."""
@@ -267,25 +272,34 @@ def wall_starts(count: int, context_frames: int = 4):
             if (WALL_DISTANCE[0] <= distance < WALL_DISTANCE[1]
                     and not is_water_column(player.world, *stop)):
                 player.yaw = float(yaw)
-                frames = replay(seed, [WALK] * (context_frames + WALL_FRAMES), FRAME_SIZE,
+                # frames[i] is seen as actions[i] is taken: the last action shows in none.
+                frames = replay(seed, [WALK] * (context_frames + WALL_FRAMES - 1)
+                                + [WALL_TURN] * (WALL_TURN_FRAMES + 1), FRAME_SIZE,
                                 start=player.state())
-                if mean_abs(frames[-WALL_SCORED], frames[-1]) < FROZEN:
-                    found.append((seed, frames[:context_frames], frames[context_frames:]))
+                context, walked = np.split(frames[:-WALL_TURN_FRAMES], [context_frames])
+                if mean_abs(walked[-WALL_SCORED], walked[-1]) < FROZEN:
+                    found.append((seed, context, walked, frames[-WALL_TURN_FRAMES:]))
                     break
     return found
 
 
 def walk_into_walls(model, tokenizer, count: int, sampling=None) -> dict:
-    """PSNR of the last ``WALL_SCORED`` frames of walking into a wall, per start point and
-    pooled (the mean of the per-start dB)."""
+    """PSNR of the last ``WALL_SCORED`` frames of walking into a wall and of the turn away from
+    it, per start point and pooled (the mean of the per-start dB); and of the world's last frame
+    at the wall held still through the turn, against the turn (a picture that never turns)."""
     from mineworld.train import rollout
 
-    scores = []
-    for seed, context, true in tqdm(wall_starts(count), desc="walls"):
+    walks, turns, stills = [], [], []
+    for seed, context, walked, turned in tqdm(wall_starts(count), desc="walls"):
         made = rollout(model, tokenizer, context, [WALK] * (len(context) - 1),
-                       [WALK] * WALL_FRAMES, "diagonal", sampling=sampling, seed=seed)[0]
-        scores.append(psnr(made[-WALL_SCORED:], true[-WALL_SCORED:]))
-    return {"starts": len(scores), "psnr": float(np.mean(scores)), "per_start": scores}
+                       [WALK] * WALL_FRAMES + [WALL_TURN] * WALL_TURN_FRAMES, "diagonal",
+                       sampling=sampling, seed=seed)[0]
+        walks.append(psnr(made[WALL_FRAMES - WALL_SCORED : WALL_FRAMES], walked[-WALL_SCORED:]))
+        turns.append(psnr(made[WALL_FRAMES:], turned))
+        stills.append(psnr(np.repeat(walked[-1:], len(turned), 0), turned))
+    return {"starts": len(walks), "psnr": float(np.mean(walks)), "per_start": walks,
+            "turn_psnr": float(np.mean(turns)), "per_start_turn": turns,
+            "turn_still_psnr": float(np.mean(stills))}
 
 
 def table(results: dict) -> str:
@@ -336,7 +350,9 @@ def main(argv: list[str] | None = None) -> None:
             everything[str(sampling)] = walls = walk_into_walls(model, tokenizer, args.walls,
                                                                 sampling)
             print(f"{sampling}: walking into a wall, the last {WALL_SCORED} of {WALL_FRAMES} "
-                  f"frames against the world's: {walls['psnr']:.2f} dB over "
+                  f"frames against the world's: {walls['psnr']:.2f} dB; turning away from it, "
+                  f"{WALL_TURN_FRAMES} frames: {walls['turn_psnr']:.2f} dB (the world's frame "
+                  f"at the wall held still: {walls['turn_still_psnr']:.2f} dB); over "
                   f"{walls['starts']} start points")
             continue
         results = measure_controls(model, tokenizer, args.starts, sampling=sampling,

@@ -9,6 +9,7 @@ from mineworld.controls import (
     VISIBLE,
     WALL_FRAMES,
     WALL_SCORED,
+    WALL_TURN_FRAMES,
     mean_abs,
     score_control,
     summarise,
@@ -127,9 +128,27 @@ def test_a_truth_starts_from_the_context_and_equals_replaying_the_whole_play():
     assert np.array_equal(truth(start, held), whole)
 
 
-def test_walking_into_a_wall_starts_moving_and_ends_pressed_against_it():
-    [(seed, context, true)] = wall_starts(1)
-    assert (len(context), len(true)) == (4, WALL_FRAMES)
+def test_walking_into_a_wall_starts_moving_ends_pressed_against_it_then_turns_away():
+    [(seed, context, true, turned)] = wall_starts(1)
+    assert (len(context), len(true), len(turned)) == (4, WALL_FRAMES, WALL_TURN_FRAMES)
     assert mean_abs(context[0], true[0]) >= VISIBLE  # walking towards it
     assert mean_abs(true[-WALL_SCORED], true[-1]) < FROZEN  # stopped by it
+    assert mean_abs(true[-1], turned[0]) >= VISIBLE  # turning from the first frame on
+    # Half a turn: the wall that filled the view is behind the player by the end.
+    assert mean_abs(true[-1], turned[-1]) > mean_abs(true[-1], turned[0])
     assert seed == wall_starts(1)[0][0]  # the same start every time
+
+
+def test_the_wall_measure_scores_the_walk_and_the_turn_against_the_world():
+    """The rollout's frames line up with the world's: the walk's last frames and the turn's,
+    the picture held still as the turn's baseline."""
+    from mineworld.controls import walk_into_walls
+    from mineworld.embedded import load_embedded
+    from mineworld.metrics import psnr
+
+    model, tokenizer = load_embedded()
+    found = walk_into_walls(model, tokenizer, 1, Sampling())
+    [(_seed, _context, walked, turned)] = wall_starts(1)
+    assert found["starts"] == 1 and len(found["per_start_turn"]) == 1
+    assert found["turn_still_psnr"] == psnr(np.repeat(walked[-1:], len(turned), 0), turned)
+    assert 10 < found["psnr"] < 40 and 5 < found["turn_psnr"] < 40
