@@ -255,10 +255,9 @@ def write_tour(model, tokenizer, path: Path, sampling=None, seed: int | None = N
 
 def wall_starts(count: int, context_frames: int = 4):
     """``count`` (seed, context, truth of the walk, truth of the turn after it) of walking into a
-    wall (see the module doc): the first
-    held-out worlds whose spawn has dry terrain ``WALL_DISTANCE`` ahead at some heading, and
-    whose true view stands still over the scored frames (the player stopped by it, not sliding
-    down a slope or falling off a ledge)."""
+    wall (see the module doc): the first held-out worlds whose spawn has dry terrain
+    ``WALL_DISTANCE`` ahead at some heading, and whose true view stands still over the scored
+    frames (the player stopped by it, not sliding down a slope or falling off a ledge)."""
     from mineworld.train import FRAME_SIZE, HELD_OUT_SEED_BASE
 
     probe = ScriptedPolicy(0)  # its ray along the ground: how far the player could walk
