@@ -5,6 +5,7 @@ painted per second while a key is held.
     python -m benchmarks.page_latency --taps 10 --hold 3 --url http://127.0.0.1:7860/
     python -m benchmarks.page_latency --stand-in-ms 26     # the page's own cost, see below
     python -m benchmarks.page_latency --hide-truth         # without the true world beside
+    python -m benchmarks.page_latency -- --prepare-next 0  # app.py's own flags after "--"
 
 Starts ``python app.py`` (the embedded model, a bounded cache; or drives ``--url``) and opens it
 in Debian's Chromium (Playwright, headless). A frame counts as painted at the animation frame
@@ -31,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.app_load import APP_ARGS, free_port, start_server
+from benchmarks.app_load import APP_ARGS, ROOT, free_port, start_server
 from benchmarks.common import percentile, print_machine
 
 CHROMIUM = "/usr/bin/chromium"
@@ -48,6 +49,12 @@ MARK_KEYS = """() => {
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """The flags, and ``app_flags``: those after ``--``, passed on to the app.py it starts."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    app_flags = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, app_flags = argv[:cut], argv[cut + 1 :]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--taps", type=int, default=20, help="taps timed (default: 20)")
     parser.add_argument("--hold", type=float, default=5.0,
@@ -58,13 +65,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--stand-in-ms", type=float,
                         help="frames made by a sleep of this many ms instead of the model")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.url and app_flags:
+        parser.error(f"app.py flags after -- ({' '.join(app_flags)}) need the app.py this "
+                     "command starts, not --url")
+    args.app_flags = app_flags
+    return args
 
 
-def serve_stand_in(port: int, ms: float) -> int:
-    """app.py (``APP_ARGS``) with every frame a sleep of ``ms`` ms instead of the model's
-    work."""
+def serve_stand_in(ms: float, app_flags: list[str]) -> int:
+    """app.py (``APP_ARGS``, then ``app_flags``, the port among them) with every frame a sleep
+    of ``ms`` ms instead of the model's work."""
     import numpy as np
 
     import app
@@ -81,7 +92,7 @@ def serve_stand_in(port: int, ms: float) -> int:
         return np.roll(frame, self.frames_generated, axis=1), {**stats, "ms_per_frame": ms}
 
     Session.step_passes = step_passes
-    return app.main([*APP_ARGS, "--port", str(port)])
+    return app.main([*APP_ARGS, *app_flags])
 
 
 def newest_painted(page) -> int:
@@ -169,7 +180,7 @@ def measure(url: str, taps: int, hold: float, hide_truth: bool) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.serve:
-        return serve_stand_in(args.port, args.stand_in_ms)
+        return serve_stand_in(args.stand_in_ms, args.app_flags)
     print_machine("demo page latency: tap -> painted, painted fps while a key is held")
     server = None
     with tempfile.TemporaryDirectory(prefix="mineworld-page-") as temp:
@@ -177,11 +188,14 @@ def main(argv=None) -> int:
         if url is None:
             port = free_port()
             started = time.perf_counter()
-            command = None
+            command = [sys.executable, str(ROOT / "app.py"), *APP_ARGS, *args.app_flags]
             if args.stand_in_ms is not None:
+                # start_server adds --port at the end: after "--", for app.py too.
                 command = [sys.executable, "-m", "benchmarks.page_latency", "--serve",
-                           "--stand-in-ms", str(args.stand_in_ms)]
+                           "--stand-in-ms", str(args.stand_in_ms), "--", *args.app_flags]
                 print(f"frames: a {args.stand_in_ms:g} ms sleep each, not the model")
+            if args.app_flags:
+                print(f"app.py flags: {' '.join(args.app_flags)}")
             server = start_server(port, temp, Path(temp) / "app.log", command)
             url = f"http://127.0.0.1:{port}/"
             print(f"app.py served in {time.perf_counter() - started:.1f} s")

@@ -181,3 +181,13 @@ def test_players_over_processes_print_a_rate_each_way(capsys):
     row = capsys.readouterr().out.strip().splitlines()[-1]
     _players, one, split, _ratio = (cell.strip() for cell in row.strip("|").split("|"))
     assert _players == "2" and float(one) > 0 and float(split) > 0
+
+
+def test_the_page_benchmark_passes_the_flags_after_a_double_dash_to_app_py():
+    from benchmarks import page_latency
+
+    args = page_latency.parse_args(["--taps", "3", "--", "--prepare-next", "0", "--taps"])
+    assert args.taps == 3 and args.app_flags == ["--prepare-next", "0", "--taps"]
+    assert page_latency.parse_args(["--hold", "2"]).app_flags == []
+    with pytest.raises(SystemExit):  # a page already served takes no app.py flags
+        page_latency.parse_args(["--url", "http://127.0.0.1:7860/", "--", "--threads", "2"])
