@@ -333,8 +333,9 @@ if (!known) {
 PAINTED_HTML = '<span class="painted" data-painted="0">painted 0 fps</span>'
 CSS = """
 .mineworld-strip-label { font-size: var(--text-sm); }
-.mineworld-strip-frames { display: flex; gap: 6px; overflow-x: auto; }
-.mineworld-strip figure { flex: 0 0 96px; margin: 0; }
+/* Every frame of the strip in view: they shrink to share the column (Compare's is half). */
+.mineworld-strip-frames { display: flex; gap: 6px; }
+.mineworld-strip figure { flex: 1 1 0; min-width: 0; max-width: 96px; margin: 0; }
 .mineworld-strip img { display: block; width: 100%; image-rendering: pixelated; }
 .mineworld-strip figcaption { font-size: var(--text-xs); overflow-wrap: anywhere; }
 .painted { font-variant-numeric: tabular-nums; }
