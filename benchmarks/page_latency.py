@@ -89,7 +89,8 @@ def serve_stand_in(ms: float, app_flags: list[str]) -> int:
         time.sleep(ms / 1000)
         frame, stats = self.stand_in
         self.frames_generated += 1
-        return np.roll(frame, self.frames_generated, axis=1), {**stats, "ms_per_frame": ms}
+        return np.roll(frame, self.frames_generated, axis=1), {**stats, "ms_per_frame": ms,
+                                                                "ms_own": ms}
 
     Session.step_passes = step_passes
     return app.main([*APP_ARGS, *app_flags])

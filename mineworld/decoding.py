@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from itertools import accumulate
@@ -297,6 +298,33 @@ class FrameDecoder:
 # Forward passes asked for one at a time: yields the Feeds of a pass (one, or two with action
 # guidance), is sent their logits, returns a result.
 Passes = Generator[list[Feed], list[torch.Tensor], Any]
+
+
+class CostClock:
+    """What a step costs, in seconds, when its forward passes may be shared with other
+    players' (``run_together``): its own work (the time it runs, not the time it waits for a
+    pass), plus its feeds' shares of the passes that ran them (``Feed.seconds``). Alone, about
+    its wall time. Starts when made."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self._since = time.perf_counter()
+
+    def timed(self, passes: Passes) -> Passes:
+        """``passes``, counted on this clock: ``yield from clock.timed(passes)``."""
+        logits = None
+        while True:
+            try:
+                feeds = passes.send(logits)  # the first send (None) starts it
+            except StopIteration as done:
+                return done.value
+            self.seconds += time.perf_counter() - self._since
+            logits = yield feeds
+            self._since = time.perf_counter()
+            self.seconds += sum(feed.seconds for feed in feeds)
+
+    def total(self) -> float:
+        return self.seconds + time.perf_counter() - self._since
 
 
 def run_alone(model: Transformer, passes: Passes):

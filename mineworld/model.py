@@ -14,6 +14,7 @@ keys and values into the cache and attends to the live slots the cache hands bac
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -29,13 +30,15 @@ from .config import ModelConfig
 class Feed:
     """Tokens ``[T]`` to feed at ``positions`` ``[T]`` into ``cache``; ``last_only``: only
     the last one's logits are wanted; ``unwritten`` ``[T]``: how many slots holding zero keys
-    and values each query also sees (see :func:`with_zero_slots`)."""
+    and values each query also sees (see :func:`with_zero_slots`). ``seconds``, once a forward
+    pass ran it: its share of that pass's time (see :meth:`Transformer.forward_feeds`)."""
 
     tokens: torch.Tensor
     positions: torch.Tensor
     cache: KVCacheManager
     last_only: bool = False
     unwritten: torch.Tensor | None = None
+    seconds: float = 0.0
 
 
 class RMSNorm(nn.Module):
@@ -213,6 +216,7 @@ class Attention(SideBySideLinears):
         else:
             outs, begin = [], 0
             for feed in feeds:
+                begun = time.perf_counter()
                 rows, cache = slice(begin, begin + len(feed.positions)), feed.cache
                 begin = rows.stop
                 cache.write(self.layer_index, k[0, :, rows], v[0, :, rows], raw_k[0, :, rows])
@@ -225,6 +229,7 @@ class Attention(SideBySideLinears):
                 if weights is not None:  # of the cache's own slots
                     cache.observe(self.layer_index, weights[..., :cached], cache_mask)
                 outs.append(out)
+                feed.seconds += time.perf_counter() - begun
             out = torch.cat(outs, 2) if len(outs) > 1 else outs[0]
         return out.transpose(1, 2).reshape(batch, tokens, width) @ self.out_weight
 
@@ -311,18 +316,31 @@ class Transformer(nn.Module):
     def forward_feeds(self, feeds: list[Feed]) -> list[torch.Tensor]:
         """Logits ``[T, vocab]`` (``[1, vocab]`` with ``last_only``) for each of ``feeds``:
         sequences with caches of their own (players of one model). The linear layers run on
-        the rows of all of them at once, attention on each over its own cache."""
+        the rows of all of them at once, attention on each over its own cache.
+
+        Each feed's ``seconds`` is then its share of the pass: the time of its own cache's work
+        and attention, and of the rest (the linear layers, shared) its rows' share, so that
+        players stepping together each see what their own frames cost (a strategy's re-prefill
+        or costlier attention is its own, not its neighbour's)."""
+        started = time.perf_counter()
         for feed in feeds:
+            begun = time.perf_counter()
             feed.cache.begin_step(feed.positions)
+            feed.seconds = time.perf_counter() - begun
         tokens = torch.cat([feed.tokens for feed in feeds])
         x = self._hidden(tokens[None], torch.cat([feed.positions for feed in feeds]), feeds)[0]
         for feed in feeds:
+            begun = time.perf_counter()
             feed.cache.end_step()
+            feed.seconds += time.perf_counter() - begun
         rows, end = [], 0  # the rows whose logits are asked for
         for feed in feeds:
             end += len(feed.positions)
             rows.extend([end - 1] if feed.last_only else range(end - len(feed.positions), end))
         logits = self.lm_head(self.model.norm(x[rows] if len(rows) < len(x) else x))
+        shared = time.perf_counter() - started - sum(feed.seconds for feed in feeds)
+        for feed in feeds:
+            feed.seconds += shared * len(feed.positions) / len(tokens)
         return list(logits.split([1 if feed.last_only else len(feed.positions)
                                   for feed in feeds]))
 

@@ -21,7 +21,7 @@ import torch
 
 from .actions import ActionCodec, noop_action
 from .config import ACTION_TOKENS
-from .decoding import FrameDecoder, Passes, Sampling, run_alone
+from .decoding import CostClock, FrameDecoder, Passes, Sampling, run_alone
 from .model import Transformer
 
 
@@ -179,6 +179,7 @@ class Session:
         that several sessions of one model may step together (``run_together``)."""
         action_tokens = self._action_tokens(action)
         started = time.perf_counter()
+        cost = CostClock()
         reprefill_seconds = 0.0
         block = ACTION_TOKENS + self.model.config.tokens_per_image
         if not self.cache.can_reserve(block):
@@ -188,10 +189,10 @@ class Session:
         previous = self.history[-1]
         previous.action = action_tokens
         prefix = torch.cat([self.pending, action_tokens])
-        ids, passes = yield from self.decoder.passes(
+        ids, passes = yield from cost.timed(self.decoder.passes(
             self.cache, prefix, block_start + ACTION_TOKENS, previous.ids, self.generator,
             self.prompt_ids, no_action,
-        )
+        ))
         self.history.append(FrameRecord(ids))
         self.pending = ids[-1, -1:]
         decoded_at = time.perf_counter()
@@ -201,6 +202,7 @@ class Session:
         stats = {
             "frame": self.frames_generated,
             "ms_per_frame": 1000 * (finished - started),
+            "ms_own": 1000 * cost.total(),
             "ms_generate": 1000 * (decoded_at - started - reprefill_seconds),
             "ms_reprefill": 1000 * reprefill_seconds,
             "forward_passes": passes,

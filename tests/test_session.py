@@ -314,3 +314,54 @@ def test_action_guidance_draws_from_the_guided_logits_of_a_full_forward():
                     for prefix in (acted, still))
             assert (u + guidance * (c - u)).argmax() == made[cell]
         played = torch.cat([acted, made])
+
+
+class StillClock:
+    """``time.perf_counter`` standing still but when a test moves it: what a player's cost
+    holds is then exactly what the test made cost time."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def costing(self, seconds: float, fn):
+        """``fn`` taking ``seconds``."""
+        def slow(*args, **kwargs):
+            self.now += seconds
+            return fn(*args, **kwargs)
+        return slow
+
+
+def test_players_stepping_together_each_count_their_own_cost(monkeypatch):
+    """Two players' frames made in the same forward passes: each one's ``ms_own`` holds its
+    own work (here B's, before its first pass) and its own cache's work in each pass (B's),
+    and of what the pass shares (the output layer here) its rows' share; never the other's."""
+    from mineworld import decoding
+    from mineworld import model as model_module
+    from mineworld.decoding import run_together
+
+    clock = StillClock()
+    monkeypatch.setattr(model_module, "time", clock)
+    monkeypatch.setattr(decoding, "time", clock)
+    model = tiny_model()
+    players = []
+    for strategy in ("frames", "none"):
+        session = Session(model, PatchTokenizer(), strategy=strategy, reference_frames=2,
+                          schedule="diagonal", window=1)
+        session.start(*scene())
+        players.append(session)
+    a, b = players
+    monkeypatch.setattr(model.lm_head, "forward", clock.costing(1.0, model.lm_head.forward))
+    monkeypatch.setattr(b.cache, "begin_step", clock.costing(2.0, b.cache.begin_step))
+    monkeypatch.setattr(b, "_no_action_branch", clock.costing(7.0, b._no_action_branch))
+    move = make_action(["forward"])
+    (_, own_a), (_, own_b) = run_together(model, [a.step_passes(move), b.step_passes(move)])
+    passes = own_a["forward_passes"]
+    assert own_b["forward_passes"] == passes > 1
+    # Both feed the same rows each pass: half the output layer's second each.
+    assert own_a["ms_own"] == pytest.approx(1000 * 0.5 * passes)
+    assert own_b["ms_own"] == pytest.approx(1000 * (7 + 2.5 * passes))
+    alone = a.step(move)[1]  # alone, what the pass shares is all its own
+    assert alone["ms_own"] == pytest.approx(1000 * 1.0 * alone["forward_passes"])
