@@ -321,7 +321,8 @@ class Transformer(nn.Module):
         Each feed's ``seconds`` is then its share of the pass: the time of its own cache's work
         and attention, and of the rest (the linear layers, shared) its rows' share, so that
         players stepping together each see what their own frames cost (a strategy's re-prefill
-        or costlier attention is its own, not its neighbour's)."""
+        or costlier attention is its own, not its neighbour's). On a GPU the kernels run
+        asynchronously, so their time falls in the shared part."""
         started = time.perf_counter()
         for feed in feeds:
             begun = time.perf_counter()
@@ -338,6 +339,8 @@ class Transformer(nn.Module):
             end += len(feed.positions)
             rows.extend([end - 1] if feed.last_only else range(end - len(feed.positions), end))
         logits = self.lm_head(self.model.norm(x[rows] if len(rows) < len(x) else x))
+        if logits.is_cuda:  # the pass's kernels done, so that its time is in it (sampling,
+            torch.cuda.synchronize(logits.device)  # next, would wait for them anyway)
         shared = time.perf_counter() - started - sum(feed.seconds for feed in feeds)
         for feed in feeds:
             feed.seconds += shared * len(feed.positions) / len(tokens)
