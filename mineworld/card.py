@@ -67,10 +67,6 @@ def goals(r: dict) -> list[tuple[str, str, bool]]:
     return rows
 
 
-def meets_goals(r: dict) -> bool:
-    return all(met for *_, met in goals(r))
-
-
 def controls_table(controls: dict, r: dict) -> str:
     """One row per control, each measure given for every decoding measured (slash-separated,
     in the order of the header)."""
