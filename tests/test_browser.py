@@ -191,6 +191,12 @@ def test_keys_step_the_world_and_the_plots_grow_offline(page, artifacts):
     page.wait_for_function("() => document.querySelectorAll('#strip-b img').length >= 1")
     assert frames_played(page) == played  # the Play tab's session did not step
     page.screenshot(path=str(artifacts / "compare.png"), full_page=True)
+    overflow = page.evaluate("""() => {  // a full strip: eight frames in a side's half
+      const row = document.querySelector('#strip-b .mineworld-strip-frames');
+      while (row.children.length < 8) row.appendChild(row.firstElementChild.cloneNode(true));
+      return row.scrollWidth - row.clientWidth;
+    }""")
+    assert overflow <= 0, f"the strip's last frames are cut by {overflow} px"
 
 
 def test_a_held_key_plays_until_released_and_keys_combine(page):
