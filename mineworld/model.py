@@ -320,8 +320,9 @@ class Transformer(nn.Module):
 
         Each feed's ``seconds`` is then its share of the pass: the time of its own cache's work
         and attention, and of the rest (the linear layers, shared) its rows' share, so that
-        players stepping together each see what their own frames cost (a strategy's re-prefill
-        or costlier attention is its own, not its neighbour's). On a GPU the kernels run
+        players stepping together each see what their own frames cost (a strategy's evictions
+        or costlier attention are its own, not its neighbour's; work between passes, such as a
+        re-prefill, is counted by ``decoding.CostClock``). On a GPU the kernels run
         asynchronously, so their time falls in the shared part."""
         started = time.perf_counter()
         for feed in feeds:
