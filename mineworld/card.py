@@ -8,7 +8,7 @@ from pathlib import Path
 from string import Template
 
 TEMPLATE = Path(__file__).with_name("model_card.md")
-STRUCTURE_KEPT = 0.5  # lowest contrast ratio of a long rollout's frame that still shows a scene
+STRUCTURE_KEPT = 0.5  # lowest metrics.scene_ratio of a long rollout's frame that shows a scene
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
@@ -56,9 +56,9 @@ def goals(r: dict) -> list[tuple[str, str, bool]]:
     for decoding, clips in r["structure"].items():
         decoding = label(decoding, r)
         lowest = min(clip["min"] for clip in clips.values())
-        rows.append((f"{decoding}: long rollouts keep the scene (contrast >= {STRUCTURE_KEPT} "
-                     "of the truth's in every frame)", f"lowest frame: {lowest:.2f}",
-                     lowest >= STRUCTURE_KEPT))
+        rows.append((f"{decoding}: long rollouts keep the scene (contrast and colour >= "
+                     f"{STRUCTURE_KEPT} of the truth's in every frame)",
+                     f"lowest frame: {lowest:.2f}", lowest >= STRUCTURE_KEPT))
     rows += [
         ("no single-colour frame", str(r["single_colour_frames"]), r["single_colour_frames"] == 0),
         ("20 frames per second with diagonal decoding", f"{r['fps_diagonal']:.1f} fps",
@@ -104,6 +104,8 @@ def model_card(results: dict, log: dict, config, tokenizer) -> str:
     runs = [f"{run['steps']} at peak LR {run['peak_lr']:g}"
             + (f", {run['self_feed']:.0%} of the frames self-fed"
                + (" (sampled)" if run.get("self_feed_sampled") else "")
+               + (f" in {run['self_feed_passes']} passes"
+                  if run.get("self_feed_passes", 1) > 1 else "")
                if run.get("self_feed") else "")
             + (f", codes that changed weighted {run['change_weight']:g}x"
                if run.get("change_weight", 1) != 1 else "")

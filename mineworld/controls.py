@@ -20,7 +20,10 @@ of walking towards it as context, W is held for ``WALL_FRAMES`` frames; the PSNR
 ``WALL_SCORED`` against the world's frames (by then pressed against the wall, which fills most
 of the view). Then the player turns left there, ``WALL_TURN_DEGREES`` a frame (the page's arrow
 key) for ``WALL_TURN_FRAMES`` frames, away from the wall; the PSNR of those frames against the
-world's (what a model that lost the scene behind it draws).
+world's (what a model that lost the scene behind it draws). Over the walk and the turn, a frame
+**keeps the scene** when its contrast and its colourfulness are both at least ``SCENE_KEPT`` of
+the true frame's (``metrics.scene_ratio``): a model that fades into a white haze or a flat wall
+of dirt does not.
 
     python -m mineworld.controls                # the shipped model, greedy and sampled
     python -m mineworld.controls --starts 8     # quicker
@@ -40,7 +43,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mineworld.cli import add_guidance_flag
-from mineworld.metrics import image_shift, psnr, zoom
+from mineworld.metrics import image_shift, psnr, scene_ratio, zoom
 from mineworld.world import Player, generate_world, replay, scripted_actions
 from mineworld.world.policy import ScriptedPolicy, action, is_water_column
 
@@ -74,6 +77,7 @@ WALL_FRAMES, WALL_SCORED = 40, 16
 WALL_TURN_DEGREES, WALL_TURN_FRAMES = 15.0, 12  # half a turn, at the page's arrow key's rate
 WALL_TURN = action(yaw=-WALL_TURN_DEGREES)
 WALL_SEED_BASE = 500  # held-out worlds HELD_OUT_SEED_BASE + 500 + i
+SCENE_KEPT = 0.5  # of the true frame's contrast and colourfulness, each
 
 
 def motion(before: np.ndarray, after: np.ndarray, measure: str) -> float:
@@ -284,11 +288,13 @@ def wall_starts(count: int, context_frames: int = 4):
 
 def walk_into_walls(model, tokenizer, count: int, sampling=None) -> dict:
     """PSNR of the last ``WALL_SCORED`` frames of walking into a wall and of the turn away from
-    it, per start point and pooled (the mean of the per-start dB); and of the world's last frame
-    at the wall held still through the turn, against the turn (a picture that never turns)."""
+    it, per start point and pooled (the mean of the per-start dB); of the world's last frame at
+    the wall held still through the turn, against the turn (a picture that never turns); and
+    the share of the frames of the walk and the turn that keep the scene, and of the start
+    points where all of them do."""
     from mineworld.train import rollout
 
-    walks, turns, stills = [], [], []
+    walks, turns, stills, kept = [], [], [], []
     for seed, context, walked, turned in tqdm(wall_starts(count), desc="walls"):
         made = rollout(model, tokenizer, context, [WALK] * (len(context) - 1),
                        [WALK] * WALL_FRAMES + [WALL_TURN] * WALL_TURN_FRAMES, "diagonal",
@@ -296,9 +302,12 @@ def walk_into_walls(model, tokenizer, count: int, sampling=None) -> dict:
         walks.append(psnr(made[WALL_FRAMES - WALL_SCORED : WALL_FRAMES], walked[-WALL_SCORED:]))
         turns.append(psnr(made[WALL_FRAMES:], turned))
         stills.append(psnr(np.repeat(walked[-1:], len(turned), 0), turned))
+        kept.append(scene_ratio(made, np.concatenate([walked, turned])) >= SCENE_KEPT)
     return {"starts": len(walks), "psnr": float(np.mean(walks)), "per_start": walks,
             "turn_psnr": float(np.mean(turns)), "per_start_turn": turns,
-            "turn_still_psnr": float(np.mean(stills))}
+            "turn_still_psnr": float(np.mean(stills)),
+            "scene_kept_frames": float(np.mean(kept)),
+            "scene_kept_starts": int(sum(start.all() for start in kept))}
 
 
 def table(results: dict) -> str:
@@ -351,8 +360,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{sampling}: walking into a wall, the last {WALL_SCORED} of {WALL_FRAMES} "
                   f"frames against the world's: {walls['psnr']:.2f} dB; turning away from it, "
                   f"{WALL_TURN_FRAMES} frames: {walls['turn_psnr']:.2f} dB (the world's frame "
-                  f"at the wall held still: {walls['turn_still_psnr']:.2f} dB); over "
-                  f"{walls['starts']} start points")
+                  f"at the wall held still: {walls['turn_still_psnr']:.2f} dB); the scene "
+                  f"kept in {walls['scene_kept_frames']:.0%} of the frames, in all of them from "
+                  f"{walls['scene_kept_starts']} of {walls['starts']} start points")
             continue
         results = measure_controls(model, tokenizer, args.starts, sampling=sampling,
                                    strip_path=args.strip if sampling is samplings[0] else None)

@@ -3,7 +3,8 @@
 PSNR and SSIM of uint8 RGB frames, per frame and per sequence; the revisit score (is a view
 seen before reproduced on coming back?); and motion estimates between consecutive frames
 (horizontal shift by phase correlation, zoom by optical flow) to check that the picture moves
-the way the action says.
+the way the action says; and whether a rollout keeps the scene (its contrast and colours against
+the truth's) or collapses into flat colour or haze.
 
 SSIM follows Wang et al. (2004) with the settings of scikit-image's defaults (7 x 7 uniform
 window, K1 0.01, K2 0.03, sample covariance, the mean over the window positions that fit in the
@@ -154,3 +155,27 @@ def contrast_ratio(generated: np.ndarray, truth: np.ndarray) -> np.ndarray:
         return np.array([_gray(frame).std() for frame in frames], dtype=np.float64)
 
     return spread(generated) / np.maximum(spread(truth), 1e-6)
+
+
+def colourfulness(image: np.ndarray) -> float:
+    """How colourful a uint8 RGB picture is (Hasler and Suesstrunk, 2003): the spread and the
+    mean of its red-green and yellow-blue opponent channels. 0 for any grey picture, white
+    included; a blue sky over green and brown land scores high."""
+    r, g, b = (image[..., c].astype(np.float64) for c in range(3))
+    red_green, yellow_blue = r - g, (r + g) / 2 - b
+    spread = np.hypot(red_green.std(), yellow_blue.std())
+    return float(spread + 0.3 * np.hypot(red_green.mean(), yellow_blue.mean()))
+
+
+def colour_ratio(generated: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per frame, the generated picture's colourfulness over the true one's: near 1 while a
+    rollout keeps the scene's colours, towards 0 as it fades into a grey or white haze (which
+    ``contrast_ratio`` misses when a dark strip of ground stays under the haze)."""
+    return np.array([colourfulness(a) / max(colourfulness(b), 1e-6)
+                     for a, b in zip(generated, truth, strict=True)])
+
+
+def scene_ratio(generated: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per frame, the lower of ``contrast_ratio`` and ``colour_ratio``: a frame keeps the scene
+    when it keeps both its structure and its colours."""
+    return np.minimum(contrast_ratio(generated, truth), colour_ratio(generated, truth))

@@ -1,5 +1,6 @@
 """Control measures (mineworld.controls), the long-rollout contrast and self-fed training."""
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -16,7 +17,7 @@ from mineworld.controls import (
     wall_starts,
 )
 from mineworld.decoding import Sampling
-from mineworld.metrics import contrast_ratio
+from mineworld.metrics import colour_ratio, colourfulness, contrast_ratio, scene_ratio
 from mineworld.model import Transformer
 from mineworld.train import feed_own_predictions, make_batch, model_config
 from tests.test_metrics import textured
@@ -75,6 +76,34 @@ def test_contrast_ratio_is_one_for_the_truth_and_zero_for_flat_colour():
     assert contrast_ratio(flat, true) == pytest.approx(np.zeros(FRAMES))
 
 
+def sky_over_grass(frames: int = 3) -> np.ndarray:
+    """Blue sky over green grass over brown dirt, a little different each frame."""
+    picture = np.zeros((frames, 48, 64, 3), np.uint8)
+    picture[:, :20] = (110, 160, 240)
+    picture[:, 20:34] = (70, 150, 60)
+    picture[:, 34:] = (120, 85, 50)
+    picture[:, :, ::8] += np.arange(frames, dtype=np.uint8)[:, None, None, None]
+    return picture
+
+
+def test_colourfulness_is_zero_for_grey_and_white_and_scales_with_a_haze():
+    true = sky_over_grass()
+    assert colourfulness(np.full((48, 64, 3), 255, np.uint8)) == 0
+    assert colour_ratio(true, true) == pytest.approx(np.ones(3))
+    # 70 % of the way to white: every opponent channel, so the colourfulness, keeps 0.3
+    haze = (0.3 * true.astype(float) + 0.7 * 255).round().astype(np.uint8)
+    assert colour_ratio(haze, true) == pytest.approx(np.full(3, 0.3), abs=0.01)
+
+
+def test_a_grey_picture_keeps_its_contrast_but_not_the_scene():
+    true = sky_over_grass()
+    grey = np.repeat(cv2.cvtColor(true.reshape(-1, 64, 3), cv2.COLOR_RGB2GRAY)
+                     .reshape(3, 48, 64, 1), 3, -1)
+    assert contrast_ratio(grey, true) == pytest.approx(np.ones(3), abs=0.01)
+    assert scene_ratio(grey, true) == pytest.approx(np.zeros(3))
+    assert scene_ratio(true, true) == pytest.approx(np.ones(3))
+
+
 def test_self_feeding_replaces_image_tokens_with_the_models_own_greedy_predictions():
     config = model_config(16, (2, 3), smoke=True)
     torch.manual_seed(0)
@@ -92,6 +121,24 @@ def test_self_feeding_replaces_image_tokens_with_the_models_own_greedy_predictio
     assert torch.equal(fed[:, 1:][image], predicted[:, :-1][image])
     assert torch.equal(fed[:, 1:][~image], tokens[:, 1:][~image])  # actions, first frame
     assert torch.equal(fed[:, 0], tokens[:, 0])
+
+
+def test_a_second_self_feeding_pass_predicts_from_the_first_passes_frames():
+    config = model_config(16, (2, 3), smoke=True)
+    torch.manual_seed(0)
+    model = Transformer(config).eval()
+    episodes = [(torch.randint(0, 16, (10, 6)), torch.randint(16, 80, (10, 11))) for _ in range(2)]
+    tokens, targets = make_batch(episodes, 4, 3, np.random.default_rng(0))
+    first = feed_own_predictions(model, tokens, targets, 1.0, np.random.default_rng(1))
+    second = feed_own_predictions(model, tokens, targets, 1.0, np.random.default_rng(1),
+                                  passes=2)
+    with torch.no_grad():
+        again = model(first)[..., :config.codebook_size].argmax(-1)
+    image = targets[:, :-1] != -100
+    image[:, :config.tokens_per_frame - 1] = False  # the first frame stays real
+    assert torch.equal(second[:, 1:][image], again[:, :-1][image])
+    assert torch.equal(second[:, 1:][~image], tokens[:, 1:][~image])
+    assert not torch.equal(second, first)  # made from the model's frames, not the true ones
 
 
 def test_sampled_self_feeding_draws_among_the_likeliest_codes_and_top_1_is_greedy():
