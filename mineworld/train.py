@@ -244,30 +244,34 @@ def make_batch(episodes, frames: int, batch: int, rng: np.random.Generator,
 
 def feed_own_predictions(model, tokens: torch.Tensor, targets: torch.Tensor, share: float,
                          rng: np.random.Generator, bf16: bool = False,
-                         sampling: Sampling | None = None) -> torch.Tensor:
+                         sampling: Sampling | None = None, passes: int = 1) -> torch.Tensor:
     """``tokens`` with the image tokens of about ``share`` of the frames after the first replaced
-    by the model's own predictions (each made from the true tokens before it; greedy, or drawn
-    with ``sampling``, as the model plays), while the targets stay true: parallel scheduled
-    sampling, so that the model learns to go on from frames of its own making, as it plays.
-    (Greedy rollouts froze in about half the moving frames before it and after it alike; under
-    sampling, walking, strafing and backing up moved like the truth far more often after it:
-    docs/embedded-model.md.)"""
+    by the model's own predictions (greedy, or drawn with ``sampling``, as the model plays),
+    while the targets stay true: parallel scheduled sampling (arXiv 1906.04331), so that the
+    model learns to go on from frames of its own making, as it plays. The first pass predicts
+    from the true tokens; each further pass predicts again from the tokens the last one fed, so
+    that a fed frame after fed ones is made from the model's own frames, as in a rollout, where
+    errors build up over frames. (Greedy rollouts froze in about half the moving frames before
+    it and after it alike; under sampling, walking, strafing and backing up moved like the truth
+    far more often after it: docs/embedded-model.md.)"""
     if share <= 0:
         return tokens
-    with torch.no_grad(), autocast(bf16):
-        logits = model(tokens)[..., :model.config.codebook_size]
-    if sampling is None:
-        predicted = logits.argmax(-1)
-    else:
-        generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
-        predicted = sample(logits.flatten(0, 1), sampling, generator).view(logits.shape[:-1])
     frame_tokens = model.config.tokens_per_frame
     frame_of = torch.arange(1, tokens.shape[1]) // frame_tokens  # frame of input position j + 1
     chosen = torch.from_numpy(rng.random((tokens.shape[0], int(frame_of.max()) + 1)) < share)
     chosen[:, 0] = False  # the first frame stays real, as a session's context is
     replace = (targets[:, :-1] != -100) & chosen[:, frame_of]
-    fed = tokens.clone()
-    fed[:, 1:] = torch.where(replace, predicted[:, :-1], tokens[:, 1:])
+    fed = tokens
+    for _ in range(passes):
+        with torch.no_grad(), autocast(bf16):
+            logits = model(fed)[..., :model.config.codebook_size]
+        if sampling is None:
+            predicted = logits.argmax(-1)
+        else:
+            generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
+            predicted = sample(logits.flatten(0, 1), sampling, generator).view(logits.shape[:-1])
+        fed = tokens.clone()
+        fed[:, 1:] = torch.where(replace, predicted[:, :-1], tokens[:, 1:])
     return fed
 
 
@@ -275,11 +279,12 @@ def train_world_model(config, episodes, minutes: float, steps: int, seed: int, l
                       batch: int = 8, lr: float = 1.5e-3, holdout=None, model=None,
                       bf16: bool = False, self_feed: float = 0.0, change_weight: float = 1.0,
                       windows: np.ndarray | None = None,
-                      self_feed_sampling: Sampling | None = None):
+                      self_feed_sampling: Sampling | None = None, self_feed_passes: int = 1):
     """AdamW + cosine LR on random windows; ``holdout`` episodes give a validation loss.
     ``model`` continues an earlier run; otherwise training starts from a fresh one.
     ``self_feed``: the share of frames fed as the model's own predictions, drawn with
-    ``self_feed_sampling`` (None: greedy; see feed_own_predictions); ``change_weight``: see
+    ``self_feed_sampling`` (None: greedy) in ``self_feed_passes`` passes (see
+    feed_own_predictions); ``change_weight``: see
     change_weights; ``windows``: see window_sampler."""
     from mineworld.model import Transformer
 
@@ -300,7 +305,7 @@ def train_world_model(config, episodes, minutes: float, steps: int, seed: int, l
             group["lr"] = budgeted_lr(step, steps, lr, 50, started, minutes)
         tokens, targets = make_batch(episodes, frames, batch, rng, windows)
         tokens = feed_own_predictions(model, tokens, targets, self_feed, rng, bf16,
-                                      self_feed_sampling)
+                                      self_feed_sampling, self_feed_passes)
         with autocast(bf16):
             logits = model(tokens)
         token_loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
@@ -424,9 +429,10 @@ def decodings(config) -> dict:
 def long_rollout_structure(model, tokenizer, clips: list[Path], sampling, schedule: str,
                            frames: int = STRUCTURE_FRAMES) -> dict:
     """Per validation clip, ``frames`` frames rolled out under its actions after CONTEXT real
-    ones: the lowest and the mean contrast ratio against the true frames (see
-    metrics.contrast_ratio; a collapsed frame is near 0)."""
-    from mineworld.metrics import contrast_ratio
+    ones: the lowest and the mean scene ratio against the true frames (see
+    metrics.scene_ratio: the lower of the contrast and colourfulness ratios; a frame collapsed
+    into flat colour or haze is near 0)."""
+    from mineworld.metrics import scene_ratio
     from mineworld.world import read_recording, replay_recording
 
     found = {}
@@ -436,7 +442,7 @@ def long_rollout_structure(model, tokenizer, clips: list[Path], sampling, schedu
         made, _ = rollout(model, tokenizer, true[:CONTEXT], actions[:CONTEXT - 1],
                           actions[CONTEXT - 1:CONTEXT - 1 + len(true) - CONTEXT], schedule,
                           sampling=sampling)
-        ratio = contrast_ratio(made, true[CONTEXT:])
+        ratio = scene_ratio(made, true[CONTEXT:])
         found[clip.name] = {"frames": len(made), "min": float(ratio.min()),
                             "mean": float(ratio.mean())}
     return found
@@ -742,6 +748,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(its config's decoding: temperature 0.7, top-k 20) instead of taking "
                         "the likeliest code (on the embedded model it smoothed motion away: "
                         "docs/embedded-model.md)")
+    parser.add_argument("--self-feed-passes", type=int, default=1, metavar="N",
+                        help="passes that make the fed predictions: the first from the true "
+                        "frames, each further one from the frames the last fed, so that a fed "
+                        "frame after fed ones is made from the model's own, as in a rollout "
+                        "(>= 1; each costs a forward pass of the window)")
     parser.add_argument("--change-weight", type=float, default=1.0, metavar="W",
                         help="loss weight of image tokens whose code differs from the frame "
                         "before (1: plain cross-entropy), >= 1")
@@ -763,6 +774,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 0 <= args.self_feed <= 1:
         parser.error(f"--self-feed must be in [0, 1], got {args.self_feed}")
+    if args.self_feed_passes < 1:
+        parser.error(f"--self-feed-passes must be >= 1, got {args.self_feed_passes}")
     if args.change_weight < 1:
         parser.error(f"--change-weight must be >= 1, got {args.change_weight}")
     if args.rare_controls < 0:
@@ -888,11 +901,13 @@ def world_model_stage(args: argparse.Namespace, stems: list[Path], length: int, 
                               windows=window_sampler(stems, config.context_frames,
                                                      args.rare_controls),
                               self_feed_sampling=Sampling.model_default(config)
-                              if args.self_feed_sampled else None)
+                              if args.self_feed_sampled else None,
+                              self_feed_passes=args.self_feed_passes)
     if args.resume:
         log.setdefault("resumed", []).append(
             {"steps": log["world_model_steps"] - steps_before, "peak_lr": args.lr,
              "self_feed": args.self_feed, "self_feed_sampled": args.self_feed_sampled,
+             "self_feed_passes": args.self_feed_passes,
              "change_weight": args.change_weight,
              "rare_controls": args.rare_controls, "play": play_digest()})
     return model, config

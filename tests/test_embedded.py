@@ -51,7 +51,7 @@ def test_smoke_run_gives_a_loadable_model(tmp_path):
     tokenizer_before = tokenizer.model.state_dict()
     main(["--smoke", "--resume", "--out", str(tmp_path), "--lr", "1e-2", "--decoder-lr", "1e-2",
           "--bf16", "--refine", "4", "1", "--change-weight", "3", "--rare-controls", "2",
-          "--self-feed-sampled"])
+          "--self-feed-sampled", "--self-feed-passes", "2"])
     resumed, resumed_tokenizer = load_embedded(model_dir=tmp_path / "model")
     config = resumed_tokenizer.config
     assert (config.refine_channels, config.refine_blocks) == (4, 1)
@@ -66,7 +66,8 @@ def test_smoke_run_gives_a_loadable_model(tmp_path):
     log = json.loads((tmp_path / "training_log.json").read_text())
     assert log["world_model_steps"] == 6 and log["resumed"] == [
         {"steps": 3, "peak_lr": 0.01, "self_feed": 0.5, "self_feed_sampled": True,
-         "change_weight": 3.0, "rare_controls": 2.0, "play": play_digest()}]
+         "self_feed_passes": 2, "change_weight": 3.0, "rare_controls": 2.0,
+         "play": play_digest()}]
     assert log["tokenizer_steps"] == 3 and log["decoder_steps"] == 3
     assert log["precision"] == "bf16 autocast"
     # Action following: every script's rollout is closest to exactly one truth (1 world here).
@@ -75,8 +76,8 @@ def test_smoke_run_gives_a_loadable_model(tmp_path):
     assert all(sum(row.values()) == 1 for row in closest.values())
     assert following == {probe: row[probe] for probe, row in closest.items()}
     assert ("6 world-model steps of 4 windows (resumed runs: 3 at peak LR 0.01, 50% of the "
-            "frames self-fed (sampled), codes that changed weighted 3x, windows holding back, "
-            "strafe, jump or sneak 3x as likely)") in (
+            "frames self-fed (sampled) in 2 passes, codes that changed weighted 3x, windows "
+            "holding back, strafe, jump or sneak 3x as likely)") in (
         tmp_path / "MODEL_CARD.md").read_text()
 
 
