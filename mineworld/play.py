@@ -652,7 +652,9 @@ class PlaySession:
             fixed = {param.name for param in strategy.params if param.from_layout}
             params = {name: value for name, value in strategy.describe().items()
                       if name not in fixed}
-            described.append(f"{side.strategy} {json.dumps(params)}" if params else side.strategy)
+            # As the Python API takes them: setup_cache_manager("frames", sink_frames=1, ...)
+            values = ", ".join(f"{name}={value!r}" for name, value in params.items())
+            described.append(f"{side.strategy}({values})" if params else side.strategy)
         return " | ".join(described)
 
     @property

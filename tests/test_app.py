@@ -161,7 +161,7 @@ def test_a_class_path_is_taken_where_the_page_allows_it(scene_mp4):
     assert not any(update["visible"] for update in picker.show_parameters(spec))
     play = PlaySession(local.model, local.tokenizer, local.scene, 2, [(spec, {})], local.options)
     play.step(make_action(["forward"]))
-    assert play.describe_sides() == f'{spec} {{"policy": "StartRecentKVCache", "budget": 32}}'
+    assert play.describe_sides() == f"{spec}(policy='StartRecentKVCache', budget=32)"
     play.close()
     started = dataclasses.replace(resources, strategy=spec, params={})
     assert spec in started.strategy_choices
@@ -215,7 +215,7 @@ def test_play_session_compares_two_strategies_against_the_true_world(scene_mp4):
     pixels = video[-1, band + scale // 2 :: scale, scale // 2 :: scale].astype(int)
     assert np.abs(pixels - newest).mean() < 3  # the frames, pixel for pixel (H.264 aside)
     assert play.side_labels() == [
-        "A: none", 'B: streaming {"start_size": 2, "recent_size": 20, "pos_shift": false}']
+        "A: none", "B: streaming(start_size=2, recent_size=20, pos_shift=False)"]
     assert (video[0, :band] > 200).any()  # the labels are written in the band
     assert video_rate(exported) == resources.scene.fps
     play.close()
