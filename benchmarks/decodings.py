@@ -11,9 +11,10 @@ held-out worlds (``mineworld.controls``): the share of moving frames that move l
 (mean and lowest over the controls), the highest share of frozen frames, the share of cases
 followed (mean and lowest); under no action, how much consecutive generated frames change (mean
 absolute, 0-255; the world's own frames change 0-0.3) and their PSNR against the truth; the
-PSNR of every control's rollout against its truth; and the contrast of 100-frame rollouts on
-the validation clips against the truth's (mean and lowest frame;
-``mineworld.train.long_rollout_structure``, near 0: a collapsed picture).
+PSNR of every control's rollout against its truth; and the scene kept by 100-frame rollouts on
+the validation clips (their contrast and colourfulness against the truth's, the lower of the
+two, mean and lowest frame; ``mineworld.train.long_rollout_structure``, near 0: a picture
+collapsed into flat colour or haze).
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def main(argv=None) -> None:
     clips = validation_clips(args.clips)
     print("| decoding | moving like the truth, mean (lowest) | frozen, highest | followed, mean "
           "(lowest) | still view: change a frame, PSNR | controls PSNR | long rollouts' "
-          "contrast, mean (lowest) |\n|---|---|---|---|---|---|---|")
+          "scene kept, mean (lowest) |\n|---|---|---|---|---|---|---|")
     for sampling in args.decodings:
         r = measure(model, tokenizer, sampling, args.starts, clips)
         print(f"| {sampling} | {r['moving'][0]:.0%} ({r['moving'][1]:.0%}) | {r['frozen']:.0%} "
