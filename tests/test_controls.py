@@ -104,49 +104,47 @@ def test_a_grey_picture_keeps_its_contrast_but_not_the_scene():
     assert scene_ratio(true, true) == pytest.approx(np.ones(3))
 
 
-def test_self_feeding_replaces_image_tokens_with_the_models_own_greedy_predictions():
+def tiny_model_and_batch():
+    """A random tiny model, and a batch of 3 windows of 4 frames of random tokens; the mask of
+    the input positions whose token a self-fed frame may replace (image tokens after the first
+    frame)."""
     config = model_config(16, (2, 3), smoke=True)
     torch.manual_seed(0)
     model = Transformer(config).eval()
     episodes = [(torch.randint(0, 16, (10, 6)), torch.randint(16, 80, (10, 11))) for _ in range(2)]
+    tokens, targets = make_batch(episodes, 4, 3, np.random.default_rng(0))
+    image = targets[:, :-1] != -100  # input position j + 1 holds an image token
+    image[:, :config.tokens_per_frame - 1] = False  # the first frame stays real
+    return model, tokens, targets, image
+
+
+def test_self_feeding_replaces_image_tokens_with_the_models_own_greedy_predictions():
+    model, tokens, targets, image = tiny_model_and_batch()
     rng = np.random.default_rng(0)
-    tokens, targets = make_batch(episodes, 4, 3, rng)
     assert torch.equal(feed_own_predictions(model, tokens, targets, 0.0, rng), tokens)
 
     fed = feed_own_predictions(model, tokens, targets, 1.0, rng)
     with torch.no_grad():
-        predicted = model(tokens)[..., :config.codebook_size].argmax(-1)
-    image = targets[:, :-1] != -100  # input position j + 1 holds an image token
-    image[:, :config.tokens_per_frame - 1] = False  # the first frame stays real
+        predicted = model(tokens)[..., :model.config.codebook_size].argmax(-1)
     assert torch.equal(fed[:, 1:][image], predicted[:, :-1][image])
     assert torch.equal(fed[:, 1:][~image], tokens[:, 1:][~image])  # actions, first frame
     assert torch.equal(fed[:, 0], tokens[:, 0])
 
 
 def test_a_second_self_feeding_pass_predicts_from_the_first_passes_frames():
-    config = model_config(16, (2, 3), smoke=True)
-    torch.manual_seed(0)
-    model = Transformer(config).eval()
-    episodes = [(torch.randint(0, 16, (10, 6)), torch.randint(16, 80, (10, 11))) for _ in range(2)]
-    tokens, targets = make_batch(episodes, 4, 3, np.random.default_rng(0))
+    model, tokens, targets, image = tiny_model_and_batch()
     first = feed_own_predictions(model, tokens, targets, 1.0, np.random.default_rng(1))
     second = feed_own_predictions(model, tokens, targets, 1.0, np.random.default_rng(1),
                                   passes=2)
     with torch.no_grad():
-        again = model(first)[..., :config.codebook_size].argmax(-1)
-    image = targets[:, :-1] != -100
-    image[:, :config.tokens_per_frame - 1] = False  # the first frame stays real
+        again = model(first)[..., :model.config.codebook_size].argmax(-1)
     assert torch.equal(second[:, 1:][image], again[:, :-1][image])
     assert torch.equal(second[:, 1:][~image], tokens[:, 1:][~image])
     assert not torch.equal(second, first)  # made from the model's frames, not the true ones
 
 
 def test_sampled_self_feeding_draws_among_the_likeliest_codes_and_top_1_is_greedy():
-    config = model_config(16, (2, 3), smoke=True)
-    torch.manual_seed(0)
-    model = Transformer(config).eval()
-    episodes = [(torch.randint(0, 16, (10, 6)), torch.randint(16, 80, (10, 11))) for _ in range(2)]
-    tokens, targets = make_batch(episodes, 4, 3, np.random.default_rng(0))
+    model, tokens, targets, image = tiny_model_and_batch()
     greedy = feed_own_predictions(model, tokens, targets, 1.0, np.random.default_rng(1))
     top_1 = feed_own_predictions(model, tokens, targets, 1.0, np.random.default_rng(1),
                                  sampling=Sampling(0.7, top_k=1))
@@ -155,9 +153,7 @@ def test_sampled_self_feeding_draws_among_the_likeliest_codes_and_top_1_is_greed
     fed = feed_own_predictions(model, tokens, targets, 1.0, np.random.default_rng(1),
                                sampling=Sampling(5.0, top_k=3))
     with torch.no_grad():
-        likeliest = model(tokens)[..., :config.codebook_size].topk(3, dim=-1).indices
-    image = targets[:, :-1] != -100
-    image[:, :config.tokens_per_frame - 1] = False
+        likeliest = model(tokens)[..., :model.config.codebook_size].topk(3, dim=-1).indices
     drawn = fed[:, 1:][image]
     assert (likeliest[:, :-1][image] == drawn[:, None]).any(-1).all()
     assert not torch.equal(drawn, greedy[:, 1:][image])  # a hot draw is not the likeliest
