@@ -147,14 +147,19 @@ def moved(value: float, direction: float, threshold: float) -> bool:
     return bool(np.sign(direction) * value >= threshold)
 
 
+def _per_frame_ratio(measure, generated: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """``measure`` of each generated frame over that of its true frame (kept above 0)."""
+    def of(frames):
+        return np.array([measure(frame) for frame in frames], dtype=np.float64)
+
+    return of(generated) / np.maximum(of(truth), 1e-6)
+
+
 def contrast_ratio(generated: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Per frame, the generated picture's spatial standard deviation (grey levels) over the true
     one's: near 1 while a rollout keeps the scene's structure, towards 0 as it collapses into
     flat colour. Frames ``[T, H, W, 3]``."""
-    def spread(frames):
-        return np.array([_gray(frame).std() for frame in frames], dtype=np.float64)
-
-    return spread(generated) / np.maximum(spread(truth), 1e-6)
+    return _per_frame_ratio(lambda frame: _gray(frame).std(), generated, truth)
 
 
 def colourfulness(image: np.ndarray) -> float:
@@ -171,8 +176,7 @@ def colour_ratio(generated: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Per frame, the generated picture's colourfulness over the true one's: near 1 while a
     rollout keeps the scene's colours, towards 0 as it fades into a grey or white haze (which
     ``contrast_ratio`` misses when a dark strip of ground stays under the haze)."""
-    return np.array([colourfulness(a) / max(colourfulness(b), 1e-6)
-                     for a, b in zip(generated, truth, strict=True)])
+    return _per_frame_ratio(colourfulness, generated, truth)
 
 
 def scene_ratio(generated: np.ndarray, truth: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Control measures (mineworld.controls), the long-rollout contrast and self-fed training."""
+"""Control measures (mineworld.controls), whether a rollout keeps the scene (contrast and
+colour) and self-fed training."""
 
 import cv2
 import numpy as np
