@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mineworld.cache_flags import add_cache_flags  # torch; gradio loads after the flags
-from mineworld.cli import add_guidance_flag, number_in, positive_int
+from mineworld.cli import add_guidance_flag, add_penalty_flags, number_in, positive_int
 from mineworld.decoding import SCHEDULES
 from mineworld.stream import MAX_PREPARED_ACTIONS, PREPARED_ACTIONS, PREPARED_CACHE_MB
 
@@ -112,9 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       "its config's decoding section; greedy for the published configs)")
     play.add_argument("--top_k", type=int, help="sample among the k likeliest codes (default: "
                       "the model's own when neither flag is given, else every code)")
-    play.add_argument("--repeat_penalty", type=float,
-                      help="divide the odds of a cell repeating its code from the frame before "
-                      "(1: none; default: the model's own)")
+    add_penalty_flags(play)
     add_guidance_flag(play)
     play.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     play.add_argument("--prepare-next", type=number_in(int, 0, MAX_PREPARED_ACTIONS), metavar="N",
@@ -433,7 +431,8 @@ def load_resources(args: argparse.Namespace) -> Resources:
         reference = default_reference_frames(model.config)
     window = model.config.diagonal_window if args.window_size is None else args.window_size
     sampling = Sampling.from_flags(model.config, args.temperature, args.top_k,
-                                  repeat_penalty=args.repeat_penalty, guidance=args.guidance)
+                                  repeat_penalty=args.repeat_penalty, guidance=args.guidance,
+                                  overuse_penalty=args.overuse_penalty)
     schedule = args.schedule
     if args.target_fps is not None:
         fit = fit_target_fps(model, tokenizer, args.cache_strategy, params, args.target_fps,

@@ -58,7 +58,7 @@ from tqdm import tqdm
 from cache import strategy_class
 from mineworld.actions import ActionFileError, read_actions
 from mineworld.cache_flags import add_cache_flags, strategy_params
-from mineworld.cli import add_guidance_flag, positive_int
+from mineworld.cli import add_guidance_flag, add_penalty_flags, positive_int
 from mineworld.decoding import SCHEDULES, Sampling, run_together
 from mineworld.embedded import VALIDATION_DIR
 from mineworld.loading import USER_ERRORS, load_model, one_line, uses_embedded
@@ -143,9 +143,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "greedy model)")
     decode.add_argument("--top_k", type=int)
     decode.add_argument("--top_p", type=float)
-    decode.add_argument("--repeat_penalty", type=float,
-                        help="divide the odds of a cell repeating its code from the frame before "
-                        "(1: none; default: the model's own)")
+    add_penalty_flags(decode)
     add_guidance_flag(decode)
     decode.add_argument("--seed", type=int, default=0, help="default: 0")
 
@@ -346,7 +344,7 @@ def run(args: argparse.Namespace) -> int:
     if args.window_size is None:
         args.window_size = model.config.diagonal_window
     sampling = Sampling.from_flags(model.config, args.temperature, args.top_k, args.top_p,
-                                  args.repeat_penalty, args.guidance)
+                                  args.repeat_penalty, args.guidance, args.overuse_penalty)
     reference_frames = prefilled_frames(args, model.config)
     fit = None
     if args.target_fps is not None:

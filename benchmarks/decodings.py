@@ -4,15 +4,16 @@ rollouts, against the frames the world renders.
     python -m benchmarks.decodings                                  # the shipped model
     python -m benchmarks.decodings --decodings 0 0:3 0.7/20 0.7/20:2 --starts 12
     python -m benchmarks.decodings --decodings 0 0@1.5 0.7/20 0.7/20@1.5 --starts 12
+    python -m benchmarks.decodings --decodings 0.7/20 0.7/20~2 --starts 12
 
-A decoding is ``TEMPERATURE[/TOP_K][:REPEAT_PENALTY][@GUIDANCE]`` (0: greedy; guidance:
-``mineworld.decoding.Sampling.guidance``). Per decoding, from ``--starts`` start points in
-held-out worlds (``mineworld.controls``): the share of moving frames that move like the truth
-(mean and lowest over the controls), the highest share of frozen frames, the share of cases
-followed (mean and lowest); under no action, how much consecutive generated frames change (mean
-absolute, 0-255; the world's own frames change 0-0.3) and their PSNR against the truth; the
-PSNR of every control's rollout against its truth; and the scene kept by 100-frame rollouts on
-the validation clips (their contrast and colourfulness against the truth's, the lower of the
+A decoding is ``TEMPERATURE[/TOP_K][:REPEAT_PENALTY][~OVERUSE_PENALTY][@GUIDANCE]`` (0: greedy;
+the others: ``mineworld.decoding.Sampling``'s fields). Per decoding, from ``--starts`` start
+points in held-out worlds (``mineworld.controls``): the share of moving frames that move like
+the truth (mean and lowest over the controls), the highest share of frozen frames, the share of
+cases followed (mean and lowest); under no action, how much consecutive generated frames change
+(mean absolute, 0-255; the world's own frames change 0-0.3) and their PSNR against the truth;
+the PSNR of every control's rollout against its truth; and the scene kept by 100-frame rollouts
+on the validation clips (their contrast and colourfulness against the truth's, the lower of the
 two, mean and lowest frame; ``mineworld.train.long_rollout_structure``, near 0: a picture
 collapsed into flat colour or haze).
 """
@@ -34,18 +35,20 @@ from mineworld.train import CONTEXT, long_rollout_structure
 
 
 def decoding(text: str) -> Sampling:
-    """``TEMPERATURE[/TOP_K][:REPEAT_PENALTY][@GUIDANCE]`` as a Sampling."""
+    """``TEMPERATURE[/TOP_K][:REPEAT_PENALTY][~OVERUSE_PENALTY][@GUIDANCE]`` as a Sampling."""
     try:
         head, _, guidance = text.partition("@")
+        head, _, overuse = head.partition("~")
         head, _, penalty = head.partition(":")
         temperature, _, top_k = head.partition("/")
         return Sampling(float(temperature), top_k=int(top_k) if top_k else None,
                         repeat_penalty=float(penalty) if penalty else 1.0,
+                        overuse_penalty=float(overuse) if overuse else 0.0,
                         guidance=float(guidance) if guidance else 1.0)
     except ValueError as error:
         raise argparse.ArgumentTypeError(
-            f"a decoding is TEMPERATURE[/TOP_K][:REPEAT_PENALTY][@GUIDANCE], got {text!r} "
-            f"({error})"
+            f"a decoding is TEMPERATURE[/TOP_K][:REPEAT_PENALTY][~OVERUSE_PENALTY][@GUIDANCE], "
+            f"got {text!r} ({error})"
         ) from None
 
 

@@ -29,6 +29,22 @@ def positive_float(text: str) -> float:
 
 
 MAX_GUIDANCE = 10  # far past where frames stay pictures: a bigger value is a typo
+MAX_OVERUSE_PENALTY = 10  # likewise: at 10, a code holding 1.1x its even share loses 1 logit
+
+
+def add_penalty_flags(parser) -> None:
+    """``--repeat_penalty`` and ``--overuse_penalty``, for every command line that decodes
+    (mineworld.decoding.Sampling); unset, each is the model's own."""
+    parser.add_argument(
+        "--repeat_penalty", type=number_in(float, 1, 10**6),
+        help="divide the odds of a cell repeating its code from the frame before (1: none; "
+        "default: the model's own)")
+    parser.add_argument(
+        "--overuse_penalty", type=number_in(float, 0, MAX_OVERUSE_PENALTY),
+        help="hold back the codes that fill more of the frames in context than an even share "
+        "of the codebook, by this times the log of how many times that share (0: none; "
+        "default: the model's own; it keeps long play from drifting into one colour, see "
+        "docs/embedded-model.md)")
 
 
 def add_guidance_flag(parser) -> None:

@@ -6,8 +6,8 @@ A config file holds the transformer's numbers under
 (the published model's layout is the default: a 14 x 24 grid of an 8192-code
 VQGAN, then 11 action tokens) and how to decode it under ``model.params.decoding``
 (``diagonal_window``: the default window of diagonal decoding, 2 as in MineWorld's
-batch script; ``temperature``, ``top_k`` and ``repeat_penalty``: the default sampling, greedy
-unless given).
+batch script; ``temperature``, ``top_k``, ``repeat_penalty`` and ``overuse_penalty``: the
+default sampling, greedy unless given).
 Class paths in ``target`` keys are never imported.
 The five released configurations ship in ``mineworld/configs/``.
 """
@@ -19,6 +19,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import yaml
+
+from .cli import MAX_OVERUSE_PENALTY
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 ACTION_TOKENS = 11
@@ -43,6 +45,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "temperature": (0.0, 100.0),
     "top_k": (0, 1 << 20),
     "repeat_penalty": (1.0, 1e6),
+    "overuse_penalty": (0.0, MAX_OVERUSE_PENALTY),
 }
 
 
@@ -69,6 +72,7 @@ class ModelConfig:
     temperature: float = 0.0
     top_k: int = 0
     repeat_penalty: float = 1.0  # see decoding.Sampling
+    overuse_penalty: float = 0.0
 
     def __post_init__(self):
         for field in fields(self):
@@ -224,7 +228,7 @@ _RESTATED = {"token_num": "tokens_per_frame", "image_num": "tokens_per_image",
              "frame": "context_frames"}
 
 _DEFAULTED = {"rms_norm_eps", "rope_theta", "diagonal_window", "temperature", "top_k",
-              "repeat_penalty",              *_LAYOUT_KEYS}
+              "repeat_penalty", "overuse_penalty", *_LAYOUT_KEYS}
 
 
 def preset_path(name: str) -> Path:

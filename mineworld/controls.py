@@ -330,6 +330,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top-k", type=int, help="top-k of the sampled runs")
     parser.add_argument("--repeat-penalty", type=float, default=1.0,
                         help="of every run (see mineworld.decoding.Sampling; default: 1, none)")
+    parser.add_argument("--overuse-penalty", type=float, default=0.0,
+                        help="of every run (see mineworld.decoding.Sampling; default: 0, none)")
     add_guidance_flag(parser)
     parser.add_argument("--strip", type=Path, help="write the first start point's strips here")
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -348,7 +350,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     model, tokenizer = load_embedded(model_dir=args.model_dir or MODEL_DIR)
     samplings = [Sampling(t, top_k=args.top_k if t else None, repeat_penalty=args.repeat_penalty,
-                          guidance=args.guidance) for t in args.temperature]
+                          overuse_penalty=args.overuse_penalty, guidance=args.guidance)
+                 for t in args.temperature]
     if args.tour:
         write_tour(model, tokenizer, args.tour, samplings[0])
         return

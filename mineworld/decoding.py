@@ -30,7 +30,7 @@ import torch
 
 from cache import KVCacheManager
 
-from .cli import MAX_GUIDANCE
+from .cli import MAX_GUIDANCE, MAX_OVERUSE_PENALTY
 from .model import Feed, Transformer
 
 
@@ -61,6 +61,14 @@ class Sampling:
     the likeliest single code is the one it already has, so greedy rollouts stand still; a
     penalty lets the change win there, while a cell that is sure to stay (a still view) stays.
 
+    ``overuse_penalty`` holds back the codes that fill the picture: each code's logit is lowered
+    by it times ``code_overuse`` of the newest frames (as many as the model's context holds),
+    the log of how many times an even spread over the codebook the code appears among their
+    tokens (nothing at or below it). A rollout that drifts into one colour (a white haze, a
+    wall of leaves) is a few codes repeated ever more; a confident cell keeps its code all the
+    same. For the same reason a view that truly is one texture (a wall up close) is drawn
+    less well (0: off; measured in docs/embedded-model.md).
+
     ``guidance`` scales what the frame's action changes (classifier-free guidance, with "no
     action" as the unconditioned case): tokens are drawn from ``u + guidance * (c - u)``, ``c``
     the logits with the action and ``u`` those with no action after the same context (1: the
@@ -74,32 +82,34 @@ class Sampling:
     top_k: int | None = None
     top_p: float | None = None
     repeat_penalty: float = 1.0
+    overuse_penalty: float = 0.0
     guidance: float = 1.0
 
     @classmethod
     def model_default(cls, config) -> Sampling:
         """The sampling ``config`` (a ModelConfig) names under ``decoding``."""
+        penalties = {"repeat_penalty": config.repeat_penalty,
+                     "overuse_penalty": config.overuse_penalty}
         if not config.temperature:
-            return cls(repeat_penalty=config.repeat_penalty)
-        return cls(config.temperature, top_k=config.top_k or None,
-                   repeat_penalty=config.repeat_penalty)
+            return cls(**penalties)
+        return cls(config.temperature, top_k=config.top_k or None, **penalties)
 
     @classmethod
     def from_flags(cls, config, temperature: float | None = None, top_k: int | None = None,
                    top_p: float | None = None, repeat_penalty: float | None = None,
-                   guidance: float = 1.0) -> Sampling:
+                   guidance: float = 1.0, overuse_penalty: float | None = None) -> Sampling:
         """What a command line's flags ask for: the model's default for what they do not
         name; ``top_k`` or ``top_p`` alone sample at the model's temperature, or at 1 for a
         model that decodes greedily."""
         default = cls.model_default(config)
-        if repeat_penalty is None:
-            repeat_penalty = default.repeat_penalty
+        named = {"repeat_penalty": repeat_penalty, "overuse_penalty": overuse_penalty}
+        penalties = {name: getattr(default, name) if value is None else value
+                     for name, value in named.items()}
         if temperature is None and top_k is None and top_p is None:
-            return dataclasses.replace(default, repeat_penalty=repeat_penalty, guidance=guidance)
+            return dataclasses.replace(default, **penalties, guidance=guidance)
         if temperature is None:
             temperature = default.temperature or 1.0
-        return cls(temperature, top_k=top_k, top_p=top_p, repeat_penalty=repeat_penalty,
-                   guidance=guidance)
+        return cls(temperature, top_k=top_k, top_p=top_p, **penalties, guidance=guidance)
 
     def __str__(self) -> str:
         parts = ["greedy"] if self.temperature == 0 else [f"temperature {self.temperature:g}"]
@@ -109,6 +119,8 @@ class Sampling:
             parts.append(f"top-p {self.top_p:g}")
         if self.repeat_penalty != 1:
             parts.append(f"repeat penalty {self.repeat_penalty:g}")
+        if self.overuse_penalty:
+            parts.append(f"overuse penalty {self.overuse_penalty:g}")
         if self.guidance != 1:
             parts.append(f"action guidance {self.guidance:g}")
         return ", ".join(parts)
@@ -122,18 +134,33 @@ class Sampling:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if not self.repeat_penalty >= 1:
             raise ValueError(f"repeat_penalty must be >= 1, got {self.repeat_penalty!r}")
+        if not 0 <= self.overuse_penalty <= MAX_OVERUSE_PENALTY:
+            raise ValueError(f"overuse_penalty must be in [0, {MAX_OVERUSE_PENALTY:g}], "
+                             f"got {self.overuse_penalty!r}")
         if not 0 <= self.guidance <= MAX_GUIDANCE:
             raise ValueError(f"guidance must be in [0, {MAX_GUIDANCE:g}], got {self.guidance!r}")
 
 
+def code_overuse(ids: torch.Tensor, codebook_size: int) -> torch.Tensor:
+    """Per code (``[codebook_size]``), the log of how many times its even share the code holds
+    among the image tokens ``ids`` (any shape), 0 where it holds no more (see
+    ``Sampling.overuse_penalty``)."""
+    counts = torch.bincount(ids.flatten(), minlength=codebook_size).float()
+    return (counts * (codebook_size / ids.numel())).clamp(min=1).log()
+
+
 def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None,
-           repeats: list[int] | None = None):
+           repeats: list[int] | None = None, overuse: torch.Tensor | None = None):
     """One token id per row of ``logits`` (``[N, V]``); ``repeats``: per row, the code whose
-    odds ``sampling.repeat_penalty`` divides. With ``top_k``, the draw is among the k likeliest
-    only (the same distribution as masking the others, for a fifth of the time on 1,000 codes)."""
+    odds ``sampling.repeat_penalty`` divides; ``overuse`` (``[V]``): what
+    ``sampling.overuse_penalty`` scales (``code_overuse``). With ``top_k``, the draw is among
+    the k likeliest only (the same distribution as masking the others, for a fifth of the time
+    on 1,000 codes)."""
     if repeats is not None and sampling.repeat_penalty != 1:
         logits = logits.float().clone()
         logits[torch.arange(len(repeats)), repeats] -= math.log(sampling.repeat_penalty)
+    if overuse is not None and sampling.overuse_penalty:
+        logits = logits.float() - sampling.overuse_penalty * overuse
     if sampling.temperature == 0:
         return logits.argmax(-1)
     logits = logits.float() / sampling.temperature
@@ -187,13 +214,15 @@ class FrameDecoder:
         previous_frame: torch.Tensor,
         generator: torch.Generator | None = None,
         prompt_frame: torch.Tensor | None = None,
+        overuse: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, int]:
         """Feed ``prefix`` (the tokens just before the frame, ending at position
         ``frame_start - 1``) and decode the frame at ``frame_start``.
 
         ``previous_frame`` and ``prompt_frame`` (ids ``[rows, cols]``): where a row's first
         input is taken from before its true token exists, as the schedule says
-        (``prompt_frame`` is needed by ``published-diagonal`` only).
+        (``prompt_frame`` is needed by ``published-diagonal`` only). ``overuse``: what
+        ``sampling.overuse_penalty`` scales (``code_overuse`` of the newest frames).
 
         Returns the ids ``[rows, cols]`` and the number of forward passes. The
         frame's last token is not fed: it is the first token of the next prefix. Not guided:
@@ -201,10 +230,10 @@ class FrameDecoder:
         (``passes``' ``no_action``).
         """
         return run_alone(self.model, self.passes(cache, prefix, frame_start, previous_frame,
-                                                 generator, prompt_frame))
+                                                 generator, prompt_frame, overuse=overuse))
 
     def passes(self, cache, prefix, frame_start, previous_frame, generator=None,
-               prompt_frame=None, no_action=None) -> Passes:
+               prompt_frame=None, no_action=None, overuse=None) -> Passes:
         """``decode`` as the forward passes it needs (see ``Passes``), so that a caller may run
         the passes of several players together (``Transformer.forward_feeds``); returns what
         ``decode`` returns. ``no_action``: ``(cache, prefix)``, the same context with the
@@ -222,7 +251,7 @@ class FrameDecoder:
         positions = torch.arange(frame_start - prefix.numel(), frame_start, device=device)
         first = Feed(prefix.to(device), positions, cache, last_only=True)
         logits = yield from self._guided(first, no_action, first_pass=True)
-        ids[0][0] = self._sample(logits, [(0, 0)], previous, generator)[0]
+        ids[0][0] = self._sample(logits, [(0, 0)], previous, generator, overuse)[0]
         produced = [1] + [0] * (self.rows - 1)
         passes = 1
         while produced[-1] < self.cols:
@@ -236,8 +265,8 @@ class FrameDecoder:
                         torch.tensor(offsets, device=device) + frame_start, cache,
                         unwritten=unwritten)
             logits = yield from self._guided(feed, no_action)
-            for (r, c), token in zip(cells, self._sample(logits, cells, previous, generator),
-                                     strict=True):
+            drawn = self._sample(logits, cells, previous, generator, overuse)
+            for (r, c), token in zip(cells, drawn, strict=True):
                 ids[r][c] = token
                 produced[r] += 1
             passes += 1
@@ -288,11 +317,11 @@ class FrameDecoder:
         fed = list(accumulate(written))
         return [offset + 1 - fed[offset] for offset in offsets]
 
-    def _sample(self, logits: torch.Tensor, cells, previous, generator) -> list[int]:
+    def _sample(self, logits: torch.Tensor, cells, previous, generator, overuse) -> list[int]:
         """The image token each row of ``logits`` predicts for its cell of ``cells``."""
         repeats = [previous[r][c] for r, c in cells]
         return sample(logits[:, : self.codebook_size], self.sampling, generator,
-                      repeats).tolist()
+                      repeats, overuse).tolist()
 
 
 # Forward passes asked for one at a time: yields the Feeds of a pass (one, or two with action

@@ -21,7 +21,7 @@ import torch
 
 from .actions import ActionCodec, noop_action
 from .config import ACTION_TOKENS
-from .decoding import CostClock, FrameDecoder, Passes, Sampling, run_alone
+from .decoding import CostClock, FrameDecoder, Passes, Sampling, code_overuse, run_alone
 from .model import Transformer
 
 
@@ -191,7 +191,7 @@ class Session:
         prefix = torch.cat([self.pending, action_tokens])
         ids, passes = yield from cost.timed(self.decoder.passes(
             self.cache, prefix, block_start + ACTION_TOKENS, previous.ids, self.generator,
-            self.prompt_ids, no_action,
+            self.prompt_ids, no_action, self._overuse(),
         ))
         self.history.append(FrameRecord(ids))
         self.pending = ids[-1, -1:]
@@ -209,6 +209,14 @@ class Session:
             **self.cache.stats.as_dict(),
         }
         return frame, stats
+
+    def _overuse(self) -> torch.Tensor | None:
+        """``code_overuse`` of the newest frames (the history), when the sampling penalises
+        it (``Sampling.overuse_penalty``)."""
+        if not self.decoder.sampling.overuse_penalty:
+            return None
+        ids = torch.stack([record.ids for record in self.history])
+        return code_overuse(ids, self.model.config.codebook_size)
 
     def _no_action_branch(self, action_tokens: torch.Tensor, block: int):
         """For action guidance (``Sampling.guidance``): a copy of the cache with this frame's

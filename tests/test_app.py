@@ -1071,7 +1071,10 @@ def run_main(capsys, *args):
     (["--model_ckpt", "nowhere.ckpt"], "--model_ckpt and --config go together"),
     (["--port", "http"], "argument --port: invalid int value: 'http'"),
     (["--guidance", "15"], "argument --guidance: must be in [0, 10], got 15"),
-], ids=["flag-the-strategy-does-not-take", "half-a-model", "bad-port", "guidance-past-10"])
+    (["--overuse_penalty", "-1"], "argument --overuse_penalty: must be in [0, 10], got -1"),
+    (["--repeat_penalty", "0.5"], "argument --repeat_penalty: must be in [1, 1000000], got 0.5"),
+], ids=["flag-the-strategy-does-not-take", "half-a-model", "bad-port", "guidance-past-10",
+        "overuse-below-0", "repeat-penalty-below-1"])
 def test_bad_flags_exit_2_with_one_line(capsys, args, message):
     status, lines = run_main(capsys, *args)
     assert status == 2

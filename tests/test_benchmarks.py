@@ -125,12 +125,14 @@ def test_summary_and_plots(bench):
     ("1/5:2.5", Sampling(1.0, top_k=5, repeat_penalty=2.5)),
     ("0@1.5", Sampling(guidance=1.5)),
     ("0.7/20:2@2", Sampling(0.7, top_k=20, repeat_penalty=2.0, guidance=2.0)),
+    ("0.7/20~2", Sampling(0.7, top_k=20, overuse_penalty=2.0)),
+    ("0:3~0.5@2", Sampling(repeat_penalty=3.0, overuse_penalty=0.5, guidance=2.0)),
 ])
 def test_a_decoding_is_read_as_written(text, expected):
     assert decodings.decoding(text) == expected
 
 
-@pytest.mark.parametrize("text", ["warm", "0.7/x", "0:0.5", "-1", "0@-1", "0@x"])
+@pytest.mark.parametrize("text", ["warm", "0.7/x", "0:0.5", "-1", "0@-1", "0@x", "0~-1", "0~x"])
 def test_a_bad_decoding_says_the_form(text):
     with pytest.raises(argparse.ArgumentTypeError, match=r"TEMPERATURE\[/TOP_K\]"):
         decodings.decoding(text)

@@ -183,6 +183,23 @@ def test_a_model_may_name_its_repeat_penalty(tmp_path):
     assert "repeat_penalty" in check(path) and "0.5" in check(path)
 
 
+def test_a_model_may_name_its_overuse_penalty(tmp_path):
+    from mineworld.decoding import Sampling
+
+    document = yaml.safe_load(yaml.safe_dump(VALID))
+    path = tmp_path / "decoding.yaml"
+    document["model"]["params"]["decoding"] = {"temperature": 0.7, "top_k": 20,
+                                               "overuse_penalty": 2}
+    path.write_text(yaml.safe_dump(document))
+    config = check(path)
+    assert Sampling.model_default(config) == Sampling(0.7, top_k=20, overuse_penalty=2.0)
+    assert Sampling.from_flags(config, overuse_penalty=0) == Sampling(0.7, top_k=20)
+    assert Sampling.from_flags(config, temperature=0) == Sampling(overuse_penalty=2.0)
+    document["model"]["params"]["decoding"] = {"overuse_penalty": 11}
+    path.write_text(yaml.safe_dump(document))
+    assert "overuse_penalty must be in [0, 10], got 11" in check(path)
+
+
 @pytest.mark.parametrize("written, value", [("1e-05", 1e-5), ("1E-6", 1e-6), ("5E-1", 0.5),
                                             ("1e-5", 1e-5), ("1E-5", 1e-5)])
 def test_float_forms_that_omegaconf_reads_load(tmp_path, written, value):

@@ -9,7 +9,7 @@ import torch
 
 from mineworld import decoding
 from mineworld.config import ModelConfig
-from mineworld.decoding import FrameDecoder, Sampling, Schedule, sample
+from mineworld.decoding import FrameDecoder, Sampling, Schedule, code_overuse, sample
 from mineworld.embedded import MODEL_DIR, demo_scene, load_embedded
 from mineworld.model import Transformer
 from mineworld.session import Session
@@ -158,6 +158,53 @@ def test_repeat_penalty_divides_the_odds_of_the_repeated_code():
     assert (drawn == 0).float().mean().item() == pytest.approx(0.25, abs=0.01)
 
 
+def test_code_overuse_is_the_log_of_the_times_its_even_share():
+    ids = torch.tensor([[1, 1, 1, 2], [1, 3, 3, 0]])  # 8 tokens of 4 codes: an even share is 2
+    expected = [0.0, math.log(4 / 2), 0.0, 0.0]  # 1 and 2 hold it, 0 and 3 less
+    assert code_overuse(ids, 4).tolist() == pytest.approx(expected)
+    assert not code_overuse(torch.arange(10), 10).any()  # every code once: none overused
+
+
+def test_overuse_penalty_lowers_each_codes_logit_by_its_overuse():
+    logits = torch.tensor([[2.0, 1.5, 0.0], [2.0, 0.0, 0.5]])
+    overuse = torch.tensor([1.0, 0.0, 0.0])
+    assert sample(logits, Sampling(overuse_penalty=0.4), None, overuse=overuse).tolist() == [0, 0]
+    assert sample(logits, Sampling(overuse_penalty=0.6), None, overuse=overuse).tolist() == [1, 0]
+    assert sample(logits, Sampling(overuse_penalty=1.6), None, overuse=overuse).tolist() == [1, 2]
+    # Sampled: the odds of the overused code are multiplied by exp(-penalty x overuse) exactly.
+    row = torch.tensor([[0.0, 0.0]]).expand(20000, -1)
+    drawn = sample(row, Sampling(temperature=1.0, overuse_penalty=2.0),
+                   torch.Generator().manual_seed(0), overuse=torch.tensor([math.log(3), 0.0]))
+    assert (drawn == 0).float().mean().item() == pytest.approx(1 / 10, abs=0.01)
+
+
+def test_a_session_penalises_the_overuse_of_the_frames_in_its_history(monkeypatch):
+    model = tiny_model()
+    tokenizer = PatchTokenizer(rows=4, cols=6, codes=64)
+    session = Session(model, tokenizer, strategy="none", reference_frames=2,
+                      sampling=Sampling(overuse_penalty=1.0))
+    prompt = np.concatenate([random_frame(tokenizer, 0), random_frame(tokenizer, 1)])
+    session.start(prompt, [{}])
+    seen = []
+    real_sample = decoding.sample
+
+    def noted(logits, sampling, generator, repeats=None, overuse=None):
+        seen.append(overuse)
+        return real_sample(logits, sampling, generator, repeats, overuse)
+
+    monkeypatch.setattr(decoding, "sample", noted)
+    for _ in range(3):
+        history = torch.stack([record.ids for record in session.history])
+        seen.clear()
+        session.step({"forward": 1})
+        assert seen and all(torch.equal(o, code_overuse(history, 64)) for o in seen)
+    assert len(session.history) == 5
+    plain = Session(model, tokenizer, strategy="none", reference_frames=2, sampling=Sampling())
+    plain.start(prompt, [{}])
+    plain.step({"forward": 1})
+    assert not torch.equal(plain.newest_ids, list(session.history)[2].ids)
+
+
 def test_a_strong_repeat_penalty_changes_every_cell():
     """Naive decoding reads the frame before for the penalty alone: with that frame set to
     what plain greedy decoding makes, a huge penalty must change every cell."""
@@ -174,6 +221,7 @@ def test_a_strong_repeat_penalty_changes_every_cell():
     "kwargs, message",
     [({"temperature": -1}, "temperature"), ({"top_k": 0}, "top_k"), ({"top_p": 1.5}, "top_p"),
      ({"repeat_penalty": 0.5}, r"repeat_penalty must be >= 1, got 0.5"),
+     ({"overuse_penalty": -1.0}, r"overuse_penalty must be in \[0, 10\], got -1.0"),
      ({"guidance": -1.0}, r"guidance must be in \[0, 10\], got -1.0")],
 )
 def test_bad_sampling_parameters_are_named(kwargs, message):

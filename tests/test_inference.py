@@ -157,7 +157,7 @@ def test_generates_every_clip(model_files, data_root, tmp_path, capsys, extra):
         assert last["reprefills"] == 1
         assert last["forward_passes"] == ROWS * COLS
     assert args["sampling"] == {"temperature": 0.0, "top_k": None, "top_p": None,
-                                "repeat_penalty": 1.0, "guidance": 1.0}
+                                "repeat_penalty": 1.0, "overuse_penalty": 0.0, "guidance": 1.0}
 
 
 def test_quality_scores_the_generated_frames_against_the_clip(model_files, data_root, tmp_path):
@@ -187,7 +187,8 @@ def test_top_k_samples_at_temperature_one(model_files, data_root, tmp_path):
     assert run(model_files, data_root, tmp_path / "out", "--top_k", "5", "--seed", "3") == 0
     record = json.loads((tmp_path / "out" / "clip_0.json").read_text())
     assert record["args"]["sampling"] == {"temperature": 1.0, "top_k": 5, "top_p": None,
-                                               "repeat_penalty": 1.0, "guidance": 1.0}
+                                          "repeat_penalty": 1.0, "overuse_penalty": 0.0,
+                                          "guidance": 1.0}
 
 
 def test_flag_the_strategy_does_not_take(model_files, data_root, tmp_path, capsys):
