@@ -59,9 +59,9 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
-from mineworld.cache_flags import add_cache_flags  # torch; gradio loads after the flags
+from mineworld.cache_flags import add_cache_flags  # no torch: it loads after the flags
 from mineworld.cli import add_guidance_flag, add_penalty_flags, number_in, positive_int
-from mineworld.decoding import SCHEDULES
+from mineworld.schedules import SCHEDULES
 from mineworld.stream import MAX_PREPARED_ACTIONS, PREPARED_ACTIONS, PREPARED_CACHE_MB
 
 PROG = "app.py"
@@ -137,7 +137,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    parse_args()  # --help and bad flags answer here, before gradio and the model load
+    parse_args()  # --help and bad flags answer here, before torch, gradio and the model load
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402

@@ -59,10 +59,11 @@ from cache import strategy_class
 from mineworld.actions import ActionFileError, read_actions
 from mineworld.cache_flags import add_cache_flags, strategy_params
 from mineworld.cli import add_guidance_flag, add_penalty_flags, positive_int
-from mineworld.decoding import SCHEDULES, Sampling, run_together
+from mineworld.decoding import Sampling, run_together
 from mineworld.embedded import VALIDATION_DIR
 from mineworld.loading import USER_ERRORS, load_model, one_line, uses_embedded
 from mineworld.metrics import sequence_scores
+from mineworld.schedules import SCHEDULES
 from mineworld.session import (
     Session,
     default_reference_frames,

@@ -26,9 +26,10 @@ import torch
 
 from benchmarks.common import load_average, percentile, print_machine
 from mineworld.actions import make_action
-from mineworld.decoding import SCHEDULES, Sampling
+from mineworld.decoding import Sampling
 from mineworld.embedded import SCENE, demo_scene, load_embedded
 from mineworld.play import KEPT_FRAMES, Options, PlaySession, Scene, process_memory_mb
+from mineworld.schedules import SCHEDULES
 from mineworld.session import default_reference_frames
 from mineworld.tokenizers.base import resize_frames
 from mineworld.world import read_recording

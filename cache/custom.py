@@ -18,14 +18,19 @@ like ``h2o``'s when the trained range would be left.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from .strategy import CacheView, Layout, Param, Strategy
+
+if TYPE_CHECKING:  # imported where it runs: declaring the strategies loads no torch
+    import torch
 
 
 def fingerprint(keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """An integer per token from the exact bits of its key and value (``[..., n]``).
     Integer sums are exact, so a copied or re-sliced token gives the same number."""
+    import torch
+
     both = torch.cat([keys, values], -1).contiguous()
     bits = both.view({2: torch.int16, 4: torch.int32}[both.element_size()]).long()
     mixer = torch.Generator().manual_seed(0)
@@ -82,6 +87,8 @@ class CustomStrategy(Strategy):
         return {"policy": type(self.policy).__name__, "budget": self.budget_tokens}
 
     def victims(self, view: CacheView, needed: int) -> torch.Tensor | None:
+        import torch
+
         positions = view.positions  # [layers, heads, C]
         live = positions >= 0
         count = int(live[0, 0].sum())
@@ -111,6 +118,8 @@ class CustomStrategy(Strategy):
 
     def _match(self, live_prints, slots, kept_keys, kept_values) -> torch.Tensor:
         """Slots ``[heads, m]`` of the tokens the policy returned."""
+        import torch
+
         ordered, rank = live_prints.sort(-1)
         wanted = fingerprint(kept_keys[0], kept_values[0])
         at = torch.searchsorted(ordered, wanted).clamp(max=ordered.shape[-1] - 1)

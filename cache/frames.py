@@ -12,11 +12,15 @@ when the next block would leave the trained range, the recent blocks are moved
 to follow the sink blocks directly.
 """
 
-import math
+from __future__ import annotations
 
-import torch
+import math
+from typing import TYPE_CHECKING
 
 from .strategy import CacheView, Layout, Param, Strategy, sink_mask, unless_protected
+
+if TYPE_CHECKING:  # the declarations load without torch (--help answers at once)
+    import torch
 
 
 class FrameWindow(Strategy):

@@ -13,10 +13,15 @@ Positions: packed in order when the next position would leave the trained range
 (every gap closed, keys re-rotated by their shift).
 """
 
-import torch
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from .strategy import CacheView, Layout, Param, Strategy, recent_mask, unless_protected
 from .streaming import RECENT_SIZE
+
+if TYPE_CHECKING:  # the declarations load without torch (--help answers at once)
+    import torch
 
 HH_RATIO = Param("hh_ratio", float, 0.1, low=0, high=1,
                  help="heavy hitters kept per prompt token: the most attended keys")

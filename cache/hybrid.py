@@ -6,11 +6,16 @@ Positions: as ``h2o`` (packed when the trained range would be left; the sinks,
 being first, keep positions ``0..start_size-1``).
 """
 
-import torch
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from .h2o import HeavyHitters
 from .strategy import CacheView, Layout, sink_mask
 from .streaming import START_SIZE
+
+if TYPE_CHECKING:  # the declarations load without torch (--help answers at once)
+    import torch
 
 
 class SinksHeavyRecent(HeavyHitters):

@@ -21,6 +21,8 @@ re-bases it went through: rounding cannot pile up (in fp16 as in fp32).
 from __future__ import annotations
 
 import copy
+import heapq
+import math
 from collections.abc import Callable
 
 import torch
@@ -28,7 +30,7 @@ import torch
 from .registry import make_strategy
 from .stats import CacheStats, debug_enabled, debug_log
 from .storage import KVStorage
-from .strategy import CacheView, Layout, ScoreHeap, Strategy
+from .strategy import CacheView, Layout, Strategy
 
 
 class StepMask:
@@ -55,6 +57,37 @@ class StepMask:
     def seen_counts(self) -> torch.Tensor:
         """How many of the step's queries see each key: ``[1 or kv_heads, S]``."""
         return self.hidden.shape[1] - self.hidden.sum(1)
+
+
+class ScoreHeap:
+    """The evictable slots of a ``fixed_score`` strategy (positions shared by all
+    rows), lowest score first; protected (``inf``) slots are never entered."""
+
+    def __init__(self):
+        self.entries: list[tuple[float, int]] = []
+
+    def __deepcopy__(self, memo) -> ScoreHeap:
+        """A copy (a cache's fork): its entries are immutable, so the list alone is copied,
+        not each of hundreds of entries one by one."""
+        copied = ScoreHeap()
+        copied.entries = list(self.entries)
+        return copied
+
+    def push(self, scores: torch.Tensor, slots: torch.Tensor) -> None:
+        """Enter new ``slots`` with their ``scores`` (both ``[1, 1, n]``)."""
+        for score, slot in zip(scores.flatten().tolist(), slots.flatten().tolist(), strict=True):
+            if score != math.inf:
+                heapq.heappush(self.entries, (score, slot))
+
+    def rebuild(self, scores: torch.Tensor, live: torch.Tensor) -> None:
+        """Start over from every slot's score (``[1, 1, C]``), keeping the ``live`` ones."""
+        slots = (live & ~torch.isinf(scores)).flatten().nonzero().flatten()
+        self.entries = sorted(zip(scores.flatten()[slots].tolist(), slots.tolist(), strict=True))
+
+    def pop(self, count: int, device: torch.device) -> torch.Tensor:
+        """The ``count`` lowest-scored slots, ``[1, 1, count]``, removed from the heap."""
+        slots = [heapq.heappop(self.entries)[1] for _ in range(count)]
+        return torch.tensor(slots, device=device).view(1, 1, -1)
 
 
 class ContextFull(RuntimeError):

@@ -7,9 +7,14 @@ Positions: absolute, from 0; they never leave the trained range because the
 cache never holds more than the context.
 """
 
-import torch
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from .strategy import CacheView, Layout, Strategy
+
+if TYPE_CHECKING:  # the declarations load without torch (--help answers at once)
+    import torch
 
 
 class FullContext(Strategy):

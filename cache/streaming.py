@@ -14,9 +14,14 @@ tokens coming (the paper's ``evict_for_space``) and re-bases the kept ones to
 form before rotation, as in any re-base.
 """
 
-import torch
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from .strategy import CacheView, Layout, Param, Strategy, sink_mask, unless_protected
+
+if TYPE_CHECKING:  # the declarations load without torch (--help answers at once)
+    import torch
 
 START_SIZE = Param("start_size", int, 4, low=1, help="sink tokens: the first ones, never evicted")
 RECENT_SIZE = Param("recent_size", int, 512, low=1, help="the newest tokens kept")

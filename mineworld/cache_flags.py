@@ -1,6 +1,6 @@
 """The KV-cache flags of both command lines, made from the strategies' declarations: a flag per
-parameter any strategy declares, so a new strategy needs no change here. Imports torch
-(through ``cache``), but neither gradio nor the model code, so ``--help`` stays quick."""
+parameter any strategy declares, so a new strategy needs no change here. The declarations load
+without torch, gradio or the model code, so ``--help`` answers at once."""
 
 from __future__ import annotations
 

@@ -30,7 +30,6 @@ from concurrent.futures import Future
 from typing import NamedTuple
 
 from mineworld.actions import CAMERA_MAX_DEG
-from mineworld.decoding import run_together
 
 MAX_QUEUED = 64  # presses waiting per play; more are refused, and the refusal says so
 MAX_TOGETHER = 16  # frames of different players made in the same forward passes
@@ -307,6 +306,8 @@ def _prepare(play, actions: list[dict], stop: Callable[[dict], bool]) -> None:
 def step_together(steps: list[tuple]) -> list[Frame | None]:
     """Step each ``(play, action)``, their forward passes as one; each Frame made, or None for
     a play that has closed (a restart or a closed tab came first)."""
+    from mineworld.decoding import run_together  # torch: app.py reads the limits above first
+
     open_steps = [(index, play, action) for index, (play, action) in enumerate(steps)
                   if play is not None and not play.closed]
     players = [play.side_steps(action) for _index, play, action in open_steps]

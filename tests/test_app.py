@@ -11,8 +11,6 @@ import math
 import os
 import re
 import socket
-import subprocess
-import sys
 import time
 import warnings
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -1139,18 +1137,6 @@ def test_no_flags_load_the_embedded_model_and_scene():
     assert greedy.options.sampling == Sampling()
     top_k = app.load_resources(app.parse_args(["--top_k", "5"]))
     assert top_k.options.sampling.top_k == 5 and top_k.options.sampling.temperature > 0
-
-
-@pytest.mark.parametrize("args", [["--help"], ["--port", "http"]])
-def test_help_and_bad_flags_answer_before_gradio_loads(args):
-    env = {"PYTHONPROFILEIMPORTTIME": "1", "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, app.__file__, *args], capture_output=True,
-                          text=True, env=env, timeout=120)
-    assert done.returncode == (0 if args == ["--help"] else 2)
-    assert "--cache-strategy" in done.stdout or "invalid int value" in done.stderr
-    imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()
-                if line.startswith("import time:")]
-    assert "torch" in imported and not any(name.startswith("gradio") for name in imported)
 
 
 def test_importing_app_builds_no_demo():

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from mineworld import decoding
+from mineworld import decoding, schedules
 from mineworld.config import ModelConfig
-from mineworld.decoding import FrameDecoder, Sampling, Schedule, code_overuse, sample
+from mineworld.decoding import FrameDecoder, Sampling, code_overuse, sample
 from mineworld.embedded import MODEL_DIR, demo_scene, load_embedded
 from mineworld.model import Transformer
+from mineworld.schedules import Schedule
 from mineworld.session import Session
 from tests.published_diagonal import published_diagonal
 from tests.stand_ins import PatchTokenizer
@@ -287,8 +288,8 @@ def test_published_diagonal_reproduces_the_published_code_token_for_token(window
         assert torch.equal(made, expected)
     # Each difference is needed: without either one, or both (the masked default), some
     # frame differs.
-    monkeypatch.setitem(decoding.SCHEDULES, "zeros-only", Schedule(True, sees_unwritten=True))
-    monkeypatch.setitem(decoding.SCHEDULES, "prompt-only",
+    monkeypatch.setitem(schedules.SCHEDULES, "zeros-only", Schedule(True, sees_unwritten=True))
+    monkeypatch.setitem(schedules.SCHEDULES, "prompt-only",
                         Schedule(True, stand_ins_from_prompt=True))
     for schedule in ("diagonal", "zeros-only", "prompt-only"):
         other, _ = played(model, tokenizer, schedule, window, prompt, ACTIONS)

@@ -18,17 +18,23 @@ def test_import_mineworld_is_the_package():
     assert Path(mineworld.__file__) == ROOT / "mineworld" / "__init__.py"
 
 
-@pytest.mark.parametrize("command", [["mineworld.py"], ["-m", "mineworld"]],
-                         ids=["mineworld.py", "-m mineworld"])
-def test_help_answers_before_gradio_loads(command):
+@pytest.mark.parametrize("command", [["app.py", "--help"], ["app.py", "--port", "http"],
+                                     ["mineworld.py", "--help"], ["-m", "mineworld", "--help"]],
+                         ids=["app.py", "bad-flag", "mineworld.py", "-m mineworld"])
+def test_help_and_bad_flags_answer_before_torch_and_gradio_load(command):
+    """The flags come from the strategies' declarations, which load without torch."""
     env = {"PYTHONPROFILEIMPORTTIME": "1", "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, *command, "--help"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, *command], capture_output=True, text=True,
                           env=env, cwd=ROOT, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "--cache-strategy" in done.stdout and "--hh-ratio" in done.stdout
+    if command[-1] == "--help":
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "--cache-strategy" in done.stdout and "--hh-ratio" in done.stdout
+    else:
+        assert done.returncode == 2 and "invalid int value: 'http'" in done.stderr
     imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()
                 if line.startswith("import time:")]
-    assert not any(name.startswith("gradio") for name in imported)
+    assert "cache.streaming" in imported  # the declarations were read, and neither library
+    assert not any(name.split(".")[0] in ("gradio", "torch") for name in imported)
 
 
 def test_a_bad_flag_is_one_line_and_exit_2():
