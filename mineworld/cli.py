@@ -30,13 +30,14 @@ def positive_float(text: str) -> float:
 
 MAX_GUIDANCE = 10  # far past where frames stay pictures: a bigger value is a typo
 MAX_OVERUSE_PENALTY = 10  # likewise: at 10, a code holding 1.1x its even share loses 1 logit
+MAX_REPEAT_PENALTY = 10**6  # odds divided by a million: a repeat is never drawn
 
 
 def add_penalty_flags(parser) -> None:
     """``--repeat_penalty`` and ``--overuse_penalty``, for every command line that decodes
     (mineworld.decoding.Sampling); unset, each is the model's own."""
     parser.add_argument(
-        "--repeat_penalty", type=number_in(float, 1, 10**6),
+        "--repeat_penalty", type=number_in(float, 1, MAX_REPEAT_PENALTY),
         help="divide the odds of a cell repeating its code from the frame before (1: none; "
         "default: the model's own)")
     parser.add_argument(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from .cli import MAX_OVERUSE_PENALTY
+from .cli import MAX_OVERUSE_PENALTY, MAX_REPEAT_PENALTY
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 ACTION_TOKENS = 11
@@ -44,7 +44,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "diagonal_window": (1, 1024),
     "temperature": (0.0, 100.0),
     "top_k": (0, 1 << 20),
-    "repeat_penalty": (1.0, 1e6),
+    "repeat_penalty": (1.0, MAX_REPEAT_PENALTY),
     "overuse_penalty": (0.0, MAX_OVERUSE_PENALTY),
 }
 

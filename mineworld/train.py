@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from mineworld.cli import positive_int
 from mineworld.decoding import Sampling, sample
 
 # PSNR of stacked frames pools their squared error: a mean of per-frame PSNRs would let an
@@ -748,7 +749,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(its config's decoding: temperature 0.7, top-k 20) instead of taking "
                         "the likeliest code (on the embedded model it smoothed motion away: "
                         "docs/embedded-model.md)")
-    parser.add_argument("--self-feed-passes", type=int, default=1, metavar="N",
+    parser.add_argument("--self-feed-passes", type=positive_int, default=1, metavar="N",
                         help="passes that make the fed predictions: the first from the true "
                         "frames, each further one from the frames the last fed, so that a fed "
                         "frame after fed ones is made from the model's own, as in a rollout "
@@ -774,8 +775,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 0 <= args.self_feed <= 1:
         parser.error(f"--self-feed must be in [0, 1], got {args.self_feed}")
-    if args.self_feed_passes < 1:
-        parser.error(f"--self-feed-passes must be >= 1, got {args.self_feed_passes}")
     if args.change_weight < 1:
         parser.error(f"--change-weight must be >= 1, got {args.change_weight}")
     if args.rare_controls < 0:
