@@ -594,8 +594,9 @@ def test_an_idle_session_is_freed_without_an_unload(served, monkeypatch):
 
 @pytest.fixture
 def quickly_idle(scene_mp4, tmp_path, monkeypatch):
-    """The url of a demo whose sessions are idle after 1 s, looked for every 0.2 s."""
-    monkeypatch.setattr(app, "IDLE_SECONDS", 1.0)
+    """The url of a demo whose sessions are idle after 3 s, looked for every 0.2 s (long enough
+    that a busy host's reply to a reset does not outlast it)."""
+    monkeypatch.setattr(app, "IDLE_SECONDS", 3.0)
     monkeypatch.setattr(app, "SWEEP_SECONDS", 0.2)
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
     blocks = app.build_demo(tiny_resources(scene_mp4))
@@ -631,7 +632,7 @@ def test_an_idle_api_client_loses_its_uploaded_scene_and_play(quickly_idle, tmp_
     assert client.predict(2, api_name="/reset")[0].startswith("kept.mp4 from frame 2")
     mine = live_plays() - others
     assert mine
-    time.sleep(2.0)  # idle: no request, no unload (the client stays connected)
+    time.sleep(4.0)  # idle: no request, no unload (the client stays connected)
     assert not live_plays() & mine
     status = client.predict(2, api_name="/reset")[0]
     assert status == ("Not started: the uploaded scene was freed (its tab closed or was idle): "
