@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mineworld.cache_flags import add_cache_flags  # no torch: it loads after the flags
-from mineworld.cli import add_guidance_flag, add_penalty_flags, number_in, positive_int
+from mineworld.cli import add_guidance_flag, add_sampling_flags, number_in, positive_int
 from mineworld.schedules import SCHEDULES
 from mineworld.stream import MAX_PREPARED_ACTIONS, PREPARED_ACTIONS, PREPARED_CACHE_MB
 
@@ -107,12 +107,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     play.add_argument("--window_size", type=int,
                       help="diagonal decoding: tokens a row runs ahead (default: the model's, "
                       "1 for the embedded model, 2 for the published configs)")
-    play.add_argument("--temperature", type=float,
-                      help="sampling temperature, 0 for greedy (default: the model's own, from "
-                      "its config's decoding section; greedy for the published configs)")
-    play.add_argument("--top_k", type=int, help="sample among the k likeliest codes (default: "
-                      "the model's own when neither flag is given, else every code)")
-    add_penalty_flags(play)
+    add_sampling_flags(play)
     add_guidance_flag(play)
     play.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     play.add_argument("--prepare-next", type=number_in(int, 0, MAX_PREPARED_ACTIONS), metavar="N",
@@ -1350,8 +1345,10 @@ def build_demo(resources: Resources) -> gr.Blocks:
                                   value=resources.default_start(resources.scene),
                                   label="Start frame (play restarts after it)",
                                   elem_id="start-frame")
+                # Greedy decoding (the embedded model's default) draws nothing to seed.
                 seed = gr.Number(resources.options.seed, precision=0,
-                                 label="Seed (sampling; Enter restarts)")
+                                 label="Seed (sampling; Enter restarts)", elem_id="seed",
+                                 visible=resources.options.sampling.temperature > 0)
 
         with gr.Tab("Play"):
             with gr.Row():

@@ -18,10 +18,11 @@ Actions: with ``--action-alignment same`` (the default, as the published interac
 frame i is followed by action line i; ``next`` pairs frame i with line i + 1, as the published
 batch script did. A clip needs ``demo_num`` frames and ``demo_num - 1 + frames`` actions.
 
-Sampling: the model's own default (its config's ``decoding`` section: the embedded model samples,
-since its greedy rollouts freeze; the published configs name none, so greedy) unless a flag is
-given; ``--top_k`` or ``--top_p`` alone sample at the model's temperature (1.0 for a greedy
-model); ``--temperature`` always wins (0 is greedy).
+Sampling: the model's own default (its config's ``decoding`` section: the embedded model decodes
+greedily with an overuse penalty of 1, since its plain greedy rollouts freeze; the published
+configs name none, so greedy) unless a flag is given; ``--top_k`` or ``--top_p`` alone sample
+at the model's temperature (1.0 for a greedy model); ``--temperature`` always wins (0 is
+greedy).
 
 A ``--demo_num`` longer than the model's context is a prompt longer than the context: a bounded
 strategy prefills it through eviction; ``none`` prefills the newest frames that fit with room
@@ -42,50 +43,17 @@ configuration error (one line on stderr).
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import functools
-import json
-import math
-import os
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from tqdm import tqdm
-
-from cache import strategy_class
-from mineworld.actions import ActionFileError, read_actions
-from mineworld.cache_flags import add_cache_flags, strategy_params
-from mineworld.cli import add_guidance_flag, add_penalty_flags, positive_int
-from mineworld.decoding import Sampling, run_together
-from mineworld.embedded import VALIDATION_DIR
-from mineworld.loading import USER_ERRORS, load_model, one_line, uses_embedded
-from mineworld.metrics import sequence_scores
+from mineworld.cache_flags import add_cache_flags  # no torch: it loads after the flags
+from mineworld.cli import add_guidance_flag, add_sampling_flags, positive_int
 from mineworld.schedules import SCHEDULES
-from mineworld.session import (
-    Session,
-    default_reference_frames,
-    max_reference_frames,
-    pick_device,
-)
-from mineworld.tuning import fit_target_fps
-from mineworld.video import VideoFileError, list_clips, read_video, write_video
 
 PROG = "inference.py"
 FPS = 6
 # --accelerate-algo: every schedule by its name, and diagonal by the published script's name.
 ALGORITHMS = {**{name: name for name in SCHEDULES}, "image_diagd": "diagonal"}
-
-
-class ClipError(ValueError):
-    """A clip that cannot be used (too short); the run skips it and goes on."""
-
-
-# Errors that concern one clip's files: reported, the clip skipped, the others still run.
-CLIP_ERRORS = (ClipError, ActionFileError, VideoFileError)
-# Errors of the user's making: one line on stderr and exit status 2, never a stack trace.
 
 
 # -- command line ----------------------------------------------------------------------------
@@ -139,18 +107,52 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     decode.add_argument("--window_size", type=positive_int,
                         help="diagonal decoding: tokens a row is ahead of the next (default: the "
                         "model's, 1 for the embedded model, 2 for the published configs)")
-    decode.add_argument("--temperature", type=float,
-                        help="default: the model's (0: greedy; 1.0 with --top_k/--top_p for a "
-                        "greedy model)")
-    decode.add_argument("--top_k", type=int)
-    decode.add_argument("--top_p", type=float)
-    add_penalty_flags(decode)
+    add_sampling_flags(decode, top_p=True)
     add_guidance_flag(decode)
     decode.add_argument("--seed", type=int, default=0, help="default: 0")
 
     add_cache_flags(parser, "only the flags given are passed to the strategy; the others keep "
                     "its defaults for the model")
     return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and bad flags answer here, before torch and the model load
+
+import dataclasses  # noqa: E402
+import functools  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from cache import strategy_class  # noqa: E402
+from mineworld.actions import ActionFileError, read_actions  # noqa: E402
+from mineworld.cache_flags import strategy_params  # noqa: E402
+from mineworld.decoding import Sampling, run_together  # noqa: E402
+from mineworld.embedded import VALIDATION_DIR  # noqa: E402
+from mineworld.loading import USER_ERRORS, load_model, one_line, uses_embedded  # noqa: E402
+from mineworld.metrics import sequence_scores  # noqa: E402
+from mineworld.session import (  # noqa: E402
+    Session,
+    default_reference_frames,
+    max_reference_frames,
+    pick_device,
+)
+from mineworld.tuning import fit_target_fps  # noqa: E402
+from mineworld.video import VideoFileError, list_clips, read_video, write_video  # noqa: E402
+
+
+class ClipError(ValueError):
+    """A clip that cannot be used (too short); the run skips it and goes on."""
+
+
+# Errors that concern one clip's files: reported, the clip skipped, the others still run.
+CLIP_ERRORS = (ClipError, ActionFileError, VideoFileError)
 
 
 # -- model -----------------------------------------------------------------------------------

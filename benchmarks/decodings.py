@@ -89,7 +89,7 @@ def main(argv=None) -> None:
     parser.add_argument("--model-dir", type=Path, default=MODEL_DIR)
     parser.add_argument("--clips", type=Path, default=VALIDATION_DIR)
     parser.add_argument("--decodings", type=decoding, nargs="+",
-                        default=[decoding(d) for d in ("0", "0:3", "0.7/20", "0.7/20:2")])
+                        default=[decoding(d) for d in ("0", "0~1", "0:3", "0.7/20")])
     parser.add_argument("--starts", type=int, default=12, help="start points (default: 12)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args(argv)

@@ -28,14 +28,34 @@ def positive_float(text: str) -> float:
     return value
 
 
+MAX_TEMPERATURE = 100  # odds flattened past any use: a bigger value is a typo
 MAX_GUIDANCE = 10  # far past where frames stay pictures: a bigger value is a typo
 MAX_OVERUSE_PENALTY = 10  # likewise: at 10, a code holding 1.1x its even share loses 1 logit
 MAX_REPEAT_PENALTY = 10**6  # odds divided by a million: a repeat is never drawn
 
 
-def add_penalty_flags(parser) -> None:
-    """``--repeat_penalty`` and ``--overuse_penalty``, for every command line that decodes
-    (mineworld.decoding.Sampling); unset, each is the model's own."""
+def probability(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def add_sampling_flags(parser, top_p: bool = False) -> None:
+    """How every command line that decodes draws a token (mineworld.decoding.Sampling):
+    ``--temperature``, ``--top_k``, ``--top_p`` if asked, ``--repeat_penalty`` and
+    ``--overuse_penalty``; unset, each is the model's own (its config's decoding section)."""
+    parser.add_argument(
+        "--temperature", type=number_in(float, 0, MAX_TEMPERATURE),
+        help="sampling temperature, 0 for greedy (default: the model's own; greedy for the "
+        "embedded model and the published configs; 1.0 when --top_k or --top_p asks a greedy "
+        "model to sample)")
+    parser.add_argument("--top_k", type=positive_int,
+                        help="sample among the k likeliest codes (default: the model's own)")
+    if top_p:
+        parser.add_argument("--top_p", type=probability,
+                            help="sample among the likeliest codes holding this share of the "
+                            "odds (default: every code)")
     parser.add_argument(
         "--repeat_penalty", type=number_in(float, 1, MAX_REPEAT_PENALTY),
         help="divide the odds of a cell repeating its code from the frame before (1: none; "
@@ -44,8 +64,8 @@ def add_penalty_flags(parser) -> None:
         "--overuse_penalty", type=number_in(float, 0, MAX_OVERUSE_PENALTY),
         help="hold back the codes that fill more of the frames in context than an even share "
         "of the codebook, by this times the log of how many times that share (0: none; "
-        "default: the model's own; it keeps long play from drifting into one colour, see "
-        "docs/embedded-model.md)")
+        "default: the model's own, 1 for the embedded model; it keeps greedy play moving and "
+        "long play from drifting into one colour, see docs/embedded-model.md)")
 
 
 def add_guidance_flag(parser) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from .cli import MAX_OVERUSE_PENALTY, MAX_REPEAT_PENALTY
+from .cli import MAX_OVERUSE_PENALTY, MAX_REPEAT_PENALTY, MAX_TEMPERATURE
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 ACTION_TOKENS = 11
@@ -42,7 +42,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "image_cols": (1, 1024),
     "codebook_size": (1, 1 << 20),
     "diagonal_window": (1, 1024),
-    "temperature": (0.0, 100.0),
+    "temperature": (0.0, MAX_TEMPERATURE),
     "top_k": (0, 1 << 20),
     "repeat_penalty": (1.0, MAX_REPEAT_PENALTY),
     "overuse_penalty": (0.0, MAX_OVERUSE_PENALTY),

@@ -25,9 +25,10 @@ world's (what a model that lost the scene behind it draws). Over the walk and th
 the true frame's (``metrics.scene_ratio``): a model that fades into a white haze or a flat wall
 of dirt does not.
 
-    python -m mineworld.controls                # the shipped model, greedy and sampled
+    python -m mineworld.controls                # the shipped model, plain greedy
+    python -m mineworld.controls --overuse-penalty 1   # as it plays by default
     python -m mineworld.controls --starts 8     # quicker
-    python -m mineworld.controls --temperature 0.7 --tour tour.gif   # a picture of play
+    python -m mineworld.controls --overuse-penalty 1 --tour tour.gif   # a picture of play
     python -m mineworld.controls --walls 12 --temperature 0 0.7 --top-k 20
     python -m mineworld.controls --guidance 1.5   # with action guidance (decoding.Sampling)
 """
@@ -42,7 +43,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mineworld.cli import add_guidance_flag
+from mineworld.cli import (
+    MAX_OVERUSE_PENALTY,
+    MAX_REPEAT_PENALTY,
+    MAX_TEMPERATURE,
+    add_guidance_flag,
+    number_in,
+    positive_int,
+)
 from mineworld.metrics import image_shift, psnr, scene_ratio, zoom
 from mineworld.world import Player, generate_world, replay, scripted_actions
 from mineworld.world.policy import ScriptedPolicy, action, is_water_column
@@ -324,23 +332,27 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mineworld.controls", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, help="embedded model folder (default: shipped)")
-    parser.add_argument("--starts", type=int, default=24, help="start points (held-out worlds)")
-    parser.add_argument("--temperature", type=float, nargs="+", default=[0.0],
-                        help="sampling temperatures to measure (0: greedy)")
-    parser.add_argument("--top-k", type=int, help="top-k of the sampled runs")
-    parser.add_argument("--repeat-penalty", type=float, default=1.0,
+    parser.add_argument("--starts", type=positive_int, default=24,
+                        help="start points (held-out worlds)")
+    parser.add_argument("--temperature", type=number_in(float, 0, MAX_TEMPERATURE), nargs="+",
+                        default=[0.0],
+                        help="sampling temperatures to measure (0: greedy, the default)")
+    parser.add_argument("--top-k", type=positive_int, help="top-k of the sampled runs")
+    parser.add_argument("--repeat-penalty", type=number_in(float, 1, MAX_REPEAT_PENALTY),
+                        default=1.0,
                         help="of every run (see mineworld.decoding.Sampling; default: 1, none)")
-    parser.add_argument("--overuse-penalty", type=float, default=0.0,
-                        help="of every run (see mineworld.decoding.Sampling; default: 0, none)")
+    parser.add_argument("--overuse-penalty", type=number_in(float, 0, MAX_OVERUSE_PENALTY),
+                        default=0.0, help="of every run (see mineworld.decoding.Sampling; "
+                        "default: 0, none; the shipped model decodes with 1)")
     add_guidance_flag(parser)
     parser.add_argument("--strip", type=Path, help="write the first start point's strips here")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--tour", type=Path, help="write an animated GIF of a short play (each "
                         "control held in turn, the world beside the model) here, with the "
                         "first --temperature, and measure nothing")
-    parser.add_argument("--walls", type=int, metavar="N",
+    parser.add_argument("--walls", type=positive_int, metavar="N",
                         help="measure walking into a wall from N start points instead")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=positive_int, default=2)
     args = parser.parse_args(argv)
     import torch
 

@@ -567,6 +567,12 @@ def single_colour_frames(model, tokenizer, schedule: str, long_frames: int) -> d
             "long_rollout_min_pixel_std": float(long.reshape(len(long), -1).std(1).min())}
 
 
+SPEED_FIELDS = ("render_ms_per_frame", "fps_naive", "fps_naive_median_frame", "fps_diagonal",
+                "fps_diagonal_median_frame", "fps_diagonal_window_2",
+                "fps_diagonal_window_2_median_frame", "threads", "speed_sampling",
+                "tokenizer_decode_ms")
+
+
 def speed(model, tokenizer, case, speed_frames: int) -> dict:
     """Speed on this machine: the world's renderer, then frames per second after prefill,
     tokenizer decode included: naive, diagonal with the model's window, and diagonal with
@@ -589,6 +595,7 @@ def speed(model, tokenizer, case, speed_frames: int) -> dict:
         results[f"fps_{name}"] = 1000 / float(np.mean(times))
         results[f"fps_{name}_median_frame"] = 1000 / float(np.median(times))
     results["threads"] = torch.get_num_threads()
+    results["speed_sampling"] = str(Sampling.model_default(model.config))
     ids = tokenizer.encode(frames[:1])
     tokenizer.decode(ids)
     started = time.perf_counter()
@@ -600,8 +607,10 @@ def speed(model, tokenizer, case, speed_frames: int) -> dict:
 
 def evaluate(model, tokenizer, cases: int = EVAL_WORLDS, speed_frames: int = 40, strip_path=None,
              long_frames: int = 64, schedule: str = "diagonal", clips: list[Path] = (),
-             control_starts: int = CONTROL_STARTS, controls_strip: Path | None = None) -> dict:
-    """The model card's numbers, against frames rendered by the world (held-out seeds).
+             control_starts: int = CONTROL_STARTS, controls_strip: Path | None = None,
+             speed_from: dict | None = None) -> dict:
+    """The model card's numbers, against frames rendered by the world (held-out seeds); the
+    speed figures measured, or taken from ``speed_from`` (an earlier evaluation's results).
 
     Rollouts decode with ``schedule``: diagonal by default, as the app plays, and because naive
     decoding of every rollout takes several times longer on a CPU."""
@@ -618,15 +627,21 @@ def evaluate(model, tokenizer, cases: int = EVAL_WORLDS, speed_frames: int = 40,
     results |= teacher_forcing(model, tokenizer, data)
     results |= rollout_scores(model, tokenizer, data, schedule, strip_path)
     results |= action_following(model, tokenizer, data, schedule)
-    # Each control against no action, from many start points, greedy and as shipped.
+    # Each control against no action, from many start points, greedy and as shipped; the strip
+    # shows the model as it plays (the last decoding).
+    played = list(decodings(model.config))[-1]
     results["controls"] = {
         name: measure_controls(model, tokenizer, control_starts, CONTEXT, sampling, schedule,
-                               strip_path=controls_strip if name == "greedy" else None)
+                               strip_path=controls_strip if name == played else None)
         for name, sampling in decodings(model.config).items()}
     results["structure"] = {name: long_rollout_structure(model, tokenizer, clips, sampling,
                                                          schedule)
                             for name, sampling in decodings(model.config).items()}
     results |= single_colour_frames(model, tokenizer, schedule, long_frames)
+    if speed_from is not None:
+        # Older logs name the speed's decoding only as the evaluation's.
+        kept = {"speed_sampling": speed_from["sampling"]} | speed_from
+        return results | {name: kept[name] for name in SPEED_FIELDS} | {"speed_kept": True}
     return results | speed(model, tokenizer, data[0], speed_frames)
 
 
@@ -635,10 +650,16 @@ def evaluate(model, tokenizer, cases: int = EVAL_WORLDS, speed_frames: int = 40,
 
 # How the embedded model decodes by default (its config's decoding section). Window 1: each
 # row one token behind the row above, 21 forward passes a frame instead of 26 (window 2), for
-# 0.2 dB of rollout PSNR. Sampling at temperature 0.7 among the 20 likeliest codes: greedy
-# rollouts froze in half the frames where walking moves the view, temperature 0.5 in 14 %, and
-# 1.0 drifted from the truth (python -m mineworld.controls --temperature ..., docs/).
-DECODING = {"diagonal_window": 1, "temperature": 0.7, "top_k": 20}
+# 0.2 dB of rollout PSNR. Greedy, each code's odds lowered by how much the session's history
+# overuses it: plain greedy froze in 79 % of the frames where the view moves; sampling
+# (temperature 0.7, top-k 20) followed the controls a little more often (79 against 74 %) but
+# its picture turned to white haze when walking into a wall and turning (the scene kept in 76 %
+# of the frames against 96 %), and greedy makes every rollout repeatable: Compare's sides differ
+# by their caches alone (python -m benchmarks.decodings, python -m mineworld.controls --walls 32,
+# docs/embedded-model.md).
+DECODING = {"diagonal_window": 1, "temperature": 0.0, "top_k": 0, "overuse_penalty": 1.0}
+# What --self-feed-sampled draws the fed frames with: the sampling the model once shipped.
+SAMPLED_FEED = Sampling(0.7, top_k=20)
 
 
 def model_config(codebook_size: int, grid: tuple[int, int], smoke: bool = False):
@@ -686,7 +707,8 @@ def write_config(config, path: Path) -> None:
                    "codebook_size": config.codebook_size},
         "decoding": {"diagonal_window": config.diagonal_window,
                      "temperature": config.temperature, "top_k": config.top_k,
-                     "repeat_penalty": config.repeat_penalty},
+                     "repeat_penalty": config.repeat_penalty,
+                     "overuse_penalty": config.overuse_penalty},
     }}}  # fmt: skip
     header = "# The embedded MineWorld model, written by `python -m mineworld.train`.\n"
     path.write_text(header + yaml.safe_dump(document, sort_keys=False))
@@ -727,6 +749,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-steps", type=int, default=2400)
     parser.add_argument("--evaluate-only", action="store_true",
                         help="re-measure the model in --out and rewrite its card")
+    parser.add_argument("--keep-speed", action="store_true",
+                        help="with --evaluate-only: keep the speed figures of the last "
+                        "evaluation in training_log.json (same weights) instead of measuring "
+                        "on this machine, for a re-evaluation on a busy host; the card says so")
     parser.add_argument("--resume", action="store_true",
                         help="train the model in --out further on the worlds its "
                         "training_log.json names: its tokenizer's decoder (TOKENIZER minutes, "
@@ -745,9 +771,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "predictions (parallel scheduled sampling), in [0, 1]; 0 trains on true "
                         "frames alone")
     parser.add_argument("--self-feed-sampled", action="store_true",
-                        help="draw the fed predictions with the sampling the model plays with "
-                        "(its config's decoding: temperature 0.7, top-k 20) instead of taking "
-                        "the likeliest code (on the embedded model it smoothed motion away: "
+                        help="draw the fed predictions at temperature 0.7, top-k 20 instead of "
+                        "taking the likeliest code (on the embedded model it smoothed motion away: "
                         "docs/embedded-model.md)")
     parser.add_argument("--self-feed-passes", type=positive_int, default=1, metavar="N",
                         help="passes that make the fed predictions: the first from the true "
@@ -779,6 +804,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--change-weight must be >= 1, got {args.change_weight}")
     if args.rare_controls < 0:
         parser.error(f"--rare-controls must be >= 0, got {args.rare_controls}")
+    if args.keep_speed and not args.evaluate_only:
+        parser.error("--keep-speed goes with --evaluate-only (training changes the weights)")
     return args
 
 
@@ -795,7 +822,7 @@ def main(argv: list[str] | None = None) -> None:
                  f"_play{play_digest()}")
     log: dict = {"seed": args.seed}
     if args.evaluate_only:
-        evaluate_and_write(out, log, args.smoke, args.schedule)
+        evaluate_and_write(out, log, args.smoke, args.schedule, args.keep_speed)
         return
 
     from mineworld.checkpoint import save_transformer
@@ -899,8 +926,7 @@ def world_model_stage(args: argparse.Namespace, stems: list[Path], length: int, 
                               change_weight=args.change_weight,
                               windows=window_sampler(stems, config.context_frames,
                                                      args.rare_controls),
-                              self_feed_sampling=Sampling.model_default(config)
-                              if args.self_feed_sampled else None,
+                              self_feed_sampling=SAMPLED_FEED if args.self_feed_sampled else None,
                               self_feed_passes=args.self_feed_passes)
     if args.resume:
         log.setdefault("resumed", []).append(
@@ -912,8 +938,10 @@ def world_model_stage(args: argparse.Namespace, stems: list[Path], length: int, 
     return model, config
 
 
-def evaluate_and_write(out: Path, log: dict, smoke: bool, schedule: str = "diagonal") -> None:
-    """Evaluate the model in ``out``, print the results, write the card, strip and log."""
+def evaluate_and_write(out: Path, log: dict, smoke: bool, schedule: str = "diagonal",
+                       keep_speed: bool = False) -> None:
+    """Evaluate the model in ``out``, print the results, write the card, strip and log;
+    ``keep_speed``: the speed figures of the log's last evaluation instead of new ones."""
     from mineworld.card import model_card
     from mineworld.embedded import demo_scene, load_embedded, validation_clips
 
@@ -921,12 +949,15 @@ def evaluate_and_write(out: Path, log: dict, smoke: bool, schedule: str = "diago
     log_path = out / "training_log.json"
     if log_path.exists() and "train_frames" not in log:  # --evaluate-only keeps training facts
         log = {**json.loads(log_path.read_text()), **log}
+    if keep_speed and "evaluation" not in log:
+        raise SystemExit(f"--keep-speed: {log_path} holds no evaluation whose speed to keep")
     results = evaluate(model, tokenizer, cases=1 if smoke else EVAL_WORLDS,
                        speed_frames=SPEED_ROUNDS if smoke else 40, strip_path=out / "strip.png",
                        long_frames=4 if smoke else 64, schedule=schedule,
                        clips=validation_clips(out / "validation"),
                        control_starts=1 if smoke else CONTROL_STARTS,
-                       controls_strip=out / "controls.png")
+                       controls_strip=out / "controls.png",
+                       speed_from=log["evaluation"] if keep_speed else None)
     scene, _ = demo_scene(out / "scene" / "scene")
     scene = scene[:16]  # what tests/test_embedded.py re-measures
     results["scene_tokenizer_psnr_db"] = psnr(tokenizer.decode(tokenizer.encode(scene)), scene)

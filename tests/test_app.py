@@ -1072,8 +1072,10 @@ def run_main(capsys, *args):
     (["--guidance", "15"], "argument --guidance: must be in [0, 10], got 15"),
     (["--overuse_penalty", "-1"], "argument --overuse_penalty: must be in [0, 10], got -1"),
     (["--repeat_penalty", "0.5"], "argument --repeat_penalty: must be in [1, 1000000], got 0.5"),
+    (["--temperature", "-0.7"], "argument --temperature: must be in [0, 100], got -0.7"),
+    (["--top_k", "0"], "argument --top_k: must be >= 1, got 0"),
 ], ids=["flag-the-strategy-does-not-take", "half-a-model", "bad-port", "guidance-past-10",
-        "overuse-below-0", "repeat-penalty-below-1"])
+        "overuse-below-0", "repeat-penalty-below-1", "temperature-below-0", "top-k-0"])
 def test_bad_flags_exit_2_with_one_line(capsys, args, message):
     status, lines = run_main(capsys, *args)
     assert status == 2
@@ -1132,12 +1134,23 @@ def test_no_flags_load_the_embedded_model_and_scene():
     # A bounded cache, with no re-prefill stall; Compare sets MineWorld's full context beside it.
     assert (resources.strategy, resources.params) == ("frames", {})
     assert resources.comparison() == ("none", {})
-    # ... and the model's own sampling, unless the flags name another.
+    # ... and the model's own decoding (greedy, overuse penalty 1), unless the flags name another.
     assert resources.options.sampling == Sampling.model_default(resources.model.config)
-    greedy = app.load_resources(app.parse_args(["--temperature", "0"]))
-    assert greedy.options.sampling == Sampling()
+    assert resources.options.sampling == Sampling(overuse_penalty=1.0)
+    plain = app.load_resources(app.parse_args(["--overuse_penalty", "0"]))
+    assert plain.options.sampling == Sampling()
     top_k = app.load_resources(app.parse_args(["--top_k", "5"]))
     assert top_k.options.sampling.top_k == 5 and top_k.options.sampling.temperature > 0
+
+
+@pytest.mark.parametrize("sampling, shown", [(Sampling(), False),
+                                             (Sampling(1.0, top_k=20), True)])
+def test_the_seed_field_shows_only_when_decoding_draws(scene_mp4, sampling, shown):
+    resources = tiny_resources(scene_mp4)
+    options = dataclasses.replace(resources.options, sampling=sampling)
+    blocks = app.build_demo(dataclasses.replace(resources, options=options))
+    seed, = (block for block in blocks.blocks.values() if block.elem_id == "seed")
+    assert seed.visible is shown
 
 
 def test_importing_app_builds_no_demo():

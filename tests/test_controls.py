@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from mineworld import controls
 from mineworld.controls import (
     FROZEN,
     VISIBLE,
@@ -196,3 +197,17 @@ def test_the_wall_measure_scores_the_walk_and_the_turn_against_the_world():
     assert found["starts"] == 1 and len(found["per_start_turn"]) == 1
     assert found["turn_still_psnr"] == psnr(np.repeat(walked[-1:], len(turned), 0), turned)
     assert 10 < found["psnr"] < 40 and 5 < found["turn_psnr"] < 40
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--overuse-penalty", "-1"], "--overuse-penalty: must be in [0, 10], got -1"),
+    (["--repeat-penalty", "0.5"], "--repeat-penalty: must be in [1, 1000000], got 0.5"),
+    (["--temperature", "0", "-0.7"], "--temperature: must be in [0, 100], got -0.7"),
+    (["--top-k", "0"], "--top-k: must be >= 1, got 0"),
+    (["--walls", "0"], "--walls: must be >= 1, got 0"),
+])
+def test_bad_flags_are_named_before_the_model_loads(flags, named, capsys, monkeypatch):
+    monkeypatch.setattr("mineworld.embedded.load_embedded", None)  # never reached
+    with pytest.raises(SystemExit) as stopped:
+        controls.main(flags)
+    assert stopped.value.code == 2 and named in capsys.readouterr().err

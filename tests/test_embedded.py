@@ -12,11 +12,13 @@ from mineworld.embedded import MODEL_DIR, demo_scene, load_embedded, validation_
 from mineworld.session import Session
 from mineworld.tokenizers.embedded import EmbeddedTokenizer, FSQAutoencoder, TokenizerConfig
 from mineworld.train import (
+    SPEED_FIELDS,
     TRAIN_SEED_BASE,
     change_weights,
     generate_data,
     main,
     make_batch,
+    parse_args,
     play_digest,
     psnr,
     window_sampler,
@@ -39,7 +41,7 @@ def test_smoke_run_gives_a_loadable_model(tmp_path):
     assert set(evaluation["structure"]["greedy"]) == {"clip_0"}
     # One controls table, each measure for greedy, then as shipped.
     card = (tmp_path / "MODEL_CARD.md").read_text()
-    assert "followed (greedy / as shipped (temperature 0.7, top-k 20))" in card
+    assert "followed (greedy / as shipped (greedy, overuse penalty 1))" in card
     assert re.search(r"\| forward \| [01] of 1 \| (\d+%|nan%) / (\d+%|nan%) \|", card), card
     assert json.loads((tmp_path / "training_log.json").read_text())["cached_episodes"] == 1
     assert "1 of the worlds were read from an earlier run's cache" in (
@@ -79,6 +81,17 @@ def test_smoke_run_gives_a_loadable_model(tmp_path):
             "frames self-fed (sampled) in 2 passes, codes that changed weighted 3x, windows "
             "holding back, strafe, jump or sneak 3x as likely)") in (
         tmp_path / "MODEL_CARD.md").read_text()
+
+    # Re-measured on a busy host: everything but the speed, which the card says was kept.
+    speeds = {name: log["evaluation"][name] for name in SPEED_FIELDS}
+    main(["--smoke", "--evaluate-only", "--keep-speed", "--out", str(tmp_path)])
+    kept = json.loads((tmp_path / "training_log.json").read_text())["evaluation"]
+    assert {name: kept[name] for name in SPEED_FIELDS} == speeds and kept["speed_kept"]
+    assert ("kept from an earlier evaluation of the same weights (`--evaluate-only "
+            "--keep-speed`), which decoded with greedy, overuse penalty 1.") in (
+        tmp_path / "MODEL_CARD.md").read_text()
+    with pytest.raises(SystemExit):
+        parse_args(["--keep-speed"])  # training changes the weights whose speed it would keep
 
 
 def test_change_weights_weigh_the_codes_that_differ_from_the_frame_before():

@@ -19,8 +19,9 @@ def test_import_mineworld_is_the_package():
 
 
 @pytest.mark.parametrize("command", [["app.py", "--help"], ["app.py", "--port", "http"],
-                                     ["mineworld.py", "--help"], ["-m", "mineworld", "--help"]],
-                         ids=["app.py", "bad-flag", "mineworld.py", "-m mineworld"])
+                                     ["mineworld.py", "--help"], ["-m", "mineworld", "--help"],
+                                     ["inference.py", "--help"]],
+                         ids=["app.py", "bad-flag", "mineworld.py", "-m mineworld", "inference.py"])
 def test_help_and_bad_flags_answer_before_torch_and_gradio_load(command):
     """The flags come from the strategies' declarations, which load without torch."""
     env = {"PYTHONPROFILEIMPORTTIME": "1", "PATH": "/usr/bin:/bin"}

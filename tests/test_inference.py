@@ -202,6 +202,19 @@ def test_flag_the_strategy_does_not_take(model_files, data_root, tmp_path, capsy
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("flag, value, message", [
+    ("--top_p", "0", "must be in (0, 1], got 0"),
+    ("--top_p", "1.5", "must be in (0, 1], got 1.5"),
+    ("--temperature", "inf", "must be in [0, 100], got inf"),
+])
+def test_a_bad_sampling_flag_is_named_before_the_model_loads(flag, value, message, tmp_path,
+                                                             capsys):
+    with pytest.raises(SystemExit) as stopped:
+        inference.main(["--output_dir", str(tmp_path / "out"), flag, value])
+    assert stopped.value.code == 2
+    assert f"inference.py: error: argument {flag}: {message}" in capsys.readouterr().err
+
+
 def test_bad_strategy_value(model_files, data_root, tmp_path, capsys):
     code = run(model_files, data_root, tmp_path / "out", "--cache-strategy", "h2o",
                "--hh-ratio", "2")
