@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mineworld.controls import CONTROLS
+from mineworld.decoding import Sampling
 from mineworld.embedded import MODEL_DIR, demo_scene, load_embedded, validation_clips
 from mineworld.session import Session
 from mineworld.tokenizers.embedded import EmbeddedTokenizer, FSQAutoencoder, TokenizerConfig
@@ -163,6 +164,8 @@ def test_shipped_model_plays_and_matches_its_card():
     frame, stats = session.step(actions[3])
     assert frame.shape == (*tokenizer.frame_size[::-1], 3) and stats["frame"] == 1
     card = (MODEL_DIR.parent / "MODEL_CARD.md").read_text()
+    # The card was measured with the decoding the model plays with.
+    assert f"its default decoding: {Sampling.model_default(model.config)} (" in card
     claimed = float(re.search(r"first 16 frames of the demo scene \| ([0-9.]+) dB", card).group(1))
     scene = frames[:16]
     # The same frames and weights: only float differences between machines move the figure.
