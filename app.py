@@ -1187,6 +1187,15 @@ def wire_export(demo: Demo, button: gr.Button, state: gr.State, file: gr.File,
     button.click(demo.export, state, file, api_name=api_name).success(None, js=save)
 
 
+def describe_decoding(options: Options, model_window: int) -> str:
+    """How every frame of the page is made: the schedule and the sampling."""
+    schedule = options.schedule
+    if schedule != "naive":
+        schedule += f", window {options.window or model_window}"
+    return (f"Decoding: {schedule}; {options.sampling} (app.py's `--schedule`, `--temperature`, "
+            "`--overuse_penalty` ... change it)")
+
+
 def describe_scene(scene: Scene) -> str:
     height, width = scene.frames.shape[1:3]
     truth = "true frames rendered by the world" if scene.world else "no true frames"
@@ -1338,6 +1347,8 @@ def build_demo(resources: Resources) -> gr.Blocks:
         with gr.Accordion("Scene", open=False):
             scene_info = gr.Markdown(describe_scene(resources.scene))
             gr.Markdown(LIMITS_TEXT)
+            gr.Markdown(describe_decoding(resources.options,
+                                          resources.model.config.diagonal_window))
             with gr.Row():
                 files = gr.File(file_count="multiple", file_types=SCENE_FILE_TYPES,
                                 label="Your scene: an mp4, its jsonl (and world json)")

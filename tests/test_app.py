@@ -1143,6 +1143,15 @@ def test_no_flags_load_the_embedded_model_and_scene():
     assert top_k.options.sampling.top_k == 5 and top_k.options.sampling.temperature > 0
 
 
+def test_the_scene_panel_says_how_frames_are_decoded():
+    played = Options(schedule="diagonal", sampling=Sampling(overuse_penalty=1.0))
+    assert app.describe_decoding(played, model_window=1).startswith(
+        "Decoding: diagonal, window 1; greedy, overuse penalty 1 (app.py's `--schedule`")
+    sampled = Options(schedule="naive", window=2, sampling=Sampling(1.0, top_k=20), seed=3)
+    assert app.describe_decoding(sampled, model_window=1).startswith(
+        "Decoding: naive; temperature 1, top-k 20 (")
+
+
 @pytest.mark.parametrize("sampling, shown", [(Sampling(), False),
                                              (Sampling(1.0, top_k=20), True)])
 def test_the_seed_field_shows_only_when_decoding_draws(scene_mp4, sampling, shown):
