@@ -104,7 +104,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="--schedule diagonal")
     play.add_argument("--no-diagd", dest="schedule", action="store_const", const="naive",
                       help="--schedule naive")
-    play.add_argument("--window_size", type=int,
+    play.add_argument("--window_size", type=positive_int,
                       help="diagonal decoding: tokens a row runs ahead (default: the model's, "
                       "1 for the embedded model, 2 for the published configs)")
     add_sampling_flags(play)

@@ -1074,8 +1074,10 @@ def run_main(capsys, *args):
     (["--repeat_penalty", "0.5"], "argument --repeat_penalty: must be in [1, 1000000], got 0.5"),
     (["--temperature", "-0.7"], "argument --temperature: must be in [0, 100], got -0.7"),
     (["--top_k", "0"], "argument --top_k: must be >= 1, got 0"),
+    (["--window_size", "0"], "argument --window_size: must be >= 1, got 0"),
 ], ids=["flag-the-strategy-does-not-take", "half-a-model", "bad-port", "guidance-past-10",
-        "overuse-below-0", "repeat-penalty-below-1", "temperature-below-0", "top-k-0"])
+        "overuse-below-0", "repeat-penalty-below-1", "temperature-below-0", "top-k-0",
+        "window-0"])
 def test_bad_flags_exit_2_with_one_line(capsys, args, message):
     status, lines = run_main(capsys, *args)
     assert status == 2
