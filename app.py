@@ -60,7 +60,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mineworld.cache_flags import add_cache_flags  # no torch: it loads after the flags
-from mineworld.cli import add_guidance_flag, add_sampling_flags, number_in, positive_int
+from mineworld.cli import (
+    MAX_SEED,
+    add_guidance_flag,
+    add_sampling_flags,
+    number_in,
+    positive_int,
+)
 from mineworld.schedules import SCHEDULES
 from mineworld.stream import MAX_PREPARED_ACTIONS, PREPARED_ACTIONS, PREPARED_CACHE_MB
 
@@ -109,7 +115,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       "1 for the embedded model, 2 for the published configs)")
     add_sampling_flags(play)
     add_guidance_flag(play)
-    play.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     play.add_argument("--prepare-next", type=number_in(int, 0, MAX_PREPARED_ACTIONS), metavar="N",
                       help="while a player waits, make ahead the next frames of N likely keys "
                       "(their newest different keys, then W, the arrows, S, A, D, Space), each "
@@ -211,7 +216,6 @@ SCENE_FILE_TYPES = [".mp4", ".jsonl", ".json"]
 SERVED_FILE_TYPES = {".png", *SCENE_FILE_TYPES}
 # Gradio deletes its files older than 30 minutes, every 5 (uploads never read, frames, videos)
 CACHE_SWEEP = (300, 1800)
-MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds
 CAMERA_KEY_DEG = 15.0  # how far one arrow key turns the camera
 IDLE_SECONDS = 20 * 60  # a session that asks for nothing this long is freed (API clients too)
 SWEEP_SECONDS = 30.0  # how often idle sessions are looked for

@@ -109,7 +109,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "model's, 1 for the embedded model, 2 for the published configs)")
     add_sampling_flags(decode, top_p=True)
     add_guidance_flag(decode)
-    decode.add_argument("--seed", type=int, default=0, help="default: 0")
 
     add_cache_flags(parser, "only the flags given are passed to the strategy; the others keep "
                     "its defaults for the model")

@@ -28,6 +28,7 @@ def positive_float(text: str) -> float:
     return value
 
 
+MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds
 MAX_TEMPERATURE = 100  # odds flattened past any use: a bigger value is a typo
 MAX_GUIDANCE = 10  # far past where frames stay pictures: a bigger value is a typo
 MAX_OVERUSE_PENALTY = 10  # likewise: at 10, a code holding 1.1x its even share loses 1 logit
@@ -44,7 +45,8 @@ def probability(text: str) -> float:
 def add_sampling_flags(parser, top_p: bool = False) -> None:
     """How every command line that decodes draws a token (mineworld.decoding.Sampling):
     ``--temperature``, ``--top_k``, ``--top_p`` if asked, ``--repeat_penalty`` and
-    ``--overuse_penalty``; unset, each is the model's own (its config's decoding section)."""
+    ``--overuse_penalty`` (unset, each is the model's own: its config's decoding section), and
+    ``--seed``."""
     parser.add_argument(
         "--temperature", type=number_in(float, 0, MAX_TEMPERATURE),
         help="sampling temperature, 0 for greedy (default: the model's own; greedy for the "
@@ -66,6 +68,8 @@ def add_sampling_flags(parser, top_p: bool = False) -> None:
         "of the codebook, by this times the log of how many times that share (0: none; "
         "default: the model's own, 1 for the embedded model; it keeps greedy play moving and "
         "long play from drifting into one colour, see docs/embedded-model.md)")
+    parser.add_argument("--seed", type=number_in(int, 0, MAX_SEED), default=0,
+                        help="sampling seed (default: 0)")
 
 
 def add_guidance_flag(parser) -> None:

@@ -1075,9 +1075,10 @@ def run_main(capsys, *args):
     (["--temperature", "-0.7"], "argument --temperature: must be in [0, 100], got -0.7"),
     (["--top_k", "0"], "argument --top_k: must be >= 1, got 0"),
     (["--window_size", "0"], "argument --window_size: must be >= 1, got 0"),
+    (["--seed", "-5"], "argument --seed: must be in [0, 9223372036854775807], got -5"),
 ], ids=["flag-the-strategy-does-not-take", "half-a-model", "bad-port", "guidance-past-10",
         "overuse-below-0", "repeat-penalty-below-1", "temperature-below-0", "top-k-0",
-        "window-0"])
+        "window-0", "negative-seed"])
 def test_bad_flags_exit_2_with_one_line(capsys, args, message):
     status, lines = run_main(capsys, *args)
     assert status == 2
