@@ -4,27 +4,43 @@ answers before torch and gradio load)."""
 import argparse
 
 
+def parsed(kind: type, text: str):
+    """``text`` as ``kind`` (int or float), or None when it is not one."""
+    try:
+        return kind(text)
+    except ValueError:
+        return None
+
+
 def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    value = parsed(int, text)
+    if value is None or value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
     return value
 
 
 def number_in(kind: type, low, high):
     """An argument type: a number of ``kind`` (int or float) in [low, high]."""
     def number(text: str):
-        value = kind(text)
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {text}")
+        value = parsed(kind, text)
+        if value is None or not low <= value <= high:
+            named = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"must be {named} in [{low}, {high}], got {text}")
         return value
     return number
 
 
 def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0 or value == float("inf"):
+    value = parsed(float, text)
+    if value is None or not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def probability(text: str) -> float:
+    value = parsed(float, text)
+    if value is None or not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text}")
     return value
 
 
@@ -33,13 +49,6 @@ MAX_TEMPERATURE = 100  # odds flattened past any use: a bigger value is a typo
 MAX_GUIDANCE = 10  # far past where frames stay pictures: a bigger value is a typo
 MAX_OVERUSE_PENALTY = 10  # likewise: at 10, a code holding 1.1x its even share loses 1 logit
 MAX_REPEAT_PENALTY = 10**6  # odds divided by a million: a repeat is never drawn
-
-
-def probability(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
 
 
 def add_sampling_flags(parser, top_p: bool = False) -> None:

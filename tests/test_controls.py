@@ -200,11 +200,11 @@ def test_the_wall_measure_scores_the_walk_and_the_turn_against_the_world():
 
 
 @pytest.mark.parametrize("flags, named", [
-    (["--overuse-penalty", "-1"], "--overuse-penalty: must be in [0, 10], got -1"),
-    (["--repeat-penalty", "0.5"], "--repeat-penalty: must be in [1, 1000000], got 0.5"),
-    (["--temperature", "0", "-0.7"], "--temperature: must be in [0, 100], got -0.7"),
-    (["--top-k", "0"], "--top-k: must be >= 1, got 0"),
-    (["--walls", "0"], "--walls: must be >= 1, got 0"),
+    (["--overuse-penalty", "-1"], "--overuse-penalty: must be a number in [0, 10], got -1"),
+    (["--repeat-penalty", "0.5"], "--repeat-penalty: must be a number in [1, 1000000], got 0.5"),
+    (["--temperature", "0", "-0.7"], "--temperature: must be a number in [0, 100], got -0.7"),
+    (["--top-k", "0"], "--top-k: must be a whole number >= 1, got 0"),
+    (["--walls", "0"], "--walls: must be a whole number >= 1, got 0"),
 ])
 def test_bad_flags_are_named_before_the_model_loads(flags, named, capsys, monkeypatch):
     monkeypatch.setattr("mineworld.embedded.load_embedded", None)  # never reached

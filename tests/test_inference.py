@@ -203,10 +203,10 @@ def test_flag_the_strategy_does_not_take(model_files, data_root, tmp_path, capsy
 
 
 @pytest.mark.parametrize("flag, value, message", [
-    ("--top_p", "0", "must be in (0, 1], got 0"),
-    ("--top_p", "1.5", "must be in (0, 1], got 1.5"),
-    ("--temperature", "inf", "must be in [0, 100], got inf"),
-    ("--seed", "1.5", "invalid number value: '1.5'"),
+    ("--top_p", "0", "must be a number in (0, 1], got 0"),
+    ("--top_p", "1.5", "must be a number in (0, 1], got 1.5"),
+    ("--temperature", "inf", "must be a number in [0, 100], got inf"),
+    ("--seed", "1.5", "must be a whole number in [0, 9223372036854775807], got 1.5"),
 ])
 def test_a_bad_sampling_flag_is_named_before_the_model_loads(flag, value, message, tmp_path,
                                                              capsys):
