@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import print_machine
+from mineworld.cli import positive_int
 from mineworld.controls import control_rollouts, mean_abs, score_controls
 from mineworld.decoding import Sampling
 from mineworld.embedded import MODEL_DIR, VALIDATION_DIR, load_embedded, validation_clips
@@ -90,8 +91,9 @@ def main(argv=None) -> None:
     parser.add_argument("--clips", type=Path, default=VALIDATION_DIR)
     parser.add_argument("--decodings", type=decoding, nargs="+",
                         default=[decoding(d) for d in ("0", "0~1", "0:3", "0.7/20")])
-    parser.add_argument("--starts", type=int, default=12, help="start points (default: 12)")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--starts", type=positive_int, default=12,
+                        help="start points (default: 12)")
+    parser.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print_machine(f"decodings of {args.model_dir}, {args.starts} start points")

@@ -629,14 +629,15 @@ def evaluate(model, tokenizer, cases: int = EVAL_WORLDS, speed_frames: int = 40,
     results |= action_following(model, tokenizer, data, schedule)
     # Each control against no action, from many start points, greedy and as shipped; the strip
     # shows the model as it plays (the last decoding).
-    played = list(decodings(model.config))[-1]
+    measured = decodings(model.config)
+    played = list(measured)[-1]
     results["controls"] = {
         name: measure_controls(model, tokenizer, control_starts, CONTEXT, sampling, schedule,
                                strip_path=controls_strip if name == played else None)
-        for name, sampling in decodings(model.config).items()}
+        for name, sampling in measured.items()}
     results["structure"] = {name: long_rollout_structure(model, tokenizer, clips, sampling,
                                                          schedule)
-                            for name, sampling in decodings(model.config).items()}
+                            for name, sampling in measured.items()}
     results |= single_colour_frames(model, tokenizer, schedule, long_frames)
     if speed_from is not None:
         # Older logs name the speed's decoding only as the evaluation's.
@@ -945,12 +946,12 @@ def evaluate_and_write(out: Path, log: dict, smoke: bool, schedule: str = "diago
     from mineworld.card import model_card
     from mineworld.embedded import demo_scene, load_embedded, validation_clips
 
-    model, tokenizer = load_embedded(model_dir=out / "model")
     log_path = out / "training_log.json"
     if log_path.exists() and "train_frames" not in log:  # --evaluate-only keeps training facts
         log = {**json.loads(log_path.read_text()), **log}
     if keep_speed and "evaluation" not in log:
         raise SystemExit(f"--keep-speed: {log_path} holds no evaluation whose speed to keep")
+    model, tokenizer = load_embedded(model_dir=out / "model")
     results = evaluate(model, tokenizer, cases=1 if smoke else EVAL_WORLDS,
                        speed_frames=SPEED_ROUNDS if smoke else 40, strip_path=out / "strip.png",
                        long_frames=4 if smoke else 64, schedule=schedule,
