@@ -14,14 +14,17 @@ Frames stream to the page from a generator handler: holding a key plays until it
 each yield is the screen (the new frame and the true world's, small PNGs as data, drawn large
 with crisp pixels), with the key queue when it changed and the status every
 ``KEY_STATUS_SECONDS`` while a key is held: the fewest outputs a frame, because the browser's
-cost per frame is what the model shares two cores with (see docs/serving.md). The strip and
+cost per frame is what the model shares two cores with (see docs/serving.md). Keys come, and
+their frames go, through each tab's own WebSocket (``Demo.key_socket``) once it is open, with no
+Gradio event a key nor Gradio update a frame; buttons and API calls go through Gradio. The strip and
 the charts (one picture, drawn here) follow at ``PLOT_SECONDS`` from a ``gr.Timer``
 (``PLOT_PLAYING_SECONDS`` while frames stream), off the frame's path.
 
 Limits (a page for strangers): uploads of at most ``MAX_UPLOAD_MB`` each and
 ``MAX_REQUEST_MB`` a request, ``MAX_STORED_MB`` of Gradio's files in all, of the types the Scene
 panel names, deleted once read; ``MAX_EVENTS_PER_CLIENT`` events waiting or running per client
-address (all in ``RequestLimits``); the first ``mineworld.play.MAX_SCENE_FRAMES``
+address (all in ``RequestLimits``); ``MAX_SOCKETS_PER_CLIENT`` key sockets per client address,
+messages of ``MAX_SOCKET_MESSAGE`` bytes; the first ``mineworld.play.MAX_SCENE_FRAMES``
 frames of a video; at most ``MAX_REPEAT`` repeats a click; the newest
 ``mineworld.play.KEPT_FRAMES`` frames (plots, video) kept per side; a session freed when its tab
 closes or after ``IDLE_SECONDS`` without a request; no file served but Gradio's own (its cache
@@ -49,6 +52,7 @@ import functools
 import io
 import json
 import math
+import re
 import reprlib
 import shutil
 import sys
@@ -58,6 +62,7 @@ import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from mineworld.cache_flags import add_cache_flags  # no torch: it loads after the flags
 from mineworld.cli import (
@@ -143,8 +148,11 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+from starlette.datastructures import Address  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 from starlette.responses import PlainTextResponse  # noqa: E402
+from starlette.routing import WebSocketRoute  # noqa: E402
+from starlette.websockets import WebSocket, WebSocketDisconnect  # noqa: E402
 
 from cache import STRATEGIES, declared, is_class_path, names, strategy_class  # noqa: E402
 from mineworld.actions import make_action  # noqa: E402
@@ -228,6 +236,14 @@ QUEUE_SIZE = 128
 # makes one frame a client a pass.
 MAX_EVENTS_PER_CLIENT = 16
 MODEL_QUEUE = "model"  # the concurrency id of the events that prefill (frames do not wait)
+# Each tab's keys and frames go through a WebSocket of its own once it is open (see
+# Demo.key_socket): a Gradio event per key and a Gradio update per frame cost the browser, on
+# the cores the model runs on, more than a frame. A page holds two (Play, Compare); a key
+# event is a few dozen bytes.
+KEYS_SOCKET_PATH = "/mineworld/keys"
+MAX_SOCKETS_PER_CLIENT = MAX_EVENTS_PER_CLIENT
+MAX_SOCKET_MESSAGE = 512
+POLICY_VIOLATION = 1008  # the WebSocket close code for a refused socket or message
 
 # Controls: name -> (button label, keyboard key as KeyboardEvent.key, lower-cased when one
 # character). A name is a MineWorld button, or a camera move in CAMERA_MOVES.
@@ -257,17 +273,72 @@ USUAL_CONTROLS = ("forward", "look left", "look right", "back", "left", "right",
 # event, only while the tab is shown (each tab's component is hidden with its tab); the frames
 # painted in the last second are counted on the tab's first frame and shown.
 KEYS_JS = r"""
-const tab = %(tab)s, controls = %(controls)s, screenId = %(screen)s;
+const tab = %(tab)s, controls = %(controls)s, screenId = %(screen)s, socketPath = %(socket)s;
 const registry = (window.mineworldTabs = window.mineworldTabs || {});
 const known = registry[tab];
 registry[tab] = {element, trigger, held: known ? known.held : new Set(),
-                 paints: known ? known.paints : [], painted: known ? known.painted : 0};
+                 paints: known ? known.paints : [], painted: known ? known.painted : 0,
+                 socket: known ? known.socket : null};
 if (!known) {
   const me = () => registry[tab];
   const typing = (t) => ['INPUT', 'TEXTAREA', 'SELECT'].includes(t.tagName) || t.isContentEditable;
   const keyOf = (e) => (e.key.length === 1 ? e.key.toLowerCase() : e.key);
   let number = 0;  // orders the events: the server may receive them out of order
-  const send = (data) => me().trigger('control', {...data, number: ++number});
+  // Keys and frames go through the tab's own WebSocket once it is open (app.Demo.key_socket),
+  // through Gradio's events until then: the page binds the socket's token to its tab first.
+  const token = Array.from(crypto.getRandomValues(new Uint8Array(16)),
+                           (byte) => byte.toString(16).padStart(2, '0')).join('');
+  const connect = (retry) => {
+    me().trigger('control', {bind: token});
+    const url = new URL(socketPath.slice(1) + '?token=' + token, document.baseURI);
+    url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+    const opening = new WebSocket(url);
+    opening.onopen = () => { me().socket = opening; retry = 200; };
+    opening.onmessage = (e) => show(JSON.parse(e.data));
+    opening.onclose = () => {
+      if (me().socket === opening) me().socket = null;
+      setTimeout(() => connect(Math.min(2 * retry, 5000)), retry);
+    };
+  };
+  connect(200);
+  const send = (data) => {
+    const event = {...data, number: ++number};
+    const socket = me().socket;
+    if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(event));
+    else me().trigger('control', event);
+  };
+  // A socket's message: the screen, the queue and the status, as Gradio would show them.
+  const show = (message) => {
+    if (message.screen) draw(message.screen.frames);
+    const queue = document.querySelector(`#queue-${tab} p`);
+    if (message.queue !== undefined && queue) queue.textContent = message.queue;
+    const status = document.querySelector(`#status-${tab} textarea`);
+    if (message.status !== undefined && status) {
+      status.value = message.status;
+      status.dispatchEvent(new Event('input'));
+    }
+  };
+  const draw = (frames) => {
+    const root = document.querySelector(`#${screenId} .mineworld-screen`);
+    if (!root) return;
+    const figures = [...root.querySelectorAll('figure')];
+    const same = figures.length === frames.length && frames.every((f, i) => figures[i].id === f.id);
+    if (!same) {  // the true world shown or hidden: the figures as the screen's template makes them
+      root.replaceChildren(...frames.map((f) => {
+        const figure = document.createElement('figure');
+        figure.id = f.id;
+        figure.className = 'mineworld-frame';
+        figure.append(document.createElement('img'), document.createElement('figcaption'));
+        return figure;
+      }));
+    }
+    frames.forEach((f, i) => {
+      const figure = root.children[i], img = figure.querySelector('img');
+      img.src = f.src;
+      img.alt = f.caption;
+      figure.querySelector('figcaption').textContent = f.caption;
+    });
+  };
   document.addEventListener('keydown', (e) => {
     if (typing(e.target) || e.altKey || e.metaKey || me().element.offsetParent === null) return;
     if (e.key === 'Escape') { me().held.clear(); send({stop: true}); return; }
@@ -594,7 +665,8 @@ class PlayView:
             keys = gr.HTML(PAINTED_HTML, elem_id=f"keys-{name}", min_width=120, scale=0,
                            js_on_load=KEYS_JS % {
                                "tab": json.dumps(name), "controls": json.dumps(controls),
-                               "screen": json.dumps(f"screen-{name}")})
+                               "screen": json.dumps(f"screen-{name}"),
+                               "socket": json.dumps(KEYS_SOCKET_PATH)})
             queue = gr.Markdown(queue_text(None), elem_id=f"queue-{name}")
             stop = gr.Button("Stop (Esc)", variant="stop", size="sm", scale=0, min_width=100,
                              elem_id=f"stop-{name}")
@@ -632,6 +704,14 @@ class PlayView:
     def unchanged(self) -> list:
         """Values for ``frame_outputs`` that change nothing."""
         return [gr.skip()] * len(self.frame_outputs)
+
+    def socket_message(self, values: list) -> str | None:
+        """``frame_outputs`` values as a key socket's message, ``{"status", "screen",
+        "queue"}`` with only those not skipped (the page shows them as Gradio would); None
+        when nothing changes."""
+        shown = {name: value for name, value in zip(("status", "screen", "queue"), values[1:],
+                                                    strict=True) if value != gr.skip()}
+        return json.dumps(shown) if shown else None
 
     def queue_values(self, seat: Seat) -> list:
         """Values for ``frame_outputs`` that show only the keys held and queued."""
@@ -815,6 +895,35 @@ def free_idle_sessions_forever(demo: weakref.ref) -> None:
         time.sleep(SWEEP_SECONDS)
 
 
+class SocketCaller(NamedTuple):
+    """Who a key socket plays for: what handlers read of a ``gr.Request``, taken from the page
+    event that bound it."""
+
+    session_hash: str
+    client: Address | None
+
+
+class KeySocket(NamedTuple):
+    """What a key socket's token opens: a tab's view and seat (weakly: its State owns it)."""
+
+    view: PlayView
+    seat: weakref.ref
+    sides: int
+    caller: SocketCaller
+
+
+def key_message(text) -> dict | None:
+    """A key socket's message as ``Demo.key_event`` takes it (a JSON object of at most
+    ``MAX_SOCKET_MESSAGE`` characters), or None when it is not one."""
+    if not isinstance(text, str) or len(text) > MAX_SOCKET_MESSAGE:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
 class Demo:
     """The event handlers; they share the read-only resources and the model's scheduler, and
     nothing else."""
@@ -831,6 +940,8 @@ class Demo:
         # plays and scenes are freed once idle (IDLE_SECONDS), by a thread of their own.
         self.last_active: dict[str, float] = {}
         self.blocks: gr.Blocks | None = None  # the page, once built: its queue's messages
+        self.sockets: dict[str, KeySocket] = {}  # key sockets' tokens -> what each plays
+        self.socket_clients: dict[str, int] = {}  # client address -> its open key sockets
         threading.Thread(target=free_idle_sessions_forever, args=(weakref.ref(self),),
                          name="idle-sessions", daemon=True).start()
 
@@ -849,6 +960,9 @@ class Demo:
     def free_session(self, session: str) -> None:
         """Free a session's plays (both tabs) and uploaded scene now."""
         self.last_active.pop(session, None)
+        for token, bound in list(self.sockets.items()):
+            if bound.caller.session_hash == session:
+                del self.sockets[token]
         for tab in (1, 2):
             play = self.open_plays.pop((session, tab), None)
             if play is not None:
@@ -1020,33 +1134,109 @@ class Demo:
         return step
 
     def control(self, view: PlayView, sides: int):
-        """Handler of the keyboard: a key down holds its control (and presses it once, so a
-        tap shorter than a frame still plays), a key up releases it, Escape stops."""
+        """Handler of the keyboard's events sent through Gradio (until the tab's key socket is
+        open, see ``key_socket``), and of the page binding its key socket (``{"bind": token}``)."""
 
         async def control(seat: Seat, evt: gr.EventData, request: gr.Request):
-            self.touch(request)
             data = evt._data if isinstance(evt._data, dict) else {}
-            name, note = data.get("control"), ""
-            order = data.get("number")
-            order = order if isinstance(order, int) else 0
-            if data.get("stop"):
-                seat.controls.stop()
-            elif name in CONTROLS and not data.get("down"):
-                seat.controls.release(name, order)
-            elif name in CONTROLS:
-                try:
-                    why_not = await self.seated(seat, sides, request)
-                except PLAY_ERRORS as error:
-                    why_not = f"Not played: {error}"
-                if why_not:
-                    yield view.status_only(why_not, view.frame_outputs)
-                    return
-                if seat.controls.hold(name, control_action(name, 0.0, 0.0), order):
-                    note = f"{CONTROLS[name][0]} not queued: the queue holds {MAX_QUEUED}"
-            async for values in self.drive(view, seat, request, note, KEY_STATUS_SECONDS):
+            if "bind" in data:
+                self.bind_socket(data["bind"], view, seat, sides, request)
+                yield view.unchanged()
+                return
+            async for values in self.key_event(view, seat, sides, data, request):
                 yield values
 
         return control
+
+    async def key_event(self, view: PlayView, seat: Seat, sides: int, data: dict, request):
+        """A key down holds its control (and presses it once, so a tap shorter than a frame
+        still plays), a key up releases it, Escape stops; then the frames it asks for
+        (``drive``). ``data``: ``{"control", "down", "number"}`` or ``{"stop": true}``."""
+        self.touch(request)
+        name, note = data.get("control"), ""
+        order = data.get("number")
+        order = order if isinstance(order, int) else 0
+        if data.get("stop"):
+            seat.controls.stop()
+        elif name in CONTROLS and not data.get("down"):
+            seat.controls.release(name, order)
+        elif name in CONTROLS:
+            try:
+                why_not = await self.seated(seat, sides, request)
+            except PLAY_ERRORS as error:
+                why_not = f"Not played: {error}"
+            if why_not:
+                yield view.status_only(why_not, view.frame_outputs)
+                return
+            if seat.controls.hold(name, control_action(name, 0.0, 0.0), order):
+                note = f"{CONTROLS[name][0]} not queued: the queue holds {MAX_QUEUED}"
+        async for values in self.drive(view, seat, request, note, KEY_STATUS_SECONDS):
+            yield values
+
+    def bind_socket(self, token, view: PlayView, seat: Seat, sides: int, request) -> None:
+        """Let a key socket opened with ``token`` (32 hex digits, made by the page) play
+        ``seat`` for ``request``'s session; the tab's token before goes."""
+        session = getattr(request, "session_hash", None)
+        if not (isinstance(token, str) and re.fullmatch("[0-9a-f]{32}", token) and session):
+            return
+        known = self.sockets.get(token)
+        if known is not None and known.caller.session_hash != session:
+            return  # another session's: not taken over
+        for old, bound in list(self.sockets.items()):
+            if bound.caller.session_hash == session and bound.view is view:
+                del self.sockets[old]
+        self.touch(request)
+        self.sockets[token] = KeySocket(view, weakref.ref(seat), sides,
+                                        SocketCaller(session, request.client))
+
+    async def key_socket(self, websocket: WebSocket) -> None:
+        """The page's key socket (``KEYS_SOCKET_PATH``): key events in, as ``control`` takes
+        them, and the frames they play out (``PlayView.socket_message``), with no Gradio event
+        per key and no Gradio update per frame. Opened with the token the page bound through
+        ``control``; at most ``MAX_SOCKETS_PER_CLIENT`` per client address, messages of at
+        most ``MAX_SOCKET_MESSAGE`` bytes, ``MAX_EVENTS_PER_CLIENT`` key events answered at
+        once (else it closes). A frame its page does not take within ``UNREAD_WAIT_SECONDS``
+        stops the play; a socket that closes stops its play."""
+        bound = self.sockets.get(websocket.query_params.get("token", ""))
+        seat = bound.seat() if bound is not None else None
+        client = websocket.client.host if websocket.client else ""
+        if seat is None or self.socket_clients.get(client, 0) >= MAX_SOCKETS_PER_CLIENT:
+            await websocket.close(code=POLICY_VIOLATION)
+            return
+        await websocket.accept()
+        self.socket_clients[client] = self.socket_clients.get(client, 0) + 1
+        sending, answering = asyncio.Lock(), set()
+
+        async def answer(data: dict) -> None:
+            async for values in self.key_event(bound.view, seat, bound.sides, data,
+                                               bound.caller):
+                message = bound.view.socket_message(values)
+                if message is None:
+                    continue
+                async with sending:
+                    try:
+                        await asyncio.wait_for(websocket.send_text(message), UNREAD_WAIT_SECONDS)
+                    except (asyncio.TimeoutError, WebSocketDisconnect, RuntimeError):
+                        seat.controls.stop()  # nobody takes the frames
+                        return
+
+        try:
+            while (message := await websocket.receive())["type"] != "websocket.disconnect":
+                data = key_message(message.get("text"))
+                if data is None or len(answering) >= MAX_EVENTS_PER_CLIENT:
+                    log_refusal("a key socket message that is not a key event" if data is None
+                                else f"over {MAX_EVENTS_PER_CLIENT} key events at once")
+                    await websocket.close(code=POLICY_VIOLATION)  # its play stops (finally)
+                    return
+                task = asyncio.create_task(answer(data))
+                answering.add(task)
+                task.add_done_callback(answering.discard)
+        finally:
+            for task in answering:  # a play driven from here stops (Seat.frames)
+                task.cancel()
+            self.socket_clients[client] -= 1
+            if not self.socket_clients[client]:
+                del self.socket_clients[client]
 
     async def read_up(self, request) -> bool:
         """Whether ``request``'s session reads its messages: True at once, or once fewer than
@@ -1444,6 +1634,7 @@ def build_demo(resources: Resources) -> gr.Blocks:
                     show_progress="hidden", api_visibility="private")
     refuse_bad_inputs(blocks)
     demo.blocks = blocks
+    blocks.key_socket = demo.key_socket  # served by launch()
     # api_open=False: no event may skip the queue, and with it the bound per client
     blocks.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE, api_open=False)
     return blocks
@@ -1603,8 +1794,11 @@ def launch(blocks: gr.Blocks, host: str, port: int, block: bool = True) -> str:
         server_name=host, server_port=port, share=False, ssr_mode=False, quiet=True,
         footer_links=[], run_history=False, prevent_thread_lock=True,
         max_file_size=f"{MAX_UPLOAD_MB}mb", allowed_paths=[], css=CSS,
-        app_kwargs={"middleware": [Middleware(RequestLimits, blocks=blocks)]},
+        app_kwargs={"middleware": [Middleware(RequestLimits, blocks=blocks)],
+                    "routes": [WebSocketRoute(KEYS_SOCKET_PATH, blocks.key_socket)]},
     )
+    # uvicorn reads it for each new connection: a key event is small, nothing else is taken
+    blocks.server.config.ws_max_size = MAX_SOCKET_MESSAGE
     print(f"{PROG}: serving on {url}", flush=True)
     if block:
         blocks.block_thread()

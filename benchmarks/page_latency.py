@@ -158,6 +158,9 @@ def measure(url: str, taps: int, hold: float, hide_truth: bool) -> dict:
         page.goto(url)
         page.locator("#frame-play img").wait_for(timeout=120_000)
         page.wait_for_function("() => window.mineworldTabs && window.mineworldTabs.play")
+        # Keys and frames go through Gradio's events until the tab's key socket is open.
+        page.wait_for_function(
+            "() => window.mineworldTabs.play.socket?.readyState === WebSocket.OPEN")
         if hide_truth:
             page.get_by_label("Show the true world").uncheck()
             page.locator("#truth-play").wait_for(state="hidden")

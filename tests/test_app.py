@@ -22,6 +22,7 @@ import pytest
 import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from starlette.datastructures import Address
 
 import app
 from cache import STRATEGIES, declared
@@ -82,15 +83,21 @@ def scene_mp4(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def served(scene_mp4, tmp_path_factory):
-    """(url, resources) of the demo launched on 127.0.0.1 in this process."""
+def served_blocks(scene_mp4, tmp_path_factory):
+    """(url, resources, blocks) of the demo launched on 127.0.0.1 in this process."""
     resources = tiny_resources(scene_mp4)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
         blocks = app.build_demo(resources)
         url = app.launch(blocks, "127.0.0.1", free_port(), block=False)
-        yield url, resources
+        yield url, resources, blocks
         blocks.close()
+
+
+@pytest.fixture(scope="module")
+def served(served_blocks):
+    """(url, resources) of the demo launched on 127.0.0.1 in this process."""
+    return served_blocks[:2]
 
 
 def path_of(output):
@@ -859,6 +866,152 @@ def test_a_play_whose_frames_nobody_reads_stops(served, monkeypatch):
         made = len(passes)
         time.sleep(1.0)
     assert 0 < made <= app.MAX_UNREAD_MESSAGES + 1
+
+
+@pytest.fixture(scope="module")
+def key_sockets(served_blocks):
+    """(the served demo's key socket ws:// url, its Demo, its resources)."""
+    url, resources, blocks = served_blocks
+    return (url.replace("http", "ws", 1).rstrip("/") + app.KEYS_SOCKET_PATH,
+            blocks.key_socket.__self__, resources)
+
+
+def bound_token(demo, session, seat=None, address="127.0.0.1"):
+    """(a token bound to a new Play view and ``seat`` of ``session``, the seat)."""
+    with app.gr.Blocks():
+        view = app.PlayView.build("t", ["Play"], demo.close_seat, height=100,
+                                  frame_size=(WIDTH, HEIGHT))
+    seat = seat or app.Seat()
+    token = os.urandom(16).hex()
+    demo.bind_socket(token, view, seat, 1,
+                     SimpleNamespace(session_hash=session, client=Address(address, 1)))
+    return token, seat
+
+
+def key(control, down, number):
+    return json.dumps({"control": control, "down": down, "number": number})
+
+
+def socket_messages(socket, until):
+    """The socket's messages up to the first for which ``until(message)`` holds."""
+    messages = []
+    while not messages or not until(messages[-1]):
+        messages.append(json.loads(socket.recv(timeout=60)))
+    return messages
+
+
+def test_a_key_socket_plays_the_frames_its_keys_ask_for(key_sockets):
+    """The page's keys and frames without a Gradio event: a key down plays (the frame the
+    play makes offline for that key), its key up stops, and the last message leaves the
+    queue empty with the status."""
+    from websockets.sync.client import connect
+
+    url, demo, resources = key_sockets
+    token, seat = bound_token(demo, "plays")
+    with connect(f"{url}?token={token}") as socket:
+        socket.send(key("forward", True, 1))
+        first = json.loads(socket.recv(timeout=60))
+        socket.send(key("forward", False, 2))
+        rest = socket_messages(socket, lambda message: message.get("queue")
+                               == "Held: none · Queued: none" and "status" in message)
+    played = seat.play.frames_played
+    assert played >= 1 and f"{played} frames played" in rest[-1]["status"]
+    start = resources.default_start(resources.scene)
+    [expected] = expected_frames(resources, start, make_action(["forward"]), 1)
+    assert np.array_equal(frame_of(first["screen"]), expected)
+    assert not seat.controls.driving and not seat.controls.held
+
+
+def test_a_key_socket_opens_only_with_a_bound_token_and_closes_with_its_session(key_sockets):
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    url, demo, _resources = key_sockets
+    for token in ("0" * 32, "", "not-a-token"):
+        with pytest.raises(InvalidStatus, match="403"):
+            connect(f"{url}?token={token}")
+    token, seat = bound_token(demo, "first")
+    demo.bind_socket(token, *demo.sockets[token][:3], SimpleNamespace(
+        session_hash="second", client=Address("127.0.0.1", 1)))  # taken by another session
+    assert demo.sockets[token].caller.session_hash == "first"
+    demo.bind_socket("A" * 32, *demo.sockets[token][:3], SimpleNamespace(
+        session_hash="first", client=Address("127.0.0.1", 1)))  # not 32 lower-case hex digits
+    assert "A" * 32 not in demo.sockets
+    demo.free_session("first")
+    with pytest.raises(InvalidStatus, match="403"):
+        connect(f"{url}?token={token}")
+
+
+def test_a_key_socket_message_that_is_not_a_key_event_closes_it(key_sockets):
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    url, demo, _resources = key_sockets
+    for message, code in (("[1, 2]", app.POLICY_VIOLATION), ("{", app.POLICY_VIOLATION),
+                          (b"binary", app.POLICY_VIOLATION),
+                          (key("forward", True, 1) + " " * app.MAX_SOCKET_MESSAGE, 1009)):
+        token, seat = bound_token(demo, "bad-messages")
+        with connect(f"{url}?token={token}") as socket:
+            socket.send(message)
+            with pytest.raises(ConnectionClosed) as closed:
+                socket.recv(timeout=30)
+        assert closed.value.rcvd.code == code
+        assert seat.play is None  # nothing was played
+
+
+def test_more_key_events_at_once_than_the_bound_close_the_socket(key_sockets, monkeypatch):
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    url, demo, _resources = key_sockets
+    monkeypatch.setattr(app, "MAX_EVENTS_PER_CLIENT", 1)
+    token, seat = bound_token(demo, "floods")
+    with connect(f"{url}?token={token}") as socket:
+        socket.send(key("forward", True, 1))  # answered until released: one at once
+        socket_messages(socket, lambda message: "screen" in message)
+        socket.send(key("back", True, 2))
+        with pytest.raises(ConnectionClosed) as closed:
+            socket_messages(socket, lambda message: False)
+    assert closed.value.rcvd.code == app.POLICY_VIOLATION
+    demo.scheduler.call(lambda: None)
+    assert not seat.controls.held and not seat.controls.driving
+
+
+def test_a_key_socket_that_closes_stops_its_held_key(key_sockets):
+    from websockets.sync.client import connect
+
+    url, demo, _resources = key_sockets
+    token, seat = bound_token(demo, "goes-away")
+    with connect(f"{url}?token={token}") as socket:
+        socket.send(key("forward", True, 1))
+        socket_messages(socket, lambda message: "screen" in message)
+        assert seat.controls.held == ["forward"]
+    deadline = time.monotonic() + 30
+    while seat.controls.driving and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not seat.controls.driving and not seat.controls.held
+    demo.scheduler.call(lambda: None)  # the frame asked for before the socket went, made
+    played = seat.play.frames_played
+    time.sleep(0.5)
+    assert seat.play.frames_played == played
+
+
+def test_a_client_has_at_most_its_bound_of_key_sockets(key_sockets, monkeypatch):
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    url, demo, _resources = key_sockets
+    monkeypatch.setattr(app, "MAX_SOCKETS_PER_CLIENT", 2)
+    seat = app.Seat()
+    tokens = [bound_token(demo, f"tab-{i}", seat)[0] for i in range(3)]
+    with connect(f"{url}?token={tokens[0]}"):
+        with connect(f"{url}?token={tokens[1]}"), pytest.raises(InvalidStatus, match="403"):
+            connect(f"{url}?token={tokens[2]}")
+        deadline = time.monotonic() + 10
+        while demo.socket_clients.get("127.0.0.1", 0) > 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with connect(f"{url}?token={tokens[2]}"):  # one closed: another may open
+            pass
 
 
 def test_uploads_stop_when_gradios_files_are_full(served, tmp_path, monkeypatch):

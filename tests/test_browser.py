@@ -214,6 +214,26 @@ def test_a_held_key_plays_until_released_and_keys_combine(page):
     assert "forward + pitch +0° yaw +15°" in captions, captions
 
 
+def test_a_held_keys_frames_come_through_the_tabs_key_socket(page):
+    """Once the tab's own WebSocket is open, keys go out and frames come in through it: no
+    Gradio event a key, no Gradio update a frame (app.Demo.key_socket)."""
+    page.wait_for_function(
+        "() => window.mineworldTabs.play.socket?.readyState === WebSocket.OPEN")
+    page.evaluate("""() => {
+      window.socketFrames = 0;
+      window.mineworldTabs.play.socket.addEventListener('message', (e) => {
+        if (JSON.parse(e.data).screen) window.socketFrames++;
+      });
+    }""")
+    before = frames_played(page)
+    page.keyboard.down("d")
+    wait_for_frames(page, before + 4)
+    page.keyboard.up("d")
+    played = wait_until_idle(page) - before
+    assert played >= 4
+    assert page.evaluate("() => window.socketFrames") >= played
+
+
 def test_taps_and_clicks_during_frames_are_queued_and_stop_ends_a_repeat(page):
     from playwright.sync_api import expect
 
