@@ -290,7 +290,9 @@ if (!known) {
                            (byte) => byte.toString(16).padStart(2, '0')).join('');
   const connect = (retry) => {
     me().trigger('control', {bind: token});
-    const url = new URL(socketPath.slice(1) + '?token=' + token, document.baseURI);
+    // Gradio's root: the page's own address as its server sees it (a proxy's path included)
+    const root = window.gradio_config?.root || document.baseURI.replace(/\/$/, '');
+    const url = new URL(root + socketPath + '?token=' + token);
     url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
     const opening = new WebSocket(url);
     opening.onopen = () => { me().socket = opening; retry = 200; };
