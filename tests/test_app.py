@@ -931,12 +931,13 @@ def test_a_key_socket_opens_only_with_a_bound_token_and_closes_with_its_session(
         with pytest.raises(InvalidStatus, match="403"):
             connect(f"{url}?token={token}")
     token, seat = bound_token(demo, "first")
-    demo.bind_socket(token, *demo.sockets[token][:3], SimpleNamespace(
-        session_hash="second", client=Address("127.0.0.1", 1)))  # taken by another session
+    view = demo.sockets[token].view
+    for bound, session in ((token, "second"),  # another session's token: not taken over
+                           ("A" * 32, "first")):  # not 32 lower-case hex digits
+        demo.bind_socket(bound, view, app.Seat(), 1, SimpleNamespace(
+            session_hash=session, client=Address("127.0.0.1", 1)))
     assert demo.sockets[token].caller.session_hash == "first"
-    demo.bind_socket("A" * 32, *demo.sockets[token][:3], SimpleNamespace(
-        session_hash="first", client=Address("127.0.0.1", 1)))  # not 32 lower-case hex digits
-    assert "A" * 32 not in demo.sockets
+    assert demo.sockets[token].seat() is seat and "A" * 32 not in demo.sockets
     demo.free_session("first")
     with pytest.raises(InvalidStatus, match="403"):
         connect(f"{url}?token={token}")
