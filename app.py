@@ -1089,8 +1089,9 @@ class Demo:
         and stay there, stale. While ``request``'s session leaves ``MAX_UNREAD_MESSAGES``
         unread, the frames wait; after ``UNREAD_WAIT_SECONDS`` the play stops."""
         made, play = False, seat.play
-        ahead = (PlaySession.render_truth if view.truth and seat.show_truth
-                 and play is not None and play.truth is not None else None)
+        ahead = None if play is None else functools.partial(
+            PlaySession.beside_frame,
+            show_truth=view.truth and seat.show_truth and play.truth is not None)
         status_at, queue_shown = -math.inf, None
         async for frame in seat.frames(self.scheduler, ahead):
             made = True

@@ -353,7 +353,8 @@ class Seat:
         asked for as long after as its making took, as if it had been made when asked: a tap
         makes as many frames either way. ``ahead(play, number, action)``, when given, is work
         for frame ``number`` done while the model makes it, off the model's thread (the true
-        world's frame), and done before that frame is yielded."""
+        world's frame, the scores of the frames before), and done before that frame is
+        yielded."""
         if not self.controls.claim():
             return
         finished = False

@@ -11,6 +11,7 @@ import math
 import os
 import re
 import socket
+import threading
 import time
 import warnings
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -920,6 +921,33 @@ def test_a_key_socket_plays_the_frames_its_keys_ask_for(key_sockets):
     [expected] = expected_frames(resources, start, make_action(["forward"]), 1)
     assert np.array_equal(frame_of(first["screen"]), expected)
     assert not seat.controls.driving and not seat.controls.held
+
+
+def test_a_held_keys_frames_are_scored_off_the_models_thread(key_sockets, monkeypatch):
+    """Each frame's scores are computed while the next is made (PlaySession.beside_frame), not
+    MAX_UNSCORED at once on the model's thread, where they would hold up a frame."""
+    from websockets.sync.client import connect
+
+    url, demo, _resources = key_sockets
+    monkeypatch.setattr(play_module, "MAX_UNSCORED", 2)
+    scoring_threads, score_pending = [], PlaySession.score_pending
+
+    def noting(self, through=None):
+        scoring_threads.append(threading.current_thread().name)
+        return score_pending(self, through)
+
+    monkeypatch.setattr(PlaySession, "score_pending", noting)
+    token, seat = bound_token(demo, "scored")
+    with connect(f"{url}?token={token}") as socket:
+        socket.send(key("forward", True, 1))
+        socket_messages(socket, lambda message: "frame 6" in json.dumps(message.get("screen")))
+        socket.send(key("forward", False, 2))
+        socket_messages(socket, lambda message: message.get("queue")
+                        == "Held: none · Queued: none" and "status" in message)
+    played = seat.play.frames_played
+    assert scoring_threads and "model" not in scoring_threads
+    scored = {row["frame"] for row in seat.play.quality if row["series"] == "vs truth"}
+    assert scored >= set(range(1, played))  # all but the newest, scored while the next was made
 
 
 def test_a_key_socket_opens_only_with_a_bound_token_and_closes_with_its_session(key_sockets):
