@@ -557,8 +557,8 @@ class PlaySession:
         """A driven play's work off the model's thread while the model makes frame ``number``
         (``action`` its action): its true frame rendered ahead when ``show_truth``, and the
         frames before it scored, so that ``record`` never scores ``MAX_UNSCORED`` frames at
-        once on the model's thread (a hitch of 47 ms every 32 frames on the Play tab, three
-        times that on Compare, while a key is held)."""
+        once on the model's thread (with their true frames rendered then: the picture froze
+        for up to 0.9 s every 32 frames of a held key on Compare, docs/serving.md)."""
         if show_truth:
             self.render_truth(number, action)
         self.score_pending(through=number - 1)
