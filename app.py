@@ -17,8 +17,9 @@ with crisp pixels), with the key queue when it changed and the status every
 cost per frame is what the model shares two cores with (see docs/serving.md). Keys come, and
 their frames go, through each tab's own WebSocket (``Demo.key_socket``) once it is open, with no
 Gradio event a key nor Gradio update a frame; buttons and API calls go through Gradio. The strip and
-the charts (one picture, drawn here) follow at ``PLOT_SECONDS`` from a ``gr.Timer``
-(``PLOT_PLAYING_SECONDS`` while frames stream), off the frame's path.
+the charts (one picture, drawn here) follow off the frame's path: the page asks for them when it
+has painted new frames, at most every ``PLOT_SECONDS`` (``PLOT_PLAYING_SECONDS`` while frames
+stream), so that an idle tab costs the server nothing.
 
 Limits (a page for strangers): uploads of at most ``MAX_UPLOAD_MB`` each and
 ``MAX_REQUEST_MB`` a request, ``MAX_STORED_MB`` of Gradio's files in all, of the types the Scene
@@ -200,6 +201,8 @@ STRIP_FRAMES = 8
 MAX_REPEAT = 32  # at most MAX_QUEUED: a repeat is that many queued presses
 # How often the strip, plots and scores refresh: while frames stream, seldom, because redrawing
 # the plots costs Chromium a few hundred ms of CPU, which a 2-core host takes from the frames.
+# The page asks (a tick event) only when it has painted new frames: a Gradio event a tick, at
+# 0.5 s, held 10 % of the server's interpreter (GIL) from the model while a key was held.
 PLOT_SECONDS = 0.5
 PLOT_PLAYING_SECONDS = 5.0
 # How often a held key's frames carry the status line (a button's carry it with every frame).
@@ -230,7 +233,7 @@ SWEEP_SECONDS = 30.0  # how often idle sessions are looked for
 QUEUE_SIZE = 128
 # Events one client address may have waiting or running at once, so that one client cannot
 # take the queue's QUEUE_SIZE places. A tab playing holds 2 (the event keeping its page's
-# stream open, the key event driving its frames) and, for moments, a timer tick and key
+# stream open, the key event driving its frames) and, for moments, a plots tick and key
 # events: five taps in a burst are ten events, and 8 refused some of them (a refused key up
 # leaves its key held). Its share of the model does not grow with its events: the scheduler
 # makes one frame a client a pass.
@@ -271,9 +274,11 @@ USUAL_CONTROLS = ("forward", "look left", "look right", "back", "left", "right",
 
 # Per tab: key down / key up of a control's key, or Escape (stop), sent as the tab's "control"
 # event, only while the tab is shown (each tab's component is hidden with its tab); the frames
-# painted in the last second are counted on the tab's first frame and shown.
+# painted in the last second are counted on the tab's first frame and shown; the strip and charts
+# asked for (the tab's "tick" event) when new frames were painted.
 KEYS_JS = r"""
 const tab = %(tab)s, controls = %(controls)s, screenId = %(screen)s, socketPath = %(socket)s;
+const plotMs = %(plot_ms)s, plotPlayingMs = %(plot_playing_ms)s;
 const registry = (window.mineworldTabs = window.mineworldTabs || {});
 const known = registry[tab];
 registry[tab] = {element, trigger, held: known ? known.held : new Set(),
@@ -382,6 +387,7 @@ if (!known) {
     else img.addEventListener('load', () => painted(number), {once: true});
   };
   const watching = new WeakSet();
+  let ticked = {at: -Infinity, painted: 0};  // the last time the strip and charts were asked for
   setInterval(() => {
     const root = document.getElementById(screenId);
     if (root && !watching.has(root)) {
@@ -396,6 +402,12 @@ if (!known) {
     if (shown) {
       shown.textContent = `painted ${state.paints.length} fps`;
       shown.dataset.painted = state.painted;
+    }
+    const streaming = now - (state.paints.at(-1) ?? -Infinity) < 300;  // seldom meanwhile
+    if (state.painted !== ticked.painted && now - ticked.at >= (streaming ? plotPlayingMs : plotMs)
+        && state.element.offsetParent !== null) {
+      ticked = {at: now, painted: state.painted};
+      state.trigger('tick');
     }
   }, 250);
 }
@@ -668,7 +680,9 @@ class PlayView:
                            js_on_load=KEYS_JS % {
                                "tab": json.dumps(name), "controls": json.dumps(controls),
                                "screen": json.dumps(f"screen-{name}"),
-                               "socket": json.dumps(KEYS_SOCKET_PATH)})
+                               "socket": json.dumps(KEYS_SOCKET_PATH),
+                               "plot_ms": 1000 * PLOT_SECONDS,
+                               "plot_playing_ms": 1000 * PLOT_PLAYING_SECONDS})
             queue = gr.Markdown(queue_text(None), elem_id=f"queue-{name}")
             stop = gr.Button("Stop (Esc)", variant="stop", size="sm", scale=0, min_width=100,
                              elem_id=f"stop-{name}")
@@ -736,16 +750,13 @@ class PlayView:
 
     def plot_values(self, seat: Seat) -> list:
         """Values for ``plot_outputs``; every one skipped when nothing changed since the last
-        call (an idle tab's timer costs nothing), or while frames stream and the last refresh
-        is younger than ``PLOT_PLAYING_SECONDS``."""
+        call (how often the page asks: ``KEYS_JS``)."""
         play = seat.play
         shown = None if play is None or play.closed else (id(play), play.frames_played,
                                                           play.describe_sides())
-        now = time.monotonic()
-        if (shown is None or shown == seat.shown
-                or seat.controls.driving and now - seat.shown_at < PLOT_PLAYING_SECONDS):
+        if shown is None or shown == seat.shown:
             return [gr.skip()] * len(self.plot_outputs)
-        seat.shown, seat.shown_at = shown, now
+        seat.shown = shown
         strips = [strip_value(label, side.newest(STRIP_FRAMES))
                   for label, side in zip(self.labels, play.sides, strict=True)]
         return [*strips, charts(play, self.labels)]
@@ -1285,17 +1296,6 @@ class Demo:
 
         return stop
 
-    @staticmethod
-    def refresh(views: list[PlayView]):
-        """Handler of the page's timer: each tab's strip, plots and scores, when frames came
-        (one timer for the tabs: one request a tick, not one a tab)."""
-
-        def refresh(*seats: Seat):
-            return [value for view, seat in zip(views, seats, strict=True)
-                    for value in view.plot_values(seat)]
-
-        return refresh
-
     async def keep_open(self, request: gr.Request):
         """Handler pending as long as its tab is open. Gradio's page keeps its event stream
         open only while one of its events is pending; with this one, a key's frame goes out
@@ -1522,7 +1522,7 @@ class ActionPad:
 
 
 def wire_play(demo: Demo, view: PlayView, pad: ActionPad, prefix: str) -> None:
-    """The tab's buttons, keys and Stop."""
+    """The tab's buttons, keys, Stop, and its strip and charts when the page asks."""
     pad.wire(demo, view, prefix)
     sides = len(view.labels)
     view.keys.control(demo.control(view, sides), view.state, view.frame_outputs,
@@ -1530,6 +1530,8 @@ def wire_play(demo: Demo, view: PlayView, pad: ActionPad, prefix: str) -> None:
                       trigger_mode="multiple", show_progress="hidden")
     view.stop.click(demo.stop(view), view.state, view.frame_outputs, api_name=f"{prefix}_stop",
                     concurrency_limit=None, trigger_mode="multiple", show_progress="hidden")
+    view.keys.tick(view.plot_values, view.state, view.plot_outputs, api_visibility="private",
+                   concurrency_limit=None, show_progress="hidden")
 
 
 def build_demo(resources: Resources) -> gr.Blocks:
@@ -1627,11 +1629,6 @@ def build_demo(resources: Resources) -> gr.Blocks:
                         tab_view.outputs, api_visibility="private", concurrency_id=MODEL_QUEUE)
         wire_export(demo, compare_download, compare_view.state, compare_video,
                     "compare_download")
-        views = [view, compare_view]
-        gr.Timer(PLOT_SECONDS).tick(
-            demo.refresh(views), [v.state for v in views],
-            [output for v in views for output in v.plot_outputs],
-            api_visibility="private", concurrency_limit=None, show_progress="hidden")
         blocks.unload(demo.forget)
         blocks.load(demo.keep_open, None, None, concurrency_limit=None,
                     show_progress="hidden", api_visibility="private")

@@ -330,7 +330,7 @@ class Seat:
         self.play = None
         self.controls = Controls()
         self.client: str | None = None
-        self.shown, self.shown_at = None, 0.0  # what the page's plots show, since when
+        self.shown = None  # what the page's plots show
         self.show_truth = True  # the true world's frame beside the generated one
         # The newest different actions played, the newest last, then ``usual_actions`` (the
         # keys most played): the likely next ones, whose frames are made ahead.

@@ -234,6 +234,28 @@ def test_a_held_keys_frames_come_through_the_tabs_key_socket(page):
     assert page.evaluate("() => window.socketFrames") >= played
 
 
+def test_the_strip_and_charts_are_asked_for_only_when_new_frames_were_painted(page):
+    """No Gradio event from an idle tab, one at most while a key is held (the charts every
+    PLOT_PLAYING_SECONDS), and the charts drawn anew once the key is up."""
+    page.wait_for_function(
+        "() => window.mineworldTabs.play.socket?.readyState === WebSocket.OPEN")
+    events = []
+    page.on("request", lambda request: events.append(request.url)
+            if "/queue/join" in request.url else None)
+    page.wait_for_timeout(2000)
+    assert events == []  # an idle tab: nothing asked, where a timer asked twice a second
+    charts = page.locator("#charts-play img")
+    before = charts.get_attribute("src") if charts.count() else None
+    played = frames_played(page)
+    page.keyboard.down("w")
+    wait_for_frames(page, played + 4)
+    page.wait_for_timeout(1500)
+    page.keyboard.up("w")
+    assert len(events) <= 1, events  # the keys and frames went through the socket
+    wait_until_idle(page)
+    wait_for_new_charts(page, before)
+
+
 def test_taps_and_clicks_during_frames_are_queued_and_stop_ends_a_repeat(page):
     from playwright.sync_api import expect
 
