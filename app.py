@@ -231,6 +231,11 @@ CAMERA_KEY_DEG = 15.0  # how far one arrow key turns the camera
 IDLE_SECONDS = 20 * 60  # a session that asks for nothing this long is freed (API clients too)
 SWEEP_SECONDS = 30.0  # how often idle sessions are looked for
 QUEUE_SIZE = 128
+# How often Gradio's queue looks for new events while it has none (its own: every 1 ms, a
+# thousand wake-ups a second that each take the interpreter lock from the model's thread; at
+# 10 ms, W held 10 s: 132-138 frames made against 103-116, three alternate pairs). A button's
+# event waits at most this much longer; keys and frames go through the tab's socket.
+QUEUE_POLL_SECONDS = 0.01
 # Events one client address may have waiting or running at once, so that one client cannot
 # take the queue's QUEUE_SIZE places. A tab playing holds 2 (the event keeping its page's
 # stream open, the key event driving its frames) and, for moments, a plots tick and key
@@ -1637,6 +1642,7 @@ def build_demo(resources: Resources) -> gr.Blocks:
     blocks.key_socket = demo.key_socket  # served by launch()
     # api_open=False: no event may skip the queue, and with it the bound per client
     blocks.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE, api_open=False)
+    blocks._queue.sleep_when_free = QUEUE_POLL_SECONDS  # no public setting for it
     return blocks
 
 

@@ -869,6 +869,16 @@ def test_a_play_whose_frames_nobody_reads_stops(served, monkeypatch):
     assert 0 < made <= app.MAX_UNREAD_MESSAGES + 1
 
 
+def test_gradios_queue_looks_for_events_at_the_apps_pace(served_blocks):
+    """Gradio's queue, free, sleeps ``sleep_when_free`` between looks (1 ms of its own): the
+    served queue's is ``QUEUE_POLL_SECONDS``, and Gradio's loop still reads that attribute."""
+    import inspect
+
+    queue = served_blocks[2]._queue
+    assert queue.sleep_when_free == app.QUEUE_POLL_SECONDS
+    assert "asyncio.sleep(self.sleep_when_free)" in inspect.getsource(type(queue).start_processing)
+
+
 @pytest.fixture(scope="module")
 def key_sockets(served_blocks):
     """(the served demo's key socket ws:// url, its Demo, its resources)."""
