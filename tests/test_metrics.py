@@ -44,6 +44,16 @@ def test_agrees_with_scikit_image(seed):
     assert scores["psnr"] == pytest.approx(expected_psnr) and scores["ssim"] < 1
 
 
+@pytest.mark.parametrize("shape", [(48, 64), (7, 7), (7, 9, 3)])
+def test_ssim_agrees_with_scikit_image_on_grey_and_the_smallest_images(shape):
+    rng = np.random.default_rng(len(shape))
+    truth = rng.integers(0, 256, shape, dtype=np.uint8)
+    noisy = np.clip(truth + rng.normal(0, 20, shape), 0, 255).astype(np.uint8)
+    colour = {"channel_axis": -1} if len(shape) == 3 else {}
+    expected = metrics.structural_similarity(truth, noisy, data_range=255, **colour)
+    assert ssim(noisy, truth) == pytest.approx(expected, abs=1e-9)
+
+
 def test_bad_shapes_are_named():
     with pytest.raises(ValueError, match="same shape"):
         psnr(np.zeros((4, 4, 3)), np.zeros((4, 5, 3)))
