@@ -235,14 +235,18 @@ def test_a_held_keys_frames_come_through_the_tabs_key_socket(page):
 
 
 def test_the_strip_and_charts_are_asked_for_only_when_new_frames_were_painted(page):
-    """No Gradio event from an idle tab, one at most while a key is held (the charts every
+    """No Gradio event from an idle tab, few while a key is held for 2 s (the charts every
     PLOT_PLAYING_SECONDS), and the charts drawn anew once the key is up."""
     page.wait_for_function(
         "() => window.mineworldTabs.play.socket?.readyState === WebSocket.OPEN")
     events = []
     page.on("request", lambda request: events.append(request.url)
             if "/queue/join" in request.url else None)
-    page.wait_for_timeout(2000)
+    for _ in range(5):  # the first frame's tick may come late on a busy host: quiet after it
+        events.clear()
+        page.wait_for_timeout(2000)
+        if not events:
+            break
     assert events == []  # an idle tab: nothing asked, where a timer asked twice a second
     charts = page.locator("#charts-play img")
     before = charts.get_attribute("src") if charts.count() else None
@@ -251,7 +255,7 @@ def test_the_strip_and_charts_are_asked_for_only_when_new_frames_were_painted(pa
     wait_for_frames(page, played + 4)
     page.wait_for_timeout(1500)
     page.keyboard.up("w")
-    assert len(events) <= 1, events  # the keys and frames went through the socket
+    assert len(events) <= 2, events  # keys and frames through the socket; a timer: 4 or more
     wait_until_idle(page)
     wait_for_new_charts(page, before)
 
