@@ -930,6 +930,19 @@ class KeySocket(NamedTuple):
     caller: SocketCaller
 
 
+@contextlib.contextmanager
+def counted(counts: dict[str, int], key: str):
+    """``counts[key]`` one higher while the block runs; a key back at 0 is dropped, so that only
+    addresses with something open are kept."""
+    counts[key] = counts.get(key, 0) + 1
+    try:
+        yield
+    finally:
+        counts[key] -= 1
+        if not counts[key]:
+            del counts[key]
+
+
 def key_message(text) -> dict | None:
     """A key socket's message as ``Demo.key_event`` takes it (a JSON object of at most
     ``MAX_SOCKET_MESSAGE`` characters), or None when it is not one."""
@@ -1223,7 +1236,6 @@ class Demo:
             await websocket.close(code=POLICY_VIOLATION)
             return
         await websocket.accept()
-        self.socket_clients[client] = self.socket_clients.get(client, 0) + 1
         sending, answering = asyncio.Lock(), set()
 
         async def answer(data: dict) -> None:
@@ -1239,23 +1251,22 @@ class Demo:
                         seat.controls.stop()  # nobody takes the frames
                         return
 
-        try:
-            while (message := await websocket.receive())["type"] != "websocket.disconnect":
-                data = key_message(message.get("text"))
-                if data is None or len(answering) >= MAX_EVENTS_PER_CLIENT:
-                    log_refusal("a key socket message that is not a key event" if data is None
-                                else f"over {MAX_EVENTS_PER_CLIENT} key events at once")
-                    await websocket.close(code=POLICY_VIOLATION)  # its play stops (finally)
-                    return
-                task = asyncio.create_task(answer(data))
-                answering.add(task)
-                task.add_done_callback(answering.discard)
-        finally:
-            for task in answering:  # a play driven from here stops (Seat.frames)
-                task.cancel()
-            self.socket_clients[client] -= 1
-            if not self.socket_clients[client]:
-                del self.socket_clients[client]
+        with counted(self.socket_clients, client):
+            try:
+                while (message := await websocket.receive())["type"] != "websocket.disconnect":
+                    data = key_message(message.get("text"))
+                    if data is None or len(answering) >= MAX_EVENTS_PER_CLIENT:
+                        log_refusal("a key socket message that is not a key event"
+                                    if data is None
+                                    else f"over {MAX_EVENTS_PER_CLIENT} key events at once")
+                        await websocket.close(code=POLICY_VIOLATION)  # its play stops (below)
+                        return
+                    task = asyncio.create_task(answer(data))
+                    answering.add(task)
+                    task.add_done_callback(answering.discard)
+            finally:
+                for task in answering:  # a play driven from here stops (Seat.frames)
+                    task.cancel()
 
     async def read_up(self, request) -> bool:
         """Whether ``request``'s session reads its messages: True at once, or once fewer than
@@ -1751,13 +1762,8 @@ class ClientEvents:
                     self.note(client, bytes(answer))
             await send(message)
 
-        self.joining[client] = self.joining.get(client, 0) + 1
-        try:
+        with counted(self.joining, client):
             await app(scope, receive, send_noting_event)
-        finally:
-            self.joining[client] -= 1
-            if not self.joining[client]:
-                del self.joining[client]
 
     def note(self, client: str, answer: bytes) -> None:
         """Count the event of a join's answer (``{"event_id": ...}``; a refusal has none)."""
