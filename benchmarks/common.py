@@ -4,36 +4,21 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+from mineworld.machine import machine
 
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else math.nan
 
 
-def load_average() -> str:
-    """The 1, 5 and 15 minute load averages."""
-    return " ".join(f"{load:.2f}" for load in os.getloadavg())
-
-
 def machine_line() -> str:
     """Torch, threads, CPU, cores, load average and OpenMP wait policy, on one line."""
-    return (f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPU {cpu_model()} "
-            f"({os.cpu_count()} cores), load average {load_average()}, OMP_WAIT_POLICY "
-            f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}")
+    return (f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPU {machine()}, "
+            f"OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}")
 
 
 def print_machine(title: str) -> None:

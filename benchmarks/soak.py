@@ -24,10 +24,11 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.common import load_average, percentile, print_machine
+from benchmarks.common import percentile, print_machine
 from mineworld.actions import make_action
 from mineworld.decoding import Sampling
 from mineworld.embedded import SCENE, demo_scene, load_embedded
+from mineworld.machine import load_average
 from mineworld.play import KEPT_FRAMES, Options, PlaySession, Scene, process_memory_mb
 from mineworld.schedules import SCHEDULES
 from mineworld.session import default_reference_frames

@@ -170,6 +170,7 @@ def model_card(results: dict, log: dict, config, tokenizer) -> str:
         "decode_ms": f"{r['tokenizer_decode_ms']:.1f}",
         "cases": r["cases"], "context": CONTEXT, "script_step": SCRIPT_STEP,
         "speed_rounds": SPEED_ROUNDS,
+        "speed_machine": r.get("machine", "a machine the log does not name"),
         "speed_kept": (" These speed figures were kept from an earlier evaluation of the same "
                        "weights (`--evaluate-only --keep-speed`), which decoded with "
                        f"{r['speed_sampling']}." if r.get("speed_kept") else ""),

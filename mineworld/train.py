@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from mineworld.cli import positive_int
 from mineworld.decoding import Sampling, sample
+from mineworld.machine import machine
 
 # PSNR of stacked frames pools their squared error: a mean of per-frame PSNRs would let an
 # exact copy (the player standing still) count as infinite and swamp it.
@@ -333,6 +334,30 @@ def train_world_model(config, episodes, minutes: float, steps: int, seed: int, l
     return model.eval().requires_grad_(False)
 
 
+def widen_mlp(model, inner: int):
+    """``model`` with each MLP ``inner`` units wide, computing what it did: the trained units
+    keep their weights, the new ones start as a fresh model's with their output weights at
+    zero, so training adds capacity without first unlearning (a deeper or wider model
+    trained from scratch would need the hours the shipped one had)."""
+    from mineworld.model import Transformer
+
+    old = model.config.intermediate_size
+    if inner < old:
+        raise ValueError(f"--mlp-width {inner} is narrower than the model's MLP ({old} units)")
+    wide = Transformer(dataclasses.replace(model.config, intermediate_size=inner))
+    state = wide.state_dict()
+    for name, value in model.state_dict().items():
+        if name.endswith(("gate_proj.weight", "up_proj.weight")):
+            state[name][:old] = value
+        elif name.endswith("down_proj.weight"):
+            state[name][:, :old] = value
+            state[name][:, old:] = 0
+        else:
+            state[name] = value
+    wide.load_state_dict(state)
+    return wide
+
+
 def change_weights(targets: torch.Tensor, frame_tokens: int, weight: float) -> torch.Tensor:
     """Per target: ``weight`` for an image token whose code differs from the code at its place
     in the frame before, 1 for other image tokens, 0 where there is no target. Walking changes
@@ -570,7 +595,7 @@ def single_colour_frames(model, tokenizer, schedule: str, long_frames: int) -> d
 SPEED_FIELDS = ("render_ms_per_frame", "fps_naive", "fps_naive_median_frame", "fps_diagonal",
                 "fps_diagonal_median_frame", "fps_diagonal_window_2",
                 "fps_diagonal_window_2_median_frame", "threads", "speed_sampling",
-                "tokenizer_decode_ms")
+                "tokenizer_decode_ms", "machine")
 
 
 def speed(model, tokenizer, case, speed_frames: int) -> dict:
@@ -595,6 +620,7 @@ def speed(model, tokenizer, case, speed_frames: int) -> dict:
         results[f"fps_{name}"] = 1000 / float(np.mean(times))
         results[f"fps_{name}_median_frame"] = 1000 / float(np.median(times))
     results["threads"] = torch.get_num_threads()
+    results["machine"] = machine()
     results["speed_sampling"] = str(Sampling.model_default(model.config))
     ids = tokenizer.encode(frames[:1])
     tokenizer.decode(ids)
@@ -642,7 +668,8 @@ def evaluate(model, tokenizer, cases: int = EVAL_WORLDS, speed_frames: int = 40,
     if speed_from is not None:
         # Older logs name the speed's decoding only as the evaluation's.
         kept = {"speed_sampling": speed_from["sampling"]} | speed_from
-        return results | {name: kept[name] for name in SPEED_FIELDS} | {"speed_kept": True}
+        return (results | {name: kept[name] for name in SPEED_FIELDS if name in kept}
+                | {"speed_kept": True})
     return results | speed(model, tokenizer, data[0], speed_frames)
 
 
@@ -764,6 +791,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="give the tokenizer's decoder a full-size refinement stage; with "
                         "--resume it is added to the trained decoder and starts as the identity "
                         "(the shipped one: 32 2)")
+    parser.add_argument("--mlp-width", type=positive_int, metavar="UNITS",
+                        help="with --resume: widen each MLP of the world model to UNITS first, "
+                        "starting as the model it was (see widen_mlp)")
     parser.add_argument("--decoder-lr", type=float, default=5e-4,
                         help="peak LR of the decoder when resuming")
     parser.add_argument("--lr", type=float, default=1.5e-3, help="world model's peak LR")
@@ -805,6 +835,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--change-weight must be >= 1, got {args.change_weight}")
     if args.rare_controls < 0:
         parser.error(f"--rare-controls must be >= 0, got {args.rare_controls}")
+    if args.mlp_width and not args.resume:
+        parser.error("--mlp-width widens a trained model: it goes with --resume")
     if args.keep_speed and not args.evaluate_only:
         parser.error("--keep-speed goes with --evaluate-only (training changes the weights)")
     return args
@@ -914,6 +946,8 @@ def world_model_stage(args: argparse.Namespace, stems: list[Path], length: int, 
 
     codec = ActionCodec(offset=tokenizer.codebook_size)
     tokens = tokenize_episodes(tokenizer, stems, codec)
+    if model is not None and args.mlp_width:
+        model = widen_mlp(model, args.mlp_width)
     config = dataclasses.replace(model.config, **DECODING) if model else model_config(
         tokenizer.codebook_size, tokenizer.grid, args.smoke)
     holdout = None if args.smoke else tokenize_episodes(
@@ -935,7 +969,8 @@ def world_model_stage(args: argparse.Namespace, stems: list[Path], length: int, 
              "self_feed": args.self_feed, "self_feed_sampled": args.self_feed_sampled,
              "self_feed_passes": args.self_feed_passes,
              "change_weight": args.change_weight,
-             "rare_controls": args.rare_controls, "play": play_digest()})
+             "rare_controls": args.rare_controls, "play": play_digest(),
+             **({"mlp_width": args.mlp_width} if args.mlp_width else {})})
     return model, config
 
 

@@ -4,6 +4,7 @@ recorded in the procedural world, so that every check runs in seconds on one CPU
 Also the play logic under it (mineworld.play) and the command line's exit status. The helpers
 here (PatchTokenizer, tiny_model, record_scene) serve test_browser.py too."""
 
+import asyncio
 import dataclasses
 import gc
 import json
@@ -1034,6 +1035,37 @@ def test_a_key_socket_that_closes_stops_its_held_key(key_sockets):
     played = seat.play.frames_played
     time.sleep(0.5)
     assert seat.play.frames_played == played
+
+
+def test_a_key_socket_whose_page_takes_no_frame_stops_its_play(key_sockets, monkeypatch):
+    """A frame the page does not take within ``UNREAD_WAIT_SECONDS`` (a stalled tab, its
+    connection's buffers full) stops the play, so the model stops making frames nobody sees
+    and the seat takes keys again. The send is made to hang after the first frame."""
+    from websockets.sync.client import connect
+
+    url, demo, _resources = key_sockets
+    monkeypatch.setattr(app, "UNREAD_WAIT_SECONDS", 0.3)
+    sent, send_text = [], app.WebSocket.send_text
+
+    async def hangs_after_the_first(self, text):
+        if sent:
+            await asyncio.Event().wait()  # never set: the page takes nothing more
+        sent.append(text)
+        await send_text(self, text)
+
+    monkeypatch.setattr(app.WebSocket, "send_text", hangs_after_the_first)
+    token, seat = bound_token(demo, "stalls")
+    with connect(f"{url}?token={token}") as socket:
+        socket.send(key("forward", True, 1))
+        socket_messages(socket, lambda message: "screen" in message)
+        deadline = time.monotonic() + 30
+        while seat.controls.held and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not seat.controls.held  # the key is still down on the page: the bound let go
+        demo.scheduler.call(lambda: None)  # a frame asked for before the stop, made
+        played = seat.play.frames_played
+        time.sleep(0.5)
+        assert seat.play.frames_played == played
 
 
 def test_a_client_has_at_most_its_bound_of_key_sockets(key_sockets, monkeypatch):

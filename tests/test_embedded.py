@@ -1,6 +1,7 @@
 """The embedded model: the training pipeline's smoke run, the tokenizer, and the shipped assets."""
 
 import json
+import os
 import re
 
 import numpy as np
@@ -10,6 +11,8 @@ import torch
 from mineworld.controls import CONTROLS
 from mineworld.decoding import Sampling
 from mineworld.embedded import MODEL_DIR, demo_scene, load_embedded, validation_clips
+from mineworld.machine import cpu_model
+from mineworld.model import Transformer
 from mineworld.session import Session
 from mineworld.tokenizers.embedded import EmbeddedTokenizer, FSQAutoencoder, TokenizerConfig
 from mineworld.train import (
@@ -19,9 +22,11 @@ from mineworld.train import (
     generate_data,
     main,
     make_batch,
+    model_config,
     parse_args,
     play_digest,
     psnr,
+    widen_mlp,
     window_sampler,
 )
 
@@ -54,8 +59,9 @@ def test_smoke_run_gives_a_loadable_model(tmp_path):
     tokenizer_before = tokenizer.model.state_dict()
     main(["--smoke", "--resume", "--out", str(tmp_path), "--lr", "1e-2", "--decoder-lr", "1e-2",
           "--bf16", "--refine", "4", "1", "--change-weight", "3", "--rare-controls", "2",
-          "--self-feed-sampled", "--self-feed-passes", "2"])
+          "--self-feed-sampled", "--self-feed-passes", "2", "--mlp-width", "96"])
     resumed, resumed_tokenizer = load_embedded(model_dir=tmp_path / "model")
+    assert resumed.config.intermediate_size == 96  # written to its config, loaded back
     config = resumed_tokenizer.config
     assert (config.refine_channels, config.refine_blocks) == (4, 1)
     assert any(not torch.equal(before[k], v) for k, v in resumed.state_dict().items())
@@ -70,9 +76,11 @@ def test_smoke_run_gives_a_loadable_model(tmp_path):
     assert log["world_model_steps"] == 6 and log["resumed"] == [
         {"steps": 3, "peak_lr": 0.01, "self_feed": 0.5, "self_feed_sampled": True,
          "self_feed_passes": 2, "change_weight": 3.0, "rare_controls": 2.0,
-         "play": play_digest()}]
+         "play": play_digest(), "mlp_width": 96}]
     assert log["tokenizer_steps"] == 3 and log["decoder_steps"] == 3
     assert log["precision"] == "bf16 autocast"
+    card = (tmp_path / "MODEL_CARD.md").read_text()
+    assert f"Decoding speed, measured on {cpu_model()} ({os.cpu_count()} cores), load" in card
     # Action following: every script's rollout is closest to exactly one truth (1 world here).
     closest, following = (log["evaluation"][k] for k in (
         "action_following_closest", "action_following_per_probe"))
@@ -93,6 +101,25 @@ def test_smoke_run_gives_a_loadable_model(tmp_path):
         tmp_path / "MODEL_CARD.md").read_text()
     with pytest.raises(SystemExit):
         parse_args(["--keep-speed"])  # training changes the weights whose speed it would keep
+    with pytest.raises(SystemExit):
+        parse_args(["--mlp-width", "96"])  # widens a trained model
+
+
+def test_a_widened_mlp_computes_what_the_model_did_and_trains_its_new_units():
+    config = model_config(1000, (2, 3), smoke=True)
+    torch.manual_seed(0)
+    model = Transformer(config).eval()
+    wide = widen_mlp(model, 96)
+    assert wide.config.intermediate_size == 96 and wide.model.layers[0].mlp.down_weight.shape == (
+        96, config.hidden_size)
+    tokens = torch.randint(0, config.vocab_size, (2, 20))
+    with torch.no_grad():
+        assert torch.equal(wide(tokens), model(tokens))
+    # The new units' output weights start at zero but are not stuck there.
+    wide.train()(tokens).logsumexp(-1).sum().backward()
+    assert wide.model.layers[0].mlp.down_weight.grad[64:].abs().sum() > 0
+    with pytest.raises(ValueError, match="--mlp-width 32 is narrower than the model's MLP"):
+        widen_mlp(model, 32)
 
 
 def test_change_weights_weigh_the_codes_that_differ_from_the_frame_before():
