@@ -16,7 +16,9 @@ makes ahead the frames of a waiting player's newest different keys and then of t
 six by default, see ``--prepare-next``), and of ten keys in turn that are never made ahead
 (the hotbar's 1-9 and Q: the key pressed was pressed ten keys ago, so it is not among them);
 the hold is of W. Prints the machine, the percentiles, the painted rate and the model's own
-rate.
+rate in the app; and, serving the model, its rate alone in this process (one thread, as app.py
+plays, W held) before and after the page's measure: what this host's phase allows, the baseline
+the painted rate is read against.
 
 ``--stand-in-ms MS`` serves app.py with each frame a sleep of MS ms instead of the model's work
 (the first frame is made by the model, then shifted by a pixel a frame): the model's time
@@ -32,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.app_load import APP_ARGS, ROOT, free_port, start_server
+from benchmarks.app_load import APP_ARGS, ROOT, STRATEGY, free_port, start_server
 from benchmarks.common import percentile, print_machine
 
 CHROMIUM = "/usr/bin/chromium"
@@ -94,6 +96,26 @@ def serve_stand_in(ms: float, app_flags: list[str]) -> int:
 
     Session.step_passes = step_passes
     return app.main([*APP_ARGS, *app_flags])
+
+
+def model_alone_fps(frames: int = 40) -> float:
+    """Frames per second of the embedded model alone in this process: one thread, the app's
+    cache strategy, W held (a frame's tokenizer decode included, as in a play)."""
+    import torch
+
+    from benchmarks.players import new_players
+    from mineworld.actions import make_action
+    from mineworld.embedded import load_embedded
+
+    torch.set_num_threads(1)
+    model, tokenizer = load_embedded()
+    [session], _ = new_players(model, tokenizer, 1, STRATEGY)
+    forward = make_action(["forward"])
+    session.step(forward)  # the first frame after the start pays for the cache's prefill
+    started = time.perf_counter()
+    for _ in range(frames):
+        session.step(forward)
+    return frames / (time.perf_counter() - started)
 
 
 def newest_painted(page) -> int:
@@ -186,20 +208,22 @@ def main(argv=None) -> int:
     if args.serve:
         return serve_stand_in(args.stand_in_ms, args.app_flags)
     print_machine("demo page latency: tap -> painted, painted fps while a key is held")
-    server = None
+    server, alone = None, []
     with tempfile.TemporaryDirectory(prefix="mineworld-page-") as temp:
         url = args.url
         if url is None:
             port = free_port()
-            started = time.perf_counter()
             command = [sys.executable, str(ROOT / "app.py"), *APP_ARGS, *args.app_flags]
             if args.stand_in_ms is not None:
                 # start_server adds --port at the end: after "--", for app.py too.
                 command = [sys.executable, "-m", "benchmarks.page_latency", "--serve",
                            "--stand-in-ms", str(args.stand_in_ms), "--", *args.app_flags]
                 print(f"frames: a {args.stand_in_ms:g} ms sleep each, not the model")
+            else:
+                alone.append(model_alone_fps())
             if args.app_flags:
                 print(f"app.py flags: {' '.join(args.app_flags)}")
+            started = time.perf_counter()
             server = start_server(port, temp, Path(temp) / "app.log", command)
             url = f"http://127.0.0.1:{port}/"
             print(f"app.py served in {time.perf_counter() - started:.1f} s")
@@ -209,6 +233,8 @@ def main(argv=None) -> int:
             if server is not None:
                 server.terminate()
                 server.wait(timeout=30)
+        if alone:
+            alone.append(model_alone_fps())
     for taps, latencies in result["latencies"].items():
         print(f"tap -> first new frame painted, {len(latencies)} taps of {taps}: "
               f"p50 {percentile(latencies, 50):.0f} ms, p95 {percentile(latencies, 95):.0f} ms, "
@@ -216,6 +242,10 @@ def main(argv=None) -> int:
     print(f"the true world: {'hidden' if args.hide_truth else 'shown beside the frame'}")
     print(f"W held {args.hold:g} s: {result['painted']} frames painted, "
           f"{result['fps']:.1f} painted fps")
+    if alone:
+        print(f"the model alone in this process (1 thread, W held), before / after: "
+              f"{alone[0]:.1f} / {alone[1]:.1f} fps; painted {result['fps'] / max(alone):.2f}x "
+              "the faster")
     print(f"page status after: {result['status']}")
     return 0
 
