@@ -101,7 +101,8 @@ def model_card(results: dict, log: dict, config, tokenizer) -> str:
 
     r = results
     tok = tokenizer.config
-    runs = [f"{run['steps']} at peak LR {run['peak_lr']:g}"
+    runs = [(f"MLP widened to {run['mlp_width']} units, then " if run.get("mlp_width") else "")
+            + f"{run['steps']} at peak LR {run['peak_lr']:g}"
             + (f", {run['self_feed']:.0%} of the frames self-fed"
                + (" (sampled)" if run.get("self_feed_sampled") else "")
                + (f" in {run['self_feed_passes']} passes"

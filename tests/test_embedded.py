@@ -86,9 +86,9 @@ def test_smoke_run_gives_a_loadable_model(tmp_path):
         "action_following_closest", "action_following_per_probe"))
     assert all(sum(row.values()) == 1 for row in closest.values())
     assert following == {probe: row[probe] for probe, row in closest.items()}
-    assert ("6 world-model steps of 4 windows (resumed runs: 3 at peak LR 0.01, 50% of the "
-            "frames self-fed (sampled) in 2 passes, codes that changed weighted 3x, windows "
-            "holding back, strafe, jump or sneak 3x as likely)") in (
+    assert ("6 world-model steps of 4 windows (resumed runs: MLP widened to 96 units, then 3 at "
+            "peak LR 0.01, 50% of the frames self-fed (sampled) in 2 passes, codes that changed "
+            "weighted 3x, windows holding back, strafe, jump or sneak 3x as likely)") in (
         tmp_path / "MODEL_CARD.md").read_text()
 
     # Re-measured on a busy host: everything but the speed, which the card says was kept.
