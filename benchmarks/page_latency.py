@@ -105,19 +105,16 @@ def model_alone_fps(frames: int = 40) -> float:
     cache strategy, W held (a frame's tokenizer decode included, as in a play)."""
     import torch
 
-    from benchmarks.players import new_players
+    from benchmarks.players import new_players, timed
     from mineworld.actions import make_action
     from mineworld.embedded import load_embedded
 
     torch.set_num_threads(1)
     model, tokenizer = load_embedded()
-    [session], _ = new_players(model, tokenizer, 1, STRATEGY)
-    forward = make_action(["forward"])
-    session.step(forward)  # the first frame after the start pays for the cache's prefill
-    started = time.perf_counter()
-    for _ in range(frames):
-        session.step(forward)
-    return frames / (time.perf_counter() - started)
+    sessions, _ = new_players(model, tokenizer, 1, STRATEGY)
+    held = [[make_action(["forward"])] * (frames + 1)]  # the first, a warm-up, is not timed
+    seconds, _ = timed(model, sessions, held, frames, together=False)
+    return frames / seconds
 
 
 def newest_painted(page) -> int:
