@@ -18,7 +18,10 @@ six by default, see ``--prepare-next``), and of ten keys in turn that are never 
 the hold is of W. Prints the machine, the percentiles, the painted rate and the model's own
 rate in the app; and, serving the model, its rate alone in this process (one thread, as app.py
 plays, W held) before and after the page's measure: what this host's phase allows, the baseline
-the painted rate is read against.
+the painted rate is read against. And where the cores went while W was held (Linux ``/proc``):
+app.py's share, that of its busiest thread (all model work runs on one thread, so at a whole
+core the page waits on nothing but the model), its child processes' (the true world) and
+Chromium's, and the whole machine's (more than these: something else ran).
 
 ``--stand-in-ms MS`` serves app.py with each frame a sleep of MS ms instead of the model's work
 (the first frame is made by the model, then shifted by a pixel a frame): the model's time
@@ -29,6 +32,7 @@ model.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -40,6 +44,7 @@ from benchmarks.app_load import APP_ARGS, ROOT, STRATEGY, free_port, start_serve
 from benchmarks.common import percentile, print_machine
 
 CHROMIUM = "/usr/bin/chromium"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # the unit of /proc's CPU times
 # Usual keys, each pressed again after five others.
 SIX_KEYS = ["ArrowUp", "ArrowDown", "a", "d", "ArrowLeft", "ArrowRight"]
 # Each pressed again after nine others: never among a player's likely next keys (six by default).
@@ -117,6 +122,70 @@ def model_alone_fps(frames: int = 40) -> float:
     return frames / seconds
 
 
+def cpu_seconds(stat: str) -> float:
+    """User + system CPU seconds in the text of a /proc ``stat`` file (a process's or a
+    thread's); its name, in parentheses, may hold spaces and parentheses itself."""
+    fields = stat.rpartition(")")[2].split()  # from the third field, the state, on
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def machine_busy_seconds(stat: str) -> float:
+    """CPU seconds the cores spent running (not idle, waiting on I/O or given by the host
+    to other machines: steal), all of them, in the text of ``/proc/stat``."""
+    _cpu, user, nice, system, _idle, _iowait, irq, softirq = stat.split()[:8]
+    return sum(int(ticks) for ticks in (user, nice, system, irq, softirq)) / CLOCK_TICKS
+
+
+def cpu_snapshot(app_pid: int) -> dict:
+    """CPU seconds so far of the machine, of ``app_pid``'s process and of each of its threads,
+    and of each of its descendant processes and of each Chromium process (by pid), with the
+    time taken."""
+    parents, seconds, chromium = {}, {}, set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        pid = int(entry.name)
+        name, _, rest = stat.partition(" (")[2].rpartition(")")
+        parents[pid], seconds[pid] = int(rest.split()[1]), cpu_seconds(stat)
+        if name.startswith("chrom"):
+            chromium.add(pid)
+    descendants, newest = set(), {app_pid}
+    while newest:
+        newest = {pid for pid, parent in parents.items() if parent in newest} - descendants
+        descendants |= newest
+    threads = {}
+    for task in Path(f"/proc/{app_pid}/task").iterdir():
+        try:
+            threads[int(task.name)] = cpu_seconds((task / "stat").read_text())
+        except OSError:
+            continue
+    return {"time": time.monotonic(), "machine": machine_busy_seconds(
+                Path("/proc/stat").read_text()),
+            "app": seconds.get(app_pid, 0.0), "threads": threads,
+            "children": {pid: seconds[pid] for pid in descendants - chromium},
+            "chromium": {pid: seconds[pid] for pid in chromium}}
+
+
+def cores_used(before: dict, after: dict) -> dict[str, float]:
+    """Cores used between two ``cpu_snapshot``s: by app.py, its busiest thread, its child
+    processes, Chromium (a process that ended between them counts for nothing) and everything
+    on the machine."""
+    seconds = after["time"] - before["time"]
+
+    def used(kind: str) -> float:
+        return sum(now - before[kind].get(pid, 0.0) for pid, now in after[kind].items())
+
+    busiest = max((now - before["threads"].get(tid, 0.0)
+                   for tid, now in after["threads"].items()), default=0.0)
+    return {"app.py": (after["app"] - before["app"]) / seconds, "busiest thread": busiest / seconds,
+            "children": used("children") / seconds, "chromium": used("chromium") / seconds,
+            "machine": (after["machine"] - before["machine"]) / seconds}
+
+
 def newest_painted(page) -> int:
     """The highest frame number painted (an image that loads late is logged late)."""
     return page.evaluate("() => Math.max(-1, ...window.mineworldTabs.play.log.map(e => e[1]))")
@@ -152,22 +221,27 @@ def tap_latencies(page, keys: list[str]) -> list[float]:
     return latencies
 
 
-def held_rate(page, seconds: float) -> tuple[float, int]:
-    """(frames painted per second, frames painted) while W is held for ``seconds``."""
+def held_rate(page, seconds: float, app_pid: int | None = None
+              ) -> tuple[float, int, dict | None]:
+    """(frames painted per second, frames painted, ``cores_used`` by ``app_pid`` and the rest,
+    when given) while W is held for ``seconds``."""
     wait_idle(page)
     page.evaluate("() => { window.mineworldTabs.play.log = []; }")
+    before = cpu_snapshot(app_pid) if app_pid else None
     page.keyboard.down("w")
     page.wait_for_timeout(seconds * 1000)
     up = page.evaluate("() => performance.now()")
     page.keyboard.up("w")
+    cores = cores_used(before, cpu_snapshot(app_pid)) if app_pid else None
     times = [when for when, _number in page.evaluate("() => window.mineworldTabs.play.log")
              if when <= up]
     if len(times) < 2:
-        return 0.0, len(times)
-    return (len(times) - 1) / ((times[-1] - times[0]) / 1000), len(times)
+        return 0.0, len(times), cores
+    return (len(times) - 1) / ((times[-1] - times[0]) / 1000), len(times), cores
 
 
-def measure(url: str, taps: int, hold: float, hide_truth: bool) -> dict:
+def measure(url: str, taps: int, hold: float, hide_truth: bool,
+            app_pid: int | None = None) -> dict:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -195,11 +269,12 @@ def measure(url: str, taps: int, hold: float, hide_truth: bool) -> dict:
                      "six keys in turn": tap_latencies(page, (SIX_KEYS * taps)[:taps]),
                      "ten keys in turn (never made ahead)": tap_latencies(
                          page, (TEN_KEYS * taps)[:taps])}
-        fps, painted = held_rate(page, hold)
+        fps, painted, cores = held_rate(page, hold, app_pid)
         wait_idle(page)
         status = page.locator("#status-play textarea").input_value()
         browser.close()
-    return {"latencies": latencies, "fps": fps, "painted": painted, "status": status}
+    return {"latencies": latencies, "fps": fps, "painted": painted, "cores": cores,
+            "status": status}
 
 
 def main(argv=None) -> int:
@@ -227,7 +302,8 @@ def main(argv=None) -> int:
             url = f"http://127.0.0.1:{port}/"
             print(f"app.py served in {time.perf_counter() - started:.1f} s")
         try:
-            result = measure(url, args.taps, args.hold, args.hide_truth)
+            result = measure(url, args.taps, args.hold, args.hide_truth,
+                             server.pid if server is not None else None)
         finally:
             if server is not None:
                 server.terminate()
@@ -241,6 +317,12 @@ def main(argv=None) -> int:
     print(f"the true world: {'hidden' if args.hide_truth else 'shown beside the frame'}")
     print(f"W held {args.hold:g} s: {result['painted']} frames painted, "
           f"{result['fps']:.1f} painted fps")
+    if result["cores"]:
+        cores = result["cores"]
+        print(f"cores used while W was held: app.py {cores['app.py']:.2f} (its busiest thread "
+              f"{cores['busiest thread']:.2f}), its child processes {cores['children']:.2f}, "
+              f"Chromium {cores['chromium']:.2f}; the machine {cores['machine']:.2f} of "
+              f"{os.cpu_count()}")
     if alone:
         print(f"the model alone in this process (1 thread, W held), before / after: "
               f"{alone[0]:.1f} / {alone[1]:.1f} fps; painted {result['fps'] / np.mean(alone):.2f}x "

@@ -6,6 +6,11 @@ the published shapes it takes; benchmarks.players' ways of attending for many pl
 import argparse
 import csv
 import math
+import os
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 import torch
@@ -193,3 +198,50 @@ def test_the_page_benchmark_passes_the_flags_after_a_double_dash_to_app_py():
     assert page_latency.parse_args(["--hold", "2"]).app_flags == []
     with pytest.raises(SystemExit):  # a page already served takes no app.py flags
         page_latency.parse_args(["--url", "http://127.0.0.1:7860/", "--", "--threads", "2"])
+
+
+def test_the_page_benchmark_reads_cpu_seconds_from_proc_stat_lines():
+    from benchmarks import page_latency
+
+    ticks = page_latency.CLOCK_TICKS
+    # A name may hold spaces and parentheses; utime and stime are the 14th and 15th fields.
+    stat = f"4242 (a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 {3 * ticks} {ticks} 0 0 20 0 1"
+    assert page_latency.cpu_seconds(stat) == 4.0
+    # user nice system idle iowait irq softirq steal ...: idle, I/O waits and steal not busy
+    machine = f"cpu  {ticks} {ticks} {ticks} 100 100 {ticks} {ticks} 100 0 0\ncpu0 1 2 3 4"
+    assert page_latency.machine_busy_seconds(machine) == 5.0
+
+
+def test_the_page_benchmark_finds_the_busiest_thread_and_a_child_process_of_the_app():
+    from benchmarks import page_latency
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    go, burnt, finish, burner = threading.Event(), threading.Event(), threading.Event(), []
+
+    def burn():  # a thread on a core for 0.3 s of its own CPU time, alive when measured
+        burner.append(threading.get_native_id())
+        go.wait()
+        end = time.thread_time() + 0.3
+        while time.thread_time() < end:
+            pass
+        burnt.set()
+        finish.wait()
+
+    thread = threading.Thread(target=burn)
+    thread.start()
+    try:
+        before = page_latency.cpu_snapshot(os.getpid())
+        go.set()
+        burnt.wait()
+        after = page_latency.cpu_snapshot(os.getpid())
+    finally:
+        finish.set()
+        thread.join()
+        child.kill()
+        child.wait()
+    spent = after["threads"][burner[0]] - before["threads"].get(burner[0], 0.0)
+    cores = page_latency.cores_used(before, after)
+    assert spent >= 0.2
+    assert cores["busiest thread"] == pytest.approx(spent / (after["time"] - before["time"]))
+    assert cores["app.py"] >= cores["busiest thread"]
+    assert child.pid in after["children"] and child.pid not in after["chromium"]
