@@ -122,11 +122,12 @@ def model_alone_fps(frames: int = 40) -> float:
     return frames / seconds
 
 
-def cpu_seconds(stat: str) -> float:
-    """User + system CPU seconds in the text of a /proc ``stat`` file (a process's or a
-    thread's); its name, in parentheses, may hold spaces and parentheses itself."""
-    fields = stat.rpartition(")")[2].split()  # from the third field, the state, on
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+def read_stat(stat: str) -> tuple[str, int, float]:
+    """(name, parent's pid, user + system CPU seconds) in the text of a /proc ``stat`` file (a
+    process's or a thread's); its name, in parentheses, may hold spaces and parentheses itself."""
+    head, _, tail = stat.rpartition(")")
+    fields = tail.split()  # from the third field, the state, on
+    return head.partition("(")[2], int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def machine_busy_seconds(stat: str) -> float:
@@ -149,8 +150,7 @@ def cpu_snapshot(app_pid: int) -> dict:
         except OSError:  # ended meanwhile
             continue
         pid = int(entry.name)
-        name, _, rest = stat.partition(" (")[2].rpartition(")")
-        parents[pid], seconds[pid] = int(rest.split()[1]), cpu_seconds(stat)
+        name, parents[pid], seconds[pid] = read_stat(stat)
         if name.startswith("chrom"):
             chromium.add(pid)
     descendants, newest = set(), {app_pid}
@@ -160,7 +160,7 @@ def cpu_snapshot(app_pid: int) -> dict:
     threads = {}
     for task in Path(f"/proc/{app_pid}/task").iterdir():
         try:
-            threads[int(task.name)] = cpu_seconds((task / "stat").read_text())
+            threads[int(task.name)] = read_stat((task / "stat").read_text())[2]
         except OSError:
             continue
     return {"time": time.monotonic(), "machine": machine_busy_seconds(

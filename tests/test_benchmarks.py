@@ -200,13 +200,13 @@ def test_the_page_benchmark_passes_the_flags_after_a_double_dash_to_app_py():
         page_latency.parse_args(["--url", "http://127.0.0.1:7860/", "--", "--threads", "2"])
 
 
-def test_the_page_benchmark_reads_cpu_seconds_from_proc_stat_lines():
+def test_the_page_benchmark_reads_proc_stat_lines():
     from benchmarks import page_latency
 
     ticks = page_latency.CLOCK_TICKS
     # A name may hold spaces and parentheses; utime and stime are the 14th and 15th fields.
     stat = f"4242 (a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 {3 * ticks} {ticks} 0 0 20 0 1"
-    assert page_latency.cpu_seconds(stat) == 4.0
+    assert page_latency.read_stat(stat) == ("a (b) c", 1, 4.0)
     # user nice system idle iowait irq softirq steal ...: idle, I/O waits and steal not busy
     machine = f"cpu  {ticks} {ticks} {ticks} 100 100 {ticks} {ticks} 100 0 0\ncpu0 1 2 3 4"
     assert page_latency.machine_busy_seconds(machine) == 5.0
