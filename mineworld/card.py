@@ -112,6 +112,8 @@ def model_card(results: dict, log: dict, config, tokenizer) -> str:
                if run.get("change_weight", 1) != 1 else "")
             + (f", windows holding back, strafe, jump or sneak {1 + run['rare_controls']:g}x as "
                "likely" if run.get("rare_controls") else "")
+            + (f", the codes' digits' loss weighted {run['digit_weight']:g}"
+               if run.get("digit_weight") else "")
             for run in log.get("resumed", [])]
     cached = log.get("cached_episodes", 0)
     structure = r["structure"]
@@ -151,6 +153,11 @@ def model_card(results: dict, log: dict, config, tokenizer) -> str:
         "copy_accuracy": f"{r['copy_previous_accuracy']:.1%}",
         "one_step": f"{r['one_step_psnr_db']:.2f}",
         "one_step_tokenizer": f"{r['one_step_tokenizer_psnr_db']:.2f}",
+        "near_miss_row": (
+            "| same, the true view with the camera turned 1 degree / moved 0.1 block, through "
+            f"the tokenizer | {r['one_step_turned_1_degree_psnr_db']:.2f} / "
+            f"{r['one_step_moved_0.1_block_psnr_db']:.2f} dB |\n"
+            if "one_step_turned_1_degree_psnr_db" in r else ""),
         "rollout": ROLLOUT, "schedule": r["rollout_schedule"],
         "rollout_psnr": f"{r['rollout_psnr_db']:.2f}",
         "shipped_row": (f"| same, decoded as shipped ({r['sampling']}) | "

@@ -281,13 +281,15 @@ def train_world_model(config, episodes, minutes: float, steps: int, seed: int, l
                       batch: int = 8, lr: float = 1.5e-3, holdout=None, model=None,
                       bf16: bool = False, self_feed: float = 0.0, change_weight: float = 1.0,
                       windows: np.ndarray | None = None,
-                      self_feed_sampling: Sampling | None = None, self_feed_passes: int = 1):
+                      self_feed_sampling: Sampling | None = None, self_feed_passes: int = 1,
+                      digit_weight: float = 0.0, levels: tuple[int, ...] = ()):
     """AdamW + cosine LR on random windows; ``holdout`` episodes give a validation loss.
     ``model`` continues an earlier run; otherwise training starts from a fresh one.
     ``self_feed``: the share of frames fed as the model's own predictions, drawn with
     ``self_feed_sampling`` (None: greedy) in ``self_feed_passes`` passes (see
     feed_own_predictions); ``change_weight``: see
-    change_weights; ``windows``: see window_sampler."""
+    change_weights; ``windows``: see window_sampler; ``digit_weight``: the weight of
+    digit_loss over the tokenizer's FSQ ``levels``."""
     from mineworld.model import Transformer
 
     torch.manual_seed(seed)
@@ -312,6 +314,8 @@ def train_world_model(config, episodes, minutes: float, steps: int, seed: int, l
             logits = model(tokens)
         token_loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
                                      reduction="none")
+        if digit_weight:
+            token_loss = token_loss + digit_weight * digit_loss(logits, targets, levels).flatten()
         weights = change_weights(targets, config.tokens_per_frame, change_weight).flatten()
         loss = (token_loss * weights).sum() / weights.sum()
         optimizer.zero_grad(set_to_none=True)
@@ -369,6 +373,31 @@ def change_weights(targets: torch.Tensor, frame_tokens: int, weight: float) -> t
         targets[:, :-frame_tokens] != -100)
     weights[:, frame_tokens:][changed] = weight
     return weights
+
+
+def digit_loss(logits: torch.Tensor, targets: torch.Tensor,
+               levels: tuple[int, ...]) -> torch.Tensor:
+    """Per target, the sum over the FSQ digits of its code of -log p(the code's digit), where
+    p(digit = v) sums the odds of the image codes whose digit is v (0 where there is no
+    target). Codes that share digits lie near each other in the tokenizer's latent space and
+    draw alike; plain cross-entropy counts every wrong code as wrong as any other, this puts
+    the odds of an unsure cell on codes that draw like the true one. A code's id is
+    ``sum(digit[d] * prod(levels[:d]))``, so its odds reshape to one axis per digit, the first
+    digit last."""
+    codes = math.prod(levels)
+    log_odds = logits[..., :codes].float().log_softmax(-1)
+    log_odds = log_odds.reshape(*log_odds.shape[:-1], *reversed(levels))
+    ids = targets.clamp(min=0)
+    loss = torch.zeros(targets.shape, device=logits.device)
+    digit_axes = range(log_odds.ndim - 1, targets.ndim - 1, -1)  # first digit: the last axis
+    place = 1
+    for level, axis in zip(levels, digit_axes, strict=True):
+        others = [a for a in range(targets.ndim, log_odds.ndim) if a != axis]
+        marginal = log_odds.logsumexp(others)  # [..., level]
+        digit = (ids // place) % level
+        loss = loss - marginal.gather(-1, digit[..., None])[..., 0]
+        place *= level
+    return torch.where(targets == -100, 0.0, loss)
 
 
 @torch.no_grad()
@@ -553,6 +582,42 @@ def rollout_scores(model, tokenizer, data, schedule: str, strip_path=None) -> di
     return results
 
 
+NEAR_MISSES = {"turned_1_degree": (1.0, 0.0), "moved_0.1_block": (0.0, 0.1)}
+
+
+def views_off_by(seed: int, actions: list[dict], offsets: list[tuple[float, float]]) -> np.ndarray:
+    """The views after ``actions`` in world ``seed``, one per (yaw, ahead) offset: the camera
+    turned ``yaw`` degrees further right and moved ``ahead`` blocks along the level heading."""
+    from mineworld.world import Game
+    from mineworld.world.render import render
+
+    game = Game(seed, FRAME_SIZE)
+    for a in actions:
+        game.player.step(a)
+    player = game.player
+    heading = math.radians(player.yaw)
+    views = []
+    for yaw, ahead in offsets:
+        eye = np.add(player.eye, ahead * np.array([-math.sin(heading), 0.0, math.cos(heading)]))
+        views.append(render(game.world, tuple(eye), player.yaw + yaw, player.pitch, FRAME_SIZE))
+    return np.stack(views)
+
+
+def near_miss_scores(tokenizer, data) -> dict:
+    """What one step ahead scores for a picture that is right but for its camera: each case's
+    first rolled-out view rendered by the world with the camera turned 1 degree (a fifth of
+    a turn step) or moved 0.1 block (a quarter of a walking step), through the tokenizer,
+    against the true view. The distance of one step ahead from the tokenizer's reconstruction
+    reads against these."""
+    offsets = list(NEAR_MISSES.values())
+    views = np.stack([views_off_by(seed, all_actions[:WARMUP + CONTEXT], offsets)
+                      for seed, all_actions, _, _ in data])  # [cases, offsets, H, W, 3]
+    truths = np.stack([frames[CONTEXT] for *_, frames in data])
+    return {f"one_step_{name}_psnr_db": psnr(tokenizer.decode(tokenizer.encode(views[:, k])),
+                                            truths)
+            for k, name in enumerate(NEAR_MISSES)}
+
+
 def action_following(model, tokenizer, data, schedule: str) -> dict:
     """The same context under five scripts, each truth rendered by the world: which script's
     truth each greedy rollout is closest to."""
@@ -652,6 +717,7 @@ def evaluate(model, tokenizer, cases: int = EVAL_WORLDS, speed_frames: int = 40,
     results["tokenizer_psnr_db"] = psnr(tokenizer.decode(tokenizer.encode(truth_all)), truth_all)
     results |= teacher_forcing(model, tokenizer, data)
     results |= rollout_scores(model, tokenizer, data, schedule, strip_path)
+    results |= near_miss_scores(tokenizer, data)
     results |= action_following(model, tokenizer, data, schedule)
     # Each control against no action, from many start points, greedy and as shipped; the strip
     # shows the model as it plays (the last decoding).
@@ -813,6 +879,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--change-weight", type=float, default=1.0, metavar="W",
                         help="loss weight of image tokens whose code differs from the frame "
                         "before (1: plain cross-entropy), >= 1")
+    parser.add_argument("--digit-weight", type=float, default=0.0, metavar="W",
+                        help="weight of a second loss on each FSQ digit of the true code (see "
+                        "digit_loss: an unsure cell's odds go to codes that draw alike), >= 0; "
+                        "0: plain cross-entropy")
     parser.add_argument("--rare-controls", type=float, default=0.0, metavar="BOOST",
                         help="train on windows where the play holds a rare control (back, "
                         "strafe, jump, sneak) more often: a window's odds are 1 + BOOST x the "
@@ -833,6 +903,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--self-feed must be in [0, 1], got {args.self_feed}")
     if args.change_weight < 1:
         parser.error(f"--change-weight must be >= 1, got {args.change_weight}")
+    if args.digit_weight < 0:
+        parser.error(f"--digit-weight must be >= 0, got {args.digit_weight}")
     if args.rare_controls < 0:
         parser.error(f"--rare-controls must be >= 0, got {args.rare_controls}")
     if args.mlp_width and not args.resume:
@@ -962,7 +1034,8 @@ def world_model_stage(args: argparse.Namespace, stems: list[Path], length: int, 
                               windows=window_sampler(stems, config.context_frames,
                                                      args.rare_controls),
                               self_feed_sampling=SAMPLED_FEED if args.self_feed_sampled else None,
-                              self_feed_passes=args.self_feed_passes)
+                              self_feed_passes=args.self_feed_passes,
+                              digit_weight=args.digit_weight, levels=tokenizer.config.levels)
     if args.resume:
         log.setdefault("resumed", []).append(
             {"steps": log["world_model_steps"] - steps_before, "peak_lr": args.lr,
@@ -970,6 +1043,7 @@ def world_model_stage(args: argparse.Namespace, stems: list[Path], length: int, 
              "self_feed_passes": args.self_feed_passes,
              "change_weight": args.change_weight,
              "rare_controls": args.rare_controls, "play": play_digest(),
+             **({"digit_weight": args.digit_weight} if args.digit_weight else {}),
              **({"mlp_width": args.mlp_width} if args.mlp_width else {})})
     return model, config
 

@@ -19,6 +19,7 @@ from mineworld.train import (
     SPEED_FIELDS,
     TRAIN_SEED_BASE,
     change_weights,
+    digit_loss,
     generate_data,
     main,
     make_batch,
@@ -26,6 +27,7 @@ from mineworld.train import (
     parse_args,
     play_digest,
     psnr,
+    views_off_by,
     widen_mlp,
     window_sampler,
 )
@@ -127,6 +129,35 @@ def test_change_weights_weigh_the_codes_that_differ_from_the_frame_before():
     targets = torch.tensor([[5, 6, -100, 5, 7, -100, 8, 7]])
     assert change_weights(targets, 3, 4.0).tolist() == [[1, 1, 0, 1, 4, 0, 4, 1]]
     assert change_weights(targets, 3, 1.0).tolist() == [[1, 1, 0, 1, 1, 0, 1, 1]]
+
+
+def test_digit_loss_sums_the_odds_of_the_codes_sharing_each_digit():
+    levels = (4, 3, 2)  # 24 codes; code id = d0 + 4 * d1 + 12 * d2
+    logits = torch.randn(2, 3, 30)  # 6 more tokens (actions) that the image odds leave out
+    targets = torch.tensor([[0, 23, -100], [7, 13, 18]])
+    odds = logits[..., :24].softmax(-1)
+    digits = [(torch.arange(24) // place) % level for place, level in ((1, 4), (4, 3), (12, 2))]
+    expected = torch.zeros(2, 3)
+    for b, j in [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2)]:
+        code = int(targets[b, j])
+        expected[b, j] = -sum(odds[b, j][d == d[code]].sum().log() for d in digits)
+    assert torch.allclose(digit_loss(logits, targets, levels), expected, atol=1e-5)
+    # Sure of the true code: nothing to pay on any digit.
+    sure = torch.full((1, 1, 24), -30.0)
+    sure[0, 0, 17] = 30.0
+    assert digit_loss(sure, torch.tensor([[17]]), levels).item() == pytest.approx(0, abs=1e-6)
+
+
+def test_a_near_miss_is_the_true_view_with_the_camera_moved():
+    from mineworld.world import replay, scripted_actions
+
+    actions = scripted_actions(TRAIN_SEED_BASE, 6)
+    true_view = replay(TRAIN_SEED_BASE, actions)[-1]  # after the first five actions
+    same, turned, turned_more, moved = views_off_by(
+        TRAIN_SEED_BASE, actions[:5], [(0, 0), (1, 0), (5, 0), (0, 0.1)])
+    assert np.array_equal(same, true_view)
+    assert not np.array_equal(moved, true_view)
+    assert 30 > psnr(turned, true_view) > psnr(turned_more, true_view)
 
 
 def test_windows_holding_rare_controls_are_drawn_more_often(tmp_path):
