@@ -613,9 +613,9 @@ def near_miss_scores(tokenizer, data) -> dict:
     views = np.stack([views_off_by(seed, all_actions[:WARMUP + CONTEXT], offsets)
                       for seed, all_actions, _, _ in data])  # [cases, offsets, H, W, 3]
     truths = np.stack([frames[CONTEXT] for *_, frames in data])
-    return {f"one_step_{name}_psnr_db": psnr(tokenizer.decode(tokenizer.encode(views[:, k])),
-                                            truths)
-            for k, name in enumerate(NEAR_MISSES)}
+    return {"one_step_near_miss_psnr_db": {
+        name: psnr(tokenizer.decode(tokenizer.encode(views[:, k])), truths)
+        for k, name in enumerate(NEAR_MISSES)}}
 
 
 def action_following(model, tokenizer, data, schedule: str) -> dict:
