@@ -847,6 +847,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="with --evaluate-only: keep the speed figures of the last "
                         "evaluation in training_log.json (same weights) instead of measuring "
                         "on this machine, for a re-evaluation on a busy host; the card says so")
+    parser.add_argument("--speed-only", action="store_true",
+                        help="with --evaluate-only: measure the speed figures alone and keep the "
+                        "other figures of the last evaluation in training_log.json (same "
+                        "weights), for the speed of an idle host after a re-evaluation on a "
+                        "busy one")
     parser.add_argument("--resume", action="store_true",
                         help="train the model in --out further on the worlds its "
                         "training_log.json names: its tokenizer's decoder (TOKENIZER minutes, "
@@ -911,6 +916,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--mlp-width widens a trained model: it goes with --resume")
     if args.keep_speed and not args.evaluate_only:
         parser.error("--keep-speed goes with --evaluate-only (training changes the weights)")
+    if args.speed_only and not args.evaluate_only:
+        parser.error("--speed-only goes with --evaluate-only (training changes the weights)")
+    if args.speed_only and args.keep_speed:
+        parser.error("--speed-only measures the speed that --keep-speed keeps: choose one")
     return args
 
 
@@ -927,7 +936,8 @@ def main(argv: list[str] | None = None) -> None:
                  f"_play{play_digest()}")
     log: dict = {"seed": args.seed}
     if args.evaluate_only:
-        evaluate_and_write(out, log, args.smoke, args.schedule, args.keep_speed)
+        evaluate_and_write(out, log, args.smoke, args.schedule, args.keep_speed,
+                           args.speed_only)
         return
 
     from mineworld.checkpoint import save_transformer
@@ -1049,25 +1059,33 @@ def world_model_stage(args: argparse.Namespace, stems: list[Path], length: int, 
 
 
 def evaluate_and_write(out: Path, log: dict, smoke: bool, schedule: str = "diagonal",
-                       keep_speed: bool = False) -> None:
+                       keep_speed: bool = False, speed_only: bool = False) -> None:
     """Evaluate the model in ``out``, print the results, write the card, strip and log;
-    ``keep_speed``: the speed figures of the log's last evaluation instead of new ones."""
+    ``keep_speed``: the speed figures of the log's last evaluation instead of new ones;
+    ``speed_only``: new speed figures beside the last evaluation's others (strips unchanged)."""
     from mineworld.card import model_card
     from mineworld.embedded import demo_scene, load_embedded, validation_clips
 
     log_path = out / "training_log.json"
     if log_path.exists() and "train_frames" not in log:  # --evaluate-only keeps training facts
         log = {**json.loads(log_path.read_text()), **log}
-    if keep_speed and "evaluation" not in log:
-        raise SystemExit(f"--keep-speed: {log_path} holds no evaluation whose speed to keep")
+    for flag, asked in (("--keep-speed", keep_speed), ("--speed-only", speed_only)):
+        if asked and "evaluation" not in log:
+            raise SystemExit(f"{flag}: {log_path} holds no evaluation to keep figures of")
     model, tokenizer = load_embedded(model_dir=out / "model")
-    results = evaluate(model, tokenizer, cases=1 if smoke else EVAL_WORLDS,
-                       speed_frames=SPEED_ROUNDS if smoke else 40, strip_path=out / "strip.png",
-                       long_frames=4 if smoke else 64, schedule=schedule,
-                       clips=validation_clips(out / "validation"),
-                       control_starts=1 if smoke else CONTROL_STARTS,
-                       controls_strip=out / "controls.png",
-                       speed_from=log["evaluation"] if keep_speed else None)
+    speed_frames = SPEED_ROUNDS if smoke else 40
+    if speed_only:
+        kept = {name: value for name, value in log["evaluation"].items()
+                if name not in SPEED_FIELDS and name != "speed_kept"}
+        results = kept | speed(model, tokenizer, eval_cases(1)[0], speed_frames)
+    else:
+        results = evaluate(model, tokenizer, cases=1 if smoke else EVAL_WORLDS,
+                           speed_frames=speed_frames, strip_path=out / "strip.png",
+                           long_frames=4 if smoke else 64, schedule=schedule,
+                           clips=validation_clips(out / "validation"),
+                           control_starts=1 if smoke else CONTROL_STARTS,
+                           controls_strip=out / "controls.png",
+                           speed_from=log["evaluation"] if keep_speed else None)
     scene, _ = demo_scene(out / "scene" / "scene")
     scene = scene[:16]  # what tests/test_embedded.py re-measures
     results["scene_tokenizer_psnr_db"] = psnr(tokenizer.decode(tokenizer.encode(scene)), scene)

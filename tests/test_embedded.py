@@ -101,8 +101,20 @@ def test_smoke_run_gives_a_loadable_model(tmp_path):
     assert ("kept from an earlier evaluation of the same weights (`--evaluate-only "
             "--keep-speed`), which decoded with greedy, overuse penalty 1.") in (
         tmp_path / "MODEL_CARD.md").read_text()
-    with pytest.raises(SystemExit):
-        parse_args(["--keep-speed"])  # training changes the weights whose speed it would keep
+    # Then the speed alone, on an idle host: every other figure kept, the speed new again.
+    strip = (tmp_path / "strip.png").read_bytes()
+    main(["--smoke", "--evaluate-only", "--speed-only", "--out", str(tmp_path)])
+    measured = json.loads((tmp_path / "training_log.json").read_text())["evaluation"]
+    assert "speed_kept" not in measured and measured["fps_diagonal"] != speeds["fps_diagonal"]
+    quality = set(kept) - set(SPEED_FIELDS) - {"speed_kept"}
+    assert quality and {name: measured[name] for name in quality} == {
+        name: kept[name] for name in quality}
+    assert (tmp_path / "strip.png").read_bytes() == strip
+    assert "kept from an earlier evaluation" not in (tmp_path / "MODEL_CARD.md").read_text()
+    for flags in (["--keep-speed"], ["--speed-only"], ["--evaluate-only", "--speed-only",
+                                                       "--keep-speed"]):
+        with pytest.raises(SystemExit):  # training changes the weights; or both asked
+            parse_args(flags)
     with pytest.raises(SystemExit):
         parse_args(["--mlp-width", "96"])  # widens a trained model
 
