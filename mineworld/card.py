@@ -53,6 +53,13 @@ def goals(r: dict) -> list[tuple[str, str, bool]]:
         name, frozen = worst(per_control, "frozen", lowest=False)
         rows.append((f"{decoding}: no frozen frame while the true view moves",
                      f"highest: {name} {frozen:.0%}", frozen == 0))
+        paces = {name: c["pace"] for name, c in per_control.items() if "pace" in c}
+        if paces:  # older logs lack them
+            name, drawn = worst(paces, "drawn")
+            against = " and ".join(dict.fromkeys(pace["against"] for pace in paces.values()))
+            rows.append((f"{decoding}: {' and '.join(paces)} drawn at their pace against "
+                         f"{against} in >= 80 % of their cases",
+                         f"lowest: {name} {drawn:.0%}", drawn >= 0.8))
     for decoding, clips in r["structure"].items():
         decoding = label(decoding, r)
         lowest = min(clip["min"] for clip in clips.values())
@@ -65,6 +72,23 @@ def goals(r: dict) -> list[tuple[str, str, bool]]:
          r["fps_diagonal"] >= 20),
     ]
     return rows
+
+
+def paces_line(controls: dict, r: dict) -> str:
+    """A sentence on the paced controls (``mineworld.controls.PACES``), each decoding's share in
+    the header's order; empty for logs without them."""
+    decodings = list(controls)
+    paced = [name for name, c in controls[decodings[0]].items() if "pace" in c]
+    if not paced:
+        return ""
+    shares = "; ".join(
+        f"{name} against {controls[decodings[0]][name]['pace']['against']}, "
+        + " / ".join(f"{controls[d][name]['pace']['drawn']:.0%}" for d in decodings)
+        + f" of {controls[decodings[0]][name]['pace']['cases']} cases" for name in paced)
+    return (f"\n\nDrawn at its pace ({' / '.join(label(d, r) for d in decodings)}): the rollout "
+            "under the control closer to the world's frames for it than the rollout under the "
+            "control it is paced against, and visibly different from that rollout, where the "
+            f"world's two differ visibly: {shares}.")
 
 
 def controls_table(controls: dict, r: dict) -> str:
@@ -185,7 +209,7 @@ def model_card(results: dict, log: dict, config, tokenizer) -> str:
                        f"{r['speed_sampling']}." if r.get("speed_kept") else ""),
         "control_frames": CONTROL_FRAMES,
         "control_starts": next(iter(r["controls"].values()))["forward"]["starts"],
-        "controls": controls_table(r["controls"], r),
+        "controls": controls_table(r["controls"], r) + paces_line(r["controls"], r),
         "structure_frames": STRUCTURE_FRAMES,
         "structure": markdown_table(
             ["clip", *(label(d, r) for d in structure)],

@@ -14,6 +14,11 @@ for walking). It is **frozen** when it repeats the frame before (under ``FROZEN`
 the true view moves. Consecutive pairs are taken inside the rollout, so the tokenizer's own
 change from a real context frame to the first generated one does not count as motion.
 
+A paced control (``PACES``: sneak, sprint) is **drawn at its pace** when its rollout is closer to
+its truth than the rollout of the control it is paced against (walking forward) is, and visibly
+different from that rollout, at the start points where the two truths visibly differ: a model
+that draws sneaking as walking, or sprinting as walking, fails it.
+
 **Walking into a wall** (``--walls N``), as a player holding W into a hillside does: from the
 spawn of N held-out worlds, turned to face terrain ``WALL_DISTANCE`` blocks ahead, with 4 frames
 of walking towards it as context, W is held for ``WALL_FRAMES`` frames; the PSNR of the last
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +79,10 @@ CONTROLS = {
 }
 NO_ACTION = action()
 WALK = action(forward=1)
+# Paced controls: each against the control it must be drawn slower or faster than (sneaking
+# and sprinting against walking), measured as following is, with that control in no action's
+# place.
+PACES = {"sneak": "forward", "sprint": "forward"}
 
 ROLLOUT = 10
 VISIBLE = 2.0  # grey levels, mean absolute: a difference a player sees
@@ -132,13 +142,21 @@ def truth(start: Start, held: dict) -> np.ndarray:
     return replay(start.seed, [held] * (ROLLOUT + 1), FRAME_SIZE, start=start.state)[1:]
 
 
+def against(rolled: np.ndarray, other: np.ndarray, true: np.ndarray,
+            true_other: np.ndarray) -> dict:
+    """A rollout against the rollout of another control from the same start (no action, or
+    the control it is paced against); true / true_other: the world's frames for each. A case
+    when the truths visibly differ; followed there when ``closer`` and ``distinct``."""
+    return {"visible": mean_abs(true, true_other) >= VISIBLE,
+            "closer": psnr(rolled, true) > psnr(other, true),
+            "distinct": mean_abs(rolled, other) >= VISIBLE}
+
+
 def score_control(rolled: np.ndarray, still: np.ndarray, true: np.ndarray, true_still: np.ndarray,
                   measure: str) -> dict:
     """One control at one start point: rolled / still are the rollouts under the control and
     under no action; true / true_still the world's frames for each."""
-    result = {"visible": mean_abs(true, true_still) >= VISIBLE,
-              "closer": psnr(rolled, true) > psnr(still, true),
-              "distinct": mean_abs(rolled, still) >= VISIBLE,
+    result = {**against(rolled, still, true, true_still),
               "moving_frames": 0, "matched_frames": 0, "frozen_frames": 0}
     threshold = MOTION[measure]
     for k in range(1, len(true)):
@@ -183,27 +201,42 @@ def measure_controls(model, tokenizer, count: int = 24, context_frames: int = 4,
 def score_controls(rollouts, strip_path: Path | None = None) -> dict:
     """``measure_controls``' figures from ``rollouts`` (as ``control_rollouts`` yields them)."""
     tallies = {name: [] for name in CONTROLS}
+    paced = {name: [] for name in PACES}
     strip_rows = []
     for index, (still, true_still, controls) in enumerate(rollouts):
         for name, (rolled, true) in controls.items():
             tallies[name].append(score_control(rolled, still, true, true_still,
                                                CONTROLS[name][1]))
+        for name, slower_or_faster_than in PACES.items():
+            (rolled, true), (other, true_other) = controls[name], controls[slower_or_faster_than]
+            paced[name].append(against(rolled, other, true, true_other))
             if index == 0:
                 strip_rows.append((name, np.concatenate(list(true), 1),
                                    np.concatenate(list(rolled), 1)))
     if strip_path:
         write_strip(strip_rows, strip_path)
-    return {name: summarise(scores) for name, scores in tallies.items()}
+    results = {name: summarise(scores) for name, scores in tallies.items()}
+    for name, slower_or_faster_than in PACES.items():
+        cases, share = followed(paced[name])
+        results[name]["pace"] = {"against": slower_or_faster_than, "cases": cases,
+                                 "drawn": share}
+    return results
+
+
+def followed(scores: list[dict]) -> tuple[int, float]:
+    """The cases among ``against``'s scores, and the share of them followed (nan: none)."""
+    cases = [s for s in scores if s["visible"]]
+    share = float(np.mean([s["closer"] and s["distinct"] for s in cases])) if cases else math.nan
+    return len(cases), share
 
 
 def summarise(scores: list[dict]) -> dict:
-    cases = [s for s in scores if s["visible"]]
+    cases, share = followed(scores)
     moving = sum(s["moving_frames"] for s in scores)
     return {
         "starts": len(scores),
-        "cases": len(cases),
-        "followed": float(np.mean([s["closer"] and s["distinct"] for s in cases]))
-        if cases else float("nan"),
+        "cases": cases,
+        "followed": share,
         "moving_frames": moving,
         "moves_like_truth": sum(s["matched_frames"] for s in scores) / moving
         if moving else float("nan"),
@@ -319,12 +352,16 @@ def walk_into_walls(model, tokenizer, count: int, sampling=None) -> dict:
 
 
 def table(results: dict) -> str:
-    """Markdown rows: control, cases, followed, moves like the truth, frozen."""
+    """Markdown rows: control, cases, followed, moves like the truth, frozen; then a line per
+    paced control."""
     lines = ["| control | cases | followed | frames moving like the truth | frozen frames |",
              "|---|---|---|---|---|"]
     for name, r in results.items():
         lines.append(f"| {name} | {r['cases']} of {r['starts']} | {r['followed']:.0%} | "
                      f"{r['moves_like_truth']:.0%} of {r['moving_frames']} | {r['frozen']:.0%} |")
+    lines += [f"{name} against {r['pace']['against']}: drawn at its pace in "
+              f"{r['pace']['drawn']:.0%} of {r['pace']['cases']} cases"
+              for name, r in results.items() if "pace" in r]
     return "\n".join(lines)
 
 

@@ -67,6 +67,20 @@ def test_a_control_that_does_not_move_the_truth_is_no_case():
     assert np.isnan(summary["followed"]) and np.isnan(summary["frozen"])
 
 
+def test_sneaking_drawn_as_walking_is_not_drawn_at_its_pace():
+    walk, sneak, sprint = panning(3), panning(1), panning(5)
+    still = np.repeat(walk[:1], FRAMES, 0)
+    truths = dict.fromkeys(controls.CONTROLS, walk) | {"sneak": sneak, "sprint": sprint}
+
+    def scored(drawn: dict) -> dict:
+        rolled = {name: (drawn.get(name, truths[name]), truths[name]) for name in truths}
+        return controls.score_controls([(still, still, rolled)])
+
+    assert scored({})["sneak"]["pace"] == {"against": "forward", "cases": 1, "drawn": 1.0}
+    as_walking = scored({"sneak": walk, "sprint": walk})
+    assert as_walking["sneak"]["pace"]["drawn"] == as_walking["sprint"]["pace"]["drawn"] == 0
+
+
 def test_thresholds_are_levels_a_player_sees():
     assert 0 < FROZEN < VISIBLE <= 4
 
