@@ -207,12 +207,12 @@ def score_controls(rollouts, strip_path: Path | None = None) -> dict:
         for name, (rolled, true) in controls.items():
             tallies[name].append(score_control(rolled, still, true, true_still,
                                                CONTROLS[name][1]))
-        for name, slower_or_faster_than in PACES.items():
-            (rolled, true), (other, true_other) = controls[name], controls[slower_or_faster_than]
-            paced[name].append(against(rolled, other, true, true_other))
             if index == 0:
                 strip_rows.append((name, np.concatenate(list(true), 1),
                                    np.concatenate(list(rolled), 1)))
+        for name, slower_or_faster_than in PACES.items():
+            (rolled, true), (other, true_other) = controls[name], controls[slower_or_faster_than]
+            paced[name].append(against(rolled, other, true, true_other))
     if strip_path:
         write_strip(strip_rows, strip_path)
     results = {name: summarise(scores) for name, scores in tallies.items()}

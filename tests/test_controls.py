@@ -67,16 +67,19 @@ def test_a_control_that_does_not_move_the_truth_is_no_case():
     assert np.isnan(summary["followed"]) and np.isnan(summary["frozen"])
 
 
-def test_sneaking_drawn_as_walking_is_not_drawn_at_its_pace():
+def test_sneaking_drawn_as_walking_is_not_drawn_at_its_pace(tmp_path):
     walk, sneak, sprint = panning(3), panning(1), panning(5)
     still = np.repeat(walk[:1], FRAMES, 0)
     truths = dict.fromkeys(controls.CONTROLS, walk) | {"sneak": sneak, "sprint": sprint}
 
-    def scored(drawn: dict) -> dict:
+    def scored(drawn: dict, strip_path=None) -> dict:
         rolled = {name: (drawn.get(name, truths[name]), truths[name]) for name in truths}
-        return controls.score_controls([(still, still, rolled)])
+        return controls.score_controls([(still, still, rolled)], strip_path)
 
-    assert scored({})["sneak"]["pace"] == {"against": "forward", "cases": 1, "drawn": 1.0}
+    own_pace = scored({}, tmp_path / "strip.png")
+    assert own_pace["sneak"]["pace"] == {"against": "forward", "cases": 1, "drawn": 1.0}
+    rows = len(controls.CONTROLS)  # each control's truth above its rollout, twice the size
+    assert cv2.imread(str(tmp_path / "strip.png")).shape[0] == rows * 2 * 2 * 48 + (rows - 1) * 4
     as_walking = scored({"sneak": walk, "sprint": walk})
     assert as_walking["sneak"]["pace"]["drawn"] == as_walking["sprint"]["pace"]["drawn"] == 0
 
