@@ -83,6 +83,8 @@ def test_smoke_run_gives_a_loadable_model(tmp_path):
     assert log["precision"] == "bf16 autocast"
     card = (tmp_path / "MODEL_CARD.md").read_text()
     assert f"Decoding speed, measured on {cpu_model()} ({os.cpu_count()} cores), load" in card
+    assert "| greedy: sneak and sprint drawn at their pace against forward in >= 80 %" in card
+    assert "Drawn at its pace (greedy / as shipped (greedy, overuse penalty 1)): the" in card
     # Action following: every script's rollout is closest to exactly one truth (1 world here).
     closest, following = (log["evaluation"][k] for k in (
         "action_following_closest", "action_following_per_probe"))
