@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mineworld.cli import positive_int
+from mineworld.controls import STARTS as CONTROL_STARTS
 from mineworld.decoding import Sampling, sample
 from mineworld.machine import machine
 
@@ -425,7 +426,6 @@ SCRIPT_STEP = 5.146  # degrees per frame: one of the codec's exact camera bins
 EVAL_WORLDS = 64
 VALIDATION_FRAMES = 120
 STRUCTURE_FRAMES = 100  # frames of each validation clip rolled out for the collapse measure
-CONTROL_STARTS = 24  # start points of the control measures (mineworld.controls)
 SPEED_ROUNDS = 4
 
 
