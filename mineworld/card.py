@@ -78,13 +78,13 @@ def paces_line(controls: dict, r: dict) -> str:
     """A sentence on the paced controls (``mineworld.controls.PACES``), each decoding's share in
     the header's order; empty for logs without them."""
     decodings = list(controls)
-    paced = [name for name, c in controls[decodings[0]].items() if "pace" in c]
-    if not paced:
+    paces = {name: c["pace"] for name, c in controls[decodings[0]].items() if "pace" in c}
+    if not paces:
         return ""
     shares = "; ".join(
-        f"{name} against {controls[decodings[0]][name]['pace']['against']}, "
+        f"{name} against {pace['against']}, "
         + " / ".join(f"{controls[d][name]['pace']['drawn']:.0%}" for d in decodings)
-        + f" of {controls[decodings[0]][name]['pace']['cases']} cases" for name in paced)
+        + f" of {pace['cases']} cases" for name, pace in paces.items())
     return (f"\n\nDrawn at its pace ({' / '.join(label(d, r) for d in decodings)}): the rollout "
             "under the control closer to the world's frames for it than the rollout under the "
             "control it is paced against, and visibly different from that rollout, where the "

@@ -696,12 +696,11 @@ def speed(model, tokenizer, case, speed_frames: int) -> dict:
     return results
 
 
-def evaluate(model, tokenizer, cases: int = EVAL_WORLDS, speed_frames: int = 40, strip_path=None,
+def evaluate(model, tokenizer, cases: int = EVAL_WORLDS, strip_path=None,
              long_frames: int = 64, schedule: str = "diagonal", clips: list[Path] = (),
-             control_starts: int = CONTROL_STARTS, controls_strip: Path | None = None,
-             speed_from: dict | None = None) -> dict:
-    """The model card's numbers, against frames rendered by the world (held-out seeds); the
-    speed figures measured, or taken from ``speed_from`` (an earlier evaluation's results).
+             control_starts: int = CONTROL_STARTS, controls_strip: Path | None = None) -> dict:
+    """The model card's numbers but its speed (see ``speed``), against frames rendered by the
+    world (held-out seeds).
 
     Rollouts decode with ``schedule``: diagonal by default, as the app plays, and because naive
     decoding of every rollout takes several times longer on a CPU."""
@@ -730,13 +729,7 @@ def evaluate(model, tokenizer, cases: int = EVAL_WORLDS, speed_frames: int = 40,
     results["structure"] = {name: long_rollout_structure(model, tokenizer, clips, sampling,
                                                          schedule)
                             for name, sampling in measured.items()}
-    results |= single_colour_frames(model, tokenizer, schedule, long_frames)
-    if speed_from is not None:
-        # Older logs name the speed's decoding only as the evaluation's.
-        kept = {"speed_sampling": speed_from["sampling"]} | speed_from
-        return (results | {name: kept[name] for name in SPEED_FIELDS if name in kept}
-                | {"speed_kept": True})
-    return results | speed(model, tokenizer, data[0], speed_frames)
+    return results | single_colour_frames(model, tokenizer, schedule, long_frames)
 
 
 # -- assets ------------------------------------------------------------------------------------
@@ -1073,19 +1066,23 @@ def evaluate_and_write(out: Path, log: dict, smoke: bool, schedule: str = "diago
         if asked and "evaluation" not in log:
             raise SystemExit(f"{flag}: {log_path} holds no evaluation to keep figures of")
     model, tokenizer = load_embedded(model_dir=out / "model")
-    speed_frames = SPEED_ROUNDS if smoke else 40
+    previous = log.get("evaluation", {})
     if speed_only:
-        kept = {name: value for name, value in log["evaluation"].items()
-                if name not in SPEED_FIELDS and name != "speed_kept"}
-        results = kept | speed(model, tokenizer, eval_cases(1)[0], speed_frames)
+        results = {name: value for name, value in previous.items()
+                   if name not in SPEED_FIELDS and name != "speed_kept"}
     else:
         results = evaluate(model, tokenizer, cases=1 if smoke else EVAL_WORLDS,
-                           speed_frames=speed_frames, strip_path=out / "strip.png",
-                           long_frames=4 if smoke else 64, schedule=schedule,
-                           clips=validation_clips(out / "validation"),
+                           strip_path=out / "strip.png", long_frames=4 if smoke else 64,
+                           schedule=schedule, clips=validation_clips(out / "validation"),
                            control_starts=1 if smoke else CONTROL_STARTS,
-                           controls_strip=out / "controls.png",
-                           speed_from=log["evaluation"] if keep_speed else None)
+                           controls_strip=out / "controls.png")
+    if keep_speed:
+        # Older logs name the speed's decoding only as the evaluation's.
+        kept = {"speed_sampling": previous["sampling"]} | previous
+        results |= {name: kept[name] for name in SPEED_FIELDS if name in kept}
+        results["speed_kept"] = True
+    else:
+        results |= speed(model, tokenizer, eval_cases(1)[0], SPEED_ROUNDS if smoke else 40)
     scene, _ = demo_scene(out / "scene" / "scene")
     scene = scene[:16]  # what tests/test_embedded.py re-measures
     results["scene_tokenizer_psnr_db"] = psnr(tokenizer.decode(tokenizer.encode(scene)), scene)
